@@ -1,0 +1,41 @@
+"""clipcy: index local OCI image layouts into small index-only .clip archives.
+
+Public API (imports are lazy so that `import clipcy` stays cheap):
+
+- walk_tar(source): the entries of one plain, gzip or zstd tar stream.
+- create_index_only_archive_from_oci_layout(layout_dir, tag, archive_path, ...)
+- open_archive(path): an Archive with .metadata, .lookup(), .listdir(), .walk(), .layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "walk_tar",
+    "create_index_only_archive_from_oci_layout",
+    "open_archive",
+]
+
+_LAZY = {
+    "walk_tar": "clipcy.tarparse",
+    "create_index_only_archive_from_oci_layout": "clipcy.indexer",
+    "open_archive": "clipcy.reader",
+}
+
+if TYPE_CHECKING:
+    from clipcy.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.reader import open_archive
+    from clipcy.tarparse import walk_tar
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clipcy' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,66 @@
+"""Every error clipcy raises on purpose is a ClipError; the CLI prints it as one line.
+
+Subclasses also derive from the builtin that fits (ValueError, OSError), so callers that
+catch builtins keep working.
+"""
+
+from __future__ import annotations
+
+
+class ClipError(Exception):
+    """Base class: `clipctl` prints `clipctl: error: <message>` and exits 1."""
+
+
+# -- tar streams -------------------------------------------------------------------------
+class TarError(ClipError, ValueError):
+    """A tar stream is malformed. Messages name the byte offset in the uncompressed stream."""
+
+
+class TarChecksumError(TarError):
+    """A header's checksum matches neither the signed nor the unsigned sum."""
+
+
+class TarTruncatedError(TarError):
+    """The stream ended inside a header or inside an entry's data."""
+
+
+class TarHeaderError(TarError):
+    """A header field or an extended (PAX / GNU long name / sparse) record is malformed."""
+
+
+class TarLimitError(TarError):
+    """An extended header is larger than the configured limit."""
+
+
+# -- compression -------------------------------------------------------------------------
+class CompressionError(ClipError, ValueError):
+    """A gzip or zstd stream is corrupt, truncated, or followed by garbage."""
+
+
+# -- OCI image layouts -------------------------------------------------------------------
+class LayoutError(ClipError):
+    """The OCI layout (oci-layout, index.json, manifests, configs) is unusable."""
+
+
+class ManifestNotFoundError(LayoutError):
+    """No manifest matches the requested tag, digest or platform."""
+
+
+class BlobError(LayoutError, OSError):
+    """A blob is missing or unreadable."""
+
+
+class DigestMismatchError(LayoutError):
+    """A blob or a decompressed layer does not match its recorded digest or size."""
+
+
+# -- .clip archives ----------------------------------------------------------------------
+class ArchiveError(ClipError):
+    """A .clip archive is corrupt, truncated or of an unsupported version."""
+
+
+class ArchivePathError(ClipError, KeyError):
+    """A path does not exist in the archive (or is not of the kind asked for)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,44 @@
+"""The merged file tree: one Node per path of the image's root filesystem.
+
+The merge (merge.py) produces Nodes, the archive writer stores them, the reader gives them
+back. Hardlinked paths are separate Nodes sharing `ino`; their data fields are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Node.type values, also the export's "type" strings.
+DIR = "dir"
+FILE = "file"
+SYMLINK = "symlink"
+CHAR = "char"
+BLOCK = "block"
+FIFO = "fifo"
+NODE_TYPES = (DIR, FILE, SYMLINK, CHAR, BLOCK, FIFO)
+
+
+@dataclass(slots=True)
+class Node:
+    path: bytes  # b"/"-rooted, no trailing slash (the root is b"/")
+    type: str  # one of NODE_TYPES
+    mode: int  # the 12 permission bits (st_mode & 0o7777)
+    uid: int
+    gid: int
+    mtime_sec: int  # floor of the mtime (may be negative)
+    mtime_nsec: int = 0  # 0 <= nsec < 1e9
+    size: int = 0  # regular files: logical size; 0 otherwise
+    linkname: bytes = b""  # symlinks: the target as stored
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    ino: int = 0  # inode number, 1.. in path order; hardlinks share one
+    nlink: int = 1  # files: link count; dirs: 2 + subdirectories
+    layer: int = -1  # regular files: index of the layer holding the data
+    offset: int = 0  # regular files: data offset in the uncompressed layer stream
+    sparse: tuple[tuple[int, int], ...] | None = None  # (logical offset, length) runs
+    digest: bytes = b""  # optional sha256 of the content (index-layout --file-digests)
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_sec + self.mtime_nsec / 1e9

@@ -1,0 +1,61 @@
+"""The compiled core is what runs, unless CLIPCY_PUREPYTHON asks for the twin."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clipcy
+from clipcy._select import PUREPYTHON
+
+COMPILED = ("clipcy._tarparse", "clipcy._checkpoint", "clipcy._writer")
+
+
+@pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_module_in_use(name: str) -> None:
+    mod = importlib.import_module(name)
+    assert mod.__file__ is not None
+    assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), (
+        f"{name} is not compiled ({mod.__file__}); clipcy from {clipcy.__file__}")
+
+
+@pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
+def test_selectors_pick_cython() -> None:
+    from clipcy import tarparse, writer
+
+    assert tarparse.IMPLEMENTATION == "cython", clipcy.__file__
+    assert writer.IMPLEMENTATION == "cython", clipcy.__file__
+
+
+def _run(code: str, tmp_path: Path, **env: str) -> str:
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, env=dict(os.environ, **env))
+    return out.stdout.strip()
+
+
+def test_env_var_forces_twin(tmp_path: Path) -> None:
+    code = "from clipcy import tarparse, writer; print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION)"
+    assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python"
+
+
+def test_clipctl_version(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
+                         check=True, capture_output=True, text=True)
+    assert out.stdout.startswith(f"clipctl {clipcy.__version__}\n")
+    assert "core: " in out.stdout and "zlib: " in out.stdout
+    expected = "pure Python" if PUREPYTHON else "compiled (Cython)"
+    assert expected in out.stdout
+
+
+def test_console_script_installed() -> None:
+    script = Path(sys.executable).parent / "clipctl"
+    assert script.exists(), "the clipctl console script is not installed next to python"
+    out = subprocess.run([str(script), "--help"], check=True, capture_output=True, text=True)
+    assert "index-layout" in out.stdout
