@@ -1,2 +1,498 @@
 # cython: language_level=3
-# Placeholder while the module is being written.
+# distutils: libraries = z
+# distutils: define_macros = ZLIB_CONST
+"""gzip resume points (indexing) and random-access reads from them, on zlib's C API.
+
+No pure-Python twin: Python's zlib cannot prime a raw inflate with leftover bits, so this
+module is compiled even under CLIPCY_PUREPYTHON=1. The model is zlib's examples/zran.c:
+
+* indexing inflates each gzip member with `inflateInit2(16+MAX_WBITS)`; at deflate block
+  boundaries (`data_type & 128 and not data_type & 64`) that lie at least `span`
+  uncompressed bytes after the previous point it records (compressed offset, unused bits,
+  uncompressed offset, last <= 32 KiB of output). The window comes from
+  `inflateGetDictionary` (zlib keeps it anyway), so output goes straight into the bytes
+  objects handed to the caller: no rolling copy of our own. Between points inflate runs
+  with Z_NO_FLUSH and an output limit that stops exactly at the span; only then Z_BLOCK.
+* each member start is a point too: bits 0, window b"" (the reader parses a gzip header).
+* reading resumes with a raw inflate (`inflateInit2(-15)`, `inflatePrime`,
+  `inflateSetDictionary`), or a gzip inflate at a member start, and crosses members.
+
+All inflate work and preads run with the GIL released.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport errno
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset, strerror
+from posix.types cimport off_t
+from posix.unistd cimport pread
+
+from clipcy._zlib cimport (
+    MAX_WBITS,
+    Z_BLOCK,
+    Z_BUF_ERROR,
+    Z_DATA_ERROR,
+    Z_ERRNO,
+    Z_MEM_ERROR,
+    Z_NEED_DICT,
+    Z_NO_FLUSH,
+    Z_OK,
+    Z_STREAM_END,
+    Z_STREAM_ERROR,
+    Z_VERSION_ERROR,
+    Bytef,
+    inflate,
+    inflateEnd,
+    inflateGetDictionary,
+    inflateInit2,
+    inflatePrime,
+    inflateReset,
+    inflateReset2,
+    inflateSetDictionary,
+    uInt,
+    z_stream,
+    zlibVersion,
+)
+
+from clipcy.errors import BlobError, CompressionError
+
+cdef enum:
+    WINSIZE = 32768           # deflate's window: what a resume point must carry
+    OUT_CHUNK = 1 << 20       # indexer output pieces (bounded memory on deflate bombs)
+    IN_MAX = 1 << 30          # avail_in is 32-bit: feed huge buffers in slices
+    READ_CHUNK = 1 << 17      # reader: compressed bytes per pread
+    DISCARD = 1 << 18         # reader: scratch output while skipping to the offset
+
+# indexer events (returned by the nogil step)
+cdef enum:
+    EV_NEED_INPUT = 0
+    EV_OUT_FULL = 1
+    EV_POINT = 2
+    EV_MEMBER = 3
+    EV_ERROR = 4
+
+# indexer states
+cdef enum:
+    ST_HEAD = 0               # before a member: nothing of it consumed yet
+    ST_MEMBER = 1             # inside a member
+    ST_FAILED = 2
+
+
+def zlib_version() -> str:
+    return zlibVersion().decode("ascii")
+
+
+cdef str _zname(int ret):
+    if ret == Z_OK:
+        return "Z_OK"
+    if ret == Z_STREAM_END:
+        return "Z_STREAM_END"
+    if ret == Z_NEED_DICT:
+        return "Z_NEED_DICT"
+    if ret == Z_ERRNO:
+        return "Z_ERRNO"
+    if ret == Z_STREAM_ERROR:
+        return "Z_STREAM_ERROR"
+    if ret == Z_DATA_ERROR:
+        return "Z_DATA_ERROR"
+    if ret == Z_MEM_ERROR:
+        return "Z_MEM_ERROR"
+    if ret == Z_BUF_ERROR:
+        return "Z_BUF_ERROR"
+    if ret == Z_VERSION_ERROR:
+        return "Z_VERSION_ERROR"
+    return f"zlib error {ret}"
+
+
+cdef object _zerror(str func, int ret, z_stream *strm, unsigned long long offset):
+    """The one mapping of zlib return codes: a CompressionError naming the offset."""
+    cdef str reason = ""
+    if strm != NULL and strm.msg != NULL:
+        reason = f" ({strm.msg.decode('utf-8', 'replace')})"
+    return CompressionError(
+        f"{func} failed with {_zname(ret)}{reason} at compressed offset {offset}")
+
+
+cdef class GzipIndexer:
+    """Streams a gzip blob (one or more members) and records resume points.
+
+    ``for out in ix.feed(chunk)`` yields the decompressed output in pieces of at most 1 MiB;
+    each generator must be exhausted before the next feed(). finish() raises
+    CompressionError when the stream is truncated. ``min_points_layer``: a layer whose
+    uncompressed size stays below it keeps only the point at offset 0.
+    """
+
+    cdef z_stream strm
+    cdef bint zinit
+    cdef int state
+    cdef int err
+    cdef bint stalled           # last inflate filled the output: more may come without input
+    cdef bint busy
+    cdef bint finished
+    cdef readonly long long span
+    cdef readonly long long min_points_layer
+    cdef readonly long long members
+    cdef unsigned long long _in, _out
+    cdef unsigned long long member_in, member_out, last_out
+    cdef list _points
+
+    def __cinit__(self, long long span, long long min_points_layer=0):
+        if span <= 0:
+            raise ValueError(f"span must be positive, not {span}")
+        self.span = span
+        self.min_points_layer = min_points_layer
+        self._points = [(0, 0, 0, b"")]
+        memset(&self.strm, 0, sizeof(z_stream))
+        cdef int ret = inflateInit2(&self.strm, 16 + MAX_WBITS)
+        if ret != Z_OK:
+            raise _zerror("inflateInit2", ret, &self.strm, 0)
+        self.zinit = True
+
+    def __dealloc__(self):
+        if self.zinit:
+            inflateEnd(&self.strm)
+
+    @property
+    def total_in(self) -> int:
+        return self._in
+
+    @property
+    def total_out(self) -> int:
+        return self._out
+
+    @property
+    def points(self) -> list:
+        return list(self._points)
+
+    cdef int _step(self, const unsigned char *src, size_t srclen, size_t *srcpos,
+                   unsigned char *out, size_t cap, size_t *have) noexcept nogil:
+        """Inflate until an event needs Python: output full, input used up, a point."""
+        cdef z_stream *s = &self.strm
+        cdef size_t n
+        cdef uInt ain, lim
+        cdef unsigned long long dist
+        cdef int ret, flush
+        while True:
+            if s.avail_in == 0 and srcpos[0] < srclen:
+                n = srclen - srcpos[0]
+                if n > IN_MAX:
+                    n = IN_MAX
+                s.next_in = src + srcpos[0]
+                s.avail_in = <uInt>n
+                srcpos[0] += n
+            if self.state == ST_HEAD:
+                if s.avail_in == 0:
+                    return EV_NEED_INPUT
+                if self.members > 0:
+                    ret = inflateReset(s)
+                    if ret != Z_OK:
+                        self.err = ret
+                        return EV_ERROR
+                self.state = ST_MEMBER
+                self.members += 1
+                self.member_in = self._in
+                self.member_out = self._out
+                if self.members > 1 and self._out - self.last_out >= <unsigned long long>self.span:
+                    return EV_MEMBER
+            if have[0] == cap:
+                return EV_OUT_FULL
+            if s.avail_in == 0 and not self.stalled:
+                return EV_NEED_INPUT
+            dist = self._out - self.last_out
+            lim = <uInt>(cap - have[0])
+            if dist >= <unsigned long long>self.span:
+                flush = Z_BLOCK
+            else:
+                flush = Z_NO_FLUSH
+                if self.span - dist < lim:
+                    lim = <uInt>(self.span - dist)
+            s.next_out = out + have[0]
+            s.avail_out = lim
+            ain = s.avail_in
+            ret = inflate(s, flush)
+            self._in += ain - s.avail_in
+            self._out += lim - s.avail_out
+            have[0] += lim - s.avail_out
+            self.stalled = s.avail_out == 0
+            if ret == Z_STREAM_END:
+                self.state = ST_HEAD
+                self.stalled = False
+                continue
+            if ret != Z_OK and ret != Z_BUF_ERROR:
+                self.err = ret
+                return EV_ERROR
+            if (flush == Z_BLOCK and (s.data_type & 128) and not (s.data_type & 64)
+                    and self._out > self.member_out):
+                return EV_POINT
+
+    cdef object _error(self):
+        self.state = ST_FAILED
+        if (self.err == Z_DATA_ERROR and self.members > 1 and self._out == self.member_out
+                and self.strm.msg != NULL
+                and self.strm.msg.decode("ascii", "replace") == "incorrect header check"):
+            return CompressionError(
+                f"trailing garbage after the last gzip member at compressed offset "
+                f"{self.member_in} (not a gzip header)")
+        return _zerror("inflate", self.err, &self.strm, self._in)
+
+    def feed(self, data):
+        """Yield the output of one more piece of compressed input (bytes-like)."""
+        if self.busy:
+            raise RuntimeError("GzipIndexer.feed: the previous feed() was not consumed")
+        if self.finished or self.state == ST_FAILED:
+            raise RuntimeError("GzipIndexer.feed after finish() or an error")
+        cdef const unsigned char[::1] view = data
+        self.busy = True
+        return self._feed(view)
+
+    def _feed(self, const unsigned char[::1] view):
+        cdef size_t srclen = view.shape[0]
+        cdef size_t srcpos = 0
+        cdef const unsigned char *src = NULL
+        cdef size_t have = 0
+        cdef int ev, ret
+        cdef uInt wlen
+        cdef bytes out, window
+        cdef unsigned char *outp
+        if srclen > 0:
+            src = &view[0]
+        try:
+            out = PyBytes_FromStringAndSize(NULL, OUT_CHUNK)
+            outp = <unsigned char *>PyBytes_AS_STRING(out)
+            while True:
+                with nogil:
+                    ev = self._step(src, srclen, &srcpos, outp, OUT_CHUNK, &have)
+                if ev == EV_OUT_FULL:
+                    yield out
+                    out = PyBytes_FromStringAndSize(NULL, OUT_CHUNK)
+                    outp = <unsigned char *>PyBytes_AS_STRING(out)
+                    have = 0
+                elif ev == EV_POINT:
+                    window = PyBytes_FromStringAndSize(NULL, WINSIZE)
+                    wlen = WINSIZE
+                    ret = inflateGetDictionary(&self.strm, <Bytef *>PyBytes_AS_STRING(window),
+                                               &wlen)
+                    if ret != Z_OK:
+                        self.err = ret
+                        raise _zerror("inflateGetDictionary", ret, &self.strm, self._in)
+                    if wlen < WINSIZE:
+                        window = window[:wlen]
+                    self._points.append((self._in, self.strm.data_type & 7, self._out, window))
+                    self.last_out = self._out
+                elif ev == EV_MEMBER:
+                    self._points.append((self.member_in, 0, self._out, b""))
+                    self.last_out = self._out
+                elif ev == EV_NEED_INPUT:
+                    if have:
+                        yield out[:have]
+                    return
+                else:
+                    raise self._error()
+        finally:
+            # the z_stream must never keep a pointer into a buffer we no longer hold
+            self.strm.next_in = NULL
+            self.strm.avail_in = 0
+            self.busy = False
+
+    def finish(self) -> None:
+        """Check that the stream ended at a member end; CompressionError otherwise."""
+        if self.busy:
+            raise RuntimeError("GzipIndexer.finish: the last feed() was not consumed")
+        if self.state == ST_FAILED:
+            raise CompressionError(f"gzip stream failed earlier (compressed offset {self._in})")
+        if self.members == 0:
+            raise CompressionError("truncated gzip stream: no data (compressed offset 0)")
+        if self.state == ST_MEMBER:
+            raise CompressionError(
+                f"truncated gzip stream: the member at compressed offset {self.member_in} "
+                f"ends early at compressed offset {self._in}")
+        self.finished = True
+
+    def access(self):
+        """The LayerAccess (kind gzip) for what was fed; call after finish()."""
+        from clipcy.access import GZIP, LayerAccess
+
+        if not self.finished:
+            raise RuntimeError("GzipIndexer.access before a successful finish()")
+        points = list(self._points)
+        if <long long>self._out < self.min_points_layer:
+            points = points[:1]
+        return LayerAccess(kind=GZIP, span=self.span, points=points)
+
+
+cdef int _read_fail(int *code, int *kind, int c, int k) noexcept nogil:
+    code[0] = c
+    kind[0] = k
+    return -1
+
+
+# gzip_read failure kinds
+cdef enum:
+    RF_NONE = 0
+    RF_ZLIB = 1               # code: zlib return value
+    RF_IO = 2                 # code: errno
+    RF_TRUNC = 3              # blob ended inside a member
+    RF_MEM = 4
+    RF_TRAILER = 5            # blob ended inside a member trailer
+
+
+def gzip_read(int fd, unsigned long long comp_offset, int bits, window,
+              unsigned long long skip, Py_ssize_t n) -> bytes:
+    """Read n bytes of the uncompressed stream starting `skip` bytes after a resume point.
+
+    The point is (comp_offset, bits, window) from a GzipIndexer; window b"" with bits 0 means a
+    member start (gzip header parsed there). Continues across members; returns fewer bytes only
+    at the end of the blob. The blob is read with pread on fd (no shared file position).
+    """
+    cdef const unsigned char[::1] win = window
+    cdef Py_ssize_t wlen = win.shape[0]
+    cdef const unsigned char *wptr = &win[0] if wlen > 0 else NULL
+    cdef z_stream strm
+    cdef bint zinit = False
+    cdef bint raw = wlen > 0 or bits != 0
+    cdef bytes out
+    cdef unsigned char *outp
+    cdef unsigned char *inbuf = NULL
+    cdef unsigned char *scratch = NULL
+    cdef unsigned char prime = 0
+    cdef Py_ssize_t got = 0
+    cdef unsigned long long pos = comp_offset      # next compressed byte to pread
+    cdef unsigned long long consumed = comp_offset  # next compressed byte inflate will take
+    cdef int ret = Z_OK
+    cdef int code = 0
+    cdef int kind = RF_NONE
+    cdef ssize_t r
+    cdef uInt ain, aout, lim
+    cdef bint eof = False
+    cdef bint stalled = False
+    cdef bint between = False      # at a member end: next bytes start a new member (or EOF)
+    cdef int trailer = 0           # raw mode: bytes of the member trailer left to skip
+    if n < 0:
+        raise ValueError(f"negative read size {n}")
+    if bits < 0 or bits > 7 or (bits and comp_offset == 0):
+        raise ValueError(f"bad resume point: bits {bits} at compressed offset {comp_offset}")
+    if wlen > WINSIZE:
+        raise ValueError(f"resume window of {wlen} bytes (at most {WINSIZE})")
+    out = PyBytes_FromStringAndSize(NULL, n)
+    outp = <unsigned char *>PyBytes_AS_STRING(out)
+    if n == 0:
+        return out
+    memset(&strm, 0, sizeof(z_stream))
+    with nogil:
+        inbuf = <unsigned char *>malloc(READ_CHUNK)
+        scratch = <unsigned char *>malloc(DISCARD)
+        if inbuf == NULL or scratch == NULL:
+            _read_fail(&code, &kind, 0, RF_MEM)
+        else:
+            ret = inflateInit2(&strm, -MAX_WBITS if raw else 16 + MAX_WBITS)
+            if ret != Z_OK:
+                _read_fail(&code, &kind, ret, RF_ZLIB)
+            else:
+                zinit = True
+        if kind == RF_NONE and raw:
+            if bits:
+                r = pread(fd, &prime, 1, <off_t>(comp_offset - 1))
+                if r < 0:
+                    _read_fail(&code, &kind, errno, RF_IO)
+                elif r == 0:
+                    _read_fail(&code, &kind, 0, RF_TRUNC)
+                else:
+                    ret = inflatePrime(&strm, bits, prime >> (8 - bits))
+                    if ret != Z_OK:
+                        _read_fail(&code, &kind, ret, RF_ZLIB)
+            if kind == RF_NONE and wlen > 0:
+                ret = inflateSetDictionary(&strm, wptr, <uInt>wlen)
+                if ret != Z_OK:
+                    _read_fail(&code, &kind, ret, RF_ZLIB)
+        while kind == RF_NONE and got < n:
+            if strm.avail_in == 0 and not eof:
+                r = pread(fd, inbuf, READ_CHUNK, <off_t>pos)
+                if r < 0:
+                    _read_fail(&code, &kind, errno, RF_IO)
+                    break
+                if r == 0:
+                    eof = True
+                else:
+                    strm.next_in = inbuf
+                    strm.avail_in = <uInt>r
+                    pos += r
+            if trailer:
+                # a raw inflate stops before the member's CRC32+ISIZE: step over them
+                if strm.avail_in == 0:
+                    if eof:
+                        _read_fail(&code, &kind, 0, RF_TRAILER)
+                    continue
+                ain = trailer if <uInt>trailer < strm.avail_in else strm.avail_in
+                strm.next_in += ain
+                strm.avail_in -= ain
+                consumed += ain
+                trailer -= ain
+                if trailer == 0:
+                    between = True
+                continue
+            if between:
+                if strm.avail_in == 0:
+                    if eof:
+                        break            # clean end of the last member: a short read
+                    continue
+                ret = inflateReset2(&strm, 16 + MAX_WBITS)
+                if ret != Z_OK:
+                    _read_fail(&code, &kind, ret, RF_ZLIB)
+                    break
+                raw = False
+                between = False
+            if strm.avail_in == 0 and not stalled:
+                if eof:
+                    _read_fail(&code, &kind, 0, RF_TRUNC)
+                    break
+                continue
+            if skip > 0:
+                lim = DISCARD if skip > DISCARD else <uInt>skip
+                strm.next_out = scratch
+            else:
+                lim = <uInt>(n - got) if n - got < IN_MAX else IN_MAX
+                strm.next_out = outp + got
+            strm.avail_out = lim
+            ain = strm.avail_in
+            ret = inflate(&strm, Z_NO_FLUSH)
+            consumed += ain - strm.avail_in
+            aout = lim - strm.avail_out
+            if skip > 0:
+                skip -= aout
+            else:
+                got += aout
+            stalled = strm.avail_out == 0
+            if ret == Z_STREAM_END:
+                stalled = False
+                if raw:
+                    trailer = 8
+                else:
+                    between = True
+                continue
+            if ret != Z_OK and ret != Z_BUF_ERROR:
+                _read_fail(&code, &kind, ret, RF_ZLIB)
+                break
+    try:
+        if kind == RF_ZLIB:
+            raise _zerror("inflate", code, &strm, consumed)
+        if kind == RF_IO:
+            raise BlobError(f"pread failed: {strerror(code).decode('utf-8', 'replace')} "
+                            f"(compressed offset {pos})")
+        if kind == RF_MEM:
+            raise MemoryError()
+        if kind == RF_TRUNC:
+            raise CompressionError(
+                f"truncated gzip stream: blob ends at compressed offset {consumed} inside "
+                f"a member (resumed at compressed offset {comp_offset})")
+        if kind == RF_TRAILER:
+            raise CompressionError(
+                f"truncated gzip stream: blob ends at compressed offset {consumed} inside "
+                f"a member trailer")
+    finally:
+        if zinit:
+            inflateEnd(&strm)
+        free(inbuf)
+        free(scratch)
+    if got < n:
+        return out[:got]
+    return out

@@ -80,6 +80,95 @@ def _command(fn: Callable[[Any], None]) -> Callable[[Any], None]:
     return fn
 
 
+def _handler(name: str) -> Callable[[argparse.Namespace], int]:
+    """A handler of clipcy.commands, imported only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from clipcy import commands
+
+        fn: Callable[[argparse.Namespace], int] = getattr(commands, name)
+        return fn(args)
+
+    return run
+
+
+@_command
+def _index_layout(sub: Any) -> None:
+    p = _sub(sub, "index-layout", "index an OCI image layout into an index-only .clip archive",
+             "  clipctl index-layout --layout ./img --tag latest --out img.clip\n"
+             "  clipctl index-layout --layout oci:./img:latest --out img.clip\n"
+             "  clipctl index-layout --layout ./img --digest sha256:<hex> --out img.clip\n"
+             "  clipctl index-layout --layout ./img --tag latest --platform linux/arm64 "
+             "--out arm.clip\n")
+    p.add_argument("--layout", required=True, metavar="DIR",
+                   help="the OCI layout: DIR, oci:DIR[:TAG], oci-layout://DIR[:TAG] or "
+                   "DIR@sha256:...")
+    p.add_argument("--tag", help="the image's tag (org.opencontainers.image.ref.name); "
+                   "may be omitted when the layout holds one image")
+    p.add_argument("--digest", metavar="sha256:HEX", help="pick the manifest by digest")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .clip archive to write")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="platform to pick from an image index (default: linux and the host's "
+                   "architecture)")
+    p.add_argument("--storage-ref", metavar="REF",
+                   help="where the blobs will live at run time (default: the layout's "
+                   "absolute path)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip checking blob digests and diff_ids (faster, not recommended)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="layers indexed in parallel (default: the number of CPUs)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_handler("cmd_index_layout"))
+
+
+@_command
+def _inspect(sub: Any) -> None:
+    p = _sub(sub, "inspect", "show an archive's image, platform, layers and sizes",
+             "  clipctl inspect img.clip\n  clipctl inspect img.clip --json | jq .layers\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_handler("cmd_inspect"))
+
+
+@_command
+def _ls(sub: Any) -> None:
+    p = _sub(sub, "ls", "list a directory of the archived root filesystem",
+             "  clipctl ls img.clip\n  clipctl ls img.clip /etc -l\n  clipctl ls img.clip / -R\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p.add_argument("-l", dest="long", action="store_true", help="long listing")
+    p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
+    p.add_argument("--json", action="store_true", help="one JSON object per entry")
+    p.set_defaults(func=_handler("cmd_ls"))
+
+
+@_command
+def _stat(sub: Any) -> None:
+    p = _sub(sub, "stat", "show one path's metadata and data location",
+             "  clipctl stat img.clip /etc/os-release\n  clipctl stat img.clip /bin --json\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_handler("cmd_stat"))
+
+
+@_command
+def _export(sub: Any) -> None:
+    p = _sub(sub, "export", "print every node as a JSON line, sorted by path",
+             "  clipctl export img.clip > tree.jsonl\n")
+    p.add_argument("archive", metavar="FILE")
+    p.set_defaults(func=_handler("cmd_export"))
+
+
+@_command
+def _demo(sub: Any) -> None:
+    p = _sub(sub, "demo", "index the sample image shipped with clipcy and show the result",
+             "  clipctl demo\n  clipctl demo --out sample.clip\n")
+    p.add_argument("--out", metavar="FILE",
+                   help="keep the archive here (default: a temporary file)")
+    p.set_defaults(func=_handler("cmd_demo"))
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     from clipcy.logs import setup_logging
 

@@ -64,3 +64,7 @@ class ArchivePathError(ClipError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class ArchiveWriteError(ClipError, ValueError):
+    """The writer was given input it cannot store (unsorted paths, out-of-range fields...)."""

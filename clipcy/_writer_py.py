@@ -1,0 +1,271 @@
+"""Pure-Python twin of clipcy._writer: the same encode_archive(), byte for byte.
+
+Encodes node records into blocks and layer access data into payloads (docs/FORMAT.md
+"Node records", "Layer access payload"); clipcy.format.assemble() does the rest. Every
+validation error has the same class and message as in the compiled module.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+from clipcy import format as F
+from clipcy.access import LayerAccess
+from clipcy.errors import ArchiveWriteError
+from clipcy.node import Node
+
+__all__ = ["encode_archive", "encode_blocks", "encode_access"]
+
+MAX_U64 = (1 << 64) - 1
+MAX_I63 = (1 << 63) - 1
+
+
+def _uv(out: bytearray, v: int) -> None:
+    """Append v (0..2**64-1) as an unsigned LEB128 varint."""
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _u64(what: str, field: str, v: Any) -> int:
+    try:
+        x = operator.index(v)
+    except TypeError:
+        x = -1
+    if x < 0 or x > MAX_U64:
+        raise ArchiveWriteError(f"cannot encode {what}: {field} {v!r} is not an integer in "
+                                "0..2**64-1")
+    return x
+
+
+def _blob(what: str, field: str, v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise ArchiveWriteError(f"cannot encode {what}: {field} is {type(v).__name__}, "
+                                "not bytes")
+    return v
+
+
+def _bad(path: bytes, why: str) -> ArchiveWriteError:
+    return ArchiveWriteError(f"cannot encode node {path!r}: {why}")
+
+
+def _check_path(path: Any, last: bytes | None, dirs: set[bytes]) -> bytes:
+    """Validate the path's form, its order after `last`, and that its parent is a stored dir."""
+    if type(path) is not bytes:
+        raise ArchiveWriteError(f"cannot encode node {path!r}: path is not bytes")
+    if last is None:
+        if path != b"/":
+            raise _bad(path, "the first node must be the root b'/'")
+        return path
+    if (not path.startswith(b"/") or path.endswith(b"/") or b"//" in path or b"\0" in path
+            or b"/./" in path + b"/" or b"/../" in path + b"/"):
+        raise _bad(path, "not a normalised absolute path")
+    if path <= last:
+        raise _bad(path, f"paths must be strictly increasing (after {last!r})")
+    parent = path[: path.rindex(b"/")] or b"/"
+    if parent not in dirs:
+        raise _bad(path, f"parent directory {parent!r} is not in the tree")
+    return path
+
+
+def _record(out: bytearray, n: Node, path: bytes, shared: int, prev_ino: int) -> int:
+    """Append one node record (docs/FORMAT.md "Node records"); returns the node's ino."""
+    what = f"node {path!r}"
+    code = F.TYPE_CODES.get(n.type) if isinstance(n.type, str) else None
+    if code is None:
+        raise _bad(path, f"unknown type {n.type!r}")
+    mode = _u64(what, "mode", n.mode)
+    uid = _u64(what, "uid", n.uid)
+    gid = _u64(what, "gid", n.gid)
+    try:
+        mtime = operator.index(n.mtime_sec)
+    except TypeError:
+        mtime = MAX_I63 + 1
+    if not -MAX_I63 - 1 <= mtime <= MAX_I63:
+        raise _bad(path, f"mtime_sec {n.mtime_sec!r} is not an integer in -2**63..2**63-1")
+    nsec = _u64(what, "mtime_nsec", n.mtime_nsec)
+    if nsec >= 1_000_000_000:
+        raise _bad(path, f"mtime_nsec {n.mtime_nsec!r} is not below 10**9")
+    ino = _u64(what, "ino", n.ino)
+    if ino > MAX_I63:
+        raise _bad(path, f"ino {n.ino!r} is not an integer in 0..2**63-1")
+    nlink = _u64(what, "nlink", n.nlink)
+    size = _u64(what, "size", n.size)
+    try:
+        layer = operator.index(n.layer) + 1
+    except TypeError:
+        layer = -1
+    if layer < 0 or layer > MAX_U64:
+        raise _bad(path, f"layer {n.layer!r} is not an integer in -1..2**64-2")
+    offset = _u64(what, "offset", n.offset)
+    linkname = _blob(what, "linkname", n.linkname)
+    digest = _blob(what, "digest", n.digest)
+    devmajor = _u64(what, "devmajor", n.devmajor)
+    devminor = _u64(what, "devminor", n.devminor)
+    sparse = n.sparse
+    xattrs = n.xattrs
+    if not isinstance(xattrs, dict):
+        raise _bad(path, f"xattrs is {type(xattrs).__name__}, not dict")
+
+    flags = code
+    if nsec:
+        flags |= F.F_NSEC
+    if nlink != 1:
+        flags |= F.F_NLINK
+    if size:
+        flags |= F.F_SIZE
+    if layer or offset:
+        flags |= F.F_DATA
+    if sparse is not None:
+        flags |= F.F_SPARSE
+    if digest:
+        flags |= F.F_DIGEST
+    if linkname:
+        flags |= F.F_LINK
+    if devmajor or devminor:
+        flags |= F.F_DEV
+    if xattrs:
+        flags |= F.F_XATTR
+
+    _uv(out, shared)
+    _uv(out, len(path) - shared)
+    out += path[shared:]
+    _uv(out, flags)
+    _uv(out, mode)
+    _uv(out, uid)
+    _uv(out, gid)
+    _uv(out, (mtime << 1) ^ (mtime >> 63) if mtime < 0 else mtime << 1)
+    if nsec:
+        _uv(out, nsec)
+    delta = ino - prev_ino
+    _uv(out, (-delta << 1) - 1 if delta < 0 else delta << 1)
+    if nlink != 1:
+        _uv(out, nlink)
+    if size:
+        _uv(out, size)
+    if layer or offset:
+        _uv(out, layer)
+        _uv(out, offset)
+    if sparse is not None:
+        if not isinstance(sparse, (tuple, list)):
+            raise _bad(path, f"sparse is {type(sparse).__name__}, not a tuple")
+        _uv(out, len(sparse))
+        for run in sparse:
+            if not isinstance(run, (tuple, list)) or len(run) != 2:
+                raise _bad(path, f"sparse run {run!r} is not an (offset, length) pair")
+            _uv(out, _u64(what, "sparse offset", run[0]))
+            _uv(out, _u64(what, "sparse length", run[1]))
+    if digest:
+        _uv(out, len(digest))
+        out += digest
+    if linkname:
+        _uv(out, len(linkname))
+        out += linkname
+    if devmajor or devminor:
+        _uv(out, devmajor)
+        _uv(out, devminor)
+    if xattrs:
+        items = []
+        for name, value in xattrs.items():
+            if not isinstance(name, str):
+                raise _bad(path, f"xattr name {name!r} is not str")
+            items.append((name.encode("utf-8", "surrogateescape"),
+                          _blob(what, f"xattr {name!r}", value)))
+        items.sort()
+        _uv(out, len(items))
+        prev_name = None
+        for name_b, value in items:
+            if name_b == prev_name:
+                raise _bad(path, f"duplicate xattr name {name_b!r}")
+            prev_name = name_b
+            _uv(out, len(name_b))
+            out += name_b
+            _uv(out, len(value))
+            out += value
+    return ino
+
+
+def _shared_prefix(a: bytes, b: bytes) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # compare 8 bytes at a time first: paths in a block share long prefixes
+    while i + 8 <= n and a[i:i + 8] == b[i:i + 8]:
+        i += 8
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def encode_blocks(nodes: Sequence[Node]) -> list[tuple[bytes, int, bytes]]:
+    """Validate the tree and encode it into (first path, count, raw records) blocks."""
+    blocks: list[tuple[bytes, int, bytes]] = []
+    dirs: set[bytes] = set()
+    out = bytearray()
+    count = 0
+    first = prev = b""
+    last: bytes | None = None
+    prev_ino = 0
+    for n in nodes:
+        path = _check_path(n.path, last, dirs)
+        if count == 0:
+            first, shared, prev_ino = path, 0, 0
+        else:
+            shared = _shared_prefix(prev, path)
+        prev_ino = _record(out, n, path, shared, prev_ino)
+        if n.type == "dir":
+            dirs.add(path)
+        last = prev = path
+        count += 1
+        if count >= F.BLOCK_MAX_NODES or len(out) >= F.BLOCK_TARGET_BYTES:
+            blocks.append((first, count, bytes(out)))
+            out = bytearray()
+            count = 0
+    if count:
+        blocks.append((first, count, bytes(out)))
+    return blocks
+
+
+def encode_access(i: int, a: LayerAccess) -> bytes:
+    """The raw access payload of layer i (docs/FORMAT.md "Layer access payload")."""
+    what = f"access data of layer {i}"
+    code = F.ACCESS_KIND_CODES.get(a.kind) if isinstance(a.kind, str) else None
+    if code is None:
+        raise ArchiveWriteError(f"cannot encode {what}: unknown kind {a.kind!r}")
+    out = bytearray()
+    _uv(out, code)
+    _uv(out, _u64(what, "span", a.span))
+    _uv(out, len(a.points))
+    for p in a.points:
+        if not isinstance(p, (tuple, list)) or len(p) != 4:
+            raise ArchiveWriteError(f"cannot encode {what}: point {p!r} is not a 4-tuple")
+        coff = _u64(what, "point compressed offset", p[0])
+        bits = _u64(what, "point bits", p[1])
+        if bits > 7:
+            raise ArchiveWriteError(f"cannot encode {what}: point bits {p[1]!r} is not in 0..7")
+        uoff = _u64(what, "point uncompressed offset", p[2])
+        window = _blob(what, "point window", p[3])
+        _uv(out, coff)
+        out.append(bits)
+        _uv(out, uoff)
+        _uv(out, len(window))
+        out += window
+    _uv(out, len(a.frames))
+    for fr in a.frames:
+        if not isinstance(fr, (tuple, list)) or len(fr) != 4:
+            raise ArchiveWriteError(f"cannot encode {what}: frame {fr!r} is not a 4-tuple")
+        for field, v in zip(("frame compressed offset", "frame compressed size",
+                             "frame uncompressed offset", "frame uncompressed size"), fr):
+            _uv(out, _u64(what, field, v))
+    return bytes(out)
+
+
+def encode_archive(metadata: dict[str, Any], nodes: Sequence[Node],
+                   access: Sequence[LayerAccess]) -> bytes:
+    """The complete .clip archive for this tree, as bytes (reproducible)."""
+    meta = F.canonical_json(metadata)
+    blocks = encode_blocks(nodes)
+    payloads = [encode_access(i, a) for i, a in enumerate(access)]
+    return F.assemble(meta, len(nodes), blocks, payloads)

@@ -1,0 +1,243 @@
+"""The clipctl subcommands' work (cli.py holds only the argparse side)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat as statmod
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from clipcy.errors import ClipError
+from clipcy.export import decode_path, node_record, write_export
+from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+from clipcy.reader import Archive, open_archive
+
+_TYPE_CHAR = {DIR: "d", FILE: "-", SYMLINK: "l", CHAR: "c", BLOCK: "b", FIFO: "p"}
+_TYPE_BITS = {DIR: statmod.S_IFDIR, FILE: statmod.S_IFREG, SYMLINK: statmod.S_IFLNK,
+              CHAR: statmod.S_IFCHR, BLOCK: statmod.S_IFBLK, FIFO: statmod.S_IFIFO}
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# -- index-layout --------------------------------------------------------------------------
+
+def cmd_index_layout(args: argparse.Namespace) -> int:
+    from clipcy.indexer import create_index_only_archive_from_oci_layout
+
+    if args.workers is not None and args.workers < 1:
+        raise ClipError("--workers must be at least 1")
+    summary = create_index_only_archive_from_oci_layout(
+        args.layout, args.tag, args.out, platform=args.platform, storage_ref=args.storage_ref,
+        verify=args.verify, digest=args.digest, workers=args.workers)
+    if args.json:
+        _print_json(summary.as_dict())
+    else:
+        pct = 100.0 * summary.archive_size / summary.image_size if summary.image_size else 0.0
+        mbs = summary.bytes_indexed / 1e6 / summary.seconds if summary.seconds else 0.0
+        print(f"wrote {summary.archive}: {summary.node_count} nodes from {summary.layer_count} "
+              f"layers, {human(summary.archive_size)} ({pct:.2f}% of "
+              f"{human(summary.image_size)}), {mbs:.0f} MB/s")
+    return 0
+
+
+# -- inspect -------------------------------------------------------------------------------
+
+def inspect_dict(arc: Archive) -> dict[str, Any]:
+    md = arc.metadata
+    config = md.get("config") or {}
+    layers = []
+    counts: dict[str, int] = {}
+    for node in arc.walk():
+        counts[node.type] = counts.get(node.type, 0) + 1
+    for i, layer in enumerate(md.get("layers", [])):
+        acc = arc.access(i)
+        if acc.kind == "gzip":
+            seek = f"gzip: {len(acc.points)} resume points"
+        elif acc.kind == "zstd":
+            seek = (f"zstd: {len(acc.frames)} frames" if len(acc.frames) > 1
+                    else "zstd: single frame (read from its start)")
+        else:
+            seek = "plain: direct offsets"
+        layers.append(dict(layer, index=i, seekable=seek))
+    image_size = md.get("image_size") or 0
+    return {
+        "archive": {"size": arc.size, "format_version": arc.format_version,
+                    "percent_of_image": round(100.0 * arc.size / image_size, 4) if image_size
+                    else None},
+        "manifest_digest": md.get("manifest_digest"),
+        "config_digest": md.get("config_digest"),
+        "tag": md.get("tag"),
+        "source_ref": md.get("source_ref"),
+        "storage_ref": md.get("storage_ref"),
+        "platform": md.get("platform"),
+        "created": config.get("created"),
+        "config": config.get("config", {}),
+        "layers": layers,
+        "image_size": image_size,
+        "nodes": {"total": arc.node_count, **dict(sorted(counts.items()))},
+        "created_by": md.get("created_by"),
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    with open_archive(args.archive) as arc:
+        info = inspect_dict(arc)
+    if args.json:
+        _print_json(info)
+        return 0
+    a = info["archive"]
+    print(f"archive:   {args.archive} ({human(a['size'])}, format {a['format_version']}"
+          + (f", {a['percent_of_image']:.3f}% of the image)" if a["percent_of_image"] is not None
+             else ")"))
+    print(f"manifest:  {info['manifest_digest']}")
+    print(f"config:    {info['config_digest']}")
+    print(f"platform:  {info['platform'] or 'unknown'}")
+    print(f"source:    {info['source_ref']}")
+    print(f"storage:   {info['storage_ref']}")
+    cfg = info["config"] or {}
+    if cfg.get("Entrypoint") or cfg.get("Cmd"):
+        print(f"command:   {json.dumps((cfg.get('Entrypoint') or []) + (cfg.get('Cmd') or []))}")
+    nodes = info["nodes"]
+    print("nodes:     " + ", ".join(f"{v} {k}" for k, v in nodes.items()))
+    print(f"layers:    {len(info['layers'])} ({human(info['image_size'])} compressed)")
+    for layer in info["layers"]:
+        print(f"  [{layer['index']}] {layer['digest']}  {human(layer['size'])} -> "
+              f"{human(layer['uncompressed_size'])}  {layer['seekable']}")
+    return 0
+
+
+# -- ls / stat -----------------------------------------------------------------------------
+
+def _mode_string(node: Node) -> str:
+    return statmod.filemode(_TYPE_BITS[node.type] | node.mode)
+
+
+def _long_line(node: Node, name: str) -> str:
+    size = f"{node.devmajor}, {node.devminor}" if node.type in (CHAR, BLOCK) else str(node.size)
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(node.mtime_sec)) \
+        if -(2**40) < node.mtime_sec < 2**40 else str(node.mtime_sec)
+    line = f"{_mode_string(node)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} {size:>10} {when} {name}"
+    if node.type == SYMLINK:
+        line += " -> " + decode_path(node.linkname)
+    return line
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent.rstrip(b"/") + b"/" + name
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with open_archive(args.archive) as arc:
+        top = arc.stat(args.path)
+        if top.type != DIR:
+            _ls_print(args, top, decode_path(top.path))
+            return 0
+        dirs = [top.path]
+        first = True
+        while dirs:
+            path = dirs.pop(0)
+            if args.recursive and not args.json:
+                if not first:
+                    print()
+                print(decode_path(path) + ":")
+            first = False
+            subdirs = []
+            for name in arc.listdir(path):
+                child = _join(path, name)
+                node = arc.stat(child)
+                _ls_print(args, node, decode_path(name))
+                if node.type == DIR:
+                    subdirs.append(child)
+            if args.recursive:
+                dirs[0:0] = subdirs
+    return 0
+
+
+def _ls_print(args: argparse.Namespace, node: Node, name: str) -> None:
+    if args.json:
+        print(json.dumps(dict(node_record(node), name=name), sort_keys=True))
+    elif args.long:
+        print(_long_line(node, name))
+    else:
+        print(name)
+
+
+def cmd_stat(args: argparse.Namespace) -> int:
+    with open_archive(args.archive) as arc:
+        node = arc.stat(args.path)
+    rec = node_record(node)
+    rec["mtime_nsec"] = node.mtime_nsec
+    if args.json:
+        _print_json(rec)
+        return 0
+    print(f"  path: {rec['path']}" + (f" -> {rec['linkname']}" if "linkname" in rec else ""))
+    print(f"  type: {node.type}  mode: {node.mode:04o} ({_mode_string(node)})  "
+          f"uid: {node.uid}  gid: {node.gid}")
+    print(f"  size: {node.size}  nlink: {node.nlink}  ino: {node.ino}")
+    print(f" mtime: {node.mtime_sec}.{node.mtime_nsec:09d}")
+    if node.type in (CHAR, BLOCK):
+        print(f"device: {node.devmajor},{node.devminor}")
+    if node.type == FILE:
+        print(f"  data: layer {node.layer}, offset {node.offset}"
+              + (f", sparse runs {list(node.sparse)}" if node.sparse else ""))
+    for k, v in rec["xattrs"].items():
+        print(f" xattr: {k}={v} (base64)")
+    return 0
+
+
+# -- export --------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with open_archive(args.archive) as arc:
+        write_export(arc.walk(), sys.stdout)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+def sample_layout() -> Path:
+    path = Path(str(resources.files("clipcy") / "sample"))
+    if not (path / "index.json").is_file():
+        raise ClipError(f"the sample layout is missing from the installation ({path})")
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from clipcy.indexer import create_index_only_archive_from_oci_layout
+
+    layout = sample_layout()
+    with tempfile.TemporaryDirectory(prefix="clipcy-demo-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp) / "sample.clip"
+        print(f"$ clipctl index-layout --layout {layout} --tag latest --out {out}")
+        summary = create_index_only_archive_from_oci_layout(layout, "latest", out)
+        pct = 100.0 * summary.archive_size / summary.image_size
+        print(f"wrote {out}: {summary.node_count} nodes from {summary.layer_count} layers, "
+              f"{human(summary.archive_size)} ({pct:.1f}% of {human(summary.image_size)})\n")
+        for argv in (["inspect", str(out)], ["ls", str(out), "/", "-l", "-R"]):
+            print("$ clipctl " + " ".join(argv))
+            sys.stdout.flush()
+            from clipcy.cli import build_parser
+
+            sub = build_parser().parse_args(argv)
+            sub.func(sub)
+            print()
+        if args.out:
+            print(f"kept {out}")
+    return 0
+

@@ -1,0 +1,262 @@
+"""index-layout: a local OCI image layout into an index-only .clip archive.
+
+Each layer blob is streamed once: the compressed bytes are hashed (descriptor digest), fed
+to an indexer that decompresses them and records resume points (blobindex.py), the output is
+hashed (diff_id) and parsed (tarparse.TarParser). Layers run in parallel threads: inflate,
+zstd and sha256 release the GIL. The merged tree and the metadata go to the writer, and the
+archive is written atomically (temp file in the target directory, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipcy import __version__
+from clipcy.access import LayerAccess
+from clipcy.errors import BlobError, ClipError, DigestMismatchError
+from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
+from clipcy.logs import step
+
+log = logging.getLogger("clipcy")
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class LayerResult:
+    """One layer after streaming: its entries, resume points and measured digests."""
+
+    index: int
+    entries: list[Any]
+    access: LayerAccess
+    compression: str
+    uncompressed_size: int
+    diff_id: str | None
+    seconds: float
+
+
+@dataclass(slots=True)
+class IndexSummary:
+    archive: str
+    manifest_digest: str
+    layer_count: int
+    node_count: int
+    bytes_indexed: int  # uncompressed layer bytes
+    image_size: int  # compressed layer bytes
+    archive_size: int
+    seconds: float
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
+                progress: ProgressFn | None = None) -> LayerResult:
+    """Stream one layer blob: check its digest and diff_id, parse its tar, record access."""
+    from clipcy.blobindex import make_indexer
+    from clipcy.streams import detect
+    from clipcy.tarparse import TarParser
+
+    t0 = time.perf_counter()
+    try:
+        f = open(info.path, "rb", buffering=0)
+    except OSError as e:
+        raise BlobError(f"failed to open layer blob {info.digest}: {e.strerror or e}") from e
+    with f:
+        head = f.read(READ_CHUNK)
+        kind = detect(head)
+        if kind != info.announced:
+            log.warning("layer %d (%s): media type %s says %s but the blob is %s; using %s",
+                        index, info.digest, info.media_type, info.announced, kind, kind)
+        indexer = make_indexer(kind)
+        parser = TarParser()
+        entries: list[Any] = []
+        blob_hash = hashlib.sha256() if verify else None
+        tar_hash = hashlib.sha256() if verify else None
+        read = len(head)
+        chunk = head
+        where = f"layer {index} ({info.digest})"
+        try:
+            while chunk:
+                if blob_hash is not None:
+                    blob_hash.update(chunk)
+                for out in indexer.feed(chunk):
+                    if tar_hash is not None:
+                        tar_hash.update(out)
+                    entries.extend(parser.feed(out))
+                if progress is not None:
+                    progress("layer-progress", {"layer": index, "bytes": read})
+                chunk = f.read(READ_CHUNK)
+                read += len(chunk)
+                if read > info.size and verify:
+                    break  # longer than its descriptor: no need to read the rest
+            if read == info.size or not verify:
+                indexer.finish()
+                parser.close()
+        except ClipError as e:
+            if blob_hash is not None:
+                # A corrupt stream is most often a changed blob: say so when the digest agrees.
+                _drain(f, blob_hash)
+                actual = "sha256:" + blob_hash.hexdigest()
+                if actual != info.digest:
+                    raise DigestMismatchError(f"{where}: blob digest is {actual} ({e})") from e
+            raise type(e)(f"{where}: {e}") from e
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
+    if verify:
+        assert blob_hash is not None and tar_hash is not None
+        if read != info.size:
+            raise DigestMismatchError(f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+                                      f" than the descriptor's {info.size} bytes")
+        if "sha256:" + blob_hash.hexdigest() != info.digest:
+            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hash.hexdigest()}")
+        diff_id = "sha256:" + tar_hash.hexdigest()
+        if diff_id != info.diff_id:
+            raise DigestMismatchError(f"{where}: uncompressed digest {diff_id} differs from "
+                                      f"the config's diff_id {info.diff_id}")
+    else:
+        diff_id = None
+    seconds = time.perf_counter() - t0
+    log.debug("%s: %d entries, %d -> %d bytes, %s, %.3f s", where, len(entries),
+              indexer.total_in, indexer.total_out, kind, seconds)
+    return LayerResult(index, entries, indexer.access(), kind, indexer.total_out, diff_id, seconds)
+
+
+def _drain(f: Any, h: Any) -> None:
+    while chunk := f.read(READ_CHUNK):
+        h.update(chunk)
+
+
+def build_metadata(image: ResolvedImage, results: Sequence[LayerResult], storage_ref: str,
+                   source_ref: str) -> dict[str, Any]:
+    layers = []
+    for info, res in zip(image.layers, results, strict=True):
+        layers.append({
+            "digest": info.digest,
+            "size": info.size,
+            "media_type": info.media_type,
+            "compression": res.compression,
+            "diff_id": info.diff_id,
+            "uncompressed_size": res.uncompressed_size,
+        })
+    return {
+        "clipcy_format": "index-only",
+        "created_by": f"clipcy {__version__}",
+        "source_ref": source_ref,
+        "storage_ref": storage_ref,
+        "tag": image.tag,
+        "manifest_digest": image.manifest_digest,
+        "manifest_media_type": image.manifest_media_type,
+        "config_digest": image.config_digest,
+        "config": image.config,
+        "platform": str(image.platform) if image.platform else None,
+        "layers": layers,
+        "image_size": sum(info.size for info in image.layers),
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to path through a temp file in the same directory, fsync and rename."""
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ClipError(f"failed to create {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise ClipError(f"failed to write {path}: {e.strerror or e}") from e
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is done
+
+
+def create_index_only_archive_from_oci_layout(
+        layout_dir: str | os.PathLike[str], tag: str | None, archive_path: str | os.PathLike[str],
+        *, platform: str | None = None, storage_ref: str | None = None, verify: bool = True,
+        digest: str | None = None, workers: int | None = None,
+        progress: ProgressFn | None = None) -> IndexSummary:
+    """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
+
+    `layout_dir` may also be a reference: "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:...".
+    Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
+    written and an existing file at archive_path is untouched.
+    """
+    from clipcy.merge import merge_layers
+    from clipcy.writer import encode_archive
+
+    t0 = time.perf_counter()
+    ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
+    out = Path(archive_path)
+    with step("resolve layout"):
+        layout = Layout(ref.path)
+        image = resolve(layout, ref.tag, ref.digest, platform)
+    log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
+    emit = progress or (lambda event, data: None)
+    emit("start", {"manifest": image.manifest_digest, "layers": len(image.layers),
+                   "bytes": sum(x.size for x in image.layers)})
+
+    def run(i: int) -> LayerResult:
+        info = image.layers[i]
+        emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
+        res = index_layer(info, i, verify=verify, progress=progress)
+        emit("layer-done", {"layer": i, "digest": info.digest, "seconds": round(res.seconds, 6),
+                            "uncompressed": res.uncompressed_size, "entries": len(res.entries)})
+        return res
+
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
+    with step("index layers"):
+        if n_workers == 1:
+            results = [run(i) for i in range(len(image.layers))]
+        else:
+            with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
+                results = list(pool.map(run, range(len(image.layers))))
+    with step("merge layers"):
+        nodes = merge_layers(r.entries for r in results)
+        for r in results:
+            r.entries = []
+    storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
+    source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
+    metadata = build_metadata(image, results, storage, source)
+    with step("encode archive"):
+        data = encode_archive(metadata, nodes, [r.access for r in results])
+    with step("write archive"):
+        write_atomic(out, data)
+    summary = IndexSummary(
+        archive=str(out), manifest_digest=image.manifest_digest, layer_count=len(results),
+        node_count=len(nodes), bytes_indexed=sum(r.uncompressed_size for r in results),
+        image_size=metadata["image_size"], archive_size=len(data),
+        seconds=time.perf_counter() - t0, layers=metadata["layers"])
+    emit("done", summary.as_dict())
+    return summary

@@ -1,0 +1,403 @@
+"""OCI image layout resolution: refs, index.json, nested indexes, platforms, blobs, digests.
+
+Follows the OCI image-layout and image-spec rules (and Docker v2 schema 2 media types). Every
+small blob (index, manifest, config) is read whole and checked against its descriptor's digest
+and size; layer blobs are only located here and are checked while indexer.py streams them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform as _platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipcy.errors import BlobError, DigestMismatchError, LayoutError, ManifestNotFoundError
+
+log = logging.getLogger("clipcy")
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
+                "application/vnd.docker.container.image.v1+json")
+
+# Layer media type -> the compression it announces (the blob's magic bytes decide).
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "plain",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar": "plain",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
+}
+FOREIGN_LAYER_TYPES = (
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+
+MAX_JSON_BLOB = 16 << 20  # index, manifest, config: larger ones are refused, not read
+MAX_INDEX_DEPTH = 8
+_DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
+
+
+# ---------------------------------------------------------------------------------------
+# Digests and blobs
+
+def parse_digest(digest: object, where: str = "descriptor") -> tuple[str, str]:
+    """Validate an OCI digest string before it becomes a path: ('sha256', hex)."""
+    if not isinstance(digest, str) or ":" not in digest:
+        raise LayoutError(f"invalid digest {digest!r} in {where}")
+    alg, _, hexpart = digest.partition(":")
+    pattern = _DIGEST_RE.get(alg)
+    if pattern is None:
+        raise LayoutError(f"unsupported digest algorithm {alg!r} in {where} ({digest})")
+    if not pattern.fullmatch(hexpart):
+        raise LayoutError(f"invalid digest {digest!r} in {where}")
+    return alg, hexpart
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+    platform: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, obj: object, where: str) -> Descriptor:
+        if not isinstance(obj, dict):
+            raise LayoutError(f"invalid descriptor in {where}: not an object")
+        digest = obj.get("digest")
+        parse_digest(digest, where)
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise LayoutError(f"invalid size {size!r} for {digest} in {where}")
+        media_type = obj.get("mediaType", "")
+        if not isinstance(media_type, str):
+            raise LayoutError(f"invalid mediaType for {digest} in {where}")
+        ann = obj.get("annotations") or {}
+        plat = obj.get("platform")
+        if not isinstance(ann, dict) or (plat is not None and not isinstance(plat, dict)):
+            raise LayoutError(f"invalid annotations or platform for {digest} in {where}")
+        return cls(media_type, str(digest), size, {str(k): str(v) for k, v in ann.items()}, plat)
+
+
+class Layout:
+    """An OCI image layout directory on disk."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise LayoutError(f"failed to open layout {str(self.root)!r}: not a directory")
+        self._check_oci_layout()
+        self.index = self._read_index()
+
+    def _check_oci_layout(self) -> None:
+        path = self.root / "oci-layout"
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise LayoutError(f"not an OCI image layout: {path} is missing") from None
+        except (OSError, ValueError) as e:
+            raise LayoutError(f"failed to read oci-layout: {e}") from e
+        version = data.get("imageLayoutVersion") if isinstance(data, dict) else None
+        if not isinstance(version, str) or not version.startswith("1."):
+            raise LayoutError(f"unsupported imageLayoutVersion {version!r} in {path}")
+
+    def _read_index(self) -> dict[str, Any]:
+        path = self.root / "index.json"
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_JSON_BLOB + 1)
+        except OSError as e:
+            raise LayoutError(f"failed to read index.json: {e.strerror or e} ({path})") from e
+        if len(raw) > MAX_JSON_BLOB:
+            raise LayoutError(f"failed to read index.json: larger than {MAX_JSON_BLOB} bytes")
+        try:
+            index = json.loads(raw)
+        except ValueError as e:
+            raise LayoutError(f"failed to read index.json: invalid JSON ({e})") from e
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise LayoutError("failed to read index.json: 'manifests' is not a list")
+        return index
+
+    def blob_path(self, digest: str) -> Path:
+        alg, hexpart = parse_digest(digest)
+        return self.root / "blobs" / alg / hexpart
+
+    def read_blob(self, desc: Descriptor, what: str) -> bytes:
+        """A small blob, read whole and checked against its descriptor."""
+        if desc.size > MAX_JSON_BLOB:
+            raise LayoutError(f"{what} {desc.digest} is too large ({desc.size} bytes)")
+        path = self.blob_path(desc.digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(desc.size + 1)
+        except OSError as e:
+            raise BlobError(f"failed to open {what} blob {desc.digest}: {e.strerror or e}") from e
+        check_blob(data, desc, what)
+        return data
+
+    def read_json(self, desc: Descriptor, what: str) -> dict[str, Any]:
+        data = self.read_blob(desc, what)
+        try:
+            obj = json.loads(data)
+        except ValueError as e:
+            raise LayoutError(f"failed to parse {what} {desc.digest}: {e}") from e
+        if not isinstance(obj, dict):
+            raise LayoutError(f"failed to parse {what} {desc.digest}: not a JSON object")
+        return obj
+
+    def descriptors(self) -> list[Descriptor]:
+        return [Descriptor.parse(m, "index.json") for m in self.index.get("manifests", [])]
+
+
+def check_blob(data: bytes, desc: Descriptor, what: str) -> None:
+    if len(data) != desc.size:
+        raise DigestMismatchError(
+            f"{what} blob {desc.digest} has size {len(data)}, descriptor says {desc.size}")
+    alg, hexpart = parse_digest(desc.digest)
+    actual = hashlib.new(alg, data).hexdigest()
+    if actual != hexpart:
+        raise DigestMismatchError(f"{what} blob {desc.digest} has digest {alg}:{actual}")
+
+
+# ---------------------------------------------------------------------------------------
+# References: "DIR", "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:..."
+
+@dataclass(frozen=True, slots=True)
+class LayoutRef:
+    path: str
+    tag: str | None = None
+    digest: str | None = None
+
+
+def parse_layout_ref(ref: str, tag: str | None = None, digest: str | None = None) -> LayoutRef:
+    """Split a --layout value; a tag or digest given both ways must agree."""
+    path, ref_tag, ref_digest = ref, None, None
+    for prefix in ("oci-layout://", "oci:"):
+        if ref.startswith(prefix):
+            rest = ref[len(prefix):]
+            # As containers/image does: the directory ends at the first ':'.
+            path, sep, name = rest.partition(":")
+            if sep and name:
+                ref_tag = name
+            break
+    if "@" in path:
+        base, _, maybe = path.rpartition("@")
+        if maybe.startswith(("sha256:", "sha512:")):
+            path, ref_digest = base, maybe
+    if ref_tag is not None and "@" in ref_tag:
+        ref_tag, _, ref_digest = ref_tag.partition("@")
+    if not path:
+        raise LayoutError(f"invalid layout reference {ref!r}: no directory")
+    if ref_digest is not None:
+        parse_digest(ref_digest, f"layout reference {ref!r}")
+    if tag is not None and ref_tag is not None and tag != ref_tag:
+        raise LayoutError(f"--tag {tag!r} disagrees with the tag {ref_tag!r} in {ref!r}")
+    if digest is not None and ref_digest is not None and digest != ref_digest:
+        raise LayoutError(f"--digest {digest} disagrees with the digest in {ref!r}")
+    if digest is not None:
+        parse_digest(digest, "--digest")
+    return LayoutRef(path, tag if tag is not None else ref_tag,
+                     digest if digest is not None else ref_digest)
+
+
+# ---------------------------------------------------------------------------------------
+# Platforms, matched as containerd does after normalisation (arm64/v8 == arm64).
+
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm",
+                 "armel": "arm", "i386": "386", "i686": "386", "ppc64el": "ppc64le"}
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        parts = text.strip().lower().split("/")
+        if not 1 <= len(parts) <= 3 or not all(parts):
+            raise LayoutError(f"invalid platform {text!r}: expected os/arch[/variant]")
+        if len(parts) == 1:  # "arm64" alone: the os is linux, as containerd guesses
+            parts = ["linux", parts[0]]
+        return cls(*parts).normalized()
+
+    @classmethod
+    def host(cls) -> Platform:
+        machine = _platform.machine().lower()
+        variant = "v7" if machine.startswith("armv7") else ""
+        arch = "arm" if machine.startswith("armv") else _ARCH_ALIASES.get(machine, machine)
+        return cls("linux", arch, variant).normalized()
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Platform:
+        return cls(str(obj.get("os", "")).lower(), str(obj.get("architecture", "")).lower(),
+                   str(obj.get("variant", "") or "").lower()).normalized()
+
+    def normalized(self) -> Platform:
+        arch = _ARCH_ALIASES.get(self.architecture, self.architecture)
+        variant = self.variant
+        if variant and not variant.startswith("v") and variant.isdigit():
+            variant = "v" + variant
+        if arch == "arm64" and variant == "v8":
+            variant = ""
+        if arch == "arm" and variant == "":
+            variant = "v7"
+        if arch == "amd64" and variant == "v1":
+            variant = ""
+        return Platform(self.os, arch, variant)
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+# ---------------------------------------------------------------------------------------
+# Resolution
+
+@dataclass(slots=True)
+class LayerInfo:
+    digest: str
+    size: int
+    media_type: str
+    announced: str  # compression announced by the media type: plain, gzip or zstd
+    diff_id: str
+    path: Path
+
+
+@dataclass(slots=True)
+class ResolvedImage:
+    layout: Layout
+    manifest_digest: str
+    manifest_media_type: str
+    manifest: dict[str, Any]
+    config_digest: str
+    config: dict[str, Any]
+    layers: list[LayerInfo]
+    platform: Platform | None
+    tag: str | None
+
+
+def select_top(layout: Layout, tag: str | None, digest: str | None) -> Descriptor:
+    """The index.json entry named by tag or digest (or the only entry)."""
+    descs = layout.descriptors()
+    if digest is not None:
+        for d in descs:
+            if d.digest == digest:
+                if tag is not None and d.annotations.get(REF_NAME) not in (tag, None):
+                    continue
+                return d
+        raise ManifestNotFoundError(f"no manifest found for digest {digest}")
+    tags = [d.annotations.get(REF_NAME) for d in descs]
+    available = ", ".join(sorted({t for t in tags if t})) or "none"
+    if tag is None:
+        if len(descs) == 1:
+            return descs[0]
+        raise ManifestNotFoundError(
+            f"the layout has {len(descs)} manifests: give a tag (available: {available})")
+    exact = [d for d in descs if d.annotations.get(REF_NAME) == tag]
+    if not exact:  # fully qualified names: "registry.example.com/ns/app:1.2" matches "1.2"
+        exact = [d for d in descs if (d.annotations.get(REF_NAME) or "").endswith(":" + tag)]
+    digests = {d.digest for d in exact}
+    if len(digests) == 1:
+        return exact[0]
+    if len(digests) > 1:
+        names = ", ".join(sorted(str(d.annotations.get(REF_NAME)) for d in exact))
+        raise ManifestNotFoundError(f"tag {tag!r} is ambiguous: {names}")
+    raise ManifestNotFoundError(f"no manifest found for tag {tag!r} (available: {available})")
+
+
+def _kind(desc: Descriptor, obj: dict[str, Any]) -> str:
+    media_type = desc.media_type or str(obj.get("mediaType", ""))
+    if media_type in INDEX_TYPES or (not media_type and "manifests" in obj):
+        return "index"
+    if media_type in MANIFEST_TYPES or (not media_type and "layers" in obj):
+        return "manifest"
+    if media_type == "application/vnd.docker.distribution.manifest.v1+json" or \
+            media_type.endswith("manifest.v1+prettyjws"):
+        raise LayoutError(f"Docker schema 1 manifest {desc.digest} is not supported")
+    raise LayoutError(f"unsupported manifest media type {media_type!r} ({desc.digest})")
+
+
+def _pick_platform(descs: list[Descriptor], want: Platform, where: str) -> Descriptor:
+    seen = []
+    for d in descs:
+        if d.platform is None:
+            continue
+        plat = Platform.from_json(d.platform)
+        seen.append(str(plat))
+        if plat == want:
+            return d
+    raise ManifestNotFoundError(
+        f"no manifest for platform {want} in {where} (available: {', '.join(seen) or 'none'})")
+
+
+def resolve(layout: Layout, tag: str | None = None, digest: str | None = None,
+            platform: str | None = None) -> ResolvedImage:
+    desc = select_top(layout, tag, digest)
+    want = Platform.parse(platform) if platform else None
+    seen: set[str] = set()
+    for _depth in range(MAX_INDEX_DEPTH):
+        if desc.digest in seen:
+            raise LayoutError(f"image index cycle at {desc.digest}")
+        seen.add(desc.digest)
+        obj = layout.read_json(desc, "manifest")
+        if _kind(desc, obj) == "manifest":
+            return _resolve_manifest(layout, desc, obj, want, tag)
+        children = [Descriptor.parse(m, f"index {desc.digest}") for m in obj.get("manifests", [])]
+        desc = _pick_platform(children, want or Platform.host(), f"index {desc.digest}")
+        log.debug("index %s -> manifest %s", desc.digest, desc.digest)
+    raise LayoutError(f"image indexes nested deeper than {MAX_INDEX_DEPTH} levels")
+
+
+def _resolve_manifest(layout: Layout, desc: Descriptor, manifest: dict[str, Any],
+                      want: Platform | None, tag: str | None) -> ResolvedImage:
+    where = f"manifest {desc.digest}"
+    config_desc = Descriptor.parse(manifest.get("config"), where)
+    if config_desc.media_type and config_desc.media_type not in CONFIG_TYPES:
+        raise LayoutError(f"unsupported config media type {config_desc.media_type!r} in {where}")
+    config = layout.read_json(config_desc, "config")
+    plat = Platform.from_json(config) if config.get("architecture") else None
+    if want is not None and plat is not None and plat != want:
+        raise ManifestNotFoundError(f"{where} is for platform {plat}, not {want}")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise LayoutError(f"config {config_desc.digest} has no rootfs.diff_ids")
+    raw_layers = manifest.get("layers")
+    if not isinstance(raw_layers, list):
+        raise LayoutError(f"{where} has no layers list")
+    if len(raw_layers) != len(diff_ids):
+        raise LayoutError(f"{where} has {len(raw_layers)} layers but config "
+                          f"{config_desc.digest} lists {len(diff_ids)} diff_ids")
+    layers = []
+    for i, (raw, diff_id) in enumerate(zip(raw_layers, diff_ids, strict=True)):
+        ldesc = Descriptor.parse(raw, f"{where} layer {i}")
+        parse_digest(diff_id, f"config {config_desc.digest} diff_ids[{i}]")
+        if ldesc.media_type in FOREIGN_LAYER_TYPES or raw.get("urls"):
+            raise LayoutError(f"layer {i} ({ldesc.digest}) is a foreign (non-distributable) "
+                              f"layer: its blob is not in the layout")
+        announced = LAYER_TYPES.get(ldesc.media_type)
+        if announced is None:
+            raise LayoutError(f"unsupported layer media type {ldesc.media_type!r} "
+                              f"(layer {i}, {ldesc.digest})")
+        layers.append(LayerInfo(ldesc.digest, ldesc.size, ldesc.media_type, announced,
+                                str(diff_id), layout.blob_path(ldesc.digest)))
+    return ResolvedImage(layout, desc.digest, desc.media_type or str(manifest.get("mediaType", "")),
+                         manifest, config_desc.digest, config, layers, plat, tag)

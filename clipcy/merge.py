@@ -1,0 +1,251 @@
+"""Overlay the layers' tar entries into one root filesystem, as umoci and containers/storage do.
+
+Rules (OCI image-spec, "Applying changesets"):
+- `.wh.NAME` removes NAME (and its subtree) of the LOWER layers; `.wh..wh..opq` hides the
+  lower layers' children of its directory. Neither touches the same layer's own entries,
+  whatever their order in the tar, so a layer's whiteouts are applied before its entries.
+- A later entry replaces an earlier one; a non-directory replacing anything (or anything
+  replacing a non-directory) removes the old subtree; a directory over a directory keeps the
+  children and takes the new metadata (xattrs included: the header is the full new state).
+- Hardlinks share the inode of their target (same layer or lower); missing parent
+  directories are created (0755 root:root, mtime 0); whiteout files never appear.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+
+log = logging.getLogger("clipcy")
+
+WHITEOUT = b".wh."
+OPAQUE = b".wh..wh..opq"
+
+
+class Entry(Protocol):
+    """What merge needs of a tar entry (clipcy.tarparse.TarEntry has it)."""
+
+    name: bytes
+    type: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: float
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: dict[str, bytes]
+    offset: int
+    sparse: Any
+
+
+class Inode:
+    """What hardlinked paths share. Directories get one each too."""
+
+    __slots__ = ("type", "mode", "uid", "gid", "mtime_sec", "mtime_nsec", "size", "linkname",
+                 "devmajor", "devminor", "xattrs", "layer", "offset", "sparse", "children")
+
+    def __init__(self, type: str, mode: int, uid: int, gid: int, mtime: float) -> None:
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime_sec, self.mtime_nsec = split_mtime(mtime)
+        self.size = 0
+        self.linkname = b""
+        self.devmajor = 0
+        self.devminor = 0
+        self.xattrs: dict[str, bytes] = {}
+        self.layer = -1
+        self.offset = 0
+        self.sparse: tuple[tuple[int, int], ...] | None = None
+        # directories: child name -> that child's path (None for non-directories)
+        self.children: dict[bytes, bytes] | None = {} if type == DIR else None
+
+
+def split_mtime(mtime: float) -> tuple[int, int]:
+    if not math.isfinite(mtime):
+        return 0, 0
+    sec = math.floor(mtime)
+    nsec = min(int(round((mtime - sec) * 1e9)), 999_999_999)
+    return sec, nsec
+
+
+def clean_path(name: bytes) -> bytes:
+    """A tar member name as an absolute, normalised path; '..' cannot climb above '/'."""
+    path = posixpath.normpath(b"/" + name)
+    if path.startswith(b"//"):  # normpath keeps a leading '//' (POSIX allows it)
+        path = b"/" + path.lstrip(b"/")
+    return path
+
+
+_TYPE_MAP = {"file": FILE, "dir": DIR, "symlink": SYMLINK, "char": CHAR, "block": BLOCK,
+             "fifo": FIFO}
+
+
+class Tree:
+    """The root filesystem being built: path -> Inode, plus each directory's children."""
+
+    def __init__(self) -> None:
+        self.paths: dict[bytes, Inode] = {b"/": Inode(DIR, 0o755, 0, 0, 0.0)}
+
+    # -- removal ---------------------------------------------------------------------
+    def remove(self, path: bytes) -> None:
+        inode = self.paths.pop(path, None)
+        if inode is None:
+            return
+        parent, name = posixpath.split(path)
+        pnode = self.paths.get(parent)
+        if pnode is not None and pnode.children is not None:
+            pnode.children.pop(name, None)
+        self._remove_children(inode)
+
+    def _remove_children(self, inode: Inode) -> None:
+        stack = [inode]
+        while stack:
+            node = stack.pop()
+            if node.children:
+                for child in node.children.values():
+                    sub = self.paths.pop(child, None)
+                    if sub is not None:
+                        stack.append(sub)
+                node.children.clear()
+
+    def clear_children(self, path: bytes) -> None:
+        inode = self.paths.get(path)
+        if inode is not None and inode.children is not None:
+            self._remove_children(inode)
+
+    # -- insertion -------------------------------------------------------------------
+    def ensure_parents(self, path: bytes) -> Inode:
+        """The parent directory of path, creating missing ones; returns the parent."""
+        parent = posixpath.dirname(path)
+        pnode = self.paths.get(parent)
+        if pnode is not None and pnode.type == DIR:
+            return pnode
+        if pnode is not None:
+            log.warning("replacing non-directory %s with a directory to hold %s",
+                        parent.decode(errors="replace"), path.decode(errors="replace"))
+            self.remove(parent)
+        gp = self.ensure_parents(parent)
+        pnode = Inode(DIR, 0o755, 0, 0, 0.0)
+        self._attach(gp, parent, pnode)
+        return pnode
+
+    def _attach(self, pnode: Inode, path: bytes, inode: Inode) -> None:
+        self.paths[path] = inode
+        assert pnode.children is not None
+        pnode.children[posixpath.basename(path)] = path
+
+    def put(self, path: bytes, inode: Inode) -> None:
+        if path == b"/":
+            if inode.type == DIR:  # the root takes the metadata of a "./" entry
+                inode.children = self.paths[b"/"].children
+                self.paths[b"/"] = inode
+            return
+        old = self.paths.get(path)
+        if old is not None:
+            if old.type == DIR and inode.type == DIR and old is not inode:
+                inode.children = old.children  # dir over dir keeps the children
+                self.paths[path] = inode
+                return
+            self.remove(path)
+        pnode = self.ensure_parents(path)
+        self._attach(pnode, path, inode)
+
+
+def _inode_from_entry(e: Entry, layer: int) -> Inode:
+    node_type = _TYPE_MAP.get(e.type, FILE)
+    inode = Inode(node_type, e.mode & 0o7777, e.uid, e.gid, e.mtime)
+    inode.xattrs = dict(e.xattrs) if e.xattrs else {}
+    if node_type == FILE:
+        inode.size = e.size
+        inode.layer = layer
+        inode.offset = e.offset
+        inode.sparse = tuple(tuple(r) for r in e.sparse) if e.sparse else None  # type: ignore[misc]
+    elif node_type == SYMLINK:
+        inode.linkname = e.linkname
+    elif node_type in (CHAR, BLOCK):
+        inode.devmajor = e.devmajor
+        inode.devminor = e.devminor
+    return inode
+
+
+def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int) -> None:
+    """Apply one layer's entries (in tar order) on top of tree."""
+    items = []
+    removals = []
+    opaques = []
+    for e in entries:
+        path = clean_path(e.name)
+        name = posixpath.basename(path)
+        if name.startswith(WHITEOUT):
+            parent = posixpath.dirname(path)
+            if name == OPAQUE:
+                opaques.append(parent)
+            elif name.startswith(WHITEOUT + WHITEOUT):
+                pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the tree
+            else:
+                removals.append(posixpath.join(parent, name[len(WHITEOUT):]))
+            continue
+        items.append((path, e))
+    # Whiteouts hide only lower layers: apply them before this layer's own entries.
+    for path in removals:
+        if path != b"/":
+            tree.remove(path)
+    for path in opaques:
+        tree.clear_children(path)
+    for path, e in items:
+        if e.type == "hardlink":
+            target = clean_path(e.linkname)
+            inode = tree.paths.get(target)
+            if inode is None or inode.type == DIR:
+                log.warning("layer %d: hardlink %s -> %s: target %s; skipped", layer,
+                            path.decode(errors="replace"), target.decode(errors="replace"),
+                            "missing" if inode is None else "is a directory")
+                continue
+            if target == path:
+                continue
+            tree.put(path, inode)
+        else:
+            tree.put(path, _inode_from_entry(e, layer))
+
+
+def to_nodes(tree: Tree) -> list[Node]:
+    """The tree as Nodes sorted by path bytes, with inode numbers and link counts."""
+    paths = sorted(tree.paths)
+    links: dict[int, int] = {}
+    for inode in tree.paths.values():
+        links[id(inode)] = links.get(id(inode), 0) + 1
+    ino_of: dict[int, int] = {}
+    nodes = []
+    for path in paths:
+        inode = tree.paths[path]
+        ino = ino_of.get(id(inode))
+        if ino is None:
+            ino = ino_of[id(inode)] = len(ino_of) + 1
+        if inode.type == DIR:
+            assert inode.children is not None
+            nlink = 2 + sum(1 for c in inode.children.values() if tree.paths[c].type == DIR)
+        else:
+            nlink = links[id(inode)]
+        nodes.append(Node(path=path, type=inode.type, mode=inode.mode, uid=inode.uid,
+                          gid=inode.gid, mtime_sec=inode.mtime_sec, mtime_nsec=inode.mtime_nsec,
+                          size=inode.size, linkname=inode.linkname, devmajor=inode.devmajor,
+                          devminor=inode.devminor, xattrs=dict(sorted(inode.xattrs.items())),
+                          ino=ino, nlink=nlink, layer=inode.layer, offset=inode.offset,
+                          sparse=inode.sparse))
+    return nodes
+
+
+def merge_layers(layers: Iterable[Iterable[Entry]]) -> list[Node]:
+    tree = Tree()
+    for i, entries in enumerate(layers):
+        apply_layer(tree, entries, i)
+    return to_nodes(tree)

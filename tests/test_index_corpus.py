@@ -1,0 +1,98 @@
+"""index-layout on every layout, tag and platform of ../shared/corpus: zero export differences.
+
+The expected trees were unpacked by an independent implementation (umoci); tree.py compares.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from clipcy.cli import main as clipctl
+
+EXPECTED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "expected"
+
+
+def _cases() -> list[tuple[str, str, str | None]]:
+    """(layout, tag, platform) for every expected/*.jsonl (empty when no corpus)."""
+    cases = []
+    for path in sorted(EXPECTED.glob("*.jsonl")) if EXPECTED.is_dir() else []:
+        parts = path.name[: -len(".jsonl")].split("@")
+        layout, tag = parts[0], urllib.parse.unquote(parts[1])
+        platform = parts[2].replace("-", "/") if len(parts) > 2 else None
+        cases.append((layout, tag, platform))
+    return cases
+
+
+def _expected_file(layout: str, tag: str, platform: str | None) -> Path:
+    name = f"{layout}@{urllib.parse.quote(tag, safe='')}"
+    if platform:
+        name += "@" + platform.replace("/", "-")
+    return EXPECTED / f"{name}.jsonl"
+
+
+def _compare(corpus_dir: Path, expected: Path, actual: Path) -> str:
+    out = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
+                          str(expected), str(actual)], capture_output=True, text=True)
+    return out.stdout if out.returncode else ""
+
+
+@pytest.mark.parametrize("layout,tag,platform", _cases(),
+                         ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()])
+def test_export_matches_expected_tree(corpus: Path, corpus_dir: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str], layout: str, tag: str,
+                                      platform: str | None) -> None:
+    archive = tmp_path / "image.clip"
+    argv = ["index-layout", "--layout", str(corpus / layout), "--tag", tag, "--out", str(archive)]
+    if platform:
+        argv += ["--platform", platform]
+    assert clipctl(argv) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert clipctl(["export", str(archive)]) == 0
+    actual = tmp_path / "export.jsonl"
+    actual.write_text(capsys.readouterr().out, encoding="utf-8", errors="surrogateescape")
+    diffs = _compare(corpus_dir, _expected_file(layout, tag, platform), actual)
+    assert diffs == "", diffs
+
+
+def test_python_api_summary(corpus: Path, tmp_path: Path) -> None:
+    from clipcy import create_index_only_archive_from_oci_layout, open_archive
+
+    out = tmp_path / "basic.clip"
+    summary = create_index_only_archive_from_oci_layout(corpus / "basic", "latest", out)
+    assert summary.layer_count == 3
+    assert summary.archive_size == out.stat().st_size
+    assert summary.manifest_digest.startswith("sha256:")
+    with open_archive(out) as arc:
+        assert arc.metadata["manifest_digest"] == summary.manifest_digest
+        assert len(arc.layers) == 3
+        assert arc.node_count == summary.node_count
+        motd = arc.lookup("/etc/motd")
+        assert motd is not None and motd.type == "file"
+        assert b"etc" in arc.listdir("/")
+        assert [n.path for n in arc.walk()] == sorted(n.path for n in arc.walk())
+
+
+def test_reproducible(corpus: Path, tmp_path: Path) -> None:
+    from clipcy import create_index_only_archive_from_oci_layout
+
+    a, b = tmp_path / "a.clip", tmp_path / "b.clip"
+    create_index_only_archive_from_oci_layout(corpus / "multimember", "latest", a, workers=2)
+    create_index_only_archive_from_oci_layout(corpus / "multimember", "latest", b, workers=1)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_big_layout_size_target(corpus: Path, tmp_path: Path) -> None:
+    """Index size target before resume points: <= 0.2% of the compressed image."""
+    from clipcy import create_index_only_archive_from_oci_layout, open_archive
+
+    out = tmp_path / "big.clip"
+    summary = create_index_only_archive_from_oci_layout(corpus / "big", "latest", out)
+    with open_archive(out) as arc:
+        nodes_bytes = arc.section_sizes().get("nodes", 0)
+    assert nodes_bytes <= 0.002 * summary.image_size, (nodes_bytes, summary.image_size)
+    assert summary.archive_size <= 0.01 * summary.image_size
