@@ -1,0 +1,15 @@
+"""Type stub for the compiled writer (same API as clipcy._writer_py)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from clipcy.access import LayerAccess
+from clipcy.node import Node
+
+__all__ = ["encode_archive", "encode_blocks", "encode_access"]
+
+def encode_blocks(nodes: Sequence[Node]) -> list[tuple[bytes, int, bytes]]: ...
+def encode_access(i: int, a: LayerAccess) -> bytes: ...
+def encode_archive(
+    metadata: dict[str, Any], nodes: Sequence[Node], access: Sequence[LayerAccess]
+) -> bytes: ...

@@ -1,0 +1,570 @@
+"""Read .clip archives (docs/FORMAT.md): open_archive(path) -> Archive.
+
+Opening reads the header, the section table, the metadata and the two small indexes only;
+a lookup binary-searches the block index and decodes one node block (a few are cached).
+Every byte read is covered by a crc32 checked before use; verify() also checks the whole-file
+sha256. Any inconsistency raises ArchiveError("corrupt archive <file>: <what> ...").
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import mmap
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import zstandard
+
+from clipcy import format as F
+from clipcy.access import LayerAccess
+from clipcy.errors import ArchiveError, ArchivePathError
+from clipcy.node import Node
+
+__all__ = ["Archive", "open_archive", "normalize_path"]
+
+_CACHE_BLOCKS = 8
+_DIR = F.TYPE_CODES["dir"]
+
+# A decoded record: the Node's fields in dataclass order, xattrs as a tuple of pairs so that
+# the cached record is immutable and every returned Node is a fresh object.
+_Record = tuple[Any, ...]
+
+
+def normalize_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
+    """b"/"-rooted path bytes: "a/b", "/a/b/", "//a//b" -> b"/a/b"; str via os.fsencode."""
+    raw = os.fsencode(path)
+    if raw.startswith(b"/") and not raw.endswith(b"/") and b"//" not in raw:
+        return raw
+    return b"/" + b"/".join(p for p in raw.split(b"/") if p)
+
+
+def _node(r: _Record) -> Node:
+    return Node(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], dict(r[11]),
+                r[12], r[13], r[14], r[15], r[16], r[17])
+
+
+class _Corrupt(Exception):
+    """Internal: a decoding failure; Archive turns it into ArchiveError with the file name."""
+
+
+def _uv(buf: bytes, pos: int) -> tuple[int, int]:
+    """Decode an unsigned LEB128 varint (at most 10 bytes, value < 2**64)."""
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    v = b & 0x7F
+    shift = 7
+    while True:
+        pos += 1
+        b = buf[pos]
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise _Corrupt(f"varint longer than 10 bytes at block offset {pos}")
+    if v >> 64:
+        raise _Corrupt(f"varint exceeds 64 bits at block offset {pos}")
+    return v, pos + 1
+
+
+def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
+    end = pos + n
+    if end > len(buf):
+        raise _Corrupt(f"field of {n} bytes runs past the end at offset {pos}")
+    return buf[pos:end], end
+
+
+def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[_Record]]:
+    """Decode a block's records (docs/FORMAT.md "Node records") into paths and field tuples."""
+    paths: list[bytes] = []
+    recs: list[_Record] = []
+    uv = _uv
+    pos = 0
+    prev = b""
+    ino = 0
+    try:
+        for _ in range(count):
+            shared, pos = uv(raw, pos)
+            if shared > len(prev):
+                raise _Corrupt(f"shared prefix {shared} longer than the previous path")
+            n, pos = uv(raw, pos)
+            suffix, pos = _take(raw, pos, n)
+            path = prev[:shared] + suffix
+            if paths:
+                if path <= prev:
+                    raise _Corrupt(f"path {path!r} out of order")
+            elif path != first:
+                raise _Corrupt(f"first path {path!r} differs from the index ({first!r})")
+            flags, pos = uv(raw, pos)
+            if flags & ~F.KNOWN_RECORD_FLAGS or flags & F.TYPE_MASK > 5:
+                raise _Corrupt(f"bad record flags {flags:#x} for {path!r}")
+            mode, pos = uv(raw, pos)
+            uid, pos = uv(raw, pos)
+            gid, pos = uv(raw, pos)
+            z, pos = uv(raw, pos)
+            mtime = -(z >> 1) - 1 if z & 1 else z >> 1
+            nsec = 0
+            if flags & F.F_NSEC:
+                nsec, pos = uv(raw, pos)
+                if not 0 < nsec < 1_000_000_000:
+                    raise _Corrupt(f"mtime_nsec {nsec} out of range for {path!r}")
+            z, pos = uv(raw, pos)
+            ino += -(z >> 1) - 1 if z & 1 else z >> 1
+            if ino < 0:
+                raise _Corrupt(f"negative ino for {path!r}")
+            nlink = 1
+            if flags & F.F_NLINK:
+                nlink, pos = uv(raw, pos)
+            size = 0
+            if flags & F.F_SIZE:
+                size, pos = uv(raw, pos)
+            layer, offset = -1, 0
+            if flags & F.F_DATA:
+                layer, pos = uv(raw, pos)
+                layer -= 1
+                offset, pos = uv(raw, pos)
+            sparse = None
+            if flags & F.F_SPARSE:
+                k, pos = uv(raw, pos)
+                if k > len(raw) - pos:
+                    raise _Corrupt(f"sparse count {k} exceeds the block for {path!r}")
+                runs = []
+                for _ in range(k):
+                    o, pos = uv(raw, pos)
+                    ln, pos = uv(raw, pos)
+                    runs.append((o, ln))
+                sparse = tuple(runs)
+            digest = b""
+            if flags & F.F_DIGEST:
+                n, pos = uv(raw, pos)
+                digest, pos = _take(raw, pos, n)
+            linkname = b""
+            if flags & F.F_LINK:
+                n, pos = uv(raw, pos)
+                linkname, pos = _take(raw, pos, n)
+            devmajor = devminor = 0
+            if flags & F.F_DEV:
+                devmajor, pos = uv(raw, pos)
+                devminor, pos = uv(raw, pos)
+            xattrs: tuple[tuple[str, bytes], ...] = ()
+            if flags & F.F_XATTR:
+                k, pos = uv(raw, pos)
+                if k > len(raw) - pos:
+                    raise _Corrupt(f"xattr count {k} exceeds the block for {path!r}")
+                pairs = []
+                for _ in range(k):
+                    n, pos = uv(raw, pos)
+                    name, pos = _take(raw, pos, n)
+                    n, pos = uv(raw, pos)
+                    value, pos = _take(raw, pos, n)
+                    pairs.append((name.decode("utf-8", "surrogateescape"), value))
+                xattrs = tuple(pairs)
+            paths.append(path)
+            recs.append((path, F.TYPE_NAMES[flags & F.TYPE_MASK], mode, uid, gid, mtime, nsec,
+                         size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset,
+                         sparse, digest))
+            prev = path
+    except IndexError:
+        raise _Corrupt(f"records run past the end of the block ({len(raw)} bytes)") from None
+    if pos != len(raw):
+        raise _Corrupt(f"{len(raw) - pos} stray bytes after {count} records")
+    return paths, recs
+
+
+def decode_access(raw: bytes) -> LayerAccess:
+    """Decode one layer's access payload (docs/FORMAT.md "Layer access payload")."""
+    uv = _uv
+    try:
+        code, pos = uv(raw, 0)
+        if code >= len(F.ACCESS_KIND_NAMES):
+            raise _Corrupt(f"unknown access kind {code}")
+        span, pos = uv(raw, pos)
+        k, pos = uv(raw, pos)
+        if k > len(raw) - pos:
+            raise _Corrupt(f"point count {k} exceeds the payload")
+        points = []
+        for _ in range(k):
+            coff, pos = uv(raw, pos)
+            bits = raw[pos]
+            if bits > 7:
+                raise _Corrupt(f"point bits {bits} out of range")
+            uoff, pos = uv(raw, pos + 1)
+            n, pos = uv(raw, pos)
+            window, pos = _take(raw, pos, n)
+            points.append((coff, bits, uoff, window))
+        k, pos = uv(raw, pos)
+        if k > len(raw) - pos:
+            raise _Corrupt(f"frame count {k} exceeds the payload")
+        frames = []
+        for _ in range(k):
+            a, pos = uv(raw, pos)
+            b, pos = uv(raw, pos)
+            c, pos = uv(raw, pos)
+            d, pos = uv(raw, pos)
+            frames.append((a, b, c, d))
+    except IndexError:
+        raise _Corrupt(f"access payload truncated ({len(raw)} bytes)") from None
+    if pos != len(raw):
+        raise _Corrupt(f"{len(raw) - pos} stray bytes after the access payload")
+    return LayerAccess(F.ACCESS_KIND_NAMES[code], span, points, frames)
+
+
+def _decompress(frame: bytes, rawlen: int, limit: int, what: str) -> bytes:
+    if rawlen > limit:
+        raise _Corrupt(f"{what}: raw length {rawlen} exceeds the limit of {limit}")
+    # A forged content size in the frame header would make zstandard allocate it: refuse.
+    try:
+        declared = zstandard.frame_content_size(frame)
+        if declared not in (-1, rawlen):
+            raise _Corrupt(f"{what}: frame declares {declared} bytes, index says {rawlen}")
+        out = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max(rawlen, 1))
+    except zstandard.ZstdError as e:
+        raise _Corrupt(f"{what}: zstd: {e}") from None
+    if len(out) != rawlen:
+        raise _Corrupt(f"{what}: decompressed to {len(out)} bytes, expected {rawlen}")
+    return out
+
+
+class Archive:
+    """An open .clip archive. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        self._mm: mmap.mmap | None = None
+        self._cache: OrderedDict[int, tuple[list[bytes], list[_Record]]] = OrderedDict()
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < F.HEADER_SIZE + F.TRAILER_SIZE:
+                    raise self._error(f"file of {size} bytes is too short for a header")
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ArchiveError(f"cannot open archive {self.name}: {e.strerror or e}") from e
+        try:
+            self._open(size)
+        except _Corrupt as e:
+            self.close()
+            raise self._error(str(e)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ----------------------------------------------------------------------------
+    def _error(self, what: str) -> ArchiveError:
+        return ArchiveError(f"corrupt archive {self.name}: {what}")
+
+    def _open(self, size: int) -> None:
+        mm = self._buf
+        magic, major, minor, flags, file_size, nsec, crc = F.HEADER.unpack_from(mm, 0)
+        if magic != F.MAGIC:
+            raise _Corrupt("bad magic at offset 0 (not a .clip archive)")
+        if major != F.FORMAT_MAJOR:
+            raise ArchiveError(f"unsupported archive {self.name}: format version "
+                               f"{major}.{minor}, this clipcy reads {F.FORMAT_MAJOR}.x")
+        if file_size != size:
+            raise _Corrupt(f"header says {file_size} bytes, file has {size} (truncated?)")
+        table_end = F.HEADER_SIZE + nsec * F.SECTION_SIZE
+        if table_end > size - F.TRAILER_SIZE:
+            raise _Corrupt(f"section table of {nsec} entries runs past the data at offset "
+                           f"{F.HEADER_SIZE}")
+        table = mm[F.HEADER_SIZE:table_end]
+        if zlib.crc32(table, zlib.crc32(mm[:F.HEADER_CRC_OFFSET])) != crc:
+            raise _Corrupt(f"header checksum mismatch at offset {F.HEADER_CRC_OFFSET}")
+        if flags & ~F.KNOWN_FLAGS:
+            raise ArchiveError(f"unsupported archive {self.name}: header flags {flags:#x} "
+                               "need a newer clipcy")
+        _, tmagic = F.TRAILER.unpack_from(mm, size - F.TRAILER_SIZE)
+        if tmagic != F.TRAILER_MAGIC:
+            raise _Corrupt(f"bad trailer magic at offset {size - 8}")
+        self.format_version: tuple[int, int] = (major, minor)
+        self.size: int = size
+        self._sections: dict[int, tuple[int, int, int]] = {}
+        for i in range(nsec):
+            kind, scrc, off, length = F.SECTION.unpack_from(table, i * F.SECTION_SIZE)
+            if off < table_end or off + length > size - F.TRAILER_SIZE:
+                raise _Corrupt(f"section {kind} at offset {off} (+{length}) lies outside the "
+                               "data area")
+            if kind in self._sections:
+                raise _Corrupt(f"section {kind} appears twice")
+            self._sections[kind] = (off, length, scrc)  # unknown kinds: kept, ignored
+        for kind in F.REQUIRED_SECTIONS:
+            if kind not in self._sections:
+                raise _Corrupt(f"the {F.SECTION_NAMES[kind]} section is missing")
+
+        meta = self._section(F.SEC_METADATA)
+        if len(meta) < 8:
+            raise _Corrupt("metadata section shorter than 8 bytes")
+        text = _decompress(meta[8:], F.U64.unpack_from(meta)[0], F.MAX_METADATA_RAW,
+                           "metadata")
+        try:
+            metadata = json.loads(text.decode("utf-8"))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise _Corrupt(f"metadata is not JSON: {e}") from None
+        if not isinstance(metadata, dict):
+            raise _Corrupt("metadata is not a JSON object")
+        self.metadata: dict[str, Any] = metadata
+
+        self._parse_node_index(self._section(F.SEC_NODE_INDEX))
+        self._parse_access_index(self._section(F.SEC_ACCESS_INDEX))
+
+    @property
+    def _buf(self) -> mmap.mmap:
+        if self._mm is None:
+            raise ArchiveError(f"archive {self.name} is closed")
+        return self._mm
+
+    def _section(self, kind: int) -> bytes:
+        off, length, crc = self._sections[kind]
+        body = self._buf[off:off + length]
+        if zlib.crc32(body) != crc:
+            raise _Corrupt(f"{F.SECTION_NAMES[kind]} section checksum mismatch at offset {off}")
+        return body
+
+    def _parse_node_index(self, idx: bytes) -> None:
+        _, blocks_len, _ = self._sections[F.SEC_NODE_BLOCKS]
+        try:
+            count, nblocks = F.NODE_INDEX_HEAD.unpack_from(idx, 0)
+        except struct.error:
+            raise _Corrupt("node index shorter than its header") from None
+        pos = F.NODE_INDEX_HEAD.size
+        if nblocks > (len(idx) - pos) // F.BLOCK_ENTRY.size:
+            raise _Corrupt(f"node index claims {nblocks} blocks in {len(idx)} bytes")
+        firsts: list[bytes] = []
+        entries: list[tuple[int, int, int, int, int]] = []
+        total = 0
+        end_prev = 0
+        unpack = F.BLOCK_ENTRY.unpack_from
+        esize = F.BLOCK_ENTRY.size
+        for i in range(nblocks):
+            try:
+                off, clen, rawlen, n, crc, plen = unpack(idx, pos)
+            except struct.error:
+                raise _Corrupt(f"node index entry {i} truncated") from None
+            pos += esize
+            first = idx[pos:pos + plen]
+            pos += plen
+            if len(first) != plen or n == 0 or off != end_prev or off + clen > blocks_len:
+                raise _Corrupt(f"node index entry {i} is inconsistent")
+            if firsts and first <= firsts[-1]:
+                raise _Corrupt(f"node index entry {i}: first paths out of order")
+            end_prev = off + clen
+            total += n
+            firsts.append(first)
+            entries.append((off, clen, rawlen, n, crc))
+        if pos != len(idx) or total != count or (firsts and firsts[0] != b"/"):
+            raise _Corrupt("node index is inconsistent with its node count")
+        self.node_count: int = count
+        self._firsts = firsts
+        self._blocks = entries
+
+    def _parse_access_index(self, idx: bytes) -> None:
+        _, data_len, _ = self._sections[F.SEC_ACCESS_DATA]
+        try:
+            (n,) = F.ACCESS_INDEX_HEAD.unpack_from(idx, 0)
+        except struct.error:
+            raise _Corrupt("access index shorter than its header") from None
+        if len(idx) != F.ACCESS_INDEX_HEAD.size + n * F.ACCESS_ENTRY.size:
+            raise _Corrupt(f"access index of {len(idx)} bytes does not hold {n} entries")
+        self._access = [F.ACCESS_ENTRY.unpack_from(idx, F.ACCESS_INDEX_HEAD.size + i *
+                                                   F.ACCESS_ENTRY.size) for i in range(n)]
+        for i, (off, clen, _, _) in enumerate(self._access):
+            if off + clen > data_len:
+                raise _Corrupt(f"access entry {i} points past the access data")
+
+    # -- public API -------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[dict[str, Any]]:
+        """metadata["layers"] (the layer descriptors), or [] when absent."""
+        layers = self.metadata.get("layers", [])
+        return layers if isinstance(layers, list) else []
+
+    @property
+    def layer_count(self) -> int:
+        """How many layers have access data."""
+        return len(self._access)
+
+    def access(self, i: int) -> LayerAccess:
+        """The random-access data (resume points / frames) of layer i."""
+        if not 0 <= i < len(self._access):
+            raise IndexError(f"layer {i} out of range (archive has {len(self._access)})")
+        off, clen, rawlen, crc = self._access[i]
+        base = self._sections[F.SEC_ACCESS_DATA][0] + off
+        frame = self._buf[base:base + clen]
+        try:
+            if zlib.crc32(frame) != crc:
+                raise _Corrupt(f"access data of layer {i}: checksum mismatch at offset {base}")
+            return decode_access(_decompress(frame, rawlen, F.MAX_ACCESS_RAW,
+                                             f"access data of layer {i}"))
+        except _Corrupt as e:
+            raise self._error(str(e)) from None
+
+    def _block(self, b: int) -> tuple[list[bytes], list[_Record]]:
+        hit = self._cache.get(b)
+        if hit is not None:
+            self._cache.move_to_end(b)
+            return hit
+        off, clen, rawlen, n, crc = self._blocks[b]
+        base = self._sections[F.SEC_NODE_BLOCKS][0] + off
+        frame = self._buf[base:base + clen]
+        try:
+            if zlib.crc32(frame) != crc:
+                raise _Corrupt(f"node block {b}: checksum mismatch at offset {base}")
+            raw = _decompress(frame, rawlen, F.MAX_BLOCK_RAW, f"node block {b}")
+            hit = decode_block(raw, n, self._firsts[b])
+            if b + 1 < len(self._firsts) and hit[0][-1] >= self._firsts[b + 1]:
+                raise _Corrupt(f"node block {b} overlaps the next block")
+        except _Corrupt as e:
+            raise self._error(f"{e} (block at offset {base})") from None
+        self._cache[b] = hit
+        if len(self._cache) > _CACHE_BLOCKS:
+            self._cache.popitem(last=False)
+        return hit
+
+    def _seek(self, key: bytes) -> tuple[int, int]:
+        """(block, index in block) of the first path >= key; block == nblocks at the end."""
+        b = bisect.bisect_right(self._firsts, key) - 1
+        if b < 0:
+            return 0, 0
+        paths = self._block(b)[0]
+        i = bisect.bisect_left(paths, key)
+        if i == len(paths):
+            return b + 1, 0
+        return b, i
+
+    def _record(self, path: bytes) -> _Record | None:
+        self._buf  # noqa: B018  (raises when closed)
+        b, i = self._seek(path)
+        if b >= len(self._blocks):
+            return None
+        paths, recs = self._block(b)
+        return recs[i] if paths[i] == path else None
+
+    def lookup(self, path: str | bytes) -> Node | None:
+        """The node at exactly this path (no symlink following), or None."""
+        r = self._record(normalize_path(path))
+        return None if r is None else _node(r)
+
+    def stat(self, path: str | bytes) -> Node:
+        """Like lookup() but raises ArchivePathError when the path is absent."""
+        p = normalize_path(path)
+        r = self._record(p)
+        if r is None:
+            raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
+        return _node(r)
+
+    def _iter_from(self, b: int, i: int) -> Iterator[_Record]:
+        while b < len(self._blocks):
+            recs = self._block(b)[1]
+            for j in range(i, len(recs)):
+                yield recs[j]
+            b, i = b + 1, 0
+
+    def listdir(self, path: str | bytes) -> list[bytes]:
+        """Names of the directory's children, sorted by bytes."""
+        p = normalize_path(path)
+        r = self._record(p)
+        if r is None:
+            raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
+        if r[1] != "dir":
+            raise ArchivePathError(f"not a directory in archive: {os.fsdecode(p)}")
+        prefix = p if p == b"/" else p + b"/"
+        cut = len(prefix)
+        names: list[bytes] = []
+        b, i = self._seek(prefix + b"\0" if p == b"/" else prefix)
+        nblocks = len(self._blocks)
+        while b < nblocks:
+            paths, recs = self._block(b)
+            jumped = False
+            while i < len(paths):
+                q = paths[i]
+                if not q.startswith(prefix):
+                    return names
+                name = q[cut:]
+                if b"/" in name:  # cannot happen in a tree the writer accepted
+                    raise self._error(f"{q!r} has no parent directory entry")
+                names.append(name)
+                if recs[i][1] == "dir":
+                    # skip the subtree: the first key after every q + b"/"... is q + b"0"
+                    nb, ni = self._seek(q + b"0")
+                    if nb != b:
+                        b, i = nb, ni
+                        jumped = True
+                        break
+                    i = ni
+                else:
+                    i += 1
+            if not jumped:
+                b, i = b + 1, 0
+        return names
+
+    def walk(self, prefix: str | bytes = b"/") -> Iterator[Node]:
+        """Every node of the subtree at prefix (prefix included), in path-byte order."""
+        p = normalize_path(prefix)
+        r = self._record(p)
+        if r is None:
+            return
+        yield _node(r)
+        if p == b"/":
+            sub = b"/"
+            b, i = self._seek(b"/\0")
+        else:
+            sub = p + b"/"
+            b, i = self._seek(sub)
+        for rec in self._iter_from(b, i):
+            if not rec[0].startswith(sub):
+                return
+            yield _node(rec)
+
+    def verify(self) -> None:
+        """Check the whole-file sha256, every section, block and access checksum and record."""
+        mm = self._buf
+        digest, _ = F.TRAILER.unpack_from(mm, self.size - F.TRAILER_SIZE)
+        h = hashlib.sha256()
+        end = self.size - F.TRAILER_SIZE
+        for pos in range(0, end, 1 << 20):
+            h.update(mm[pos:min(end, pos + (1 << 20))])
+        if h.digest() != digest:
+            raise self._error("sha256 of the file does not match its trailer")
+        try:
+            for kind in self._sections:
+                self._section(kind)
+        except _Corrupt as e:
+            raise self._error(str(e)) from None
+        seen = 0
+        for b in range(len(self._blocks)):
+            self._cache.pop(b, None)  # decode afresh
+            seen += len(self._block(b)[0])
+        if seen != self.node_count:
+            raise self._error(f"{seen} nodes decoded, index says {self.node_count}")
+        for i in range(len(self._access)):
+            self.access(i)
+
+    def close(self) -> None:
+        self._cache.clear()
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._mm is None else f"{self.node_count} nodes"
+        return f"<clipcy Archive {self.name!r} {state}>"
+
+
+def open_archive(path: str | os.PathLike[str]) -> Archive:
+    """Open a .clip archive (cheap: reads the header, metadata and indexes only)."""
+    return Archive(path)
