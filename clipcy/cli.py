@@ -115,6 +115,11 @@ def _index_layout(sub: Any) -> None:
                    "absolute path)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip checking blob digests and diff_ids (faster, not recommended)")
+    p.add_argument("--file-digests", action="store_true",
+                   help="record each file's sha256 (checked by verify; export shows it)")
+    p.add_argument("--checkpoint-mib", type=float, metavar="N",
+                   help="gzip resume points every N MiB of uncompressed data "
+                   "(default: chosen by measurement, see docs/FORMAT.md)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="layers indexed in parallel (default: the number of CPUs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -167,6 +172,43 @@ def _demo(sub: Any) -> None:
     p.add_argument("--out", metavar="FILE",
                    help="keep the archive here (default: a temporary file)")
     p.set_defaults(func=_handler("cmd_demo"))
+
+
+@_command
+def _cat(sub: Any) -> None:
+    p = _sub(sub, "cat", "write a file of the image to stdout, read lazily from the layer blobs",
+             "  clipctl cat img.clip /etc/os-release\n"
+             "  clipctl cat img.clip /usr/bin/tool --layout ./img > tool\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("path", metavar="PATH", help="symlinks are followed inside the image")
+    p.add_argument("--layout", metavar="DIR",
+                   help="where the blobs are (default: the archive's storage ref)")
+    p.set_defaults(func=_handler("cmd_cat"))
+
+
+@_command
+def _extract(sub: Any) -> None:
+    p = _sub(sub, "extract", "write the image's tree (or some subtrees) into a directory",
+             "  clipctl extract img.clip -C rootfs\n"
+             "  clipctl extract img.clip /etc /usr/bin -C out --layout ./img\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to extract (default: all)")
+    p.add_argument("-C", dest="dest", required=True, metavar="DIR",
+                   help="destination directory (created if missing); nothing is written "
+                   "outside it")
+    p.add_argument("--layout", metavar="DIR",
+                   help="where the blobs are (default: the archive's storage ref)")
+    p.set_defaults(func=_handler("cmd_extract"))
+
+
+@_command
+def _verify(sub: Any) -> None:
+    p = _sub(sub, "verify", "check an archive against its layer blobs",
+             "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n")
+    p.add_argument("archive", metavar="FILE")
+    p.add_argument("--layout", metavar="DIR",
+                   help="where the blobs are (default: the archive's storage ref)")
+    p.set_defaults(func=_handler("cmd_verify"))
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import stat as statmod
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from clipcy.export import decode_path, node_record, write_export
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.reader import Archive, open_archive
 
+log = logging.getLogger("clipcy")
 _TYPE_CHAR = {DIR: "d", FILE: "-", SYMLINK: "l", CHAR: "c", BLOCK: "b", FIFO: "p"}
 _TYPE_BITS = {DIR: statmod.S_IFDIR, FILE: statmod.S_IFREG, SYMLINK: statmod.S_IFLNK,
               CHAR: statmod.S_IFCHR, BLOCK: statmod.S_IFBLK, FIFO: statmod.S_IFIFO}
@@ -42,9 +44,13 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ClipError("--workers must be at least 1")
+    if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
+        raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
     summary = create_index_only_archive_from_oci_layout(
         args.layout, args.tag, args.out, platform=args.platform, storage_ref=args.storage_ref,
-        verify=args.verify, digest=args.digest, workers=args.workers)
+        verify=args.verify, digest=args.digest, workers=args.workers,
+        file_digests=args.file_digests,
+        checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None)
     if args.json:
         _print_json(summary.as_dict())
     else:
@@ -206,6 +212,44 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
         write_export(arc.walk(), sys.stdout)
+    return 0
+
+
+# -- cat / extract / verify ---------------------------------------------------------------
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    from clipcy.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
+
+    with open_archive(args.archive) as arc:
+        node = resolve_file(arc, args.path)
+        store = BlobStore(arc.metadata, arc.access, args.layout)
+        try:
+            read_piecewise(ArchiveFile(node, store), sys.stdout.buffer)
+        finally:
+            store.close()
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from clipcy.extract import extract_archive
+
+    with open_archive(args.archive) as arc:
+        files, nbytes = extract_archive(arc, args.dest, args.paths, layout=args.layout)
+    log.info("extracted %d files, %d bytes into %s", files, nbytes, args.dest)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from clipcy.verify import verify_archive
+
+    with open_archive(args.archive) as arc:
+        problems = verify_archive(arc, args.layout)
+    for p in problems:
+        print(f"{args.archive}: {p}", file=sys.stderr)
+    if problems:
+        raise ClipError(f"verify failed: {len(problems)} problem(s) in {args.archive}")
+    print(f"{args.archive}: OK")
     return 0
 
 

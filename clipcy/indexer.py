@@ -22,6 +22,7 @@ from typing import Any
 
 from clipcy import __version__
 from clipcy.access import LayerAccess
+from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
@@ -42,6 +43,7 @@ class LayerResult:
     uncompressed_size: int
     diff_id: str | None
     seconds: float
+    file_digests: dict[int, bytes] | None = None  # data offset -> sha256 of the content
 
 
 @dataclass(slots=True)
@@ -64,6 +66,7 @@ ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
 def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
+                file_digests: bool = False, span: int | None = None,
                 progress: ProgressFn | None = None) -> LayerResult:
     """Stream one layer blob: check its digest and diff_id, parse its tar, record access."""
     from clipcy.blobindex import make_indexer
@@ -81,8 +84,10 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
         if kind != info.announced:
             log.warning("layer %d (%s): media type %s says %s but the blob is %s; using %s",
                         index, info.digest, info.media_type, info.announced, kind, kind)
-        indexer = make_indexer(kind)
+        indexer = make_indexer(kind) if span is None else make_indexer(kind, span=span)
         parser = TarParser()
+        hasher = FileHasher() if file_digests else None
+        pos = 0  # uncompressed offset of the next output piece
         entries: list[Any] = []
         blob_hash = hashlib.sha256() if verify else None
         tar_hash = hashlib.sha256() if verify else None
@@ -96,7 +101,12 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
                 for out in indexer.feed(chunk):
                     if tar_hash is not None:
                         tar_hash.update(out)
-                    entries.extend(parser.feed(out))
+                    new = parser.feed(out)
+                    entries.extend(new)
+                    if hasher is not None:
+                        hasher.add(new)
+                        hasher.feed(out, pos)
+                    pos += len(out)
                 if progress is not None:
                     progress("layer-progress", {"layer": index, "bytes": read})
                 chunk = f.read(READ_CHUNK)
@@ -132,7 +142,8 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
     seconds = time.perf_counter() - t0
     log.debug("%s: %d entries, %d -> %d bytes, %s, %.3f s", where, len(entries),
               indexer.total_in, indexer.total_out, kind, seconds)
-    return LayerResult(index, entries, indexer.access(), kind, indexer.total_out, diff_id, seconds)
+    return LayerResult(index, entries, indexer.access(), kind, indexer.total_out, diff_id,
+                       seconds, hasher.digests if hasher is not None else None)
 
 
 def _drain(f: Any, h: Any) -> None:
@@ -205,7 +216,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def create_index_only_archive_from_oci_layout(
         layout_dir: str | os.PathLike[str], tag: str | None, archive_path: str | os.PathLike[str],
         *, platform: str | None = None, storage_ref: str | None = None, verify: bool = True,
-        digest: str | None = None, workers: int | None = None,
+        digest: str | None = None, workers: int | None = None, file_digests: bool = False,
+        checkpoint_span: int | None = None,
         progress: ProgressFn | None = None) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
@@ -230,7 +242,8 @@ def create_index_only_archive_from_oci_layout(
     def run(i: int) -> LayerResult:
         info = image.layers[i]
         emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
-        res = index_layer(info, i, verify=verify, progress=progress)
+        res = index_layer(info, i, verify=verify, file_digests=file_digests,
+                          span=checkpoint_span, progress=progress)
         emit("layer-done", {"layer": i, "digest": info.digest, "seconds": round(res.seconds, 6),
                             "uncompressed": res.uncompressed_size, "entries": len(res.entries)})
         return res
@@ -243,7 +256,8 @@ def create_index_only_archive_from_oci_layout(
             with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
                 results = list(pool.map(run, range(len(image.layers))))
     with step("merge layers"):
-        nodes = merge_layers(r.entries for r in results)
+        nodes = merge_layers((r.entries for r in results),
+                             [r.file_digests or {} for r in results] if file_digests else None)
         for r in results:
             r.entries = []
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())

@@ -49,7 +49,7 @@ class Inode:
     """What hardlinked paths share. Directories get one each too."""
 
     __slots__ = ("type", "mode", "uid", "gid", "mtime_sec", "mtime_nsec", "size", "linkname",
-                 "devmajor", "devminor", "xattrs", "layer", "offset", "sparse", "children")
+                 "devmajor", "devminor", "xattrs", "layer", "offset", "sparse", "digest", "children")
 
     def __init__(self, type: str, mode: int, uid: int, gid: int, mtime: float) -> None:
         self.type = type
@@ -65,6 +65,7 @@ class Inode:
         self.layer = -1
         self.offset = 0
         self.sparse: tuple[tuple[int, int], ...] | None = None
+        self.digest = b""
         # directories: child name -> that child's path (None for non-directories)
         self.children: dict[bytes, bytes] | None = {} if type == DIR else None
 
@@ -160,7 +161,7 @@ class Tree:
         self._attach(pnode, path, inode)
 
 
-def _inode_from_entry(e: Entry, layer: int) -> Inode:
+def _inode_from_entry(e: Entry, layer: int, digests: dict[int, bytes] | None) -> Inode:
     node_type = _TYPE_MAP.get(e.type, FILE)
     inode = Inode(node_type, e.mode & 0o7777, e.uid, e.gid, e.mtime)
     inode.xattrs = dict(e.xattrs) if e.xattrs else {}
@@ -169,6 +170,8 @@ def _inode_from_entry(e: Entry, layer: int) -> Inode:
         inode.layer = layer
         inode.offset = e.offset
         inode.sparse = tuple(tuple(r) for r in e.sparse) if e.sparse else None  # type: ignore[misc]
+        if digests is not None:
+            inode.digest = digests.get(e.offset, b"")
     elif node_type == SYMLINK:
         inode.linkname = e.linkname
     elif node_type in (CHAR, BLOCK):
@@ -177,7 +180,8 @@ def _inode_from_entry(e: Entry, layer: int) -> Inode:
     return inode
 
 
-def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int) -> None:
+def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int,
+                digests: dict[int, bytes] | None = None) -> None:
     """Apply one layer's entries (in tar order) on top of tree."""
     items = []
     removals = []
@@ -214,7 +218,7 @@ def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int) -> None:
                 continue
             tree.put(path, inode)
         else:
-            tree.put(path, _inode_from_entry(e, layer))
+            tree.put(path, _inode_from_entry(e, layer, digests))
 
 
 def to_nodes(tree: Tree) -> list[Node]:
@@ -240,12 +244,14 @@ def to_nodes(tree: Tree) -> list[Node]:
                           size=inode.size, linkname=inode.linkname, devmajor=inode.devmajor,
                           devminor=inode.devminor, xattrs=dict(sorted(inode.xattrs.items())),
                           ino=ino, nlink=nlink, layer=inode.layer, offset=inode.offset,
-                          sparse=inode.sparse))
+                          sparse=inode.sparse, digest=inode.digest))
     return nodes
 
 
-def merge_layers(layers: Iterable[Iterable[Entry]]) -> list[Node]:
+def merge_layers(layers: Iterable[Iterable[Entry]],
+                 digests: list[dict[int, bytes]] | None = None) -> list[Node]:
+    """The merged tree; digests[i] maps layer i's data offsets to file sha256s, if any."""
     tree = Tree()
     for i, entries in enumerate(layers):
-        apply_layer(tree, entries, i)
+        apply_layer(tree, entries, i, digests[i] if digests is not None else None)
     return to_nodes(tree)

@@ -1,0 +1,224 @@
+"""`clipctl extract`: write the archived tree (or subtrees) under a directory, safely.
+
+Every path is opened component by component from the destination's directory fd with
+O_NOFOLLOW, so neither a `..`/absolute name in a hostile archive nor a symlink created earlier
+in the tree can redirect a write outside DEST. Owners, devices and xattrs are applied only when
+running as root; directory modes and times are set last, deepest first.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from clipcy.errors import ArchivePathError, ClipError
+from clipcy.files import ArchiveFile, BlobStore
+from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+
+log = logging.getLogger("clipcy")
+COPY_PIECE = 1 << 20
+
+
+def safe_parts(path: bytes) -> list[bytes]:
+    """The components of an archive path; refuses '..' and NULs rather than cleaning them."""
+    parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+    for p in parts:
+        if p == b".." or b"\0" in p:
+            raise ClipError(f"unsafe path in archive: {path!r}")
+    return parts
+
+
+class Extractor:
+    def __init__(self, dest: str | os.PathLike[str], store: BlobStore,
+                 progress: Any = None) -> None:
+        os.makedirs(dest, exist_ok=True)
+        self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        self.store = store
+        self.as_root = os.geteuid() == 0
+        self.first_path: dict[int, list[bytes]] = {}  # ino -> parts of its first extracted path
+        self.dirs: list[tuple[list[bytes], Node]] = []
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    # -- path handling ---------------------------------------------------------------
+    def _open_parent(self, parts: list[bytes]) -> int:
+        """An fd of the directory holding parts[-1], created if missing, never via a symlink."""
+        fd = os.dup(self.root_fd)
+        try:
+            for comp in parts[:-1]:
+                try:
+                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise ClipError(f"refusing to extract through non-directory "
+                                        f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
+                                        ) from e
+                    raise
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _clear(name: bytes, fd: int, want_dir: bool) -> None:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if want_dir:
+                return
+            raise ClipError(f"cannot replace existing directory {os.fsdecode(name)!r}")
+        os.unlink(name, dir_fd=fd)
+
+    # -- one node --------------------------------------------------------------------
+    def extract(self, node: Node) -> None:
+        parts = safe_parts(node.path)
+        if not parts:  # the root: only its metadata, applied at the end
+            self.dirs.append((parts, node))
+            return
+        fd = self._open_parent(parts)
+        name = parts[-1]
+        try:
+            self._extract_at(fd, name, parts, node)
+        finally:
+            os.close(fd)
+
+    def _extract_at(self, fd: int, name: bytes, parts: list[bytes], node: Node) -> None:
+        self._clear(name, fd, node.type == DIR)
+        if node.type == DIR:
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            self.dirs.append((parts, node))
+            return
+        if node.type == FILE:
+            first = self.first_path.get(node.ino)
+            if first is not None and node.nlink > 1:
+                src_fd = self._open_parent(first)
+                try:
+                    os.link(first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd,
+                            follow_symlinks=False)
+                finally:
+                    os.close(src_fd)
+                return
+            self._write_file(fd, name, node)
+            self.first_path[node.ino] = parts
+        elif node.type == SYMLINK:
+            os.symlink(node.linkname, name, dir_fd=fd)
+        elif node.type == FIFO:
+            os.mkfifo(name, 0o600, dir_fd=fd)
+        elif node.type in (CHAR, BLOCK):
+            if not self.as_root:
+                log.warning("skipping device %s (needs root)", os.fsdecode(node.path))
+                return
+            kind = stat.S_IFCHR if node.type == CHAR else stat.S_IFBLK
+            os.mknod(name, kind | 0o600, os.makedev(node.devmajor, node.devminor), dir_fd=fd)
+        self._apply_meta(fd, name, node)
+
+    def _write_file(self, fd: int, name: bytes, node: Node) -> None:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                      dir_fd=fd)
+        try:
+            src = ArchiveFile(node, self.store)
+            runs = node.sparse if node.sparse is not None else ((0, node.size),)
+            for off, length in runs:
+                pos = off
+                while pos < off + length:
+                    data = src.pread(pos, min(COPY_PIECE, off + length - pos))
+                    os.pwrite(out, data, pos)
+                    pos += len(data)
+                    self.bytes += len(data)
+            os.ftruncate(out, node.size)  # sparse tails and holes
+        finally:
+            os.close(out)
+        self.files += 1
+        if self.progress is not None:
+            self.progress("progress", {"files": self.files, "bytes": self.bytes})
+
+    def _apply_meta(self, fd: int, name: bytes, node: Node) -> None:
+        is_link = node.type == SYMLINK
+        if self.as_root:
+            os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
+            for key, value in node.xattrs.items():
+                try:
+                    os.setxattr(f"/proc/self/fd/{fd}/{os.fsdecode(name)}", key, value,
+                                follow_symlinks=False)
+                except OSError as e:
+                    log.warning("cannot set xattr %s on %s: %s", key, os.fsdecode(node.path),
+                                e.strerror)
+        if not is_link:  # Linux cannot chmod a symlink
+            os.chmod(name, node.mode, dir_fd=fd)
+        ns = node.mtime_sec * 1_000_000_000 + node.mtime_nsec
+        os.utime(name, ns=(ns, ns), dir_fd=fd, follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory metadata last, deepest first, so writing children does not disturb it."""
+        for parts, node in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
+            if not parts:
+                self._apply_meta_root(node)
+                continue
+            fd = self._open_parent(parts)
+            try:
+                self._apply_meta(fd, parts[-1], node)
+            finally:
+                os.close(fd)
+
+    def _apply_meta_root(self, node: Node) -> None:
+        fd = self.root_fd
+        if self.as_root:
+            os.fchown(fd, node.uid, node.gid)
+            for key, value in node.xattrs.items():
+                try:
+                    os.setxattr(fd, key, value)
+                except OSError as e:
+                    log.warning("cannot set xattr %s on /: %s", key, e.strerror)
+        os.fchmod(fd, node.mode)
+        ns = node.mtime_sec * 1_000_000_000 + node.mtime_nsec
+        os.utime(fd, ns=(ns, ns))
+
+
+def select_nodes(arc: Any, paths: Iterable[str] | None) -> Iterator[Node]:
+    """All nodes, or the subtrees at paths (with their parent directories' entries)."""
+    if not paths:
+        yield from arc.walk()
+        return
+    for p in paths:
+        node = arc.lookup(os.fsencode(p))
+        if node is None:
+            raise ArchivePathError(f"no such path in archive: {p}")
+        yield from arc.walk(node.path)
+
+
+def extract_archive(arc: Any, dest: str | os.PathLike[str], paths: Iterable[str] | None = None,
+                    *, layout: str | os.PathLike[str] | None = None,
+                    progress: Any = None) -> tuple[int, int]:
+    """Extract into dest; returns (files written, bytes written)."""
+    store = BlobStore(arc.metadata, arc.access, layout)
+    ex = Extractor(dest, store, progress)
+    try:
+        for node in select_nodes(arc, paths):
+            try:
+                ex.extract(node)
+            except OSError as e:
+                raise ClipError(f"failed to extract {os.fsdecode(node.path)}: "
+                                f"{e.strerror or e}") from e
+        ex.finish()
+    finally:
+        ex.close()
+        store.close()
+    return ex.files, ex.bytes

@@ -1,0 +1,218 @@
+"""Reading a regular file of an archive lazily from the original layer blobs.
+
+An ArchiveFile is a read-only binary file object (read, readinto, seek, tell). Its bytes come
+from a LayerReader (blobread.py) that resumes decompression at the nearest recorded point.
+Each ArchiveFile has its own position; the readers are shared and thread-safe, so different
+threads can read different files (or the same one through separate ArchiveFiles) at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from clipcy.errors import ArchivePathError, BlobError, ClipError
+from clipcy.node import FILE, SYMLINK, Node
+
+READ_PIECE = 1 << 20
+
+
+class BlobStore:
+    """Where an archive's layer blobs live: the storage ref, or a layout given at open time."""
+
+    def __init__(self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] |
+                 None = None) -> None:
+        root = layout if layout is not None else metadata.get("storage_ref")
+        if not root:
+            raise ClipError("the archive records no storage ref: give the layout directory")
+        root_s = os.fspath(root)
+        for prefix in ("oci-layout://", "oci:"):
+            if root_s.startswith(prefix):
+                root_s = root_s[len(prefix):].partition(":")[0]
+        self.root = Path(root_s)
+        self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
+        self._access = access  # callable: layer index -> LayerAccess
+        self._readers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def blob_path(self, layer: int) -> Path:
+        from clipcy.layout import parse_digest
+
+        alg, hexpart = parse_digest(self.layers[layer]["digest"], f"layer {layer}")
+        return self.root / "blobs" / alg / hexpart
+
+    def reader(self, layer: int) -> Any:
+        with self._lock:
+            r = self._readers.get(layer)
+            if r is None:
+                from clipcy.blobread import open_layer_reader
+
+                if not 0 <= layer < len(self.layers):
+                    raise ClipError(f"corrupt archive: file refers to layer {layer}")
+                path = self.blob_path(layer)
+                digest = self.layers[layer]["digest"]
+                try:
+                    size = path.stat().st_size
+                except OSError as e:
+                    raise BlobError(f"failed to open layer blob {digest}: "
+                                    f"{e.strerror or e} ({path})") from e
+                if size != self.layers[layer]["size"]:
+                    raise BlobError(f"layer blob {digest} has changed: {size} bytes, "
+                                    f"the archive recorded {self.layers[layer]['size']} ({path})")
+                r = self._readers[layer] = open_layer_reader(path, self._access(layer))
+            return r
+
+    def close(self) -> None:
+        with self._lock:
+            for r in self._readers.values():
+                close = getattr(r, "close", None)
+                if close is not None:
+                    close()
+            self._readers.clear()
+
+
+class ArchiveFile(io.RawIOBase):
+    """A regular file of the image, read lazily. Sparse holes read as zeros."""
+
+    def __init__(self, node: Node, store: BlobStore) -> None:
+        super().__init__()
+        if node.type != FILE:
+            raise ArchivePathError(f"not a regular file: {node.path.decode(errors='replace')}")
+        self.node = node
+        self.name = node.path.decode("utf-8", "surrogateescape")
+        self._store = store
+        self._pos = 0
+        self._size = node.size
+        # sparse: logical starts, and where each run's bytes lie in the layer stream
+        self._runs: list[tuple[int, int, int]] | None = None
+        if node.sparse is not None:
+            data = node.offset
+            self._runs = []
+            for off, length in node.sparse:
+                self._runs.append((off, length, data))
+                data += length
+            self._starts = [r[0] for r in self._runs]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.pread(self._pos, len(view))
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self._size - self._pos)
+        data = self.pread(self._pos, size)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def pread(self, pos: int, n: int) -> bytes:
+        """n bytes at logical offset pos (fewer only at end of file); no position change."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = max(0, min(n, self._size - pos))
+        if n == 0:
+            return b""
+        node = self.node
+        reader = self._store.reader(node.layer)
+        if self._runs is None:
+            data: bytes = reader.pread(node.offset + pos, n)
+            if len(data) != n:
+                raise BlobError(f"layer blob {self._store.layers[node.layer]['digest']} ended "
+                                f"early reading {self.name}")
+            return data
+        return self._pread_sparse(reader, pos, n)
+
+    def _pread_sparse(self, reader: Any, pos: int, n: int) -> bytes:
+        assert self._runs is not None
+        out = bytearray(n)  # holes stay zero
+        end = pos + n
+        i = max(0, bisect.bisect_right(self._starts, pos) - 1)
+        while i < len(self._runs):
+            off, length, data = self._runs[i]
+            if off >= end:
+                break
+            lo, hi = max(off, pos), min(off + length, end)
+            if hi > lo:
+                chunk = reader.pread(data + (lo - off), hi - lo)
+                if len(chunk) != hi - lo:
+                    raise BlobError(f"layer blob ended early reading {self.name}")
+                out[lo - pos: hi - pos] = chunk
+            i += 1
+        return bytes(out)
+
+
+def resolve_file(arc: Any, path: str | bytes, max_links: int = 40) -> Node:
+    """The regular file at path, following symlinks (within the image) like open(2) would."""
+    raw = os.fsencode(path)
+    seen = 0
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    cur: list[bytes] = []
+    while parts:
+        part = parts.pop(0)
+        if part == b"..":
+            if cur:
+                cur.pop()
+            continue
+        cand = b"/" + b"/".join(cur + [part])
+        node = arc.lookup(cand)
+        if node is None:
+            raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
+        if node.type == SYMLINK:
+            seen += 1
+            if seen > max_links:
+                raise ArchivePathError(f"too many levels of symbolic links: {os.fsdecode(raw)}")
+            target = node.linkname
+            if target.startswith(b"/"):
+                cur = []
+            parts = [p for p in target.split(b"/") if p not in (b"", b".")] + parts
+            continue
+        cur.append(part)
+    node = arc.lookup(b"/" + b"/".join(cur))
+    if node is None:
+        raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
+    if node.type != FILE:
+        raise ArchivePathError(f"not a regular file: {os.fsdecode(raw)} ({node.type})")
+    return node
+
+
+def read_piecewise(f: ArchiveFile, sink: Any, piece: int = READ_PIECE) -> int:
+    """Copy a whole ArchiveFile into sink.write in bounded pieces; returns the byte count."""
+    total = 0
+    while True:
+        data = f.read(piece)
+        if not data:
+            return total
+        sink.write(data)
+        total += len(data)
