@@ -1,0 +1,29 @@
+"""Type stub of the compiled clipcy._checkpoint (gzip resume points on zlib's C API)."""
+
+from collections.abc import Iterator
+
+from typing_extensions import Buffer
+
+from clipcy.access import LayerAccess
+
+def zlib_version() -> str: ...
+
+class GzipIndexer:
+    """Streams a gzip blob (one or more members) and records resume points."""
+
+    span: int
+    min_points_layer: int
+    members: int
+    def __init__(self, span: int, min_points_layer: int = 0) -> None: ...
+    @property
+    def total_in(self) -> int: ...
+    @property
+    def total_out(self) -> int: ...
+    @property
+    def points(self) -> list[tuple[int, int, int, bytes]]: ...
+    def feed(self, data: Buffer) -> Iterator[bytes]: ...
+    def finish(self) -> None: ...
+    def access(self) -> LayerAccess: ...
+
+def gzip_read(fd: int, comp_offset: int, bits: int, window: Buffer, skip: int,
+              n: int) -> bytes: ...

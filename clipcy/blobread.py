@@ -1,0 +1,287 @@
+"""Random-access readers over one layer blob, driven by its LayerAccess.
+
+    with open_layer_reader(blob_path, access) as r:
+        data = r.pread(offset, n)    # bytes of the UNCOMPRESSED layer stream
+
+pread is thread-safe: the blob is read with os.pread on one shared descriptor (no shared file
+position) and every call builds its own decompression state.
+
+* plain: os.pread.
+* gzip: the last resume point <= offset, then clipcy._checkpoint.gzip_read (compiled, GIL
+  released): raw inflate primed with the point's bits and 32 KiB window, or a gzip-header
+  inflate at a member start; output before `offset` is discarded; reads cross members.
+* zstd: only the frames covering [offset, offset + n). Frames up to FRAME_CACHE_MAX bytes are
+  decompressed whole (so zstd checks their size and checksum) and kept in a small LRU;
+  larger frames are streamed from their start, and the decoder left at the end of a read is
+  kept (a few per reader) so that sequential reads continue instead of restarting.
+
+Limits on detecting a blob that changed after indexing: a read that ends a gzip member (or a
+whole zstd frame) is checked by the format's CRC/checksum; a read in the middle of a gzip
+member or a large zstd frame is checked only by the decoder itself, which rejects most
+changes (invalid codes, distances beyond the window, a resume point that no longer starts a
+block) but not all. The reader also refuses a blob shorter than the offsets its index names.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections import OrderedDict
+from types import TracebackType
+from typing import Protocol
+
+import zstandard
+
+from clipcy.access import GZIP, PLAIN, ZSTD, LayerAccess
+from clipcy.errors import BlobError, ClipError, CompressionError
+
+FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
+FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
+CURSORS = 4  # per reader: zstd decoders parked at the end of the last reads of large frames
+
+
+class LayerReader(Protocol):
+    path: str
+
+    def pread(self, offset: int, n: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> LayerReader: ...
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+def open_layer_reader(blob_path: str | os.PathLike[str], access: LayerAccess) -> LayerReader:
+    """A reader of the uncompressed stream of the blob at blob_path, indexed as `access`."""
+    path = os.fspath(blob_path)
+    if access.kind == PLAIN:
+        return PlainReader(path)
+    if access.kind == GZIP:
+        return GzipReader(path, access)
+    if access.kind == ZSTD:
+        return ZstdReader(path, access)
+    raise ValueError(f"unknown compression kind {access.kind!r} for {path}")
+
+
+class _Reader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise BlobError(f"cannot open layer blob {path}: {e.strerror or e}") from e
+        try:
+            self.blob_size = os.fstat(self._fd).st_size
+        except OSError as e:
+            os.close(self._fd)
+            raise BlobError(f"cannot stat layer blob {path}: {e.strerror or e}") from e
+
+    def _check(self, offset: int, n: int) -> None:
+        if offset < 0 or n < 0:
+            raise ValueError(f"bad read of {n} bytes at offset {offset} in {self.path}")
+        if self._fd < 0:
+            raise ValueError(f"layer reader for {self.path} is closed")
+
+    def _raw(self, offset: int, n: int) -> bytes:
+        """n compressed bytes at offset (short only at the end of the file)."""
+        parts = []
+        while n > 0:
+            try:
+                b = os.pread(self._fd, min(n, 1 << 30), offset)
+            except OSError as e:
+                raise BlobError(f"cannot read layer blob {self.path} at offset {offset}: "
+                                f"{e.strerror or e}") from e
+            if not b:
+                break
+            parts.append(b)
+            offset += len(b)
+            n -= len(b)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            os.close(fd)
+
+
+class PlainReader(_Reader):
+    def pread(self, offset: int, n: int) -> bytes:
+        self._check(offset, n)
+        return self._raw(offset, n)
+
+
+class GzipReader(_Reader):
+    def __init__(self, path: str, access: LayerAccess) -> None:
+        super().__init__(path)
+        points = sorted(access.points, key=lambda p: p[2])
+        if not points or points[0][2] != 0:
+            self.close()
+            raise CompressionError(f"gzip access data for {path} has no point at offset 0")
+        self._points = points
+        self._starts = [p[2] for p in points]
+        last = max(p[0] for p in points)
+        if last > self.blob_size:
+            self.close()
+            raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
+                            f"index (a resume point at compressed offset {last})")
+
+    def pread(self, offset: int, n: int) -> bytes:
+        from clipcy._checkpoint import gzip_read
+
+        self._check(offset, n)
+        if n == 0:
+            return b""
+        comp, bits, start, window = self._points[bisect.bisect_right(self._starts, offset) - 1]
+        try:
+            return gzip_read(self._fd, comp, bits, window, offset - start, n)
+        except ClipError as e:
+            raise type(e)(f"layer blob {self.path}: {e} (reading {n} bytes at uncompressed "
+                          f"offset {offset})") from e
+
+
+class _PreadSource:
+    """File-like view of [start, start + size) of a descriptor, for zstandard.stream_reader."""
+
+    def __init__(self, reader: _Reader, start: int, size: int) -> None:
+        self._r = reader
+        self._pos = start
+        self._end = start + size
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._end - self._pos
+        if size < 0 or size > left:
+            size = left
+        b = self._r._raw(self._pos, size)
+        self._pos += len(b)
+        return b
+
+
+class ZstdReader(_Reader):
+    def __init__(self, path: str, access: LayerAccess) -> None:
+        super().__init__(path)
+        self._frames = [f for f in sorted(access.frames, key=lambda f: f[2]) if f[3] > 0]
+        self._starts = [f[2] for f in self._frames]
+        self.size = self._frames[-1][2] + self._frames[-1][3] if self._frames else 0
+        end = max((f[0] + f[1] for f in access.frames), default=0)
+        if end > self.blob_size:
+            self.close()
+            raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
+                            f"index (a zstd frame ends at compressed offset {end})")
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cached = 0
+        # parked decoders: (frame index, uncompressed position in the frame, stream reader)
+        self._cursors: list[tuple[int, int, zstandard.ZstdDecompressionReader]] = []
+
+    def pread(self, offset: int, n: int) -> bytes:
+        self._check(offset, n)
+        end = min(offset + n, self.size)
+        if offset >= end:
+            return b""
+        parts = []
+        i = bisect.bisect_right(self._starts, offset) - 1
+        pos = offset
+        try:
+            while pos < end:
+                comp, csize, ustart, usize = self._frames[i]
+                lo, hi = pos - ustart, min(end, ustart + usize) - ustart
+                if usize <= FRAME_CACHE_MAX:
+                    parts.append(self._whole(i)[lo:hi])
+                else:
+                    parts.append(self._stream(i, lo, hi - lo))
+                pos = ustart + hi
+                i += 1
+        except zstandard.ZstdError as e:
+            raise CompressionError(f"layer blob {self.path}: zstd frame at compressed offset "
+                                   f"{self._frames[i][0]}: {e} (reading {n} bytes at "
+                                   f"uncompressed offset {offset})") from e
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _short(self, i: int, got: int) -> CompressionError:
+        comp, csize, ustart, usize = self._frames[i]
+        return CompressionError(f"layer blob {self.path}: zstd frame at compressed offset {comp} "
+                                f"gives {got} bytes, its index says {usize}")
+
+    def _whole(self, i: int) -> bytes:
+        with self._lock:
+            data = self._cache.get(i)
+            if data is not None:
+                self._cache.move_to_end(i)
+                return data
+        comp, csize, ustart, usize = self._frames[i]
+        raw = self._raw(comp, csize)
+        if len(raw) != csize:
+            raise BlobError(f"layer blob {self.path} ends inside the zstd frame at compressed "
+                            f"offset {comp}")
+        data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=usize)
+        if len(data) != usize:
+            raise self._short(i, len(data))
+        with self._lock:
+            if i not in self._cache:
+                self._cache[i] = data
+                self._cached += len(data)
+                while self._cached > FRAME_CACHE_BYTES:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached -= len(old)
+        return data
+
+    def _stream(self, i: int, lo: int, n: int) -> bytes:
+        comp, csize, ustart, usize = self._frames[i]
+        reader = None
+        with self._lock:  # take the parked decoder closest below lo (never shared)
+            best = -1
+            for k, (fi, at, _) in enumerate(self._cursors):
+                if fi == i and at <= lo and (best < 0 or at > self._cursors[best][1]):
+                    best = k
+            if best >= 0:
+                _, at, reader = self._cursors.pop(best)
+        if reader is None:
+            src = _PreadSource(self, comp, csize)
+            reader = zstandard.ZstdDecompressor().stream_reader(
+                src, read_size=1 << 17, read_across_frames=False, closefd=False)
+            at = 0
+        while at < lo:  # discard up to the offset
+            b = reader.read(min(lo - at, 1 << 20))
+            if not b:
+                raise self._short(i, at)
+            at += len(b)
+        parts = []
+        got = 0
+        while got < n:
+            b = reader.read(n - got)
+            if not b:
+                raise self._short(i, at + got)
+            parts.append(b)
+            got += len(b)
+        at += got
+        if at == usize:  # at the frame's end: let zstd check its checksum, refuse extra data
+            if reader.read(1):
+                raise self._short(i, usize + 1)
+        else:
+            with self._lock:
+                self._cursors.append((i, at, reader))
+                if len(self._cursors) > CURSORS:
+                    self._cursors.pop(0)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        super().close()
+        if hasattr(self, "_lock"):
+            with self._lock:
+                self._cache.clear()
+                self._cursors.clear()
