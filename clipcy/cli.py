@@ -32,6 +32,12 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", choices=("auto", "tty", "json", "none"), default="auto",
+                   help="progress on stderr: a bar on a terminal (auto, tty), one JSON event "
+                   "per line (json), or nothing (none; also auto when stderr is not a terminal)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0,
                    help="more logging (-v info, -vv debug); beats CLIP_LOG_LEVEL")
@@ -123,6 +129,7 @@ def _index_layout(sub: Any) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="layers indexed in parallel (default: the number of CPUs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_progress(p)
     p.set_defaults(func=_handler("cmd_index_layout"))
 
 
@@ -198,6 +205,7 @@ def _extract(sub: Any) -> None:
                    "outside it")
     p.add_argument("--layout", metavar="DIR",
                    help="where the blobs are (default: the archive's storage ref)")
+    _add_progress(p)
     p.set_defaults(func=_handler("cmd_extract"))
 
 
@@ -208,6 +216,7 @@ def _verify(sub: Any) -> None:
     p.add_argument("archive", metavar="FILE")
     p.add_argument("--layout", metavar="DIR",
                    help="where the blobs are (default: the archive's storage ref)")
+    _add_progress(p)
     p.set_defaults(func=_handler("cmd_verify"))
 
 
@@ -240,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
+    from clipcy.progress import clear_active
+
+    clear_active()
     if log.isEnabledFor(logging.DEBUG):
         log.debug("traceback", exc_info=True)
     print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
+from clipcy.progress import make_reporter
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.reader import Archive, open_archive
 
@@ -46,11 +47,17 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
         raise ClipError("--workers must be at least 1")
     if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
         raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
-    summary = create_index_only_archive_from_oci_layout(
-        args.layout, args.tag, args.out, platform=args.platform, storage_ref=args.storage_ref,
-        verify=args.verify, digest=args.digest, workers=args.workers,
-        file_digests=args.file_digests,
-        checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None)
+    reporter = make_reporter(args.progress)
+    try:
+        summary = create_index_only_archive_from_oci_layout(
+            args.layout, args.tag, args.out, platform=args.platform,
+            storage_ref=args.storage_ref, verify=args.verify, digest=args.digest,
+            workers=args.workers, file_digests=args.file_digests,
+            checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None,
+            progress=reporter)
+    finally:
+        if reporter is not None:
+            reporter.close()
     if args.json:
         _print_json(summary.as_dict())
     else:
@@ -234,8 +241,16 @@ def cmd_cat(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from clipcy.extract import extract_archive
 
-    with open_archive(args.archive) as arc:
-        files, nbytes = extract_archive(arc, args.dest, args.paths, layout=args.layout)
+    reporter = make_reporter(args.progress)
+    try:
+        with open_archive(args.archive) as arc:
+            files, nbytes = extract_archive(arc, args.dest, args.paths, layout=args.layout,
+                                            progress=reporter)
+        if reporter is not None:
+            reporter("done", {"files": files, "bytes": nbytes})
+    finally:
+        if reporter is not None:
+            reporter.close()
     log.info("extracted %d files, %d bytes into %s", files, nbytes, args.dest)
     return 0
 
@@ -243,8 +258,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from clipcy.verify import verify_archive
 
-    with open_archive(args.archive) as arc:
-        problems = verify_archive(arc, args.layout)
+    reporter = make_reporter(args.progress)
+    try:
+        with open_archive(args.archive) as arc:
+            if reporter is not None:
+                reporter("start", {"layers": len(arc.layers),
+                                   "bytes": sum(x["size"] for x in arc.layers)})
+            problems = verify_archive(arc, args.layout, reporter)
+            if reporter is not None:
+                reporter("done", {"problems": len(problems)})
+    finally:
+        if reporter is not None:
+            reporter.close()
     for p in problems:
         print(f"{args.archive}: {p}", file=sys.stderr)
     if problems:

@@ -28,12 +28,22 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         level = logging.INFO
     else:
         level = level_from_env()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
                                            "%Y-%m-%dT%H:%M:%S"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Erases a progress bar before writing, so a log line never lands inside it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from clipcy.progress import clear_active
+
+        clear_active()
+        super().emit(record)
 
 
 @contextmanager
