@@ -96,20 +96,28 @@ cdef class _Buf:
         return out
 
 
-cdef uint64_t _u64(str what, str field, object v) except? 0xFFFFFFFFFFFFFFFF:
+cdef str _what(object ctx):
+    """The subject of an error message: a node path (bytes) or a layer index (int)."""
+    return f"node {ctx!r}" if isinstance(ctx, bytes) else f"access data of layer {ctx}"
+
+
+cdef uint64_t _u64(object ctx, str field, object v) except? 0xFFFFFFFFFFFFFFFF:
     """v as uint64, or ArchiveWriteError with the twin's message."""
     cdef uint64_t x
     try:
-        x = operator.index(v)
+        if type(v) is int:
+            x = v  # the common case: no operator.index call
+        else:
+            x = operator.index(v)
     except (TypeError, OverflowError):
-        raise ArchiveWriteError(f"cannot encode {what}: {field} {v!r} is not an integer in "
-                                "0..2**64-1") from None
+        raise ArchiveWriteError(f"cannot encode {_what(ctx)}: {field} {v!r} is not an integer "
+                                "in 0..2**64-1") from None
     return x
 
 
-cdef bytes _blob(str what, str field, object v):
+cdef bytes _blob(object ctx, str field, object v):
     if type(v) is not bytes:
-        raise ArchiveWriteError(f"cannot encode {what}: {field} is {type(v).__name__}, "
+        raise ArchiveWriteError(f"cannot encode {_what(ctx)}: {field} is {type(v).__name__}, "
                                 "not bytes")
     return <bytes>v
 
@@ -118,7 +126,27 @@ cdef object _bad(bytes path, str why):
     return ArchiveWriteError(f"cannot encode node {path!r}: {why}")
 
 
+cdef bint _normalised(bytes p) noexcept:
+    """p is b"/" + components joined by b"/": none empty, ".", ".." or holding NUL."""
+    cdef const unsigned char *c = <const unsigned char *>PyBytes_AS_STRING(p)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(p)
+    cdef Py_ssize_t i, start = 1, k
+    if n < 2 or c[0] != 47:  # '/'
+        return False
+    for i in range(1, n + 1):
+        if i == n or c[i] == 47:
+            k = i - start
+            if k == 0 or (k == 1 and c[start] == 46) or (k == 2 and c[start] == 46
+                                                         and c[start + 1] == 46):
+                return False
+            start = i + 1
+        elif c[i] == 0:
+            return False
+    return True
+
+
 cdef bytes _check_path(object path, bytes last, set dirs):
+    """Validate the path's form, its order after `last`, and that its parent is a stored dir."""
     cdef bytes p
     cdef bytes parent
     if type(path) is not bytes:
@@ -128,8 +156,7 @@ cdef bytes _check_path(object path, bytes last, set dirs):
         if p != b"/":
             raise _bad(p, "the first node must be the root b'/'")
         return p
-    if (not p.startswith(b"/") or p.endswith(b"/") or b"//" in p or b"\0" in p
-            or b"/./" in p + b"/" or b"/../" in p + b"/"):
+    if not _normalised(p):
         raise _bad(p, "not a normalised absolute path")
     if p <= last:
         raise _bad(p, f"paths must be strictly increasing (after {last!r})")
@@ -156,7 +183,7 @@ cdef Py_ssize_t _shared_prefix(bytes a, bytes b) noexcept:
 cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
                      int64_t prev_ino) except? -1:
     """Append one node record; returns the node's ino."""
-    cdef str what = f"node {path!r}"
+    cdef object what = path
     cdef object t = n.type
     cdef object code = _TYPE_CODES.get(t) if isinstance(t, str) else None
     cdef uint64_t mode, uid, gid, nsec, ino, nlink, size, layer, offset, devmajor, devminor
@@ -172,7 +199,7 @@ cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
     gid = _u64(what, "gid", n.gid)
     v = n.mtime_sec
     try:
-        mtime = operator.index(v)
+        mtime = v if type(v) is int else operator.index(v)
     except (TypeError, OverflowError):
         raise _bad(path, f"mtime_sec {v!r} is not an integer in -2**63..2**63-1") from None
     nsec = _u64(what, "mtime_nsec", n.mtime_nsec)
@@ -185,7 +212,7 @@ cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
     size = _u64(what, "size", n.size)
     v = n.layer
     try:
-        layer = operator.index(v) + 1
+        layer = (v if type(v) is int else operator.index(v)) + 1
     except (TypeError, OverflowError):
         raise _bad(path, f"layer {v!r} is not an integer in -1..2**64-2") from None
     offset = _u64(what, "offset", n.offset)
@@ -313,7 +340,7 @@ def encode_blocks(nodes):
 
 def encode_access(Py_ssize_t i, a):
     """The raw access payload of layer i."""
-    cdef str what = f"access data of layer {i}"
+    cdef object what = i
     cdef object kind = a.kind
     cdef object code = _ACCESS_KIND_CODES.get(kind) if isinstance(kind, str) else None
     cdef _Buf out = _Buf()
@@ -321,17 +348,17 @@ def encode_access(Py_ssize_t i, a):
     cdef bytes window
     cdef object p, fr, field, v
     if code is None:
-        raise ArchiveWriteError(f"cannot encode {what}: unknown kind {kind!r}")
+        raise ArchiveWriteError(f"cannot encode access data of layer {i}: unknown kind {kind!r}")
     out.uv(<uint64_t><int>code)
     out.uv(_u64(what, "span", a.span))
     out.uv(len(a.points))
     for p in a.points:
         if not isinstance(p, (tuple, list)) or len(p) != 4:
-            raise ArchiveWriteError(f"cannot encode {what}: point {p!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point {p!r} is not a 4-tuple")
         coff = _u64(what, "point compressed offset", p[0])
         bits = _u64(what, "point bits", p[1])
         if bits > 7:
-            raise ArchiveWriteError(f"cannot encode {what}: point bits {p[1]!r} is not in 0..7")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point bits {p[1]!r} is not in 0..7")
         uoff = _u64(what, "point uncompressed offset", p[2])
         window = _blob(what, "point window", p[3])
         out.uv(coff)
@@ -342,7 +369,7 @@ def encode_access(Py_ssize_t i, a):
     out.uv(len(a.frames))
     for fr in a.frames:
         if not isinstance(fr, (tuple, list)) or len(fr) != 4:
-            raise ArchiveWriteError(f"cannot encode {what}: frame {fr!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: frame {fr!r} is not a 4-tuple")
         for field, v in zip(("frame compressed offset", "frame compressed size",
                              "frame uncompressed offset", "frame uncompressed size"), fr):
             out.uv(_u64(what, field, v))

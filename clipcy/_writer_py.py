@@ -30,20 +30,25 @@ def _uv(out: bytearray, v: int) -> None:
     out.append(v)
 
 
-def _u64(what: str, field: str, v: Any) -> int:
+def _what(ctx: bytes | int) -> str:
+    """The subject of an error message: a node path (bytes) or a layer index (int)."""
+    return f"node {ctx!r}" if isinstance(ctx, bytes) else f"access data of layer {ctx}"
+
+
+def _u64(ctx: bytes | int, field: str, v: Any) -> int:
     try:
-        x = operator.index(v)
+        x = v if type(v) is int else operator.index(v)
     except TypeError:
         x = -1
     if x < 0 or x > MAX_U64:
-        raise ArchiveWriteError(f"cannot encode {what}: {field} {v!r} is not an integer in "
-                                "0..2**64-1")
+        raise ArchiveWriteError(f"cannot encode {_what(ctx)}: {field} {v!r} is not an integer "
+                                "in 0..2**64-1")
     return x
 
 
-def _blob(what: str, field: str, v: Any) -> bytes:
+def _blob(ctx: bytes | int, field: str, v: Any) -> bytes:
     if type(v) is not bytes:
-        raise ArchiveWriteError(f"cannot encode {what}: {field} is {type(v).__name__}, "
+        raise ArchiveWriteError(f"cannot encode {_what(ctx)}: {field} is {type(v).__name__}, "
                                 "not bytes")
     return v
 
@@ -73,7 +78,7 @@ def _check_path(path: Any, last: bytes | None, dirs: set[bytes]) -> bytes:
 
 def _record(out: bytearray, n: Node, path: bytes, shared: int, prev_ino: int) -> int:
     """Append one node record (docs/FORMAT.md "Node records"); returns the node's ino."""
-    what = f"node {path!r}"
+    what = path
     code = F.TYPE_CODES.get(n.type) if isinstance(n.type, str) else None
     if code is None:
         raise _bad(path, f"unknown type {n.type!r}")
@@ -230,21 +235,21 @@ def encode_blocks(nodes: Sequence[Node]) -> list[tuple[bytes, int, bytes]]:
 
 def encode_access(i: int, a: LayerAccess) -> bytes:
     """The raw access payload of layer i (docs/FORMAT.md "Layer access payload")."""
-    what = f"access data of layer {i}"
+    what = i
     code = F.ACCESS_KIND_CODES.get(a.kind) if isinstance(a.kind, str) else None
     if code is None:
-        raise ArchiveWriteError(f"cannot encode {what}: unknown kind {a.kind!r}")
+        raise ArchiveWriteError(f"cannot encode access data of layer {i}: unknown kind {a.kind!r}")
     out = bytearray()
     _uv(out, code)
     _uv(out, _u64(what, "span", a.span))
     _uv(out, len(a.points))
     for p in a.points:
         if not isinstance(p, (tuple, list)) or len(p) != 4:
-            raise ArchiveWriteError(f"cannot encode {what}: point {p!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point {p!r} is not a 4-tuple")
         coff = _u64(what, "point compressed offset", p[0])
         bits = _u64(what, "point bits", p[1])
         if bits > 7:
-            raise ArchiveWriteError(f"cannot encode {what}: point bits {p[1]!r} is not in 0..7")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point bits {p[1]!r} is not in 0..7")
         uoff = _u64(what, "point uncompressed offset", p[2])
         window = _blob(what, "point window", p[3])
         _uv(out, coff)
@@ -255,7 +260,7 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
     _uv(out, len(a.frames))
     for fr in a.frames:
         if not isinstance(fr, (tuple, list)) or len(fr) != 4:
-            raise ArchiveWriteError(f"cannot encode {what}: frame {fr!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"cannot encode access data of layer {i}: frame {fr!r} is not a 4-tuple")
         for field, v in zip(("frame compressed offset", "frame compressed size",
                              "frame uncompressed offset", "frame uncompressed size"), fr):
             _uv(out, _u64(what, field, v))

@@ -481,27 +481,24 @@ class Archive:
         b, i = self._seek(prefix + b"\0" if p == b"/" else prefix)
         nblocks = len(self._blocks)
         while b < nblocks:
-            paths, recs = self._block(b)
-            jumped = False
+            paths = self._block(b)[0]
             while i < len(paths):
                 q = paths[i]
                 if not q.startswith(prefix):
                     return names
-                name = q[cut:]
-                if b"/" in name:  # cannot happen in a tree the writer accepted
-                    raise self._error(f"{q!r} has no parent directory entry")
-                names.append(name)
-                if recs[i][1] == "dir":
-                    # skip the subtree: the first key after every q + b"/"... is q + b"0"
-                    nb, ni = self._seek(q + b"0")
-                    if nb != b:
-                        b, i = nb, ni
-                        jumped = True
-                        break
-                    i = ni
-                else:
+                slash = q.find(b"/", cut)
+                if slash < 0:
+                    names.append(q[cut:])
                     i += 1
-            if not jumped:
+                    continue
+                # inside a child's subtree: all of q[:slash] + b"/..." sorts before
+                # q[:slash] + b"0" ('0' is '/' + 1), so jump there
+                nb, ni = self._seek(q[:slash] + b"0")
+                if nb != b:
+                    b, i = nb, ni
+                    break
+                i = ni
+            else:
                 b, i = b + 1, 0
         return names
 
