@@ -468,7 +468,7 @@ class TarParser:
                 if len(fields) % 2:
                     raise TarHeaderError(f"bad sparse map in tar header at offset {poff}")
                 nums = [_pax_int(f, "GNU.sparse.map", poff) for f in fields]
-                sparse_pax = list(zip(nums[0::2], nums[1::2]))
+                sparse_pax = list(zip(nums[0::2], nums[1::2], strict=False))
             elif any(k == b"GNU.sparse.offset" for k, _ in self._pax_list) and not sparse10:
                 sparse_pax = []
                 cur = -1
@@ -506,7 +506,7 @@ class TarParser:
             if stripped:
                 name = stripped
         data = 0 if tf in _HEADER_ONLY else size
-        fields = {
+        ent = {
             "name": name, "type": etype, "mode": mode, "uid": uid, "gid": gid,
             "uname": uname.decode("utf-8", "surrogateescape"),
             "gname": gname.decode("utf-8", "surrogateescape"),
@@ -518,7 +518,7 @@ class TarParser:
         self._pax = {}
         self._pax_list = []
         self._longname = self._longlink = None
-        self._pending = fields
+        self._pending = ent
         self._stored = data
         if sparse is not None:
             self._runs = sparse
@@ -578,7 +578,7 @@ class TarParser:
             pos = nl + 1
             if len(nums) == 2 * nums[0] + 1:
                 break
-        self._runs = list(zip(nums[1::2], nums[2::2]))
+        self._runs = list(zip(nums[1::2], nums[2::2], strict=False))
         used = len(m)
         if used > self._stored:
             raise TarHeaderError(f"bad sparse map in tar header at offset {off}")
