@@ -71,6 +71,9 @@ cdef enum:
     EV_MEMBER = 3
     EV_ERROR = 4
 
+cdef enum:
+    ERR_GARBAGE = -1000       # not a zlib code: bytes after a member that start no member
+
 # indexer states
 cdef enum:
     ST_HEAD = 0               # before a member: nothing of it consumed yet
@@ -184,6 +187,11 @@ cdef class GzipIndexer:
                 if s.avail_in == 0:
                     return EV_NEED_INPUT
                 if self.members > 0:
+                    if s.next_in[0] != 0x1f:  # zlib would wait for a 2nd byte to say so
+                        self.err = ERR_GARBAGE
+                        self.member_in = self._in
+                        self.member_out = self._out
+                        return EV_ERROR
                     ret = inflateReset(s)
                     if ret != Z_OK:
                         self.err = ret
@@ -227,7 +235,7 @@ cdef class GzipIndexer:
 
     cdef object _error(self):
         self.state = ST_FAILED
-        if (self.err == Z_DATA_ERROR and self.members > 1 and self._out == self.member_out
+        if self.err == ERR_GARBAGE or (self.err == Z_DATA_ERROR and self.members > 1 and self._out == self.member_out
                 and self.strm.msg != NULL
                 and self.strm.msg.decode("ascii", "replace") == "incorrect header check"):
             return CompressionError(

@@ -1,0 +1,477 @@
+"""Indexers (clipcy._checkpoint.GzipIndexer, blobindex.ZstdIndexer/PlainIndexer) and gzip_read.
+
+Every compressed fixture is made here by the real tools (gzip, pigz, zstd, pzstd) from a
+seeded payload, and every result is compared with a full decompression by zlib / zstd.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clipcy.access import GZIP, PLAIN, ZSTD
+from clipcy.blobindex import DEFAULT_SPAN, OUT_PIECE, ZstdIndexer, make_indexer
+from clipcy.errors import ClipError, CompressionError
+
+_checkpoint = pytest.importorskip("clipcy._checkpoint")  # compiled even under PUREPYTHON
+GzipIndexer = _checkpoint.GzipIndexer
+gzip_read = _checkpoint.gzip_read
+
+SPAN = 64 << 10  # small: many points, most of them not byte-aligned
+
+
+def make_payload(seed: int, size: int) -> bytes:
+    """Deterministic mix of word text and random bytes (both compress very differently)."""
+    rnd = random.Random(seed)
+    words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10)))
+             for _ in range(3000)]
+    parts: list[bytes] = []
+    total = 0
+    while total < size:
+        if rnd.random() < 0.3:
+            part = rnd.randbytes(rnd.randint(100, 40000))
+        else:
+            part = b" ".join(rnd.choices(words, k=rnd.randint(50, 6000))) + b"\n"
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)[:size]
+
+
+def run(cmd: str, cwd: Path) -> None:
+    subprocess.run(cmd, shell=True, check=True, cwd=cwd)
+
+
+def need(*tools: str) -> None:
+    for t in tools:
+        if shutil.which(t) is None:
+            pytest.skip(f"{t} not installed")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("ckpt")
+    (d / "a.bin").write_bytes(make_payload(1, 2_500_000))
+    (d / "b.bin").write_bytes(make_payload(2, 700_000))
+    (d / "empty.bin").write_bytes(b"")
+    return d
+
+
+# name -> (shell command writing blob.gz in the work dir, payload files it holds, in order)
+GZIP_BLOBS = {
+    "gzip-1": ("gzip -1 -n -c a.bin > {out}", ["a.bin"]),
+    "gzip-6": ("gzip -6 -n -c a.bin > {out}", ["a.bin"]),
+    "gzip-9": ("gzip -9 -c a.bin > {out}", ["a.bin"]),
+    "pigz": ("pigz -p 2 -c a.bin > {out}", ["a.bin"]),
+    "pigz-i": ("pigz -i -p 2 -c a.bin > {out}", ["a.bin"]),
+    "members": ("gzip -1 -c a.bin > {out} && gzip -9 -c b.bin >> {out} && "
+                "gzip -c empty.bin >> {out} && pigz -i -c b.bin >> {out} && "
+                "gzip -c empty.bin >> {out}", ["a.bin", "b.bin", "empty.bin", "b.bin"]),
+    "empty-first": ("gzip -c empty.bin > {out} && gzip -6 -c b.bin >> {out}",
+                    ["empty.bin", "b.bin"]),
+    "only-empty": ("gzip -c empty.bin > {out}", ["empty.bin"]),
+}
+
+
+def make_gzip(work: Path, name: str) -> tuple[Path, bytes]:
+    cmd, parts = GZIP_BLOBS[name]
+    need("gzip", "pigz")
+    out = work / f"{name}.gz"
+    if not out.exists():
+        run(cmd.format(out=out.name), work)
+    blob = out.read_bytes()
+    full = gzip.decompress(blob)  # the reference: zlib over every member
+    assert full == b"".join((work / p).read_bytes() for p in parts)
+    return out, full
+
+
+def index(ix: object, blob: bytes, chunk: int = 1 << 20) -> bytes:
+    outs = []
+    for i in range(0, len(blob), chunk):
+        for out in ix.feed(blob[i:i + chunk]):  # type: ignore[attr-defined]
+            assert 0 < len(out) <= OUT_PIECE
+            outs.append(out)
+    ix.finish()  # type: ignore[attr-defined]
+    return b"".join(outs)
+
+
+@pytest.mark.parametrize("name", list(GZIP_BLOBS))
+def test_gzip_points_resume_exactly(work: Path, name: str) -> None:
+    path, full = make_gzip(work, name)
+    blob = path.read_bytes()
+    ix = make_indexer(GZIP, span=SPAN, min_points_layer=0)
+    assert index(ix, blob) == full
+    assert ix.total_in == len(blob) and ix.total_out == len(full)
+    access = ix.access()
+    assert access.kind == GZIP and access.span == SPAN
+    points = access.points
+    assert points[0] == (0, 0, 0, b"")
+    assert [p[2] for p in points] == sorted(p[2] for p in points)
+    if len(full) > 4 * SPAN:
+        assert len(points) >= len(full) // (2 * SPAN)
+        assert any(p[1] != 0 for p in points), "expected points that are not byte-aligned"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i, (comp, bits, out, window) in enumerate(points):
+            assert 0 <= bits <= 7 and comp <= len(blob)
+            assert len(window) <= 32768
+            if window:
+                assert window == full[max(0, out - len(window)):out]
+            else:  # a member start: the gzip magic is there
+                assert bits == 0 and blob[comp:comp + 2] == b"\x1f\x8b"
+            nxt = points[i + 1][2] if i + 1 < len(points) else len(full)
+            for skip, n in ((0, 1), (0, 70000), (1, 100), (nxt - out, 50), (nxt - out + 5, 10)):
+                assert gzip_read(fd, comp, bits, window, skip, n) == \
+                    full[out + skip:out + skip + n], (i, skip, n)
+        # every read from the start of the blob runs across all members, short at the end
+        assert gzip_read(fd, 0, 0, b"", 0, len(full) + 10) == full
+    finally:
+        os.close(fd)
+
+
+def test_gzip_member_starts_are_points(work: Path) -> None:
+    """Small members and a span smaller than a member: member starts become points."""
+    need("gzip")
+    parts = [make_payload(10 + i, 3000 + 1000 * i) for i in range(12)]
+    parts.insert(3, b"")
+    blob = b"".join(gzip.compress(p, compresslevel=6, mtime=0) for p in parts)
+    full = b"".join(parts)
+    path = work / "small-members.gz"
+    path.write_bytes(blob)
+    ix = GzipIndexer(4096)
+    assert index(ix, blob, chunk=777) == full
+    assert ix.members == len(parts)
+    starts = [p for p in ix.points if p[3] == b""]
+    assert len(starts) > 5
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for comp, bits, out, window in ix.points:
+            assert gzip_read(fd, comp, bits, window, 0, 9000) == full[out:out + 9000]
+        # member boundaries: read across each
+        edge = 0
+        for p in parts:
+            edge += len(p)
+            lo = max(0, edge - 100)
+            assert gzip_read(fd, 0, 0, b"", lo, 250) == full[lo:lo + 250]
+    finally:
+        os.close(fd)
+
+
+def test_gzip_random_reads_seeded(work: Path) -> None:
+    path, full = make_gzip(work, "members")
+    ix = make_indexer(GZIP, span=SPAN)
+    index(ix, path.read_bytes(), chunk=300_001)
+    points = ix.access().points
+    starts = [p[2] for p in points]
+    rnd = random.Random(7)
+    import bisect
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(300):
+            off = rnd.randrange(len(full) + 100)
+            n = rnd.choice([1, 17, 4096, 65536, 300_000])
+            comp, bits, out, window = points[bisect.bisect_right(starts, off) - 1]
+            assert gzip_read(fd, comp, bits, window, off - out, n) == full[off:off + n]
+    finally:
+        os.close(fd)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_gzip_reads_hypothesis(work: Path, data: st.DataObject) -> None:
+    path, full = make_gzip(work, "gzip-9")
+    key = "_hyp_points"
+    points = getattr(test_gzip_reads_hypothesis, key, None)
+    if points is None:
+        ix = GzipIndexer(SPAN)
+        index(ix, path.read_bytes())
+        points = ix.points
+        setattr(test_gzip_reads_hypothesis, key, points)
+    i = data.draw(st.integers(0, len(points) - 1))
+    comp, bits, out, window = points[i]
+    skip = data.draw(st.integers(0, 3 * SPAN))
+    n = data.draw(st.integers(0, 200_000))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert gzip_read(fd, comp, bits, window, skip, n) == full[out + skip:out + skip + n]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("chunk", [1, 10, 4096])
+def test_gzip_tiny_chunks(chunk: int) -> None:
+    raw = make_payload(3, 60_000) * 2
+    blob = gzip.compress(raw, 6, mtime=0) + gzip.compress(b"", mtime=0) + \
+        gzip.compress(raw[:5000], 1, mtime=0)
+    ix = GzipIndexer(8192)
+    assert index(ix, blob, chunk) == raw + raw[:5000]
+    assert ix.total_in == len(blob)
+    assert len(ix.points) > 3
+
+
+def test_gzip_bomb_output_is_bounded() -> None:
+    blob = gzip.compress(b"\0" * (40 << 20), 9, mtime=0)  # ~40 KB of input
+    ix = GzipIndexer(DEFAULT_SPAN)
+    total = 0
+    pieces = 0
+    for out in ix.feed(blob):
+        assert len(out) <= OUT_PIECE
+        assert out.count(0) == len(out)
+        total += len(out)
+        pieces += 1
+    ix.finish()
+    assert total == 40 << 20 and pieces >= 40
+    assert len(ix.points) > 5
+
+
+def test_gzip_default_span_keeps_small_layers_pointless() -> None:
+    raw = make_payload(4, 3_000_000)
+    blob = gzip.compress(raw, 6, mtime=0)
+    ix = make_indexer(GZIP, span=SPAN)  # min_points_layer = 2 * span: this layer is larger
+    index(ix, blob)
+    assert len(ix.access().points) > 1
+    ix = make_indexer(GZIP, span=SPAN, min_points_layer=len(raw) + 1)
+    index(ix, blob)
+    assert ix.access().points == [(0, 0, 0, b"")]
+
+
+# -- gzip errors --------------------------------------------------------------------------
+def feed_all(ix: object, blob: bytes, chunk: int = 65536) -> None:
+    for i in range(0, len(blob), chunk):
+        for _ in ix.feed(blob[i:i + chunk]):  # type: ignore[attr-defined]
+            pass
+    ix.finish()  # type: ignore[attr-defined]
+
+
+def test_gzip_truncated() -> None:
+    raw = make_payload(5, 200_000)
+    blob = gzip.compress(raw, 6, mtime=0)
+    for cut in (1, 5, 10, 11, 100, len(blob) // 2, len(blob) - 8, len(blob) - 1):
+        with pytest.raises(CompressionError, match=r"truncated gzip stream.*compressed offset"):
+            feed_all(GzipIndexer(SPAN), blob[:cut])
+    with pytest.raises(CompressionError, match=r"truncated gzip stream: no data"):
+        feed_all(GzipIndexer(SPAN), b"")
+    # a second member cut short
+    with pytest.raises(CompressionError, match=rf"member at compressed offset {len(blob)} "):
+        feed_all(GzipIndexer(SPAN), blob + blob[:50])
+
+
+def test_gzip_flipped_bytes() -> None:
+    raw = make_payload(6, 200_000)
+    blob = gzip.compress(raw, 6, mtime=0)
+    # in the trailer: CRC mismatch, reported by zlib's own message
+    bad = bytearray(blob)
+    bad[-6] ^= 0x55
+    with pytest.raises(CompressionError,
+                       match=r"inflate failed with Z_DATA_ERROR \(incorrect data check\) "
+                             r"at compressed offset \d+"):
+        feed_all(GzipIndexer(SPAN), bytes(bad))
+    # in the header: not gzip at all
+    with pytest.raises(CompressionError, match=r"Z_DATA_ERROR \(incorrect header check\)"):
+        feed_all(GzipIndexer(SPAN), b"\x1f\x8c" + blob[2:])
+    # in the deflate data: some error, always with an offset (a CRC error at worst)
+    rnd = random.Random(3)
+    for _ in range(20):
+        bad = bytearray(blob)
+        bad[rnd.randrange(10, len(blob) - 8)] ^= 1 << rnd.randrange(8)
+        with pytest.raises(CompressionError, match=r"at compressed offset \d+"):
+            feed_all(GzipIndexer(SPAN), bytes(bad))
+
+
+@pytest.mark.parametrize("garbage", [b"\0", b"\0" * 100, b"hello world", b"\x1f"])
+def test_gzip_trailing_garbage(garbage: bytes) -> None:
+    blob = gzip.compress(make_payload(7, 50_000), 6, mtime=0)
+    if garbage == b"\x1f":  # half a magic: a truncated member
+        with pytest.raises(CompressionError, match=rf"truncated.*offset {len(blob)} "):
+            feed_all(GzipIndexer(SPAN), blob + garbage)
+        return
+    with pytest.raises(CompressionError,
+                       match=rf"trailing garbage after the last gzip member at compressed "
+                             rf"offset {len(blob)} "):
+        feed_all(GzipIndexer(SPAN), blob + garbage)
+
+
+def test_gzip_read_errors(tmp_path: Path) -> None:
+    raw = make_payload(8, 400_000)
+    blob = gzip.compress(raw, 6, mtime=0)
+    ix = GzipIndexer(SPAN)
+    index(ix, blob)
+    comp, bits, out, window = ix.points[-1]
+    p = tmp_path / "cut.gz"
+    p.write_bytes(blob[:comp + 100])  # the blob ends soon after the last point
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with pytest.raises(CompressionError, match=r"truncated gzip stream: blob ends at "
+                                                   r"compressed offset \d+ inside a member"):
+            gzip_read(fd, comp, bits, window, 0, len(raw))
+        with pytest.raises(CompressionError, match=r"compressed offset"):
+            gzip_read(fd, 0, 0, b"", 0, len(raw))
+        with pytest.raises(ValueError):
+            gzip_read(fd, 0, 3, b"", 0, 10)  # bits need a previous byte
+        with pytest.raises(ValueError):
+            gzip_read(fd, 10, 0, b"x" * 40000, 0, 10)
+    finally:
+        os.close(fd)
+    with pytest.raises(ClipError, match="pread failed"):
+        gzip_read(fd, 0, 0, b"", 0, 10)  # closed descriptor: EBADF
+
+
+def test_gzip_misuse() -> None:
+    ix = GzipIndexer(SPAN)
+    gen = ix.feed(gzip.compress(make_payload(9, 3_000_000), 1))
+    next(gen)
+    with pytest.raises(RuntimeError):
+        ix.feed(b"x")
+    with pytest.raises(RuntimeError):
+        ix.finish()
+    gen.close()
+    with pytest.raises(ValueError):
+        GzipIndexer(0)
+    with pytest.raises(TypeError):
+        ix.feed("text")
+
+
+# -- zstd -------------------------------------------------------------------------------------
+ZSTD_BLOBS = {
+    "plain": ("zstd -q -3 -c a.bin > {out}", ["a.bin"]),
+    "no-size": ("zstd -q --no-content-size -c a.bin > {out}", ["a.bin"]),
+    "frames": ("zstd -q --no-content-size -c a.bin > {out} && zstd -q -19 -c b.bin >> {out} && "
+               "zstd -q -c empty.bin >> {out} && zstd -q --no-check -c b.bin >> {out} && "
+               "pzstd -q -p 2 -c a.bin >> {out}", ["a.bin", "b.bin", "empty.bin", "b.bin",
+                                                   "a.bin"]),
+    "skippable-first": ("pzstd -q -p 2 -c a.bin > {out}", ["a.bin"]),
+}
+
+
+def make_zstd(work: Path, name: str) -> tuple[Path, bytes]:
+    need("zstd", "pzstd")
+    cmd, parts = ZSTD_BLOBS[name]
+    out = work / f"{name}.zst"
+    if not out.exists():
+        run(cmd.format(out=out.name), work)
+    full = subprocess.run(["zstd", "-dc", str(out)], check=True, capture_output=True).stdout
+    assert full == b"".join((work / p).read_bytes() for p in parts)
+    return out, full
+
+
+@pytest.mark.parametrize("name", list(ZSTD_BLOBS))
+@pytest.mark.parametrize("chunk", [1 << 20, 9999])
+def test_zstd_frames(work: Path, name: str, chunk: int) -> None:
+    path, full = make_zstd(work, name)
+    blob = path.read_bytes()
+    ix = make_indexer(ZSTD)
+    assert index(ix, blob, chunk) == full
+    assert ix.total_in == len(blob) and ix.total_out == len(full)
+    frames = ix.access().frames
+    assert ix.access().kind == ZSTD
+    uoff = 0
+    for comp, csize, out, usize in frames:
+        assert int.from_bytes(blob[comp:comp + 4], "little") == 0xFD2FB528
+        assert out == uoff
+        uoff += usize
+        # each recorded frame decompresses alone to its slice
+        piece = subprocess.run(["zstd", "-dc"], input=blob[comp:comp + csize], check=True,
+                               capture_output=True).stdout
+        assert piece == full[out:out + usize]
+    assert uoff == len(full)
+    if name == "frames":
+        assert any(f[3] == 0 for f in frames)  # the empty frame is recorded
+    if name == "skippable-first":
+        assert frames[0][0] > 0 and int.from_bytes(blob[:4], "little") & ~0xF == 0x184D2A50
+
+
+def test_zstd_tiny_chunks(work: Path) -> None:
+    path, full = make_zstd(work, "frames")
+    blob = path.read_bytes()[:300_000]
+    ix = ZstdIndexer()
+    outs = []
+    for i in range(0, len(blob), 7):
+        outs.extend(ix.feed(blob[i:i + 7]))
+    assert b"".join(outs) == full[:len(b"".join(outs))] and outs
+
+
+def test_zstd_errors(work: Path) -> None:
+    path, full = make_zstd(work, "frames")
+    blob = path.read_bytes()
+    frames = make_frames(blob)
+    for cut in (2, 5, frames[0][1] // 2, frames[0][1] - 1, len(blob) - 3):
+        with pytest.raises(CompressionError,
+                           match=r"truncated zstd stream: the frame at compressed offset \d+ "
+                                 r"ends early at compressed offset \d+"):
+            feed_all(ZstdIndexer(), blob[:cut])
+    with pytest.raises(CompressionError, match=rf"trailing garbage after the last zstd frame "
+                                               rf"at compressed offset {len(blob)}"):
+        feed_all(ZstdIndexer(), blob + b"garbage!")
+    with pytest.raises(CompressionError, match=r"not a zstd frame at compressed offset 0"):
+        feed_all(ZstdIndexer(), b"\x1f\x8b\x08\x00" + blob)
+    with pytest.raises(CompressionError, match=r"no data"):
+        feed_all(ZstdIndexer(), b"")
+    # a flipped byte inside the first frame's compressed blocks
+    bad = bytearray(blob)
+    bad[frames[0][1] // 2] ^= 0xFF
+    with pytest.raises(CompressionError, match=r"compressed offset \d+"):
+        feed_all(ZstdIndexer(), bytes(bad))
+    # a block header claiming a block larger than 128 KiB
+    one = zstd_one(b"x" * 1000)
+    hdr = 4 + 1 + 1  # magic, descriptor, window byte (no content size, no dict)
+    bad = bytearray(one)
+    bad[hdr:hdr + 3] = ((200_000 << 3) | 0b101).to_bytes(3, "little")  # last, compressed
+    with pytest.raises(CompressionError, match=r"block of 200000 bytes"):
+        feed_all(ZstdIndexer(), bytes(bad))
+
+
+def zstd_one(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(write_content_size=False, write_checksum=True).compress(data)
+
+
+def make_frames(blob: bytes) -> list[tuple[int, int, int, int]]:
+    ix = ZstdIndexer()
+    feed_all(ix, blob)
+    return ix.frames
+
+
+def test_zstd_bomb_output_is_bounded() -> None:
+    import zstandard
+
+    blob = zstandard.ZstdCompressor(level=19).compress(b"\0" * (30 << 20))
+    ix = ZstdIndexer()
+    total = 0
+    for out in ix.feed(blob):
+        assert len(out) <= OUT_PIECE
+        total += len(out)
+    ix.finish()
+    assert total == 30 << 20
+
+
+def test_plain_indexer() -> None:
+    ix = make_indexer(PLAIN)
+    data = make_payload(11, 2_500_000)
+    assert index(ix, data, 1_500_000) == data
+    assert ix.total_in == ix.total_out == len(data)
+    assert ix.access().kind == PLAIN
+
+
+def test_make_indexer_unknown() -> None:
+    with pytest.raises(ValueError):
+        make_indexer("bzip2")
+
+
+def test_zlib_window_flags_match_python_zlib() -> None:
+    """The compiled indexer agrees with Python's zlib on a stream Python made."""
+    raw = make_payload(12, 1_000_000)
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    blob = co.compress(raw) + co.flush()
+    ix = GzipIndexer(SPAN)
+    assert index(ix, blob) == raw
+    assert _checkpoint.zlib_version().split(".")[0] == zlib.ZLIB_RUNTIME_VERSION.split(".")[0]
