@@ -126,6 +126,10 @@ def _index_layout(sub: Any) -> None:
     p.add_argument("--checkpoint-mib", type=float, metavar="N",
                    help="gzip resume points every N MiB of uncompressed data "
                    "(default: chosen by measurement, see docs/FORMAT.md)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="layer cache: layers indexed before (same blob digest) are not read "
+                   "again (default: $XDG_CACHE_HOME/clipcy/layers or ~/.cache/clipcy/layers)")
+    p.add_argument("--no-cache", action="store_true", help="do not use the layer cache")
     p.add_argument("--workers", type=int, metavar="N",
                    help="layers indexed in parallel (default: the number of CPUs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -41,6 +41,7 @@ def human(n: float) -> str:
 # -- index-layout --------------------------------------------------------------------------
 
 def cmd_index_layout(args: argparse.Namespace) -> int:
+    from clipcy.cache import default_cache_dir
     from clipcy.indexer import create_index_only_archive_from_oci_layout
 
     if args.workers is not None and args.workers < 1:
@@ -54,6 +55,7 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             storage_ref=args.storage_ref, verify=args.verify, digest=args.digest,
             workers=args.workers, file_digests=args.file_digests,
             checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None,
+            cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             progress=reporter)
     finally:
         if reporter is not None:

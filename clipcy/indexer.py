@@ -22,6 +22,7 @@ from typing import Any
 
 from clipcy import __version__
 from clipcy.access import LayerAccess
+from clipcy.cache import LayerCache
 from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
@@ -146,6 +147,24 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
                        seconds, hasher.digests if hasher is not None else None)
 
 
+def _from_cache(cache: LayerCache | None, key: str, info: LayerInfo, index: int,
+                verify: bool) -> LayerResult | None:
+    if cache is None:
+        return None
+    hit = cache.get(key)
+    if hit is None:
+        return None
+    try:
+        size = os.stat(info.path).st_size
+    except OSError as e:
+        raise BlobError(f"failed to open layer blob {info.digest}: {e.strerror or e}") from e
+    if size != info.size or (verify and hit["diff_id"] != info.diff_id):
+        return None
+    log.debug("layer %d (%s): from the layer cache", index, info.digest)
+    return LayerResult(index, hit["entries"], hit["access"], hit["compression"],
+                       hit["uncompressed_size"], hit["diff_id"], 0.0, hit["file_digests"])
+
+
 def _drain(f: Any, h: Any) -> None:
     while chunk := f.read(READ_CHUNK):
         h.update(chunk)
@@ -217,11 +236,13 @@ def create_index_only_archive_from_oci_layout(
         layout_dir: str | os.PathLike[str], tag: str | None, archive_path: str | os.PathLike[str],
         *, platform: str | None = None, storage_ref: str | None = None, verify: bool = True,
         digest: str | None = None, workers: int | None = None, file_digests: bool = False,
-        checkpoint_span: int | None = None,
+        checkpoint_span: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
         progress: ProgressFn | None = None) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
     `layout_dir` may also be a reference: "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:...".
+    `cache_dir`: a layer cache (cache.py) keyed by blob digest; layers found there are not
+    streamed again (their blob's size is checked, its digest was checked when cached).
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
@@ -239,11 +260,19 @@ def create_index_only_archive_from_oci_layout(
     emit("start", {"manifest": image.manifest_digest, "layers": len(image.layers),
                    "bytes": sum(x.size for x in image.layers)})
 
+    cache = LayerCache(cache_dir) if cache_dir is not None else None
+
     def run(i: int) -> LayerResult:
         info = image.layers[i]
         emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
-        res = index_layer(info, i, verify=verify, file_digests=file_digests,
-                          span=checkpoint_span, progress=progress)
+        key = LayerCache.key(info.digest, checkpoint_span, file_digests)
+        res = _from_cache(cache, key, info, i, verify)
+        if res is None:
+            res = index_layer(info, i, verify=verify, file_digests=file_digests,
+                              span=checkpoint_span, progress=progress)
+            if cache is not None and verify:
+                cache.put(key, res.entries, res.access, res.compression, res.uncompressed_size,
+                          res.diff_id, res.file_digests)
         emit("layer-done", {"layer": i, "digest": info.digest, "seconds": round(res.seconds, 6),
                             "uncompressed": res.uncompressed_size, "entries": len(res.entries)})
         return res

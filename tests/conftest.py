@@ -71,3 +71,79 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
         stdout=subprocess.DEVNULL,
     )
     return out
+
+
+def write_layout(root: Path, layers: list[bytes], tag: str = "latest", gzip_layers: bool = True,
+                 arch: str = "amd64") -> Path:
+    """A minimal OCI layout with the given uncompressed layer tars (for hostile-input tests;
+    real-tool layouts come from ../shared/corpus and clipcy/sample)."""
+    import gzip
+    import hashlib
+    import json
+
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+
+    def put(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return "sha256:" + digest, len(data)
+
+    descs, diff_ids = [], []
+    for tar in layers:
+        diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
+        blob = gzip.compress(tar, mtime=0) if gzip_layers else tar
+        digest, size = put(blob)
+        media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzip_layers else "")
+        descs.append({"mediaType": media, "digest": digest, "size": size})
+    config = {"architecture": arch, "os": "linux",
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}
+    cdigest, csize = put(json.dumps(config).encode())
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           "digest": cdigest, "size": csize}, "layers": descs}
+    mdigest, msize = put(json.dumps(manifest).encode())
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest,
+         "size": msize, "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    (root / "index.json").write_text(json.dumps(index))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return root
+
+
+def make_tar(members: list[tuple[str, str, bytes]]) -> bytes:
+    """A PAX tar from (name, kind, data-or-linkname) with kind file/dir/symlink/hardlink."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1700000000
+            if kind == "file":
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                continue
+            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                         "hardlink": tarfile.LNKTYPE}[kind]
+            info.mode = 0o755 if kind == "dir" else 0o777
+            info.linkname = data.decode()
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def layout_factory() -> object:
+    return write_layout
+
+
+@pytest.fixture
+def tar_factory() -> object:
+    return make_tar
+
+
+@pytest.fixture(autouse=True)
+def _private_layer_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets an empty layer cache (clipctl index-layout caches by default)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""End-to-end indexing speed and memory against real baselines, in one run.
+
+  python perf/make_data.py            # once: perf/data/{single,multi,small,zstd,growth-*}
+  python perf/bench_index.py [--runs 3] [--sets single multi small zstd] [--out perf/out]
+
+For each data set, each command runs --runs times, interleaved (A B C A B C ...) so drift on
+this shared machine hits all alike; the table gives the median wall time as MB/s of
+uncompressed layer bytes, the ratio to the bare zlib loop (or `zstd -dc` for zstd layers),
+and the peak RSS of the process (from wait4's rusage).
+
+Commands:
+  clipctl            clipctl index-layout (compiled core, verification and resume points on)
+  clipctl-1worker    the same with --workers 1 (multi-layer sets only)
+  clipctl-py         the same with CLIPCY_PUREPYTHON=1 (the pure-Python twin; reported only)
+  tarfile            perf/tarfile_walker.py: Python's tarfile in stream mode recording the
+                     same metadata (no digests: a lower bar than clipctl)
+  zlib-loop          a bare zlib.decompressobj loop over the blobs, one core (the baseline)
+  gzip -dc / zstd -dc   the C tools, output to /dev/null
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+CLIPCTL = [PY, "-m", "clipcy"]
+
+
+def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one command, output discarded."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{err}")
+    return wall, usage.ru_maxrss * 1024
+
+
+def layers_of(layout: Path) -> list[tuple[Path, str, int]]:
+    """(blob path, compression, uncompressed size) for each layer of tag latest."""
+    index = json.loads((layout / "index.json").read_text())
+    man = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    out = []
+    for i, desc in enumerate(man["layers"]):
+        kind = "zstd" if desc["mediaType"].endswith("zstd") else "gzip"
+        tars = sorted(layout.glob("layer*.tar"))
+        out.append((layout / "blobs/sha256" / desc["digest"][7:], kind, tars[i].stat().st_size))
+    return out
+
+
+def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | str]:
+    layers = layers_of(layout)
+    kind = layers[0][1]
+    blobs = " ".join(str(b) for b, _, _ in layers)
+    index = CLIPCTL + ["index-layout", "--layout", str(layout), "--tag", "latest",
+                       "--out", str(tmp / "out.clip"), "--progress", "none"]
+    cmds: dict[str, list[str] | str] = {"clipctl": index}
+    if len(layers) > 1:
+        cmds["clipctl-1worker"] = index + ["--workers", "1"]
+    if with_py:
+        cmds["clipctl-py"] = ["env", "CLIPCY_PUREPYTHON=1"] + index
+    cmds["tarfile"] = [PY, str(HERE / "tarfile_walker.py"), str(layout)]
+    if kind == "gzip":
+        cmds["zlib-loop"] = [PY, str(HERE / "zlib_loop.py")] + [str(b) for b, _, _ in layers]
+        cmds["gzip -dc"] = f"cat {blobs} | gzip -dc > /dev/null"
+    else:
+        cmds["zstd -dc"] = f"zstd -dc {blobs} > /dev/null"
+    return cmds
+
+
+def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, object]]:
+    total = sum(u for _, _, u in layers_of(layout))
+    with tempfile.TemporaryDirectory() as t:
+        cmds = commands(layout, Path(t), with_py)
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        rss: dict[str, int] = {k: 0 for k in cmds}
+        for k, c in cmds.items():  # warm-up: page cache, imports
+            run(c)
+            break
+        for _ in range(runs):
+            for k, c in cmds.items():
+                wall, peak = run(c)
+                times[k].append(wall)
+                rss[k] = max(rss[k], peak)
+    base_key = "zlib-loop" if "zlib-loop" in cmds else "zstd -dc"
+    base = statistics.median(times[base_key])
+    rows = []
+    for k in cmds:
+        med = statistics.median(times[k])
+        rows.append({"set": name, "command": k, "seconds": med, "mb_s": total / 1e6 / med,
+                     "ratio": base / med, "rss_mb": rss[k] / 2**20, "bytes": total})
+    return rows
+
+
+def node_count(layout: Path) -> int:
+    with tempfile.TemporaryDirectory() as t:
+        out = Path(t) / "x.clip"
+        subprocess.run(CLIPCTL + ["index-layout", "--layout", str(layout), "--tag", "latest",
+                                  "--out", str(out), "--progress", "none"], check=True)
+        res = subprocess.run(CLIPCTL + ["inspect", str(out), "--json"], check=True,
+                             capture_output=True, text=True)
+        return int(json.loads(res.stdout)["nodes"]["total"])
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=HERE).stdout.strip()
+    return (f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python "
+            f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, commit {commit}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="index-layout vs baselines")
+    ap.add_argument("--data", type=Path, default=HERE / "data")
+    ap.add_argument("--sets", nargs="*", default=["single", "multi", "small", "zstd"])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-py", action="store_true", help="skip the pure-Python twin")
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    args = ap.parse_args()
+    lines = [f"Machine: {machine()}", "",
+             "| data | command | median s | MB/s (uncompressed) | × baseline | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    for name in args.sets:
+        layout = args.data / name
+        if not (layout / "index.json").exists():
+            print(f"skip {name}: run perf/make_data.py first", file=sys.stderr)
+            continue
+        nodes = node_count(layout)
+        for r in bench(name, layout, args.runs, not args.no_py):
+            label = f"{name} ({r['bytes'] / 1e6:.0f} MB, {nodes} nodes)"
+            lines.append(f"| {label} | {r['command']} | {r['seconds']:.2f} | {r['mb_s']:.0f} | "
+                         f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |")
+            print(lines[-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_index.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
