@@ -14,11 +14,12 @@ import json
 import mmap
 import os
 import struct
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -26,6 +27,9 @@ from clipcy import format as F
 from clipcy.access import LayerAccess
 from clipcy.errors import ArchiveError, ArchivePathError
 from clipcy.node import Node
+
+if TYPE_CHECKING:
+    from clipcy.files import ArchiveFile
 
 __all__ = ["Archive", "open_archive", "normalize_path"]
 
@@ -236,8 +240,12 @@ def _decompress(frame: bytes, rawlen: int, limit: int, what: str) -> bytes:
 class Archive:
     """An open .clip archive. Use as a context manager or call close()."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 layout: str | os.PathLike[str] | None = None) -> None:
         self.name = os.fspath(path)
+        self._layout = layout  # where the layer blobs are, if not at the storage ref
+        self._store: Any = None
+        self._lock = threading.Lock()
         self._mm: mmap.mmap | None = None
         self._cache: OrderedDict[int, tuple[list[bytes], list[_Record]]] = OrderedDict()
         try:
@@ -544,7 +552,27 @@ class Archive:
         for i in range(len(self._access)):
             self.access(i)
 
+    def section_sizes(self) -> dict[str, int]:
+        """Bytes per section, by name ("metadata", "node index", "node blocks", ...)."""
+        return {F.SECTION_NAMES.get(k, f"section {k}"): length
+                for k, (_, length, _) in sorted(self._sections.items())}
+
+    # -- file data (files.py) ------------------------------------------------------------
+    def open(self, path: str | bytes) -> ArchiveFile:
+        """A read-only binary file object for the regular file at path (symlinks followed
+        inside the image), reading lazily from the layer blobs. Thread-safe across files."""
+        from clipcy.files import ArchiveFile, BlobStore, resolve_file
+
+        with self._lock:
+            node = resolve_file(self, path)
+            if self._store is None:
+                self._store = BlobStore(self.metadata, self.access, self._layout)
+        return ArchiveFile(node, self._store)
+
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self._cache.clear()
         if self._mm is not None:
             self._mm.close()
@@ -562,6 +590,10 @@ class Archive:
         return f"<clipcy Archive {self.name!r} {state}>"
 
 
-def open_archive(path: str | os.PathLike[str]) -> Archive:
-    """Open a .clip archive (cheap: reads the header, metadata and indexes only)."""
-    return Archive(path)
+def open_archive(path: str | os.PathLike[str],
+                 layout: str | os.PathLike[str] | None = None) -> Archive:
+    """Open a .clip archive (cheap: reads the header, metadata and indexes only).
+
+    layout: the OCI layout holding the layer blobs, when they are not at the archive's
+    recorded storage ref (only Archive.open() reads them)."""
+    return Archive(path, layout)

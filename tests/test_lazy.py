@@ -176,9 +176,12 @@ def test_tar_slip_contained(tmp_path: Path, layout_factory: Any, tar_factory: An
     assert os.path.samefile(dest / "hl", dest / "escape.txt")
 
 
-def test_hostile_archive_symlink_parent_refused(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """A crafted archive with a file under a symlink: extract refuses, writes nothing outside."""
+def test_hostile_tree_under_symlink_refused(tmp_path: Path) -> None:
+    """A tree with a node under a symlink: the writer refuses to encode it, and the extractor
+    (defence in depth, e.g. for archives written by other tools) refuses to write through it."""
+    from clipcy.errors import ClipError
+    from clipcy.extract import Extractor
+    from clipcy.files import BlobStore
     from clipcy.node import Node
     from clipcy.writer import encode_archive
 
@@ -187,9 +190,16 @@ def test_hostile_archive_symlink_parent_refused(tmp_path: Path,
     nodes = [Node(b"/", "dir", 0o755, 0, 0, 0, ino=1, nlink=2),
              Node(b"/evil", "symlink", 0o777, 0, 0, 0, linkname=str(outside).encode(), ino=2),
              Node(b"/evil/x", "fifo", 0o644, 0, 0, 0, ino=3)]
-    meta = {"layers": [], "storage_ref": str(tmp_path)}
-    arc = tmp_path / "evil.clip"
-    arc.write_bytes(encode_archive(meta, nodes, []))
-    assert clipctl(["extract", str(arc), "-C", str(tmp_path / "d")]) == 1
-    assert "refusing to extract through non-directory" in capsys.readouterr().err
+    with pytest.raises(ClipError, match="parent directory"):
+        encode_archive({"layers": []}, nodes, [])
+    ex = Extractor(tmp_path / "d", BlobStore({"storage_ref": str(tmp_path)}, None))
+    try:
+        for node in nodes[:2]:
+            ex.extract(node)
+        with pytest.raises(ClipError, match="refusing to extract through non-directory"):
+            ex.extract(nodes[2])
+        with pytest.raises(ClipError, match="unsafe path"):
+            ex.extract(Node(b"/../up", "fifo", 0o644, 0, 0, 0))
+    finally:
+        ex.close()
     assert list(outside.iterdir()) == []
