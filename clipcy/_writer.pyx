@@ -304,8 +304,13 @@ cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
     return <int64_t>ino
 
 
-def encode_blocks(nodes):
-    """Validate the tree and encode it into (first path, count, raw records) blocks."""
+def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
+                  Py_ssize_t target_bytes=_BLOCK_TARGET_BYTES):
+    """Validate the tree and encode it into (first path, count, raw records) blocks.
+
+    A block closes after max_nodes records or once it holds target_bytes (tests use small
+    values to get many blocks from small trees; archives always use the defaults).
+    """
     cdef list blocks = []
     cdef set dirs = set()
     cdef _Buf out = _Buf()
@@ -330,7 +335,7 @@ def encode_blocks(nodes):
         last = path
         prev = path
         count += 1
-        if count >= _BLOCK_MAX_NODES or out.n >= _BLOCK_TARGET_BYTES:
+        if count >= max_nodes or out.n >= target_bytes:
             blocks.append((first, count, out.take()))
             count = 0
     if count:

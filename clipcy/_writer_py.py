@@ -204,8 +204,13 @@ def _shared_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
-def encode_blocks(nodes: Sequence[Node]) -> list[tuple[bytes, int, bytes]]:
-    """Validate the tree and encode it into (first path, count, raw records) blocks."""
+def encode_blocks(nodes: Sequence[Node], max_nodes: int = F.BLOCK_MAX_NODES,
+                  target_bytes: int = F.BLOCK_TARGET_BYTES) -> list[tuple[bytes, int, bytes]]:
+    """Validate the tree and encode it into (first path, count, raw records) blocks.
+
+    A block closes after max_nodes records or once it holds target_bytes (tests use small
+    values to get many blocks from small trees; archives always use the defaults).
+    """
     blocks: list[tuple[bytes, int, bytes]] = []
     dirs: set[bytes] = set()
     out = bytearray()
@@ -224,7 +229,7 @@ def encode_blocks(nodes: Sequence[Node]) -> list[tuple[bytes, int, bytes]]:
             dirs.add(path)
         last = prev = path
         count += 1
-        if count >= F.BLOCK_MAX_NODES or len(out) >= F.BLOCK_TARGET_BYTES:
+        if count >= max_nodes or len(out) >= target_bytes:
             blocks.append((first, count, bytes(out)))
             out = bytearray()
             count = 0
