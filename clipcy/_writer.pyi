@@ -8,10 +8,15 @@ from clipcy.node import Node
 
 __all__ = ["encode_archive", "encode_blocks", "encode_access"]
 
+
 def encode_blocks(
     nodes: Sequence[Node], max_nodes: int = ..., target_bytes: int = ...
 ) -> list[tuple[bytes, int, bytes]]: ...
+
+
 def encode_access(i: int, a: LayerAccess) -> bytes: ...
+
+
 def encode_archive(
     metadata: dict[str, Any], nodes: Sequence[Node], access: Sequence[LayerAccess]
 ) -> bytes: ...

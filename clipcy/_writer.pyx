@@ -343,9 +343,14 @@ def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
     return blocks
 
 
+_FRAME_FIELDS = ("frame compressed offset", "frame compressed size",
+                 "frame uncompressed offset", "frame uncompressed size")
+
+
 def encode_access(Py_ssize_t i, a):
     """The raw access payload of layer i."""
     cdef object what = i
+    cdef str where = f"cannot encode access data of layer {i}"
     cdef object kind = a.kind
     cdef object code = _ACCESS_KIND_CODES.get(kind) if isinstance(kind, str) else None
     cdef _Buf out = _Buf()
@@ -353,17 +358,17 @@ def encode_access(Py_ssize_t i, a):
     cdef bytes window
     cdef object p, fr, field, v
     if code is None:
-        raise ArchiveWriteError(f"cannot encode access data of layer {i}: unknown kind {kind!r}")
+        raise ArchiveWriteError(f"{where}: unknown kind {kind!r}")
     out.uv(<uint64_t><int>code)
     out.uv(_u64(what, "span", a.span))
     out.uv(len(a.points))
     for p in a.points:
         if not isinstance(p, (tuple, list)) or len(p) != 4:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point {p!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"{where}: point {p!r} is not a 4-tuple")
         coff = _u64(what, "point compressed offset", p[0])
         bits = _u64(what, "point bits", p[1])
         if bits > 7:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point bits {p[1]!r} is not in 0..7")
+            raise ArchiveWriteError(f"{where}: point bits {p[1]!r} is not in 0..7")
         uoff = _u64(what, "point uncompressed offset", p[2])
         window = _blob(what, "point window", p[3])
         out.uv(coff)
@@ -374,9 +379,8 @@ def encode_access(Py_ssize_t i, a):
     out.uv(len(a.frames))
     for fr in a.frames:
         if not isinstance(fr, (tuple, list)) or len(fr) != 4:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: frame {fr!r} is not a 4-tuple")
-        for field, v in zip(("frame compressed offset", "frame compressed size",
-                             "frame uncompressed offset", "frame uncompressed size"), fr):
+            raise ArchiveWriteError(f"{where}: frame {fr!r} is not a 4-tuple")
+        for field, v in zip(_FRAME_FIELDS, fr):
             out.uv(_u64(what, field, v))
     return out.take()
 

@@ -238,23 +238,28 @@ def encode_blocks(nodes: Sequence[Node], max_nodes: int = F.BLOCK_MAX_NODES,
     return blocks
 
 
+_FRAME_FIELDS = ("frame compressed offset", "frame compressed size",
+                 "frame uncompressed offset", "frame uncompressed size")
+
+
 def encode_access(i: int, a: LayerAccess) -> bytes:
     """The raw access payload of layer i (docs/FORMAT.md "Layer access payload")."""
     what = i
+    where = f"cannot encode access data of layer {i}"
     code = F.ACCESS_KIND_CODES.get(a.kind) if isinstance(a.kind, str) else None
     if code is None:
-        raise ArchiveWriteError(f"cannot encode access data of layer {i}: unknown kind {a.kind!r}")
+        raise ArchiveWriteError(f"{where}: unknown kind {a.kind!r}")
     out = bytearray()
     _uv(out, code)
     _uv(out, _u64(what, "span", a.span))
     _uv(out, len(a.points))
     for p in a.points:
         if not isinstance(p, (tuple, list)) or len(p) != 4:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point {p!r} is not a 4-tuple")
+            raise ArchiveWriteError(f"{where}: point {p!r} is not a 4-tuple")
         coff = _u64(what, "point compressed offset", p[0])
         bits = _u64(what, "point bits", p[1])
         if bits > 7:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: point bits {p[1]!r} is not in 0..7")
+            raise ArchiveWriteError(f"{where}: point bits {p[1]!r} is not in 0..7")
         uoff = _u64(what, "point uncompressed offset", p[2])
         window = _blob(what, "point window", p[3])
         _uv(out, coff)
@@ -265,9 +270,8 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
     _uv(out, len(a.frames))
     for fr in a.frames:
         if not isinstance(fr, (tuple, list)) or len(fr) != 4:
-            raise ArchiveWriteError(f"cannot encode access data of layer {i}: frame {fr!r} is not a 4-tuple")
-        for field, v in zip(("frame compressed offset", "frame compressed size",
-                             "frame uncompressed offset", "frame uncompressed size"), fr):
+            raise ArchiveWriteError(f"{where}: frame {fr!r} is not a 4-tuple")
+        for field, v in zip(_FRAME_FIELDS, fr, strict=True):
             _uv(out, _u64(what, field, v))
     return bytes(out)
 

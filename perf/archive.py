@@ -156,7 +156,7 @@ def make_access(rng: random.Random) -> list[LayerAccess]:
     words = [bytes(rng.choice(b"abcdefghij ") for _ in range(rng.randint(2, 9)))
              for _ in range(3000)]
     out = []
-    for layer in range(2):
+    for _ in range(2):
         pts = []
         for i in range(60):
             win = b" ".join(rng.choice(words) for _ in range(7000))[:32768] if i else b""
@@ -264,16 +264,17 @@ def main() -> None:
     except OSError:
         pass
     n = len(nodes)
+    hardlinked = sum(x.type == "file" and x.nlink > 1 for x in nodes)
     rows = [
         ("nodes (dirs / files / symlinks / hardlinked paths)",
          f"{n} ({sum(x.type == 'dir' for x in nodes)} / {sum(x.type == 'file' for x in nodes)}"
-         f" / {sum(x.type == 'symlink' for x in nodes)} / {sum(x.type == 'file' and x.nlink > 1 for x in nodes)})"),
+         f" / {sum(x.type == 'symlink' for x in nodes)} / {hardlinked})"),
         ("archive size", f"{len(data)} bytes ({nblocks} node blocks)"),
         ("node records raw (before zstd)", f"{raw_records / n:.1f} bytes/node"),
         ("node index + blocks (compressed)", f"{(idx_len + blk_len) / n:.1f} bytes/node "
          f"(index {idx_len}, blocks {blk_len})"),
-        ("whole file / node (incl. {:.0f} KiB access data, metadata {} B)".format(
-            acc_len / 1024, meta_len), f"{len(data) / n:.1f} bytes/node"),
+        (f"whole file / node (incl. {acc_len / 1024:.0f} KiB access data, metadata "
+         f"{meta_len} B)", f"{len(data) / n:.1f} bytes/node"),
         ("encode_archive, Cython writer", f"{times['cython'] * 1e3:.0f} ms"),
         ("encode_archive, Python twin", f"{times['python'] * 1e3:.0f} ms "
          f"({times['python'] / times['cython']:.2f}x)"),
