@@ -513,3 +513,16 @@ def test_forged_checksums_still_fail_cleanly(tmp_path: Path) -> None:
             _read_everything(p)
     with pytest.raises(ArchiveError, match="metadata is not a JSON object"):
         open_archive(_write(tmp_path, F.assemble(b"[1]", 0, [], [])))
+
+
+def test_format_doc_record_example_matches_writer() -> None:
+    """docs/FORMAT.md's worked record example is what the writers produce for golden's root."""
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "FORMAT.md").read_text()
+    para = doc[doc.index("Example: a block whose first record"):]
+    para = para[:para.index("\n\n")]
+    hex_groups = re.findall(r"`((?:[0-9a-f]{2} ?)+)`", para)
+    example = bytes.fromhex("".join(hex_groups))
+    raw = _writer_py.encode_blocks(golden.golden_input()[1])[0][2]
+    assert len(example) == 15 and raw.startswith(example)
