@@ -33,6 +33,8 @@ cdef unsigned char ZERO[512]
 for _i in range(512):
     ZERO[_i] = 0
 
+_XATTR_PREFIXES = (b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")
+
 cdef str T_FILE = "file"
 cdef str T_DIR = "dir"
 cdef str T_SYMLINK = "symlink"
@@ -435,7 +437,7 @@ cdef class TarParser:
             recs = _parse_pax(data, self._ext_off)
             if kind == 0x67:
                 for k, v in recs:
-                    if v:
+                    if v or k.startswith(_XATTR_PREFIXES):
                         self._globals[k] = v
                     else:
                         self._globals.pop(k, None)
@@ -554,8 +556,8 @@ cdef class TarParser:
         sparse_pax = None
         eff = dict(self._globals)
         for k, v in self._pax.items():
-            if v:
-                eff[k] = v
+            if v or k.startswith(_XATTR_PREFIXES):
+                eff[k] = v  # an empty xattr value is a value
             else:
                 eff.pop(k, None)  # an empty local value restores the header field
         poff = self._ext_off

@@ -39,6 +39,7 @@ _TYPES = {
 # types whose size field is ignored: no data follows them (Go and CPython agree)
 _HEADER_ONLY = frozenset(b"123456")
 
+_XATTR_PREFIXES = (b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")
 _TYPE_NAMES = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
 
@@ -360,7 +361,7 @@ class TarParser:
             recs = _parse_pax(data, self._ext_off)
             if kind == 0x67:
                 for k, v in recs:
-                    if v:
+                    if v or k.startswith(_XATTR_PREFIXES):
                         self._globals[k] = v
                     else:
                         self._globals.pop(k, None)
@@ -409,8 +410,8 @@ class TarParser:
         if self._globals or pax:
             eff = dict(self._globals)
             for k, v in pax.items():
-                if v:
-                    eff[k] = v
+                if v or k.startswith(_XATTR_PREFIXES):
+                    eff[k] = v  # an empty xattr value is a value
                 else:
                     eff.pop(k, None)  # an empty local value restores the header field
             poff = self._ext_off
