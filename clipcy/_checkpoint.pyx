@@ -23,7 +23,7 @@ All inflate work and preads run with the GIL released.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.stdlib cimport free, malloc
-from libc.string cimport memset, strerror
+from libc.string cimport memcpy, memset, strerror
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
@@ -62,6 +62,7 @@ cdef enum:
     IN_MAX = 1 << 30          # avail_in is 32-bit: feed huge buffers in slices
     READ_CHUNK = 1 << 17      # reader: compressed bytes per pread
     DISCARD = 1 << 18         # reader: scratch output while skipping to the offset
+    CAPTURE_MAX = 1 << 18     # indexer: compressed bytes kept to sparsify a window
 
 # indexer events (returned by the nogil step)
 cdef enum:
@@ -70,6 +71,7 @@ cdef enum:
     EV_POINT = 2
     EV_MEMBER = 3
     EV_ERROR = 4
+    EV_SPARSE = 5
 
 cdef enum:
     ERR_GARBAGE = -1000       # not a zlib code: bytes after a member that start no member
@@ -135,25 +137,68 @@ cdef class GzipIndexer:
     cdef readonly long long span
     cdef readonly long long min_points_layer
     cdef readonly long long members
+    cdef readonly bint sparse_windows
     cdef unsigned long long _in, _out
     cdef unsigned long long member_in, member_out, last_out
     cdef list _points
+    cdef unsigned char last_byte  # the last compressed byte consumed (a point's bits live there)
+    # sparse windows: the compressed input after the newest point is captured until 32 KiB of
+    # output followed it; replaying that input with marker dictionaries tells which window
+    # bytes it references, and the others are zeroed (zeros compress to nothing).
+    cdef bint pending
+    cdef Py_ssize_t pend_index
+    cdef unsigned long long pend_out
+    cdef int pend_bits
+    cdef unsigned char pend_prime
+    cdef uInt pend_wlen
+    cdef unsigned char *pend_win
+    cdef unsigned char *cap_buf
+    cdef size_t cap_len
+    cdef unsigned char *side_out
+    cdef unsigned char *dicts
+    cdef z_stream side
+    cdef bint side_init
 
-    def __cinit__(self, long long span, long long min_points_layer=0):
+    def __cinit__(self, long long span, long long min_points_layer=0, bint sparse_windows=True):
+        cdef int ret, k
         if span <= 0:
             raise ValueError(f"span must be positive, not {span}")
         self.span = span
         self.min_points_layer = min_points_layer
+        self.sparse_windows = sparse_windows
         self._points = [(0, 0, 0, b"")]
         memset(&self.strm, 0, sizeof(z_stream))
-        cdef int ret = inflateInit2(&self.strm, 16 + MAX_WBITS)
+        memset(&self.side, 0, sizeof(z_stream))
+        ret = inflateInit2(&self.strm, 16 + MAX_WBITS)
         if ret != Z_OK:
             raise _zerror("inflateInit2", ret, &self.strm, 0)
         self.zinit = True
+        if sparse_windows:
+            ret = inflateInit2(&self.side, -MAX_WBITS)
+            if ret != Z_OK:
+                raise _zerror("inflateInit2", ret, &self.side, 0)
+            self.side_init = True
+            self.pend_win = <unsigned char *>malloc(WINSIZE)
+            self.cap_buf = <unsigned char *>malloc(CAPTURE_MAX)
+            self.side_out = <unsigned char *>malloc(3 * WINSIZE)
+            self.dicts = <unsigned char *>malloc(3 * WINSIZE)
+            if (self.pend_win == NULL or self.cap_buf == NULL or self.side_out == NULL
+                    or self.dicts == NULL):
+                raise MemoryError()
+            for k in range(WINSIZE):  # markers: position low byte, its complement, high byte
+                self.dicts[k] = k & 255
+                self.dicts[WINSIZE + k] = (k & 255) ^ 255
+                self.dicts[2 * WINSIZE + k] = k >> 8
 
     def __dealloc__(self):
         if self.zinit:
             inflateEnd(&self.strm)
+        if self.side_init:
+            inflateEnd(&self.side)
+        free(self.pend_win)
+        free(self.cap_buf)
+        free(self.side_out)
+        free(self.dicts)
 
     @property
     def total_in(self) -> int:
@@ -172,7 +217,7 @@ cdef class GzipIndexer:
         """Inflate until an event needs Python: output full, input used up, a point."""
         cdef z_stream *s = &self.strm
         cdef size_t n
-        cdef uInt ain, lim
+        cdef uInt ain, lim, used
         cdef unsigned long long dist
         cdef int ret, flush
         while True:
@@ -214,28 +259,86 @@ cdef class GzipIndexer:
                 flush = Z_NO_FLUSH
                 if self.span - dist < lim:
                     lim = <uInt>(self.span - dist)
+            if self.pending and self.pend_out + WINSIZE - self._out < lim:
+                lim = <uInt>(self.pend_out + WINSIZE - self._out)  # capture no more than needed
             s.next_out = out + have[0]
             s.avail_out = lim
             ain = s.avail_in
             ret = inflate(s, flush)
-            self._in += ain - s.avail_in
+            used = ain - s.avail_in
+            self._in += used
             self._out += lim - s.avail_out
             have[0] += lim - s.avail_out
             self.stalled = s.avail_out == 0
+            if used:
+                self.last_byte = (s.next_in - 1)[0]
+                if self.pending:
+                    if self.cap_len + used > CAPTURE_MAX:
+                        self.pending = False  # odd stream (long runs of empty blocks): keep all
+                    else:
+                        memcpy(self.cap_buf + self.cap_len, s.next_in - used, used)
+                        self.cap_len += used
             if ret == Z_STREAM_END:
                 self.state = ST_HEAD
                 self.stalled = False
-                continue
-            if ret != Z_OK and ret != Z_BUF_ERROR:
+            elif ret != Z_OK and ret != Z_BUF_ERROR:
                 self.err = ret
                 return EV_ERROR
+            if self.pending and (ret == Z_STREAM_END or self._out >= self.pend_out + WINSIZE):
+                self.pending = False
+                if self._sparsify() == 0:
+                    return EV_SPARSE
+            if ret == Z_STREAM_END:
+                continue
             if (flush == Z_BLOCK and (s.data_type & 128) and not (s.data_type & 64)
                     and self._out > self.member_out):
                 return EV_POINT
 
+    cdef int _sparsify(self) noexcept nogil:
+        """Zero the bytes of the pending window that the next 32 KiB of output never copy."""
+        cdef z_stream *z = &self.side
+        cdef int p, ret
+        cdef uInt produced[3]
+        cdef unsigned char *a = self.side_out
+        cdef unsigned char *x = self.side_out + WINSIZE
+        cdef unsigned char *h = self.side_out + 2 * WINSIZE
+        cdef unsigned char *used = self.cap_buf  # the capture is no longer needed after pass 3
+        cdef uInt j, k, w = self.pend_wlen
+        for p in range(3):
+            ret = inflateReset2(z, -MAX_WBITS)
+            if ret == Z_OK and self.pend_bits:
+                ret = inflatePrime(z, self.pend_bits, self.pend_prime >> (8 - self.pend_bits))
+            if ret == Z_OK:
+                ret = inflateSetDictionary(z, self.dicts + p * WINSIZE, w)
+            if ret != Z_OK:
+                return -1
+            z.next_in = self.cap_buf
+            z.avail_in = <uInt>self.cap_len
+            z.next_out = self.side_out + p * WINSIZE
+            z.avail_out = WINSIZE
+            ret = Z_OK
+            while ret == Z_OK and z.avail_in > 0 and z.avail_out > 0:
+                ret = inflate(z, Z_NO_FLUSH)
+            if ret != Z_OK and ret != Z_STREAM_END and ret != Z_BUF_ERROR:
+                return -1
+            produced[p] = WINSIZE - z.avail_out
+        if produced[0] != produced[1] or produced[0] != produced[2]:
+            return -1
+        memset(used, 0, w)
+        for j in range(produced[0]):
+            if a[j] != x[j]:  # copied from the window: the markers say from where
+                k = (<uInt>h[j] << 8) | a[j]
+                if k < w:
+                    used[k] = 1
+        for k in range(w):
+            if not used[k]:
+                self.pend_win[k] = 0
+        return 0
+
     cdef object _error(self):
         self.state = ST_FAILED
-        if self.err == ERR_GARBAGE or (self.err == Z_DATA_ERROR and self.members > 1 and self._out == self.member_out
+        if self.err == ERR_GARBAGE or (
+                self.err == Z_DATA_ERROR and self.members > 1 and self._out == self.member_out
                 and self.strm.msg != NULL
                 and self.strm.msg.decode("ascii", "replace") == "incorrect header check"):
             return CompressionError(
@@ -287,6 +390,19 @@ cdef class GzipIndexer:
                         window = window[:wlen]
                     self._points.append((self._in, self.strm.data_type & 7, self._out, window))
                     self.last_out = self._out
+                    if self.sparse_windows:
+                        self.pending = True
+                        self.pend_index = len(self._points) - 1
+                        self.pend_out = self._out
+                        self.pend_bits = self.strm.data_type & 7
+                        self.pend_prime = self.last_byte
+                        self.pend_wlen = wlen
+                        memcpy(self.pend_win, PyBytes_AS_STRING(window), wlen)
+                        self.cap_len = 0
+                elif ev == EV_SPARSE:
+                    c, b, u, _ = self._points[self.pend_index]
+                    self._points[self.pend_index] = (
+                        c, b, u, PyBytes_FromStringAndSize(<char *>self.pend_win, self.pend_wlen))
                 elif ev == EV_MEMBER:
                     self._points.append((self.member_in, 0, self._out, b""))
                     self.last_out = self._out

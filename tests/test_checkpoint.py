@@ -123,8 +123,10 @@ def test_gzip_points_resume_exactly(work: Path, name: str) -> None:
         for i, (comp, bits, out, window) in enumerate(points):
             assert 0 <= bits <= 7 and comp <= len(blob)
             assert len(window) <= 32768
-            if window:
-                assert window == full[max(0, out - len(window)):out]
+            if window:  # sparse: bytes the next 32 KiB never copy are zeroed
+                before = full[max(0, out - len(window)):out]
+                assert len(before) == len(window)
+                assert all(w == b or w == 0 for w, b in zip(window, before))
             else:  # a member start: the gzip magic is there
                 assert bits == 0 and blob[comp:comp + 2] == b"\x1f\x8b"
             nxt = points[i + 1][2] if i + 1 < len(points) else len(full)
@@ -135,6 +137,31 @@ def test_gzip_points_resume_exactly(work: Path, name: str) -> None:
         assert gzip_read(fd, 0, 0, b"", 0, len(full) + 10) == full
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_gzip_sparse_windows(work: Path, sparse: bool) -> None:
+    """Sparse windows zero what is never referenced, yet every resume stays exact."""
+    path, full = make_gzip(work, "gzip-6")
+    ix = GzipIndexer(SPAN, 0, sparse)
+    index(ix, path.read_bytes())
+    assert ix.sparse_windows == sparse
+    zeroed = kept = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for comp, bits, out, window in ix.points[1:]:
+            before = full[out - len(window):out]
+            if not sparse:
+                assert window == before
+            zeroed += sum(1 for w, b in zip(window, before) if w != b)
+            kept += len(window)
+            assert gzip_read(fd, comp, bits, window, 0, 40000) == full[out:out + 40000]
+    finally:
+        os.close(fd)
+    if sparse:
+        assert zeroed > kept // 10  # text references only part of its window
+    else:
+        assert zeroed == 0
 
 
 def test_gzip_member_starts_are_points(work: Path) -> None:
