@@ -526,3 +526,51 @@ def test_format_doc_record_example_matches_writer() -> None:
     example = bytes.fromhex("".join(hex_groups))
     raw = _writer_py.encode_blocks(golden.golden_input()[1])[0][2]
     assert len(example) == 15 and raw.startswith(example)
+
+
+_access = st.builds(
+    LayerAccess, st.sampled_from(("plain", "gzip", "zstd")), st.integers(0, 2**64 - 1),
+    st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 7), st.integers(0, 2**64 - 1),
+                       st.binary(max_size=300)), max_size=4),
+    st.lists(st.tuples(*[st.integers(0, 2**64 - 1)] * 4), max_size=4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(acc=st.lists(_access, max_size=4))
+def test_access_round_trip(tmp_path_factory: pytest.TempPathFactory,
+                           acc: list[LayerAccess]) -> None:
+    nodes = [Node(b"/", "dir", 0o755, 0, 0, 0)]
+    data = _writer_py.encode_archive({"layers": []}, nodes, acc)
+    if CY is not None:
+        assert CY.encode_archive({"layers": []}, nodes, acc) == data
+    with open_archive(_write(tmp_path_factory.mktemp("a"), data)) as a:
+        assert a.layer_count == len(acc)
+        assert [a.access(i) for i in range(len(acc))] == acc
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_forged_blocks_with_valid_checksums(tmp_path_factory: pytest.TempPathFactory,
+                                            data: st.DataObject) -> None:
+    """Records garbled *before* compression (so every crc matches): the reader still raises
+    ArchiveError (or, for garbled paths, ArchivePathError), never another exception."""
+    metadata, nodes, access = golden.golden_input()
+    blocks = _writer_py.encode_blocks(nodes, 40, 1 << 30)
+    payloads = [_writer_py.encode_access(i, a) for i, a in enumerate(access)]
+    if data.draw(st.booleans()):
+        k = data.draw(st.integers(0, len(blocks) - 1))
+        first, count, raw = blocks[k]
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        garbled = raw[:pos] + data.draw(st.binary(min_size=1, max_size=3)) + raw[pos + 1:]
+        blocks[k] = (first, count + data.draw(st.sampled_from((0, 0, 1, -1))), garbled)
+    else:
+        k = data.draw(st.integers(0, 1))  # the gzip and zstd payloads
+        raw = payloads[k]
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        payloads[k] = raw[:pos] + data.draw(st.binary(min_size=1, max_size=3)) + raw[pos + 1:]
+    p = _write(tmp_path_factory.mktemp("f"),
+               F.assemble(F.canonical_json(metadata), len(nodes), blocks, payloads))
+    try:
+        _read_everything(p)
+    except (ArchiveError, ArchivePathError):
+        pass
