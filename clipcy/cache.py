@@ -40,19 +40,57 @@ def default_cache_dir() -> Path:
 class CachedEntry:
     """A tar entry read back from the cache (the attributes merge.py needs)."""
 
-    __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime", "linkname", "devmajor",
-                 "devminor", "xattrs", "offset", "sparse")
+    __slots__ = (
+        "name",
+        "type",
+        "mode",
+        "uid",
+        "gid",
+        "size",
+        "mtime",
+        "linkname",
+        "devmajor",
+        "devminor",
+        "xattrs",
+        "offset",
+        "sparse",
+    )
 
     def __init__(self, t: tuple[Any, ...]) -> None:
-        (self.name, self.type, self.mode, self.uid, self.gid, self.size, self.mtime,
-         self.linkname, self.devmajor, self.devminor, self.xattrs, self.offset,
-         self.sparse) = t
+        (
+            self.name,
+            self.type,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.size,
+            self.mtime,
+            self.linkname,
+            self.devmajor,
+            self.devminor,
+            self.xattrs,
+            self.offset,
+            self.sparse,
+        ) = t
 
 
 def _entry_tuple(e: Any) -> tuple[Any, ...]:
     sparse = tuple(tuple(r) for r in e.sparse) if e.sparse is not None else None
-    return (e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime, e.linkname, e.devmajor,
-            e.devminor, dict(e.xattrs), e.offset, sparse)
+    return (
+        e.name,
+        e.type,
+        e.mode,
+        e.uid,
+        e.gid,
+        e.size,
+        e.mtime,
+        e.linkname,
+        e.devmajor,
+        e.devminor,
+        dict(e.xattrs),
+        e.offset,
+        sparse,
+    )
 
 
 class LayerCache:
@@ -74,11 +112,11 @@ class LayerCache:
         except OSError:
             return None
         head = len(MAGIC) + 1 + 32
-        if len(raw) < head or raw[:len(MAGIC)] != MAGIC or raw[len(MAGIC)] != VERSION:
+        if len(raw) < head or raw[: len(MAGIC)] != MAGIC or raw[len(MAGIC)] != VERSION:
             log.warning("ignoring a foreign cache entry %s", path)
             return None
         payload = raw[head:]
-        if hashlib.sha256(payload).digest() != raw[len(MAGIC) + 1:head]:
+        if hashlib.sha256(payload).digest() != raw[len(MAGIC) + 1 : head]:
             log.warning("ignoring a corrupt cache entry %s", path)
             return None
         try:
@@ -93,18 +131,34 @@ class LayerCache:
         except OSError:
             pass
         acc = obj["access"]
-        obj["access"] = LayerAccess(acc[0], acc[1], [tuple(p) for p in acc[2]],  # type: ignore[misc]
-                                    [tuple(f) for f in acc[3]])  # type: ignore[misc]
+        obj["access"] = LayerAccess(
+            acc[0],
+            acc[1],
+            [tuple(p) for p in acc[2]],
+            [tuple(f) for f in acc[3]],
+        )
         obj["entries"] = [CachedEntry(t) for t in obj["entries"]]
         return obj
 
-    def put(self, key: str, entries: list[Any], access: LayerAccess, compression: str,
-            uncompressed_size: int, diff_id: str | None,
-            file_digests: dict[int, bytes] | None) -> None:
-        obj = {"key": key, "entries": [_entry_tuple(e) for e in entries],
-               "access": (access.kind, access.span, access.points, access.frames),
-               "compression": compression, "uncompressed_size": uncompressed_size,
-               "diff_id": diff_id, "file_digests": file_digests}
+    def put(
+        self,
+        key: str,
+        entries: list[Any],
+        access: LayerAccess,
+        compression: str,
+        uncompressed_size: int,
+        diff_id: str | None,
+        file_digests: dict[int, bytes] | None,
+    ) -> None:
+        obj = {
+            "key": key,
+            "entries": [_entry_tuple(e) for e in entries],
+            "access": (access.kind, access.span, access.points, access.frames),
+            "compression": compression,
+            "uncompressed_size": uncompressed_size,
+            "diff_id": diff_id,
+            "file_digests": file_digests,
+        }
         payload = marshal.dumps(obj)
         data = MAGIC + bytes([VERSION]) + hashlib.sha256(payload).digest() + payload
         try:

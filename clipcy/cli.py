@@ -20,12 +20,22 @@ log = logging.getLogger("clipcy")
 class _VersionAction(argparse.Action):
     """--version: imported lazily, and says whether the compiled core is in use."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: Any = argparse.SUPPRESS, help: str | None = None) -> None:
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str = argparse.SUPPRESS,
+        default: Any = argparse.SUPPRESS,
+        help: str | None = None,
+    ) -> None:
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         from clipcy.version import version_text
 
         print(version_text())
@@ -33,16 +43,24 @@ class _VersionAction(argparse.Action):
 
 
 def _add_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--progress", choices=("auto", "tty", "json", "none"), default="auto",
-                   help="progress on stderr: a bar on a terminal (auto, tty), one JSON event "
-                   "per line (json), or nothing (none; also auto when stderr is not a terminal)")
+    p.add_argument(
+        "--progress",
+        choices=("auto", "tty", "json", "none"),
+        default="auto",
+        help="progress on stderr: a bar on a terminal (auto, tty), one JSON event "
+        "per line (json), or nothing (none; also auto when stderr is not a terminal)",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=0,
-                   help="more logging (-v info, -vv debug); beats CLIP_LOG_LEVEL")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="errors only: silence warnings")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging (-v info, -vv debug); beats CLIP_LOG_LEVEL",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only: silence warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  clipctl ls img.clip /etc -l\n"
         "  clipctl demo\n",
     )
-    parser.add_argument("--version", action=_VersionAction,
-                        help="print the version, the core in use and the zlib/zstd versions")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print the version, the core in use and the zlib/zstd versions",
+    )
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -70,10 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------
 # Subcommands. Each register function adds one subparser and sets `func`.
 
+
 def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=help[:1].upper() + help[1:] + ".",
-        epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+        name,
+        help=help,
+        description=help[:1].upper() + help[1:] + ".",
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_common(p)
     return p
 
@@ -100,38 +126,70 @@ def _handler(name: str) -> Callable[[argparse.Namespace], int]:
 
 @_command
 def _index_layout(sub: Any) -> None:
-    p = _sub(sub, "index-layout", "index an OCI image layout into an index-only .clip archive",
-             "  clipctl index-layout --layout ./img --tag latest --out img.clip\n"
-             "  clipctl index-layout --layout oci:./img:latest --out img.clip\n"
-             "  clipctl index-layout --layout ./img --digest sha256:<hex> --out img.clip\n"
-             "  clipctl index-layout --layout ./img --tag latest --platform linux/arm64 "
-             "--out arm.clip\n")
-    p.add_argument("--layout", required=True, metavar="DIR",
-                   help="the OCI layout: DIR, oci:DIR[:TAG], oci-layout://DIR[:TAG] or "
-                   "DIR@sha256:...")
-    p.add_argument("--tag", help="the image's tag (org.opencontainers.image.ref.name); "
-                   "may be omitted when the layout holds one image")
+    p = _sub(
+        sub,
+        "index-layout",
+        "index an OCI image layout into an index-only .clip archive",
+        "  clipctl index-layout --layout ./img --tag latest --out img.clip\n"
+        "  clipctl index-layout --layout oci:./img:latest --out img.clip\n"
+        "  clipctl index-layout --layout ./img --digest sha256:<hex> --out img.clip\n"
+        "  clipctl index-layout --layout ./img --tag latest --platform linux/arm64 "
+        "--out arm.clip\n",
+    )
+    p.add_argument(
+        "--layout",
+        required=True,
+        metavar="DIR",
+        help="the OCI layout: DIR, oci:DIR[:TAG], oci-layout://DIR[:TAG] or DIR@sha256:...",
+    )
+    p.add_argument(
+        "--tag",
+        help="the image's tag (org.opencontainers.image.ref.name); "
+        "may be omitted when the layout holds one image",
+    )
     p.add_argument("--digest", metavar="sha256:HEX", help="pick the manifest by digest")
     p.add_argument("--out", required=True, metavar="FILE", help="the .clip archive to write")
-    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
-                   help="platform to pick from an image index (default: linux and the host's "
-                   "architecture)")
-    p.add_argument("--storage-ref", metavar="REF",
-                   help="where the blobs will live at run time (default: the layout's "
-                   "absolute path)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip checking blob digests and diff_ids (faster, not recommended)")
-    p.add_argument("--file-digests", action="store_true",
-                   help="record each file's sha256 (checked by verify; export shows it)")
-    p.add_argument("--checkpoint-mib", type=float, metavar="N",
-                   help="gzip resume points every N MiB of uncompressed data "
-                   "(default: chosen by measurement, see docs/FORMAT.md)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="layer cache: layers indexed before (same blob digest) are not read "
-                   "again (default: $XDG_CACHE_HOME/clipcy/layers or ~/.cache/clipcy/layers)")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to pick from an image index (default: linux and the host's architecture)",
+    )
+    p.add_argument(
+        "--storage-ref",
+        metavar="REF",
+        help="where the blobs will live at run time (default: the layout's absolute path)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking blob digests and diff_ids (faster, not recommended)",
+    )
+    p.add_argument(
+        "--file-digests",
+        action="store_true",
+        help="record each file's sha256 (checked by verify; export shows it)",
+    )
+    p.add_argument(
+        "--checkpoint-mib",
+        type=float,
+        metavar="N",
+        help="gzip resume points every N MiB of uncompressed data "
+        "(default: chosen by measurement, see docs/FORMAT.md)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="layer cache: layers indexed before (same blob digest) are not read "
+        "again (default: $XDG_CACHE_HOME/clipcy/layers or ~/.cache/clipcy/layers)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not use the layer cache")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="layers indexed in parallel (default: the number of CPUs)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="layers indexed in parallel (default: the number of CPUs)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_index_layout"))
@@ -139,8 +197,12 @@ def _index_layout(sub: Any) -> None:
 
 @_command
 def _inspect(sub: Any) -> None:
-    p = _sub(sub, "inspect", "show an archive's image, platform, layers and sizes",
-             "  clipctl inspect img.clip\n  clipctl inspect img.clip --json | jq .layers\n")
+    p = _sub(
+        sub,
+        "inspect",
+        "show an archive's image, platform, layers and sizes",
+        "  clipctl inspect img.clip\n  clipctl inspect img.clip --json | jq .layers\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_handler("cmd_inspect"))
@@ -148,8 +210,12 @@ def _inspect(sub: Any) -> None:
 
 @_command
 def _ls(sub: Any) -> None:
-    p = _sub(sub, "ls", "list a directory of the archived root filesystem",
-             "  clipctl ls img.clip\n  clipctl ls img.clip /etc -l\n  clipctl ls img.clip / -R\n")
+    p = _sub(
+        sub,
+        "ls",
+        "list a directory of the archived root filesystem",
+        "  clipctl ls img.clip\n  clipctl ls img.clip /etc -l\n  clipctl ls img.clip / -R\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("path", nargs="?", default="/", metavar="PATH")
     p.add_argument("-l", dest="long", action="store_true", help="long listing")
@@ -160,8 +226,12 @@ def _ls(sub: Any) -> None:
 
 @_command
 def _stat(sub: Any) -> None:
-    p = _sub(sub, "stat", "show one path's metadata and data location",
-             "  clipctl stat img.clip /etc/os-release\n  clipctl stat img.clip /bin --json\n")
+    p = _sub(
+        sub,
+        "stat",
+        "show one path's metadata and data location",
+        "  clipctl stat img.clip /etc/os-release\n  clipctl stat img.clip /bin --json\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -170,56 +240,84 @@ def _stat(sub: Any) -> None:
 
 @_command
 def _export(sub: Any) -> None:
-    p = _sub(sub, "export", "print every node as a JSON line, sorted by path",
-             "  clipctl export img.clip > tree.jsonl\n")
+    p = _sub(
+        sub,
+        "export",
+        "print every node as a JSON line, sorted by path",
+        "  clipctl export img.clip > tree.jsonl\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.set_defaults(func=_handler("cmd_export"))
 
 
 @_command
 def _demo(sub: Any) -> None:
-    p = _sub(sub, "demo", "index the sample image shipped with clipcy and show the result",
-             "  clipctl demo\n  clipctl demo --out sample.clip\n")
-    p.add_argument("--out", metavar="FILE",
-                   help="keep the archive here (default: a temporary file)")
+    p = _sub(
+        sub,
+        "demo",
+        "index the sample image shipped with clipcy and show the result",
+        "  clipctl demo\n  clipctl demo --out sample.clip\n",
+    )
+    p.add_argument(
+        "--out", metavar="FILE", help="keep the archive here (default: a temporary file)"
+    )
     p.set_defaults(func=_handler("cmd_demo"))
 
 
 @_command
 def _cat(sub: Any) -> None:
-    p = _sub(sub, "cat", "write a file of the image to stdout, read lazily from the layer blobs",
-             "  clipctl cat img.clip /etc/os-release\n"
-             "  clipctl cat img.clip /usr/bin/tool --layout ./img > tool\n")
+    p = _sub(
+        sub,
+        "cat",
+        "write a file of the image to stdout, read lazily from the layer blobs",
+        "  clipctl cat img.clip /etc/os-release\n"
+        "  clipctl cat img.clip /usr/bin/tool --layout ./img > tool\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("path", metavar="PATH", help="symlinks are followed inside the image")
-    p.add_argument("--layout", metavar="DIR",
-                   help="where the blobs are (default: the archive's storage ref)")
+    p.add_argument(
+        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
+    )
     p.set_defaults(func=_handler("cmd_cat"))
 
 
 @_command
 def _extract(sub: Any) -> None:
-    p = _sub(sub, "extract", "write the image's tree (or some subtrees) into a directory",
-             "  clipctl extract img.clip -C rootfs\n"
-             "  clipctl extract img.clip /etc /usr/bin -C out --layout ./img\n")
+    p = _sub(
+        sub,
+        "extract",
+        "write the image's tree (or some subtrees) into a directory",
+        "  clipctl extract img.clip -C rootfs\n"
+        "  clipctl extract img.clip /etc /usr/bin -C out --layout ./img\n",
+    )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to extract (default: all)")
-    p.add_argument("-C", dest="dest", required=True, metavar="DIR",
-                   help="destination directory (created if missing); nothing is written "
-                   "outside it")
-    p.add_argument("--layout", metavar="DIR",
-                   help="where the blobs are (default: the archive's storage ref)")
+    p.add_argument(
+        "-C",
+        dest="dest",
+        required=True,
+        metavar="DIR",
+        help="destination directory (created if missing); nothing is written outside it",
+    )
+    p.add_argument(
+        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
+    )
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_extract"))
 
 
 @_command
 def _verify(sub: Any) -> None:
-    p = _sub(sub, "verify", "check an archive against its layer blobs",
-             "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n")
+    p = _sub(
+        sub,
+        "verify",
+        "check an archive against its layer blobs",
+        "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n",
+    )
     p.add_argument("archive", metavar="FILE")
-    p.add_argument("--layout", metavar="DIR",
-                   help="where the blobs are (default: the archive's storage ref)")
+    p.add_argument(
+        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
+    )
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_verify"))
 

@@ -15,14 +15,20 @@ from typing import Any
 
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
-from clipcy.progress import make_reporter
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+from clipcy.progress import make_reporter
 from clipcy.reader import Archive, open_archive
 
 log = logging.getLogger("clipcy")
 _TYPE_CHAR = {DIR: "d", FILE: "-", SYMLINK: "l", CHAR: "c", BLOCK: "b", FIFO: "p"}
-_TYPE_BITS = {DIR: statmod.S_IFDIR, FILE: statmod.S_IFREG, SYMLINK: statmod.S_IFLNK,
-              CHAR: statmod.S_IFCHR, BLOCK: statmod.S_IFBLK, FIFO: statmod.S_IFIFO}
+_TYPE_BITS = {
+    DIR: statmod.S_IFDIR,
+    FILE: statmod.S_IFREG,
+    SYMLINK: statmod.S_IFLNK,
+    CHAR: statmod.S_IFCHR,
+    BLOCK: statmod.S_IFBLK,
+    FIFO: statmod.S_IFIFO,
+}
 
 
 def _print_json(obj: Any) -> None:
@@ -40,6 +46,7 @@ def human(n: float) -> str:
 
 # -- index-layout --------------------------------------------------------------------------
 
+
 def cmd_index_layout(args: argparse.Namespace) -> int:
     from clipcy.cache import default_cache_dir
     from clipcy.indexer import create_index_only_archive_from_oci_layout
@@ -51,12 +58,19 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     reporter = make_reporter(args.progress)
     try:
         summary = create_index_only_archive_from_oci_layout(
-            args.layout, args.tag, args.out, platform=args.platform,
-            storage_ref=args.storage_ref, verify=args.verify, digest=args.digest,
-            workers=args.workers, file_digests=args.file_digests,
+            args.layout,
+            args.tag,
+            args.out,
+            platform=args.platform,
+            storage_ref=args.storage_ref,
+            verify=args.verify,
+            digest=args.digest,
+            workers=args.workers,
+            file_digests=args.file_digests,
             checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None,
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
-            progress=reporter)
+            progress=reporter,
+        )
     finally:
         if reporter is not None:
             reporter.close()
@@ -65,13 +79,16 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     else:
         pct = 100.0 * summary.archive_size / summary.image_size if summary.image_size else 0.0
         mbs = summary.bytes_indexed / 1e6 / summary.seconds if summary.seconds else 0.0
-        print(f"wrote {summary.archive}: {summary.node_count} nodes from {summary.layer_count} "
-              f"layers, {human(summary.archive_size)} ({pct:.2f}% of "
-              f"{human(summary.image_size)}), {mbs:.0f} MB/s")
+        print(
+            f"wrote {summary.archive}: {summary.node_count} nodes from {summary.layer_count} "
+            f"layers, {human(summary.archive_size)} ({pct:.2f}% of "
+            f"{human(summary.image_size)}), {mbs:.0f} MB/s"
+        )
     return 0
 
 
 # -- inspect -------------------------------------------------------------------------------
+
 
 def inspect_dict(arc: Archive) -> dict[str, Any]:
     md = arc.metadata
@@ -85,16 +102,21 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
         if acc.kind == "gzip":
             seek = f"gzip: {len(acc.points)} resume points"
         elif acc.kind == "zstd":
-            seek = (f"zstd: {len(acc.frames)} frames" if len(acc.frames) > 1
-                    else "zstd: single frame (read from its start)")
+            seek = (
+                f"zstd: {len(acc.frames)} frames"
+                if len(acc.frames) > 1
+                else "zstd: single frame (read from its start)"
+            )
         else:
             seek = "plain: direct offsets"
         layers.append(dict(layer, index=i, seekable=seek))
     image_size = md.get("image_size") or 0
     return {
-        "archive": {"size": arc.size, "format_version": arc.format_version,
-                    "percent_of_image": round(100.0 * arc.size / image_size, 4) if image_size
-                    else None},
+        "archive": {
+            "size": arc.size,
+            "format_version": arc.format_version,
+            "percent_of_image": round(100.0 * arc.size / image_size, 4) if image_size else None,
+        },
         "manifest_digest": md.get("manifest_digest"),
         "config_digest": md.get("config_digest"),
         "tag": md.get("tag"),
@@ -117,9 +139,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _print_json(info)
         return 0
     a = info["archive"]
-    print(f"archive:   {args.archive} ({human(a['size'])}, format {a['format_version']}"
-          + (f", {a['percent_of_image']:.3f}% of the image)" if a["percent_of_image"] is not None
-             else ")"))
+    print(
+        f"archive:   {args.archive} ({human(a['size'])}, format {a['format_version']}"
+        + (
+            f", {a['percent_of_image']:.3f}% of the image)"
+            if a["percent_of_image"] is not None
+            else ")"
+        )
+    )
     print(f"manifest:  {info['manifest_digest']}")
     print(f"config:    {info['config_digest']}")
     print(f"platform:  {info['platform'] or 'unknown'}")
@@ -132,12 +159,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("nodes:     " + ", ".join(f"{v} {k}" for k, v in nodes.items()))
     print(f"layers:    {len(info['layers'])} ({human(info['image_size'])} compressed)")
     for layer in info["layers"]:
-        print(f"  [{layer['index']}] {layer['digest']}  {human(layer['size'])} -> "
-              f"{human(layer['uncompressed_size'])}  {layer['seekable']}")
+        print(
+            f"  [{layer['index']}] {layer['digest']}  {human(layer['size'])} -> "
+            f"{human(layer['uncompressed_size'])}  {layer['seekable']}"
+        )
     return 0
 
 
 # -- ls / stat -----------------------------------------------------------------------------
+
 
 def _mode_string(node: Node) -> str:
     return statmod.filemode(_TYPE_BITS[node.type] | node.mode)
@@ -145,9 +175,14 @@ def _mode_string(node: Node) -> str:
 
 def _long_line(node: Node, name: str) -> str:
     size = f"{node.devmajor}, {node.devminor}" if node.type in (CHAR, BLOCK) else str(node.size)
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(node.mtime_sec)) \
-        if -(2**40) < node.mtime_sec < 2**40 else str(node.mtime_sec)
-    line = f"{_mode_string(node)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} {size:>10} {when} {name}"
+    when = (
+        time.strftime("%Y-%m-%d %H:%M", time.gmtime(node.mtime_sec))
+        if -(2**40) < node.mtime_sec < 2**40
+        else str(node.mtime_sec)
+    )
+    line = (
+        f"{_mode_string(node)} {node.nlink:>3} {node.uid:>5} {node.gid:>5} {size:>10} {when} {name}"
+    )
     if node.type == SYMLINK:
         line += " -> " + decode_path(node.linkname)
     return line
@@ -202,21 +237,26 @@ def cmd_stat(args: argparse.Namespace) -> int:
         _print_json(rec)
         return 0
     print(f"  path: {rec['path']}" + (f" -> {rec['linkname']}" if "linkname" in rec else ""))
-    print(f"  type: {node.type}  mode: {node.mode:04o} ({_mode_string(node)})  "
-          f"uid: {node.uid}  gid: {node.gid}")
+    print(
+        f"  type: {node.type}  mode: {node.mode:04o} ({_mode_string(node)})  "
+        f"uid: {node.uid}  gid: {node.gid}"
+    )
     print(f"  size: {node.size}  nlink: {node.nlink}  ino: {node.ino}")
     print(f" mtime: {node.mtime_sec}.{node.mtime_nsec:09d}")
     if node.type in (CHAR, BLOCK):
         print(f"device: {node.devmajor},{node.devminor}")
     if node.type == FILE:
-        print(f"  data: layer {node.layer}, offset {node.offset}"
-              + (f", sparse runs {list(node.sparse)}" if node.sparse else ""))
+        print(
+            f"  data: layer {node.layer}, offset {node.offset}"
+            + (f", sparse runs {list(node.sparse)}" if node.sparse else "")
+        )
     for k, v in rec["xattrs"].items():
         print(f" xattr: {k}={v} (base64)")
     return 0
 
 
 # -- export --------------------------------------------------------------------------------
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
@@ -225,6 +265,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # -- cat / extract / verify ---------------------------------------------------------------
+
 
 def cmd_cat(args: argparse.Namespace) -> int:
     from clipcy.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
@@ -246,8 +287,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     reporter = make_reporter(args.progress)
     try:
         with open_archive(args.archive) as arc:
-            files, nbytes = extract_archive(arc, args.dest, args.paths, layout=args.layout,
-                                            progress=reporter)
+            files, nbytes = extract_archive(
+                arc, args.dest, args.paths, layout=args.layout, progress=reporter
+            )
         if reporter is not None:
             reporter("done", {"files": files, "bytes": nbytes})
     finally:
@@ -264,8 +306,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         with open_archive(args.archive) as arc:
             if reporter is not None:
-                reporter("start", {"layers": len(arc.layers),
-                                   "bytes": sum(x["size"] for x in arc.layers)})
+                reporter(
+                    "start",
+                    {"layers": len(arc.layers), "bytes": sum(x["size"] for x in arc.layers)},
+                )
             problems = verify_archive(arc, args.layout, reporter)
             if reporter is not None:
                 reporter("done", {"problems": len(problems)})
@@ -281,6 +325,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 # -- demo ----------------------------------------------------------------------------------
+
 
 def sample_layout() -> Path:
     path = Path(str(resources.files("clipcy") / "sample"))
@@ -298,8 +343,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"$ clipctl index-layout --layout {layout} --tag latest --out {out}")
         summary = create_index_only_archive_from_oci_layout(layout, "latest", out)
         pct = 100.0 * summary.archive_size / summary.image_size
-        print(f"wrote {out}: {summary.node_count} nodes from {summary.layer_count} layers, "
-              f"{human(summary.archive_size)} ({pct:.1f}% of {human(summary.image_size)})\n")
+        print(
+            f"wrote {out}: {summary.node_count} nodes from {summary.layer_count} layers, "
+            f"{human(summary.archive_size)} ({pct:.1f}% of {human(summary.image_size)})\n"
+        )
         for argv in (["inspect", str(out)], ["ls", str(out), "/", "-l", "-R"]):
             print("$ clipctl " + " ".join(argv))
             sys.stdout.flush()
@@ -311,4 +358,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.out:
             print(f"kept {out}")
     return 0
-

@@ -45,7 +45,7 @@ class _Pending:
                 _zeros(self.sha, off - self.logical)
                 self.logical = off
             take = min(length - (self.logical - off), len(data) - pos)
-            self.sha.update(data[pos:pos + take])
+            self.sha.update(data[pos : pos + take])
             pos += take
             self.logical += take
             if self.logical >= off + length:

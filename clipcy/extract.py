@@ -33,8 +33,9 @@ def safe_parts(path: bytes) -> list[bytes]:
 
 
 class Extractor:
-    def __init__(self, dest: str | os.PathLike[str], store: BlobStore,
-                 progress: Any = None) -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], store: BlobStore, progress: Any = None
+    ) -> None:
         os.makedirs(dest, exist_ok=True)
         self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
         self.store = store
@@ -61,9 +62,10 @@ class Extractor:
                     nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise ClipError(f"refusing to extract through non-directory "
-                                        f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
-                                        ) from e
+                        raise ClipError(
+                            f"refusing to extract through non-directory "
+                            f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
+                        ) from e
                     raise
                 os.close(fd)
                 fd = nfd
@@ -111,8 +113,9 @@ class Extractor:
             if first is not None and node.nlink > 1:
                 src_fd = self._open_parent(first)
                 try:
-                    os.link(first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd,
-                            follow_symlinks=False)
+                    os.link(
+                        first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False
+                    )
                 finally:
                     os.close(src_fd)
                 return
@@ -131,8 +134,7 @@ class Extractor:
         self._apply_meta(fd, name, node)
 
     def _write_file(self, fd: int, name: bytes, node: Node) -> None:
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
-                      dir_fd=fd)
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
         try:
             src = ArchiveFile(node, self.store)
             runs = node.sparse if node.sparse is not None else ((0, node.size),)
@@ -156,11 +158,13 @@ class Extractor:
             os.chown(name, node.uid, node.gid, dir_fd=fd, follow_symlinks=False)
             for key, value in node.xattrs.items():
                 try:
-                    os.setxattr(f"/proc/self/fd/{fd}/{os.fsdecode(name)}", key, value,
-                                follow_symlinks=False)
+                    os.setxattr(
+                        f"/proc/self/fd/{fd}/{os.fsdecode(name)}", key, value, follow_symlinks=False
+                    )
                 except OSError as e:
-                    log.warning("cannot set xattr %s on %s: %s", key, os.fsdecode(node.path),
-                                e.strerror)
+                    log.warning(
+                        "cannot set xattr %s on %s: %s", key, os.fsdecode(node.path), e.strerror
+                    )
         if not is_link:  # Linux cannot chmod a symlink
             os.chmod(name, node.mode, dir_fd=fd)
         ns = node.mtime_sec * 1_000_000_000 + node.mtime_nsec
@@ -204,9 +208,14 @@ def select_nodes(arc: Any, paths: Iterable[str] | None) -> Iterator[Node]:
         yield from arc.walk(node.path)
 
 
-def extract_archive(arc: Any, dest: str | os.PathLike[str], paths: Iterable[str] | None = None,
-                    *, layout: str | os.PathLike[str] | None = None,
-                    progress: Any = None) -> tuple[int, int]:
+def extract_archive(
+    arc: Any,
+    dest: str | os.PathLike[str],
+    paths: Iterable[str] | None = None,
+    *,
+    layout: str | os.PathLike[str] | None = None,
+    progress: Any = None,
+) -> tuple[int, int]:
     """Extract into dest; returns (files written, bytes written)."""
     store = BlobStore(arc.metadata, arc.access, layout)
     ex = Extractor(dest, store, progress)
@@ -215,8 +224,9 @@ def extract_archive(arc: Any, dest: str | os.PathLike[str], paths: Iterable[str]
             try:
                 ex.extract(node)
             except OSError as e:
-                raise ClipError(f"failed to extract {os.fsdecode(node.path)}: "
-                                f"{e.strerror or e}") from e
+                raise ClipError(
+                    f"failed to extract {os.fsdecode(node.path)}: {e.strerror or e}"
+                ) from e
         ex.finish()
     finally:
         ex.close()

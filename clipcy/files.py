@@ -13,10 +13,13 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ArchivePathError, BlobError, ClipError
 from clipcy.node import FILE, SYMLINK, Node
+
+if TYPE_CHECKING:
+    from clipcy.reader import Archive
 
 READ_PIECE = 1 << 20
 
@@ -24,15 +27,16 @@ READ_PIECE = 1 << 20
 class BlobStore:
     """Where an archive's layer blobs live: the storage ref, or a layout given at open time."""
 
-    def __init__(self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] |
-                 None = None) -> None:
+    def __init__(
+        self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None
+    ) -> None:
         root = layout if layout is not None else metadata.get("storage_ref")
         if not root:
             raise ClipError("the archive records no storage ref: give the layout directory")
         root_s = os.fspath(root)
         for prefix in ("oci-layout://", "oci:"):
             if root_s.startswith(prefix):
-                root_s = root_s[len(prefix):].partition(":")[0]
+                root_s = root_s[len(prefix) :].partition(":")[0]
         self.root = Path(root_s)
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access  # callable: layer index -> LayerAccess
@@ -58,11 +62,14 @@ class BlobStore:
                 try:
                     size = path.stat().st_size
                 except OSError as e:
-                    raise BlobError(f"failed to open layer blob {digest}: "
-                                    f"{e.strerror or e} ({path})") from e
+                    raise BlobError(
+                        f"failed to open layer blob {digest}: {e.strerror or e} ({path})"
+                    ) from e
                 if size != self.layers[layer]["size"]:
-                    raise BlobError(f"layer blob {digest} has changed: {size} bytes, "
-                                    f"the archive recorded {self.layers[layer]['size']} ({path})")
+                    raise BlobError(
+                        f"layer blob {digest} has changed: {size} bytes, "
+                        f"the archive recorded {self.layers[layer]['size']} ({path})"
+                    )
                 r = self._readers[layer] = open_layer_reader(path, self._access(layer))
             return r
 
@@ -149,8 +156,10 @@ class ArchiveFile(io.RawIOBase):
         if self._runs is None:
             data: bytes = reader.pread(node.offset + pos, n)
             if len(data) != n:
-                raise BlobError(f"layer blob {self._store.layers[node.layer]['digest']} ended "
-                                f"early reading {self.name}")
+                raise BlobError(
+                    f"layer blob {self._store.layers[node.layer]['digest']} ended "
+                    f"early reading {self.name}"
+                )
             return data
         return self._pread_sparse(reader, pos, n)
 
@@ -168,12 +177,12 @@ class ArchiveFile(io.RawIOBase):
                 chunk = reader.pread(data + (lo - off), hi - lo)
                 if len(chunk) != hi - lo:
                     raise BlobError(f"layer blob ended early reading {self.name}")
-                out[lo - pos: hi - pos] = chunk
+                out[lo - pos : hi - pos] = chunk
             i += 1
         return bytes(out)
 
 
-def resolve_file(arc: Any, path: str | bytes, max_links: int = 40) -> Node:
+def resolve_file(arc: Archive, path: str | bytes, max_links: int = 40) -> Node:
     """The regular file at path, following symlinks (within the image) like open(2) would."""
     raw = os.fsencode(path)
     seen = 0

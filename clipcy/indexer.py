@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +60,21 @@ class IndexSummary:
     layers: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 ProgressFn = Callable[[str, dict[str, Any]], None]
 
 
-def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
-                file_digests: bool = False, span: int | None = None,
-                progress: ProgressFn | None = None) -> LayerResult:
+def index_layer(
+    info: LayerInfo,
+    index: int,
+    *,
+    verify: bool = True,
+    file_digests: bool = False,
+    span: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LayerResult:
     """Stream one layer blob: check its digest and diff_id, parse its tar, record access."""
     from clipcy.blobindex import make_indexer
     from clipcy.streams import detect
@@ -83,8 +89,15 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
         head = f.read(READ_CHUNK)
         kind = detect(head)
         if kind != info.announced:
-            log.warning("layer %d (%s): media type %s says %s but the blob is %s; using %s",
-                        index, info.digest, info.media_type, info.announced, kind, kind)
+            log.warning(
+                "layer %d (%s): media type %s says %s but the blob is %s; using %s",
+                index,
+                info.digest,
+                info.media_type,
+                info.announced,
+                kind,
+                kind,
+            )
         indexer = make_indexer(kind) if span is None else make_indexer(kind, span=span)
         parser = TarParser()
         hasher = FileHasher() if file_digests else None
@@ -130,25 +143,45 @@ def index_layer(info: LayerInfo, index: int, *, verify: bool = True,
     if verify:
         assert blob_hash is not None and tar_hash is not None
         if read != info.size:
-            raise DigestMismatchError(f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
-                                      f" than the descriptor's {info.size} bytes")
+            raise DigestMismatchError(
+                f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+                f" than the descriptor's {info.size} bytes"
+            )
         if "sha256:" + blob_hash.hexdigest() != info.digest:
             raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hash.hexdigest()}")
         diff_id = "sha256:" + tar_hash.hexdigest()
         if diff_id != info.diff_id:
-            raise DigestMismatchError(f"{where}: uncompressed digest {diff_id} differs from "
-                                      f"the config's diff_id {info.diff_id}")
+            raise DigestMismatchError(
+                f"{where}: uncompressed digest {diff_id} differs from "
+                f"the config's diff_id {info.diff_id}"
+            )
     else:
         diff_id = None
     seconds = time.perf_counter() - t0
-    log.debug("%s: %d entries, %d -> %d bytes, %s, %.3f s", where, len(entries),
-              indexer.total_in, indexer.total_out, kind, seconds)
-    return LayerResult(index, entries, indexer.access(), kind, indexer.total_out, diff_id,
-                       seconds, hasher.digests if hasher is not None else None)
+    log.debug(
+        "%s: %d entries, %d -> %d bytes, %s, %.3f s",
+        where,
+        len(entries),
+        indexer.total_in,
+        indexer.total_out,
+        kind,
+        seconds,
+    )
+    return LayerResult(
+        index,
+        entries,
+        indexer.access(),
+        kind,
+        indexer.total_out,
+        diff_id,
+        seconds,
+        hasher.digests if hasher is not None else None,
+    )
 
 
-def _from_cache(cache: LayerCache | None, key: str, info: LayerInfo, index: int,
-                verify: bool) -> LayerResult | None:
+def _from_cache(
+    cache: LayerCache | None, key: str, info: LayerInfo, index: int, verify: bool
+) -> LayerResult | None:
     if cache is None:
         return None
     hit = cache.get(key)
@@ -161,8 +194,16 @@ def _from_cache(cache: LayerCache | None, key: str, info: LayerInfo, index: int,
     if size != info.size or (verify and hit["diff_id"] != info.diff_id):
         return None
     log.debug("layer %d (%s): from the layer cache", index, info.digest)
-    return LayerResult(index, hit["entries"], hit["access"], hit["compression"],
-                       hit["uncompressed_size"], hit["diff_id"], 0.0, hit["file_digests"])
+    return LayerResult(
+        index,
+        hit["entries"],
+        hit["access"],
+        hit["compression"],
+        hit["uncompressed_size"],
+        hit["diff_id"],
+        0.0,
+        hit["file_digests"],
+    )
 
 
 def _drain(f: Any, h: Any) -> None:
@@ -170,18 +211,21 @@ def _drain(f: Any, h: Any) -> None:
         h.update(chunk)
 
 
-def build_metadata(image: ResolvedImage, results: Sequence[LayerResult], storage_ref: str,
-                   source_ref: str) -> dict[str, Any]:
+def build_metadata(
+    image: ResolvedImage, results: Sequence[LayerResult], storage_ref: str, source_ref: str
+) -> dict[str, Any]:
     layers = []
     for info, res in zip(image.layers, results, strict=True):
-        layers.append({
-            "digest": info.digest,
-            "size": info.size,
-            "media_type": info.media_type,
-            "compression": res.compression,
-            "diff_id": info.diff_id,
-            "uncompressed_size": res.uncompressed_size,
-        })
+        layers.append(
+            {
+                "digest": info.digest,
+                "size": info.size,
+                "media_type": info.media_type,
+                "compression": res.compression,
+                "diff_id": info.diff_id,
+                "uncompressed_size": res.uncompressed_size,
+            }
+        )
     return {
         "clipcy_format": "index-only",
         "created_by": f"clipcy {__version__}",
@@ -233,11 +277,20 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def create_index_only_archive_from_oci_layout(
-        layout_dir: str | os.PathLike[str], tag: str | None, archive_path: str | os.PathLike[str],
-        *, platform: str | None = None, storage_ref: str | None = None, verify: bool = True,
-        digest: str | None = None, workers: int | None = None, file_digests: bool = False,
-        checkpoint_span: int | None = None, cache_dir: str | os.PathLike[str] | None = None,
-        progress: ProgressFn | None = None) -> IndexSummary:
+    layout_dir: str | os.PathLike[str],
+    tag: str | None,
+    archive_path: str | os.PathLike[str],
+    *,
+    platform: str | None = None,
+    storage_ref: str | None = None,
+    verify: bool = True,
+    digest: str | None = None,
+    workers: int | None = None,
+    file_digests: bool = False,
+    checkpoint_span: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
     `layout_dir` may also be a reference: "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:...".
@@ -257,8 +310,14 @@ def create_index_only_archive_from_oci_layout(
         image = resolve(layout, ref.tag, ref.digest, platform)
     log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
     emit = progress or (lambda event, data: None)
-    emit("start", {"manifest": image.manifest_digest, "layers": len(image.layers),
-                   "bytes": sum(x.size for x in image.layers)})
+    emit(
+        "start",
+        {
+            "manifest": image.manifest_digest,
+            "layers": len(image.layers),
+            "bytes": sum(x.size for x in image.layers),
+        },
+    )
 
     cache = LayerCache(cache_dir) if cache_dir is not None else None
 
@@ -268,13 +327,34 @@ def create_index_only_archive_from_oci_layout(
         key = LayerCache.key(info.digest, checkpoint_span, file_digests)
         res = _from_cache(cache, key, info, i, verify)
         if res is None:
-            res = index_layer(info, i, verify=verify, file_digests=file_digests,
-                              span=checkpoint_span, progress=progress)
+            res = index_layer(
+                info,
+                i,
+                verify=verify,
+                file_digests=file_digests,
+                span=checkpoint_span,
+                progress=progress,
+            )
             if cache is not None and verify:
-                cache.put(key, res.entries, res.access, res.compression, res.uncompressed_size,
-                          res.diff_id, res.file_digests)
-        emit("layer-done", {"layer": i, "digest": info.digest, "seconds": round(res.seconds, 6),
-                            "uncompressed": res.uncompressed_size, "entries": len(res.entries)})
+                cache.put(
+                    key,
+                    res.entries,
+                    res.access,
+                    res.compression,
+                    res.uncompressed_size,
+                    res.diff_id,
+                    res.file_digests,
+                )
+        emit(
+            "layer-done",
+            {
+                "layer": i,
+                "digest": info.digest,
+                "seconds": round(res.seconds, 6),
+                "uncompressed": res.uncompressed_size,
+                "entries": len(res.entries),
+            },
+        )
         return res
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
@@ -285,8 +365,10 @@ def create_index_only_archive_from_oci_layout(
             with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
                 results = list(pool.map(run, range(len(image.layers))))
     with step("merge layers"):
-        nodes = merge_layers((r.entries for r in results),
-                             [r.file_digests or {} for r in results] if file_digests else None)
+        nodes = merge_layers(
+            (r.entries for r in results),
+            [r.file_digests or {} for r in results] if file_digests else None,
+        )
         for r in results:
             r.entries = []
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
@@ -297,9 +379,15 @@ def create_index_only_archive_from_oci_layout(
     with step("write archive"):
         write_atomic(out, data)
     summary = IndexSummary(
-        archive=str(out), manifest_digest=image.manifest_digest, layer_count=len(results),
-        node_count=len(nodes), bytes_indexed=sum(r.uncompressed_size for r in results),
-        image_size=metadata["image_size"], archive_size=len(data),
-        seconds=time.perf_counter() - t0, layers=metadata["layers"])
+        archive=str(out),
+        manifest_digest=image.manifest_digest,
+        layer_count=len(results),
+        node_count=len(nodes),
+        bytes_indexed=sum(r.uncompressed_size for r in results),
+        image_size=metadata["image_size"],
+        archive_size=len(data),
+        seconds=time.perf_counter() - t0,
+        layers=metadata["layers"],
+    )
     emit("done", summary.as_dict())
     return summary

@@ -29,8 +29,10 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
-CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
-                "application/vnd.docker.container.image.v1+json")
+CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
 
 # Layer media type -> the compression it announces (the blob's magic bytes decide).
 LAYER_TYPES = {
@@ -55,6 +57,7 @@ _DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f
 
 # ---------------------------------------------------------------------------------------
 # Digests and blobs
+
 
 def parse_digest(digest: object, where: str = "descriptor") -> tuple[str, str]:
     """Validate an OCI digest string before it becomes a path: ('sha256', hex)."""
@@ -169,7 +172,8 @@ class Layout:
 def check_blob(data: bytes, desc: Descriptor, what: str) -> None:
     if len(data) != desc.size:
         raise DigestMismatchError(
-            f"{what} blob {desc.digest} has size {len(data)}, descriptor says {desc.size}")
+            f"{what} blob {desc.digest} has size {len(data)}, descriptor says {desc.size}"
+        )
     alg, hexpart = parse_digest(desc.digest)
     actual = hashlib.new(alg, data).hexdigest()
     if actual != hexpart:
@@ -178,6 +182,7 @@ def check_blob(data: bytes, desc: Descriptor, what: str) -> None:
 
 # ---------------------------------------------------------------------------------------
 # References: "DIR", "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:..."
+
 
 @dataclass(frozen=True, slots=True)
 class LayoutRef:
@@ -191,7 +196,7 @@ def parse_layout_ref(ref: str, tag: str | None = None, digest: str | None = None
     path, ref_tag, ref_digest = ref, None, None
     for prefix in ("oci-layout://", "oci:"):
         if ref.startswith(prefix):
-            rest = ref[len(prefix):]
+            rest = ref[len(prefix) :]
             # As containers/image does: the directory ends at the first ':'.
             path, sep, name = rest.partition(":")
             if sep and name:
@@ -213,15 +218,24 @@ def parse_layout_ref(ref: str, tag: str | None = None, digest: str | None = None
         raise LayoutError(f"--digest {digest} disagrees with the digest in {ref!r}")
     if digest is not None:
         parse_digest(digest, "--digest")
-    return LayoutRef(path, tag if tag is not None else ref_tag,
-                     digest if digest is not None else ref_digest)
+    return LayoutRef(
+        path, tag if tag is not None else ref_tag, digest if digest is not None else ref_digest
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # Platforms, matched as containerd does after normalisation (arm64/v8 == arm64).
 
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm",
-                 "armel": "arm", "i386": "386", "i686": "386", "ppc64el": "ppc64le"}
+_ARCH_ALIASES = {
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "aarch64": "arm64",
+    "armhf": "arm",
+    "armel": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64el": "ppc64le",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +262,11 @@ class Platform:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Platform:
-        return cls(str(obj.get("os", "")).lower(), str(obj.get("architecture", "")).lower(),
-                   str(obj.get("variant", "") or "").lower()).normalized()
+        return cls(
+            str(obj.get("os", "")).lower(),
+            str(obj.get("architecture", "")).lower(),
+            str(obj.get("variant", "") or "").lower(),
+        ).normalized()
 
     def normalized(self) -> Platform:
         arch = _ARCH_ALIASES.get(self.architecture, self.architecture)
@@ -270,6 +287,7 @@ class Platform:
 
 # ---------------------------------------------------------------------------------------
 # Resolution
+
 
 @dataclass(slots=True)
 class LayerInfo:
@@ -310,7 +328,8 @@ def select_top(layout: Layout, tag: str | None, digest: str | None) -> Descripto
         if len(descs) == 1:
             return descs[0]
         raise ManifestNotFoundError(
-            f"the layout has {len(descs)} manifests: give a tag (available: {available})")
+            f"the layout has {len(descs)} manifests: give a tag (available: {available})"
+        )
     exact = [d for d in descs if d.annotations.get(REF_NAME) == tag]
     if not exact:  # fully qualified names: "registry.example.com/ns/app:1.2" matches "1.2"
         exact = [d for d in descs if (d.annotations.get(REF_NAME) or "").endswith(":" + tag)]
@@ -329,8 +348,9 @@ def _kind(desc: Descriptor, obj: dict[str, Any]) -> str:
         return "index"
     if media_type in MANIFEST_TYPES or (not media_type and "layers" in obj):
         return "manifest"
-    if media_type == "application/vnd.docker.distribution.manifest.v1+json" or \
-            media_type.endswith("manifest.v1+prettyjws"):
+    if media_type == "application/vnd.docker.distribution.manifest.v1+json" or media_type.endswith(
+        "manifest.v1+prettyjws"
+    ):
         raise LayoutError(f"Docker schema 1 manifest {desc.digest} is not supported")
     raise LayoutError(f"unsupported manifest media type {media_type!r} ({desc.digest})")
 
@@ -345,11 +365,13 @@ def _pick_platform(descs: list[Descriptor], want: Platform, where: str) -> Descr
         if plat == want:
             return d
     raise ManifestNotFoundError(
-        f"no manifest for platform {want} in {where} (available: {', '.join(seen) or 'none'})")
+        f"no manifest for platform {want} in {where} (available: {', '.join(seen) or 'none'})"
+    )
 
 
-def resolve(layout: Layout, tag: str | None = None, digest: str | None = None,
-            platform: str | None = None) -> ResolvedImage:
+def resolve(
+    layout: Layout, tag: str | None = None, digest: str | None = None, platform: str | None = None
+) -> ResolvedImage:
     desc = select_top(layout, tag, digest)
     want = Platform.parse(platform) if platform else None
     seen: set[str] = set()
@@ -366,8 +388,13 @@ def resolve(layout: Layout, tag: str | None = None, digest: str | None = None,
     raise LayoutError(f"image indexes nested deeper than {MAX_INDEX_DEPTH} levels")
 
 
-def _resolve_manifest(layout: Layout, desc: Descriptor, manifest: dict[str, Any],
-                      want: Platform | None, tag: str | None) -> ResolvedImage:
+def _resolve_manifest(
+    layout: Layout,
+    desc: Descriptor,
+    manifest: dict[str, Any],
+    want: Platform | None,
+    tag: str | None,
+) -> ResolvedImage:
     where = f"manifest {desc.digest}"
     config_desc = Descriptor.parse(manifest.get("config"), where)
     if config_desc.media_type and config_desc.media_type not in CONFIG_TYPES:
@@ -384,20 +411,42 @@ def _resolve_manifest(layout: Layout, desc: Descriptor, manifest: dict[str, Any]
     if not isinstance(raw_layers, list):
         raise LayoutError(f"{where} has no layers list")
     if len(raw_layers) != len(diff_ids):
-        raise LayoutError(f"{where} has {len(raw_layers)} layers but config "
-                          f"{config_desc.digest} lists {len(diff_ids)} diff_ids")
+        raise LayoutError(
+            f"{where} has {len(raw_layers)} layers but config "
+            f"{config_desc.digest} lists {len(diff_ids)} diff_ids"
+        )
     layers = []
     for i, (raw, diff_id) in enumerate(zip(raw_layers, diff_ids, strict=True)):
         ldesc = Descriptor.parse(raw, f"{where} layer {i}")
         parse_digest(diff_id, f"config {config_desc.digest} diff_ids[{i}]")
         if ldesc.media_type in FOREIGN_LAYER_TYPES or raw.get("urls"):
-            raise LayoutError(f"layer {i} ({ldesc.digest}) is a foreign (non-distributable) "
-                              f"layer: its blob is not in the layout")
+            raise LayoutError(
+                f"layer {i} ({ldesc.digest}) is a foreign (non-distributable) "
+                f"layer: its blob is not in the layout"
+            )
         announced = LAYER_TYPES.get(ldesc.media_type)
         if announced is None:
-            raise LayoutError(f"unsupported layer media type {ldesc.media_type!r} "
-                              f"(layer {i}, {ldesc.digest})")
-        layers.append(LayerInfo(ldesc.digest, ldesc.size, ldesc.media_type, announced,
-                                str(diff_id), layout.blob_path(ldesc.digest)))
-    return ResolvedImage(layout, desc.digest, desc.media_type or str(manifest.get("mediaType", "")),
-                         manifest, config_desc.digest, config, layers, plat, tag)
+            raise LayoutError(
+                f"unsupported layer media type {ldesc.media_type!r} (layer {i}, {ldesc.digest})"
+            )
+        layers.append(
+            LayerInfo(
+                ldesc.digest,
+                ldesc.size,
+                ldesc.media_type,
+                announced,
+                str(diff_id),
+                layout.blob_path(ldesc.digest),
+            )
+        )
+    return ResolvedImage(
+        layout,
+        desc.digest,
+        desc.media_type or str(manifest.get("mediaType", "")),
+        manifest,
+        config_desc.digest,
+        config,
+        layers,
+        plat,
+        tag,
+    )

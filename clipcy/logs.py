@@ -1,4 +1,4 @@
-"""Logging set-up: CLIP_LOG_LEVEL (debug, info, warn, error) and -v/-q; a flag beats the variable."""
+"""Logging: CLIP_LOG_LEVEL (debug, info, warn, error) and -v/-q; a flag beats the variable."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from contextlib import contextmanager
 
 log = logging.getLogger("clipcy")
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def level_from_env() -> int:
@@ -29,8 +34,9 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     else:
         level = level_from_env()
     handler = _Handler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False

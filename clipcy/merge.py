@@ -48,8 +48,24 @@ class Entry(Protocol):
 class Inode:
     """What hardlinked paths share. Directories get one each too."""
 
-    __slots__ = ("type", "mode", "uid", "gid", "mtime_sec", "mtime_nsec", "size", "linkname",
-                 "devmajor", "devminor", "xattrs", "layer", "offset", "sparse", "digest", "children")
+    __slots__ = (
+        "type",
+        "mode",
+        "uid",
+        "gid",
+        "mtime_sec",
+        "mtime_nsec",
+        "size",
+        "linkname",
+        "devmajor",
+        "devminor",
+        "xattrs",
+        "layer",
+        "offset",
+        "sparse",
+        "digest",
+        "children",
+    )
 
     def __init__(self, type: str, mode: int, uid: int, gid: int, mtime: float) -> None:
         self.type = type
@@ -86,8 +102,14 @@ def clean_path(name: bytes) -> bytes:
     return path
 
 
-_TYPE_MAP = {"file": FILE, "dir": DIR, "symlink": SYMLINK, "char": CHAR, "block": BLOCK,
-             "fifo": FIFO}
+_TYPE_MAP = {
+    "file": FILE,
+    "dir": DIR,
+    "symlink": SYMLINK,
+    "char": CHAR,
+    "block": BLOCK,
+    "fifo": FIFO,
+}
 
 
 class Tree:
@@ -131,8 +153,11 @@ class Tree:
         if pnode is not None and pnode.type == DIR:
             return pnode
         if pnode is not None:
-            log.warning("replacing non-directory %s with a directory to hold %s",
-                        parent.decode(errors="replace"), path.decode(errors="replace"))
+            log.warning(
+                "replacing non-directory %s with a directory to hold %s",
+                parent.decode(errors="replace"),
+                path.decode(errors="replace"),
+            )
             self.remove(parent)
         gp = self.ensure_parents(parent)
         pnode = Inode(DIR, 0o755, 0, 0, 0.0)
@@ -169,7 +194,7 @@ def _inode_from_entry(e: Entry, layer: int, digests: dict[int, bytes] | None) ->
         inode.size = e.size
         inode.layer = layer
         inode.offset = e.offset
-        inode.sparse = tuple(tuple(r) for r in e.sparse) if e.sparse else None  # type: ignore[misc]
+        inode.sparse = tuple((int(a), int(b)) for a, b in e.sparse) if e.sparse else None
         if digests is not None:
             inode.digest = digests.get(e.offset, b"")
     elif node_type == SYMLINK:
@@ -180,8 +205,9 @@ def _inode_from_entry(e: Entry, layer: int, digests: dict[int, bytes] | None) ->
     return inode
 
 
-def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int,
-                digests: dict[int, bytes] | None = None) -> None:
+def apply_layer(
+    tree: Tree, entries: Iterable[Entry], layer: int, digests: dict[int, bytes] | None = None
+) -> None:
     """Apply one layer's entries (in tar order) on top of tree."""
     items = []
     removals = []
@@ -196,7 +222,7 @@ def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int,
             elif name.startswith(WHITEOUT + WHITEOUT):
                 pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the tree
             else:
-                removals.append(posixpath.join(parent, name[len(WHITEOUT):]))
+                removals.append(posixpath.join(parent, name[len(WHITEOUT) :]))
             continue
         items.append((path, e))
     # Whiteouts hide only lower layers: apply them before this layer's own entries.
@@ -210,9 +236,13 @@ def apply_layer(tree: Tree, entries: Iterable[Entry], layer: int,
             target = clean_path(e.linkname)
             inode = tree.paths.get(target)
             if inode is None or inode.type == DIR:
-                log.warning("layer %d: hardlink %s -> %s: target %s; skipped", layer,
-                            path.decode(errors="replace"), target.decode(errors="replace"),
-                            "missing" if inode is None else "is a directory")
+                log.warning(
+                    "layer %d: hardlink %s -> %s: target %s; skipped",
+                    layer,
+                    path.decode(errors="replace"),
+                    target.decode(errors="replace"),
+                    "missing" if inode is None else "is a directory",
+                )
                 continue
             if target == path:
                 continue
@@ -239,17 +269,34 @@ def to_nodes(tree: Tree) -> list[Node]:
             nlink = 2 + sum(1 for c in inode.children.values() if tree.paths[c].type == DIR)
         else:
             nlink = links[id(inode)]
-        nodes.append(Node(path=path, type=inode.type, mode=inode.mode, uid=inode.uid,
-                          gid=inode.gid, mtime_sec=inode.mtime_sec, mtime_nsec=inode.mtime_nsec,
-                          size=inode.size, linkname=inode.linkname, devmajor=inode.devmajor,
-                          devminor=inode.devminor, xattrs=dict(sorted(inode.xattrs.items())),
-                          ino=ino, nlink=nlink, layer=inode.layer, offset=inode.offset,
-                          sparse=inode.sparse, digest=inode.digest))
+        nodes.append(
+            Node(
+                path=path,
+                type=inode.type,
+                mode=inode.mode,
+                uid=inode.uid,
+                gid=inode.gid,
+                mtime_sec=inode.mtime_sec,
+                mtime_nsec=inode.mtime_nsec,
+                size=inode.size,
+                linkname=inode.linkname,
+                devmajor=inode.devmajor,
+                devminor=inode.devminor,
+                xattrs=dict(sorted(inode.xattrs.items())),
+                ino=ino,
+                nlink=nlink,
+                layer=inode.layer,
+                offset=inode.offset,
+                sparse=inode.sparse,
+                digest=inode.digest,
+            )
+        )
     return nodes
 
 
-def merge_layers(layers: Iterable[Iterable[Entry]],
-                 digests: list[dict[int, bytes]] | None = None) -> list[Node]:
+def merge_layers(
+    layers: Iterable[Iterable[Entry]], digests: list[dict[int, bytes]] | None = None
+) -> list[Node]:
     """The merged tree; digests[i] maps layer i's data offsets to file sha256s, if any."""
     tree = Tree()
     for i, entries in enumerate(layers):

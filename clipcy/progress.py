@@ -73,8 +73,13 @@ class JsonEvents(Reporter):
             if self.throttled():
                 return
             event = "progress"
-            data = {"bytes": self.done_bytes, "total": self.total, "layers_done":
-                    self.done_layers, "layers": self.layers, **({} if "layer" in data else data)}
+            data = {
+                "bytes": self.done_bytes,
+                "total": self.total,
+                "layers_done": self.done_layers,
+                "layers": self.layers,
+                **({} if "layer" in data else data),
+            }
         record = {"event": event, "time": round(time.monotonic() - self.t0, 3), **data}
         self.stream.write(json.dumps(record, sort_keys=True) + "\n")
         self.stream.flush()
@@ -106,8 +111,10 @@ class TtyBar(Reporter):
             filled = int(frac * self.WIDTH)
             bar = "[" + "#" * filled + "-" * (self.WIDTH - filled) + "]"
             eta = (self.total - done) / rate if rate > 0 else 0.0
-            text = (f"{bar} layers {self.done_layers}/{self.layers}  {done / 1e6:.1f}/"
-                    f"{self.total / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  ETA {eta:.0f}s")
+            text = (
+                f"{bar} layers {self.done_layers}/{self.layers}  {done / 1e6:.1f}/"
+                f"{self.total / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  ETA {eta:.0f}s"
+            )
         else:
             text = f"{data.get('files', 0)} files  {data.get('bytes', 0) / 1e6:.1f} MB"
         self.stream.write("\r\x1b[2K" + text)

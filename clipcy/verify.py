@@ -18,18 +18,36 @@ from clipcy.errors import ClipError
 from clipcy.files import ArchiveFile, BlobStore
 from clipcy.node import FILE, Node
 
-_NODE_FIELDS = ("type", "mode", "uid", "gid", "mtime_sec", "mtime_nsec", "size", "linkname",
-                "devmajor", "devminor", "xattrs", "nlink", "layer", "offset", "sparse")
+_NODE_FIELDS = (
+    "type",
+    "mode",
+    "uid",
+    "gid",
+    "mtime_sec",
+    "mtime_nsec",
+    "size",
+    "linkname",
+    "devmajor",
+    "devminor",
+    "xattrs",
+    "nlink",
+    "layer",
+    "offset",
+    "sparse",
+)
 
 
 def _node_diff(a: Node, b: Node) -> list[str]:
     return [f for f in _NODE_FIELDS if getattr(a, f) != getattr(b, f)]
 
 
-def verify_archive(arc: Any, layout: str | os.PathLike[str] | None = None,
-                   progress: Callable[[str, dict[str, Any]], None] | None = None) -> list[str]:
+def verify_archive(
+    arc: Any,
+    layout: str | os.PathLike[str] | None = None,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> list[str]:
     """Problems found (empty when everything holds)."""
-    from clipcy.indexer import index_layer
+    from clipcy.indexer import LayerResult, index_layer
     from clipcy.layout import LAYER_TYPES, LayerInfo
     from clipcy.merge import merge_layers
 
@@ -41,26 +59,38 @@ def verify_archive(arc: Any, layout: str | os.PathLike[str] | None = None,
     store = BlobStore(arc.metadata, arc.access, layout)
     layers = arc.metadata.get("layers", [])
     with_digests = any(n.digest for n in arc.walk() if n.type == FILE)
-    results = []
+    results: list[LayerResult] = []
     for i, layer in enumerate(layers):
-        info = LayerInfo(layer["digest"], layer["size"], layer["media_type"],
-                         LAYER_TYPES.get(layer["media_type"], layer["compression"]),
-                         layer["diff_id"], Path(store.blob_path(i)))
+        info = LayerInfo(
+            layer["digest"],
+            layer["size"],
+            layer["media_type"],
+            LAYER_TYPES.get(layer["media_type"], layer["compression"]),
+            layer["diff_id"],
+            Path(store.blob_path(i)),
+        )
         recorded = arc.access(i)
         try:
-            res = index_layer(info, i, verify=True, file_digests=with_digests,
-                              span=recorded.span, progress=progress)
+            res = index_layer(
+                info,
+                i,
+                verify=True,
+                file_digests=with_digests,
+                span=recorded.span,
+                progress=progress,
+            )
         except ClipError as e:
             problems.append(f"layer {i}: {e}")
-            results.append(None)
             continue
         if res.access != recorded:
             problems.append(f"layer {i} ({info.digest}): resume points differ from a fresh index")
         results.append(res)
     if problems:
         return problems
-    fresh = merge_layers((r.entries for r in results),
-                         [r.file_digests or {} for r in results] if with_digests else None)
+    fresh = merge_layers(
+        (r.entries for r in results),
+        [r.file_digests or {} for r in results] if with_digests else None,
+    )
     stored = list(arc.walk())
     fresh_by_path = {n.path: n for n in fresh}
     for node in stored:
@@ -72,8 +102,9 @@ def verify_archive(arc: Any, layout: str | os.PathLike[str] | None = None,
         if with_digests and node.digest != other.digest:
             fields.append("sha256")
         if fields:
-            problems.append(f"{os.fsdecode(node.path)}: differs from the image in "
-                            + ", ".join(fields))
+            problems.append(
+                f"{os.fsdecode(node.path)}: differs from the image in " + ", ".join(fields)
+            )
     for path in sorted(fresh_by_path):
         problems.append(f"{os.fsdecode(path)}: missing from the archive")
     if problems or not with_digests:
@@ -94,7 +125,9 @@ def verify_archive(arc: Any, layout: str | os.PathLike[str] | None = None,
             problems.append(f"{os.fsdecode(node.path)}: {e}")
             continue
         if h.digest() != node.digest:
-            problems.append(f"{os.fsdecode(node.path)}: content read through the archive has "
-                            f"sha256 {h.hexdigest()}, recorded {node.digest.hex()}")
+            problems.append(
+                f"{os.fsdecode(node.path)}: content read through the archive has "
+                f"sha256 {h.hexdigest()}, recorded {node.digest.hex()}"
+            )
     store.close()
     return problems

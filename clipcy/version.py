@@ -18,8 +18,10 @@ def version_text() -> str:
 
     core = core_implementation()
     label = "compiled (Cython)" if core == "cython" else "pure Python (CLIPCY_PUREPYTHON)"
-    return (f"clipctl {__version__}\n"
-            f"core: {label}\n"
-            f"zlib: {zlib.ZLIB_RUNTIME_VERSION}, zstd: {zstandard.ZSTD_VERSION[0]}."
-            f"{zstandard.ZSTD_VERSION[1]}.{zstandard.ZSTD_VERSION[2]} "
-            f"(python-zstandard {zstandard.__version__})")
+    return (
+        f"clipctl {__version__}\n"
+        f"core: {label}\n"
+        f"zlib: {zlib.ZLIB_RUNTIME_VERSION}, zstd: {zstandard.ZSTD_VERSION[0]}."
+        f"{zstandard.ZSTD_VERSION[1]}.{zstandard.ZSTD_VERSION[2]} "
+        f"(python-zstandard {zstandard.__version__})"
+    )

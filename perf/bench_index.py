@@ -40,8 +40,13 @@ CLIPCTL = [PY, "-m", "clipcy"]
 def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of one command, output discarded."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
+    proc = subprocess.Popen(
+        cmd,
+        shell=isinstance(cmd, str),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, **(env or {})),
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -67,8 +72,17 @@ def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | st
     layers = layers_of(layout)
     kind = layers[0][1]
     blobs = " ".join(str(b) for b, _, _ in layers)
-    index = CLIPCTL + ["index-layout", "--layout", str(layout), "--tag", "latest",
-                       "--out", str(tmp / "out.clip"), "--progress", "none"]
+    index = CLIPCTL + [
+        "index-layout",
+        "--layout",
+        str(layout),
+        "--tag",
+        "latest",
+        "--out",
+        str(tmp / "out.clip"),
+        "--progress",
+        "none",
+    ]
     cmds: dict[str, list[str] | str] = {"clipctl": index}
     if len(layers) > 1:
         cmds["clipctl-1worker"] = index + ["--workers", "1"]
@@ -89,9 +103,7 @@ def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, o
         cmds = commands(layout, Path(t), with_py)
         times: dict[str, list[float]] = {k: [] for k in cmds}
         rss: dict[str, int] = {k: 0 for k in cmds}
-        for k, c in cmds.items():  # warm-up: page cache, imports
-            run(c)
-            break
+        run(next(iter(cmds.values())))  # warm-up: the blobs into the page cache
         for _ in range(runs):
             for k, c in cmds.items():
                 wall, peak = run(c)
@@ -102,18 +114,41 @@ def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, o
     rows = []
     for k in cmds:
         med = statistics.median(times[k])
-        rows.append({"set": name, "command": k, "seconds": med, "mb_s": total / 1e6 / med,
-                     "ratio": base / med, "rss_mb": rss[k] / 2**20, "bytes": total})
+        rows.append(
+            {
+                "set": name,
+                "command": k,
+                "seconds": med,
+                "mb_s": total / 1e6 / med,
+                "ratio": base / med,
+                "rss_mb": rss[k] / 2**20,
+                "bytes": total,
+            }
+        )
     return rows
 
 
 def node_count(layout: Path) -> int:
     with tempfile.TemporaryDirectory() as t:
         out = Path(t) / "x.clip"
-        subprocess.run(CLIPCTL + ["index-layout", "--layout", str(layout), "--tag", "latest",
-                                  "--out", str(out), "--progress", "none"], check=True)
-        res = subprocess.run(CLIPCTL + ["inspect", str(out), "--json"], check=True,
-                             capture_output=True, text=True)
+        subprocess.run(
+            CLIPCTL
+            + [
+                "index-layout",
+                "--layout",
+                str(layout),
+                "--tag",
+                "latest",
+                "--out",
+                str(out),
+                "--progress",
+                "none",
+            ],
+            check=True,
+        )
+        res = subprocess.run(
+            CLIPCTL + ["inspect", str(out), "--json"], check=True, capture_output=True, text=True
+        )
         return int(json.loads(res.stdout)["nodes"]["total"])
 
 
@@ -126,10 +161,13 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
-    return (f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python "
-            f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, commit {commit}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, commit {commit}"
+    )
 
 
 def main() -> None:
@@ -140,9 +178,12 @@ def main() -> None:
     ap.add_argument("--no-py", action="store_true", help="skip the pure-Python twin")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
-    lines = [f"Machine: {machine()}", "",
-             "| data | command | median s | MB/s (uncompressed) | × baseline | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        "| data | command | median s | MB/s (uncompressed) | × baseline | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in args.sets:
         layout = args.data / name
         if not (layout / "index.json").exists():
@@ -151,8 +192,10 @@ def main() -> None:
         nodes = node_count(layout)
         for r in bench(name, layout, args.runs, not args.no_py):
             label = f"{name} ({r['bytes'] / 1e6:.0f} MB, {nodes} nodes)"
-            lines.append(f"| {label} | {r['command']} | {r['seconds']:.2f} | {r['mb_s']:.0f} | "
-                         f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |")
+            lines.append(
+                f"| {label} | {r['command']} | {r['seconds']:.2f} | {r['mb_s']:.0f} | "
+                f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |"
+            )
             print(lines[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_index.md").write_text("\n".join(lines) + "\n")

@@ -28,9 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
-         "incididunt ut labore et dolore magna aliqua usr lib share bin etc config python "
-         "package module import return class def self none true false").split()
+WORDS = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+    "incididunt ut labore et dolore magna aliqua usr lib share bin etc config python "
+    "package module import return class def self none true false"
+).split()
 
 
 def text_bytes(rng: random.Random, n: int) -> bytes:
@@ -63,9 +65,24 @@ def make_tree(root: Path, seed: int, total: int, n_files: int | None = None) -> 
 
 
 def tar_dir(src: Path, out: Path) -> None:
-    subprocess.run(["tar", "--sort=name", "--format=posix", "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
-                    "--mtime=@1700000000", "--owner=0", "--group=0", "--numeric-owner",
-                    "-C", str(src), "-cf", str(out), "."], check=True)
+    subprocess.run(
+        [
+            "tar",
+            "--sort=name",
+            "--format=posix",
+            "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+            "--mtime=@1700000000",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+            str(src),
+            "-cf",
+            str(out),
+            ".",
+        ],
+        check=True,
+    )
 
 
 def compress(tar: Path, kind: str) -> Path:
@@ -106,17 +123,42 @@ def write_layout(layout: Path, layers: list[tuple[Path, Path, str]]) -> None:
         (blobs / digest[7:]).write_bytes(raw)
         return digest, len(raw)
 
-    cdigest, csize = put({"architecture": "amd64", "os": "linux", "config": {},
-                          "rootfs": {"type": "layers", "diff_ids": diff_ids}})
-    mdigest, msize = put({"schemaVersion": 2,
-                          "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                     "digest": cdigest, "size": csize}, "layers": descs})
+    cdigest, csize = put(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    )
+    mdigest, msize = put(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": cdigest,
+                "size": csize,
+            },
+            "layers": descs,
+        }
+    )
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (layout / "index.json").write_text(json.dumps(
-        {"schemaVersion": 2, "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest,
-             "size": msize, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    (layout / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": mdigest,
+                        "size": msize,
+                        "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                    }
+                ],
+            }
+        )
+    )
 
 
 def build(name: str, out: Path, scale: float) -> None:
@@ -155,16 +197,20 @@ def build(name: str, out: Path, scale: float) -> None:
     for tar, _, _ in layers:
         shutil.move(tar, layout / tar.name)
     shutil.rmtree(work)
-    print(f"{name}: {sum((layout / t.name).stat().st_size for t, _, _ in layers) / 1e6:.0f} MB "
-          f"tar in {len(layers)} layer(s)", file=sys.stderr)
+    print(
+        f"{name}: {sum((layout / t.name).stat().st_size for t, _, _ in layers) / 1e6:.0f} MB "
+        f"tar in {len(layers)} layer(s)",
+        file=sys.stderr,
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--only", nargs="*", default=["single", "multi", "small", "zstd",
-                                                  "growth-1", "growth-2"])
+    ap.add_argument(
+        "--only", nargs="*", default=["single", "multi", "small", "zstd", "growth-1", "growth-2"]
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.only:

@@ -22,6 +22,20 @@ for desc in man["layers"]:
     else:
         tf = tarfile.open(fileobj=blob, mode="r|gz")
     for m in tf:
-        records.append((m.name, m.type, m.mode, m.uid, m.gid, m.size, m.mtime, m.linkname,
-                        m.devmajor, m.devminor, dict(m.pax_headers), m.offset_data))
+        records.append(
+            (
+                m.name,
+                m.type,
+                m.mode,
+                m.uid,
+                m.gid,
+                m.size,
+                m.mtime,
+                m.linkname,
+                m.devmajor,
+                m.devminor,
+                dict(m.pax_headers),
+                m.offset_data,
+            )
+        )
 print(len(records))

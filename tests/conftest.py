@@ -36,7 +36,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if newest > so.stat().st_mtime:
             pytest.exit(
                 f"{so.name} is older than its sources: rebuild with "
-                "'pip install --no-build-isolation -e .' (or set CLIPCY_ALLOW_STALE=1 to run anyway)",
+                "'pip install --no-build-isolation -e .' "
+                "(or set CLIPCY_ALLOW_STALE=1 to run anyway)",
                 returncode=3,
             )
 
@@ -73,8 +74,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
     return out
 
 
-def write_layout(root: Path, layers: list[bytes], tag: str = "latest", gzip_layers: bool = True,
-                 arch: str = "amd64") -> Path:
+def write_layout(
+    root: Path,
+    layers: list[bytes],
+    tag: str = "latest",
+    gzip_layers: bool = True,
+    arch: str = "amd64",
+) -> Path:
     """A minimal OCI layout with the given uncompressed layer tars (for hostile-input tests;
     real-tool layouts come from ../shared/corpus and clipcy/sample)."""
     import gzip
@@ -96,16 +102,35 @@ def write_layout(root: Path, layers: list[bytes], tag: str = "latest", gzip_laye
         digest, size = put(blob)
         media = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzip_layers else "")
         descs.append({"mediaType": media, "digest": digest, "size": size})
-    config = {"architecture": arch, "os": "linux",
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "config": {},
+    }
     cdigest, csize = put(json.dumps(config).encode())
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                           "digest": cdigest, "size": csize}, "layers": descs}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": cdigest,
+            "size": csize,
+        },
+        "layers": descs,
+    }
     mdigest, msize = put(json.dumps(manifest).encode())
-    index = {"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest,
-         "size": msize, "annotations": {"org.opencontainers.image.ref.name": tag}}]}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": mdigest,
+                "size": msize,
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
     (root / "index.json").write_text(json.dumps(index))
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     return root
@@ -125,8 +150,11 @@ def make_tar(members: list[tuple[str, str, bytes]]) -> bytes:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
                 continue
-            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
-                         "hardlink": tarfile.LNKTYPE}[kind]
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+            }[kind]
             info.mode = 0o755 if kind == "dir" else 0o777
             info.linkname = data.decode()
             tf.addfile(info)

@@ -23,7 +23,8 @@ def test_compiled_module_in_use(name: str) -> None:
     mod = importlib.import_module(name)
     assert mod.__file__ is not None
     assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), (
-        f"{name} is not compiled ({mod.__file__}); clipcy from {clipcy.__file__}")
+        f"{name} is not compiled ({mod.__file__}); clipcy from {clipcy.__file__}"
+    )
 
 
 @pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
@@ -35,19 +36,32 @@ def test_selectors_pick_cython() -> None:
 
 
 def _run(code: str, tmp_path: Path, **env: str) -> str:
-    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
-                         capture_output=True, text=True, env=dict(os.environ, **env))
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **env),
+    )
     return out.stdout.strip()
 
 
 def test_env_var_forces_twin(tmp_path: Path) -> None:
-    code = "from clipcy import tarparse, writer; print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION)"
+    code = (
+        "from clipcy import tarparse, writer; print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION)"
+    )
     assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python"
 
 
 def test_clipctl_version(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-I", "-m", "clipcy", "--version"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert out.stdout.startswith(f"clipctl {clipcy.__version__}\n")
     assert "core: " in out.stdout and "zlib: " in out.stdout
     expected = "pure Python" if PUREPYTHON else "compiled (Cython)"

@@ -36,16 +36,28 @@ def _expected_file(layout: str, tag: str, platform: str | None) -> Path:
 
 
 def _compare(corpus_dir: Path, expected: Path, actual: Path) -> str:
-    out = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
-                          str(expected), str(actual)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(corpus_dir / "tree.py"), "compare", str(expected), str(actual)],
+        capture_output=True,
+        text=True,
+    )
     return out.stdout if out.returncode else ""
 
 
-@pytest.mark.parametrize("layout,tag,platform", _cases(),
-                         ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()])
-def test_export_matches_expected_tree(corpus: Path, corpus_dir: Path, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str], layout: str, tag: str,
-                                      platform: str | None) -> None:
+@pytest.mark.parametrize(
+    "layout,tag,platform",
+    _cases(),
+    ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()],
+)
+def test_export_matches_expected_tree(
+    corpus: Path,
+    corpus_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    layout: str,
+    tag: str,
+    platform: str | None,
+) -> None:
     archive = tmp_path / "image.clip"
     argv = ["index-layout", "--layout", str(corpus / layout), "--tag", tag, "--out", str(archive)]
     if platform:

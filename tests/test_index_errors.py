@@ -39,8 +39,11 @@ def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], match: str) -> s
 
 def _manifest(layout: Path, tag: str = "latest") -> tuple[dict, dict]:  # type: ignore[type-arg]
     index = json.loads((layout / "index.json").read_text())
-    desc = next(m for m in index["manifests"]
-                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    desc = next(
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
     man = json.loads((layout / "blobs" / "sha256" / desc["digest"][7:]).read_text())
     return desc, man
 
@@ -50,7 +53,9 @@ def _no_output(tmp_path: Path, out: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name.startswith("." + out.name)]
 
 
-def test_missing_index_json(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_index_json(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = _copy(corpus, "basic", tmp_path)
     (layout / "index.json").unlink()
     out = tmp_path / "x.clip"
@@ -63,20 +68,26 @@ def test_not_a_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     _fails(capsys, _index(tmp_path, tmp_path / "x.clip"), "not an OCI image layout")
 
 
-def test_unknown_tag_lists_available(corpus: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    line = _fails(capsys, _index(corpus / "basic", tmp_path / "x.clip", tag="nope"),
-                  'no manifest found for tag')
+def test_unknown_tag_lists_available(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _fails(
+        capsys,
+        _index(corpus / "basic", tmp_path / "x.clip", tag="nope"),
+        "no manifest found for tag",
+    )
     assert "available: latest, v1" in line
 
 
-def test_no_tag_with_many_manifests(corpus: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_tag_with_many_manifests(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _fails(capsys, _index(corpus / "basic", tmp_path / "x.clip", tag=None), "give a tag")
 
 
-def test_missing_layer_blob(corpus: Path, tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_layer_blob(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = _copy(corpus, "basic", tmp_path)
     _, man = _manifest(layout)
     digest = man["layers"][1]["digest"]
@@ -86,8 +97,9 @@ def test_missing_layer_blob(corpus: Path, tmp_path: Path,
     _no_output(tmp_path, out)
 
 
-def test_corrupt_layer_blob_byte(corpus: Path, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_layer_blob_byte(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = _copy(corpus, "basic", tmp_path)
     _, man = _manifest(layout)
     blob = layout / "blobs" / "sha256" / man["layers"][0]["digest"][7:]
@@ -100,8 +112,9 @@ def test_corrupt_layer_blob_byte(corpus: Path, tmp_path: Path,
     assert out.read_bytes() == b"previous archive"  # an existing output is untouched
 
 
-def test_trailing_garbage_after_gzip(corpus: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_trailing_garbage_after_gzip(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Garbage appended to a blob (descriptor updated) is caught by the decompressor."""
     layout = _copy(corpus, "basic", tmp_path)
     desc, man = _manifest(layout)
@@ -151,8 +164,9 @@ def test_diff_id_mismatch(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert clipctl(_index(layout, out, "--no-verify")) == 0
 
 
-def test_manifest_blob_tampered(corpus: Path, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_manifest_blob_tampered(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = _copy(corpus, "basic", tmp_path)
     desc, _ = _manifest(layout)
     path = layout / "blobs" / "sha256" / desc["digest"][7:]
@@ -160,8 +174,9 @@ def test_manifest_blob_tampered(corpus: Path, tmp_path: Path,
     _fails(capsys, _index(layout, tmp_path / "x.clip"), f"manifest blob {desc['digest']}")
 
 
-def test_digest_path_traversal(corpus: Path, tmp_path: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_digest_path_traversal(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = _copy(corpus, "basic", tmp_path)
     index = json.loads((layout / "index.json").read_text())
     index["manifests"][0]["digest"] = "sha256:../../../../etc/passwd"
@@ -190,40 +205,63 @@ def test_ref_forms(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[s
         with open_archive(p) as arc:
             trees.append([(n.path, n.ino, n.offset) for n in arc.walk()])
     assert all(t == trees[0] for t in trees)
-    _fails(capsys, _index(f"oci:{corpus / 'basic'}:latest", tmp_path / "x.clip", tag="v1"),
-           "disagrees")
+    _fails(
+        capsys, _index(f"oci:{corpus / 'basic'}:latest", tmp_path / "x.clip", tag="v1"), "disagrees"
+    )
 
 
 def test_fully_qualified_tag_suffix(corpus: Path, tmp_path: Path) -> None:
     from clipcy import create_index_only_archive_from_oci_layout
 
     s = create_index_only_archive_from_oci_layout(corpus / "manytags", "1.2", tmp_path / "a.clip")
-    t = create_index_only_archive_from_oci_layout(corpus / "manytags", "latest",
-                                                  tmp_path / "b.clip")
+    t = create_index_only_archive_from_oci_layout(
+        corpus / "manytags", "latest", tmp_path / "b.clip"
+    )
     assert s.manifest_digest == t.manifest_digest
 
 
-def test_platform_not_found(corpus: Path, tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, _index(corpus / "multiarch", tmp_path / "x.clip", "--platform", "linux/s390x"),
-           "no manifest for platform linux/s390x")
+def test_platform_not_found(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fails(
+        capsys,
+        _index(corpus / "multiarch", tmp_path / "x.clip", "--platform", "linux/s390x"),
+        "no manifest for platform linux/s390x",
+    )
 
 
 def test_cli_subprocess_one_line(corpus: Path, tmp_path: Path) -> None:
     """Through the installed entry point: exit 1, one line, and CLIP_LOG_LEVEL=debug logs steps."""
-    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", *_index(corpus / "basic",
-                          tmp_path / "x.clip", tag="nope")], capture_output=True, text=True,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "clipcy",
+            *_index(corpus / "basic", tmp_path / "x.clip", tag="nope"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("clipctl: error: ")
-    ok = subprocess.run([sys.executable, "-I", "-m", "clipcy", *_index(corpus / "basic",
-                         tmp_path / "y.clip")], capture_output=True, text=True, cwd=tmp_path,
-                        env=dict(os.environ, CLIP_LOG_LEVEL="debug"))
+    ok = subprocess.run(
+        [sys.executable, "-I", "-m", "clipcy", *_index(corpus / "basic", tmp_path / "y.clip")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, CLIP_LOG_LEVEL="debug"),
+    )
     assert ok.returncode == 0, ok.stderr
     assert "DEBUG resolve layout done in" in ok.stderr
 
 
 def test_usage_error_exit_2(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "index-layout"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-I", "-m", "clipcy", "index-layout"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "required" in out.stderr

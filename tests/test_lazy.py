@@ -37,8 +37,9 @@ def archives(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     for name in LAYOUTS:
         arcs[name] = out / f"{name}.clip"
         # small spans: many resume points, most of them not byte-aligned
-        create_index_only_archive_from_oci_layout(corpus / name, "latest", arcs[name],
-                                                  checkpoint_span=256 << 10)
+        create_index_only_archive_from_oci_layout(
+            corpus / name, "latest", arcs[name], checkpoint_span=256 << 10
+        )
     return arcs
 
 
@@ -69,7 +70,7 @@ def test_random_seek_read(archives: dict[str, Path], name: str) -> None:
                 n = rng.choice([1, 7, 512, 4096, 65536, 300_000])
                 assert f.seek(pos) == pos
                 got = f.read(n)
-                assert got == whole[pos:pos + n], (path, pos, n)
+                assert got == whole[pos : pos + n], (path, pos, n)
                 assert f.tell() == pos + len(got)
             buf = bytearray(1000)
             f.seek(-1000, os.SEEK_END)
@@ -83,6 +84,7 @@ def test_threads_read_different_files(archives: dict[str, Path]) -> None:
     expected = _expected("multimember@latest.jsonl")
     files = [(p, r["sha256"]) for p, r in expected.items() if r["type"] == "file"]
     with open_archive(archives["multimember"]) as arc:
+
         def digest(path: str) -> str:
             with arc.open(path) as f:
                 return hashlib.sha256(f.read()).hexdigest()
@@ -92,15 +94,18 @@ def test_threads_read_different_files(archives: dict[str, Path]) -> None:
     assert got == [d for _, d in files]
 
 
-def test_cat_follows_symlinks(archives: dict[str, Path], capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_cat_follows_symlinks(
+    archives: dict[str, Path], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     expected = _expected("basic@latest.jsonl")
     assert clipctl(["cat", str(archives["basic"]), "/usr/bin/vi"]) == 0  # vi -> editor -> vi-real
     out = capsysbinary.readouterr().out
     assert hashlib.sha256(out).hexdigest() == expected["/usr/bin/vi-real"]["sha256"]
 
 
-def test_missing_blob_is_one_line(archives: dict[str, Path], corpus: Path, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_blob_is_one_line(
+    archives: dict[str, Path], corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = tmp_path / "moved"
     shutil.copytree(corpus / "basic", layout)
     with open_archive(archives["basic"]) as arc:
@@ -113,17 +118,27 @@ def test_missing_blob_is_one_line(archives: dict[str, Path], corpus: Path, tmp_p
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices and xattrs need root")
 @pytest.mark.parametrize("name", ["basic", "zstd-multiframe"])
-def test_extract_reproduces_tree(archives: dict[str, Path], corpus_dir: Path, tmp_path: Path,
-                                 name: str) -> None:
+def test_extract_reproduces_tree(
+    archives: dict[str, Path], corpus_dir: Path, tmp_path: Path, name: str
+) -> None:
     dest = tmp_path / "rootfs"
     assert clipctl(["extract", str(archives[name]), "-C", str(dest)]) == 0
     actual = tmp_path / "actual.jsonl"
     with open(actual, "w") as f:
-        subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(dest)],
-                       stdout=f, check=True)
-    out = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
-                          str(EXPECTED / f"{name}@latest.jsonl"), str(actual)],
-                         capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(dest)], stdout=f, check=True
+        )
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(corpus_dir / "tree.py"),
+            "compare",
+            str(EXPECTED / f"{name}@latest.jsonl"),
+            str(actual),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout
 
 
@@ -134,13 +149,29 @@ def test_extract_subtree(archives: dict[str, Path], tmp_path: Path) -> None:
     assert not (dest / "usr").exists()
 
 
-def test_verify_ok_and_detects_changed_blob(corpus: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_ok_and_detects_changed_blob(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = tmp_path / "mm"
     shutil.copytree(corpus / "multimember", layout)
     arc = tmp_path / "mm.clip"
-    assert clipctl(["index-layout", "--layout", str(layout), "--tag", "latest", "--out", str(arc),
-                    "--file-digests", "--checkpoint-mib", "0.5"]) == 0
+    assert (
+        clipctl(
+            [
+                "index-layout",
+                "--layout",
+                str(layout),
+                "--tag",
+                "latest",
+                "--out",
+                str(arc),
+                "--file-digests",
+                "--checkpoint-mib",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     assert clipctl(["verify", str(arc)]) == 0
     capsys.readouterr()
     with open_archive(arc) as a:
@@ -151,21 +182,31 @@ def test_verify_ok_and_detects_changed_blob(corpus: Path, tmp_path: Path,
     blob.write_bytes(bytes(data))
     assert clipctl(["verify", str(arc)]) == 1
     err = capsys.readouterr().err
-    assert "layer 1" in err and err.strip().splitlines()[-1].startswith("clipctl: error: verify failed")
+    assert "layer 1" in err and err.strip().splitlines()[-1].startswith(
+        "clipctl: error: verify failed"
+    )
 
 
 def test_tar_slip_contained(tmp_path: Path, layout_factory: Any, tar_factory: Any) -> None:
     """Names with '..', absolute names and a symlink that points outside stay inside DEST."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    tar1 = tar_factory([("../../escape.txt", "file", b"x"), ("/abs.txt", "file", b"y"),
-                        ("link", "symlink", str(outside).encode()),
-                        ("link/payload", "file", b"z"), ("dotdot/../../up.txt", "file", b"w"),
-                        ("hl", "hardlink", b"../../escape.txt")])
+    tar1 = tar_factory(
+        [
+            ("../../escape.txt", "file", b"x"),
+            ("/abs.txt", "file", b"y"),
+            ("link", "symlink", str(outside).encode()),
+            ("link/payload", "file", b"z"),
+            ("dotdot/../../up.txt", "file", b"w"),
+            ("hl", "hardlink", b"../../escape.txt"),
+        ]
+    )
     layout = layout_factory(tmp_path / "layout", [tar1])
     arc = tmp_path / "slip.clip"
-    assert clipctl(["index-layout", "--layout", str(layout), "--tag", "latest",
-                    "--out", str(arc)]) == 0
+    assert (
+        clipctl(["index-layout", "--layout", str(layout), "--tag", "latest", "--out", str(arc)])
+        == 0
+    )
     dest = tmp_path / "dest"
     assert clipctl(["extract", str(arc), "-C", str(dest)]) == 0
     assert list(outside.iterdir()) == []
@@ -187,9 +228,11 @@ def test_hostile_tree_under_symlink_refused(tmp_path: Path) -> None:
 
     outside = tmp_path / "outside"
     outside.mkdir()
-    nodes = [Node(b"/", "dir", 0o755, 0, 0, 0, ino=1, nlink=2),
-             Node(b"/evil", "symlink", 0o777, 0, 0, 0, linkname=str(outside).encode(), ino=2),
-             Node(b"/evil/x", "fifo", 0o644, 0, 0, 0, ino=3)]
+    nodes = [
+        Node(b"/", "dir", 0o755, 0, 0, 0, ino=1, nlink=2),
+        Node(b"/evil", "symlink", 0o777, 0, 0, 0, linkname=str(outside).encode(), ino=2),
+        Node(b"/evil/x", "fifo", 0o644, 0, 0, 0, ino=3),
+    ]
     with pytest.raises(ClipError, match="parent directory"):
         encode_archive({"layers": []}, nodes, [])
     ex = Extractor(tmp_path / "d", BlobStore({"storage_ref": str(tmp_path)}, None))

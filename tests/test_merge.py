@@ -38,44 +38,51 @@ def tree(*layers: list[E]) -> dict[bytes, Node]:
 
 
 def test_whiteout_hides_lower_only() -> None:
-    t = tree([E(b"etc/a"), E(b"etc/b")],
-             [E(b"etc/b", offset=7), E(b"etc/.wh.b"), E(b"etc/.wh.a")])
+    t = tree([E(b"etc/a"), E(b"etc/b")], [E(b"etc/b", offset=7), E(b"etc/.wh.b"), E(b"etc/.wh.a")])
     assert b"/etc/a" not in t
     assert t[b"/etc/b"].layer == 1 and t[b"/etc/b"].offset == 7  # same layer's entry survives
     assert not any(b".wh." in p for p in t)
 
 
 def test_opaque_keeps_same_layer_entries_in_any_order() -> None:
-    t = tree([D(b"var/o"), E(b"var/o/old"), D(b"var/o/sub"), E(b"var/o/sub/x")],
-             [E(b"var/o/-early"), E(b"var/o/.wh..wh..opq"), E(b"var/o/late")])
+    t = tree(
+        [D(b"var/o"), E(b"var/o/old"), D(b"var/o/sub"), E(b"var/o/sub/x")],
+        [E(b"var/o/-early"), E(b"var/o/.wh..wh..opq"), E(b"var/o/late")],
+    )
     assert sorted(p for p in t if p.startswith(b"/var/o/")) == [b"/var/o/-early", b"/var/o/late"]
     assert t[b"/var/o"].type == "dir"
 
 
 def test_replacements() -> None:
-    t = tree([D(b"srv/d2f"), E(b"srv/d2f/child"), E(b"srv/f2d"), D(b"keep", uid=5),
-              E(b"keep/child")],
-             [E(b"srv/d2f"), D(b"srv/f2d"), E(b"srv/f2d/new"), D(b"keep", uid=7)])
+    t = tree(
+        [D(b"srv/d2f"), E(b"srv/d2f/child"), E(b"srv/f2d"), D(b"keep", uid=5), E(b"keep/child")],
+        [E(b"srv/d2f"), D(b"srv/f2d"), E(b"srv/f2d/new"), D(b"keep", uid=7)],
+    )
     assert t[b"/srv/d2f"].type == "file" and b"/srv/d2f/child" not in t
     assert t[b"/srv/f2d"].type == "dir" and b"/srv/f2d/new" in t
     assert t[b"/keep"].uid == 7 and b"/keep/child" in t  # dir over dir keeps children
 
 
 def test_last_duplicate_wins_and_dir_metadata_replaced_with_xattrs() -> None:
-    t = tree([D(b"d", xattrs={"user.a": b"1"}), E(b"f", offset=1), E(b"f", offset=2)],
-             [D(b"d")])
+    t = tree([D(b"d", xattrs={"user.a": b"1"}), E(b"f", offset=1), E(b"f", offset=2)], [D(b"d")])
     assert t[b"/f"].offset == 2
     assert t[b"/d"].xattrs == {}
 
 
 def test_hardlinks_share_inode_and_count() -> None:
-    t = tree([E(b"a", size=3, offset=512), E(b"b", type="hardlink", linkname=b"a"),
-              E(b"c", type="hardlink", linkname=b"./a")],
-             [E(b"d", type="hardlink", linkname=b"a"), E(b".wh.c")])
+    t = tree(
+        [
+            E(b"a", size=3, offset=512),
+            E(b"b", type="hardlink", linkname=b"a"),
+            E(b"c", type="hardlink", linkname=b"./a"),
+        ],
+        [E(b"d", type="hardlink", linkname=b"a"), E(b".wh.c")],
+    )
     assert t[b"/a"].ino == t[b"/b"].ino == t[b"/d"].ino
     assert t[b"/a"].nlink == 3 and t[b"/d"].offset == 512 and t[b"/d"].size == 3
-    t2 = tree([E(b"a", offset=512), E(b"b", type="hardlink", linkname=b"a")],
-              [E(b"a", offset=1024)])
+    t2 = tree(
+        [E(b"a", offset=512), E(b"b", type="hardlink", linkname=b"a")], [E(b"a", offset=1024)]
+    )
     assert t2[b"/a"].ino != t2[b"/b"].ino and t2[b"/a"].nlink == t2[b"/b"].nlink == 1
 
 
@@ -103,17 +110,25 @@ def test_split_mtime() -> None:
     assert split_mtime(-0.5) == (-1, 500_000_000)
 
 
-@pytest.mark.parametrize("ref,tag,digest,want", [
-    ("img", None, None, ("img", None, None)),
-    ("oci:img:latest", None, None, ("img", "latest", None)),
-    ("oci:img", "v1", None, ("img", "v1", None)),
-    ("oci-layout:///abs/img:1.0", None, None, ("/abs/img", "1.0", None)),
-    ("oci:img:registry.example.com/ns/app:1.2", None, None,
-     ("img", "registry.example.com/ns/app:1.2", None)),
-    ("img@sha256:" + "a" * 64, None, None, ("img", None, "sha256:" + "a" * 64)),
-])
-def test_parse_layout_ref(ref: str, tag: str | None, digest: str | None,
-                          want: tuple[str, str | None, str | None]) -> None:
+@pytest.mark.parametrize(
+    "ref,tag,digest,want",
+    [
+        ("img", None, None, ("img", None, None)),
+        ("oci:img:latest", None, None, ("img", "latest", None)),
+        ("oci:img", "v1", None, ("img", "v1", None)),
+        ("oci-layout:///abs/img:1.0", None, None, ("/abs/img", "1.0", None)),
+        (
+            "oci:img:registry.example.com/ns/app:1.2",
+            None,
+            None,
+            ("img", "registry.example.com/ns/app:1.2", None),
+        ),
+        ("img@sha256:" + "a" * 64, None, None, ("img", None, "sha256:" + "a" * 64)),
+    ],
+)
+def test_parse_layout_ref(
+    ref: str, tag: str | None, digest: str | None, want: tuple[str, str | None, str | None]
+) -> None:
     r = parse_layout_ref(ref, tag, digest)
     assert (r.path, r.tag, r.digest) == want
 
