@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-import mmap
 import os
 import struct
 import threading
@@ -246,16 +245,20 @@ class Archive:
         self._layout = layout  # where the layer blobs are, if not at the storage ref
         self._store: Any = None
         self._lock = threading.Lock()
-        self._mm: mmap.mmap | None = None
+        # pread on a plain fd, not mmap: thread-safe without a shared file position, and a
+        # file truncated under us gives a short read (an error) instead of SIGBUS
+        self._fd: int | None = None
         self._cache: OrderedDict[int, tuple[list[bytes], list[_Record]]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < F.HEADER_SIZE + F.TRAILER_SIZE:
-                    raise self._error(f"file of {size} bytes is too short for a header")
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            size = os.fstat(self._fd).st_size
         except OSError as e:
+            self.close()
             raise ArchiveError(f"cannot open archive {self.name}: {e.strerror or e}") from e
+        if size < F.HEADER_SIZE + F.TRAILER_SIZE:
+            self.close()
+            raise self._error(f"file of {size} bytes is too short for a header")
         try:
             self._open(size)
         except _Corrupt as e:
@@ -269,9 +272,23 @@ class Archive:
     def _error(self, what: str) -> ArchiveError:
         return ArchiveError(f"corrupt archive {self.name}: {what}")
 
+    def _read(self, off: int, n: int) -> bytes:
+        """n bytes at absolute offset off (a short read means the file changed: corrupt)."""
+        if self._fd is None:
+            raise ArchiveError(f"archive {self.name} is closed")
+        try:
+            data = os.pread(self._fd, n, off)
+        except OSError as e:
+            raise ArchiveError(f"cannot read archive {self.name} at offset {off}: "
+                               f"{e.strerror or e}") from e
+        if len(data) != n:
+            raise _Corrupt(f"short read of {len(data)} of {n} bytes at offset {off} "
+                           "(file changed?)")
+        return data
+
     def _open(self, size: int) -> None:
-        mm = self._buf
-        magic, major, minor, flags, file_size, nsec, crc = F.HEADER.unpack_from(mm, 0)
+        head = self._read(0, F.HEADER_SIZE)
+        magic, major, minor, flags, file_size, nsec, crc = F.HEADER.unpack_from(head, 0)
         if magic != F.MAGIC:
             raise _Corrupt("bad magic at offset 0 (not a .clip archive)")
         if major != F.FORMAT_MAJOR:
@@ -283,13 +300,13 @@ class Archive:
         if table_end > size - F.TRAILER_SIZE:
             raise _Corrupt(f"section table of {nsec} entries runs past the data at offset "
                            f"{F.HEADER_SIZE}")
-        table = mm[F.HEADER_SIZE:table_end]
-        if zlib.crc32(table, zlib.crc32(mm[:F.HEADER_CRC_OFFSET])) != crc:
+        table = self._read(F.HEADER_SIZE, table_end - F.HEADER_SIZE)
+        if zlib.crc32(table, zlib.crc32(head[:F.HEADER_CRC_OFFSET])) != crc:
             raise _Corrupt(f"header checksum mismatch at offset {F.HEADER_CRC_OFFSET}")
         if flags & ~F.KNOWN_FLAGS:
             raise ArchiveError(f"unsupported archive {self.name}: header flags {flags:#x} "
                                "need a newer clipcy")
-        _, tmagic = F.TRAILER.unpack_from(mm, size - F.TRAILER_SIZE)
+        _, tmagic = F.TRAILER.unpack(self._read(size - F.TRAILER_SIZE, F.TRAILER_SIZE))
         if tmagic != F.TRAILER_MAGIC:
             raise _Corrupt(f"bad trailer magic at offset {size - 8}")
         self.format_version: tuple[int, int] = (major, minor)
@@ -323,15 +340,9 @@ class Archive:
         self._parse_node_index(self._section(F.SEC_NODE_INDEX))
         self._parse_access_index(self._section(F.SEC_ACCESS_INDEX))
 
-    @property
-    def _buf(self) -> mmap.mmap:
-        if self._mm is None:
-            raise ArchiveError(f"archive {self.name} is closed")
-        return self._mm
-
     def _section(self, kind: int) -> bytes:
         off, length, crc = self._sections[kind]
-        body = self._buf[off:off + length]
+        body = self._read(off, length)
         if zlib.crc32(body) != crc:
             raise _Corrupt(f"{F.SECTION_NAMES[kind]} section checksum mismatch at offset {off}")
         return body
@@ -405,8 +416,8 @@ class Archive:
             raise IndexError(f"layer {i} out of range (archive has {len(self._access)})")
         off, clen, rawlen, crc = self._access[i]
         base = self._sections[F.SEC_ACCESS_DATA][0] + off
-        frame = self._buf[base:base + clen]
         try:
+            frame = self._read(base, clen)
             if zlib.crc32(frame) != crc:
                 raise _Corrupt(f"access data of layer {i}: checksum mismatch at offset {base}")
             return decode_access(_decompress(frame, rawlen, F.MAX_ACCESS_RAW,
@@ -415,14 +426,15 @@ class Archive:
             raise self._error(str(e)) from None
 
     def _block(self, b: int) -> tuple[list[bytes], list[_Record]]:
-        hit = self._cache.get(b)
-        if hit is not None:
-            self._cache.move_to_end(b)
-            return hit
+        with self._cache_lock:
+            hit = self._cache.get(b)
+            if hit is not None:
+                self._cache.move_to_end(b)
+                return hit
         off, clen, rawlen, n, crc = self._blocks[b]
         base = self._sections[F.SEC_NODE_BLOCKS][0] + off
-        frame = self._buf[base:base + clen]
         try:
+            frame = self._read(base, clen)
             if zlib.crc32(frame) != crc:
                 raise _Corrupt(f"node block {b}: checksum mismatch at offset {base}")
             raw = _decompress(frame, rawlen, F.MAX_BLOCK_RAW, f"node block {b}")
@@ -431,9 +443,10 @@ class Archive:
                 raise _Corrupt(f"node block {b} overlaps the next block")
         except _Corrupt as e:
             raise self._error(f"{e} (block at offset {base})") from None
-        self._cache[b] = hit
-        if len(self._cache) > _CACHE_BLOCKS:
-            self._cache.popitem(last=False)
+        with self._cache_lock:
+            self._cache[b] = hit
+            if len(self._cache) > _CACHE_BLOCKS:
+                self._cache.popitem(last=False)
         return hit
 
     def _seek(self, key: bytes) -> tuple[int, int]:
@@ -448,7 +461,8 @@ class Archive:
         return b, i
 
     def _record(self, path: bytes) -> _Record | None:
-        self._buf  # noqa: B018  (raises when closed)
+        if self._fd is None:
+            raise ArchiveError(f"archive {self.name} is closed")
         b, i = self._seek(path)
         if b >= len(self._blocks):
             return None
@@ -530,22 +544,22 @@ class Archive:
 
     def verify(self) -> None:
         """Check the whole-file sha256, every section, block and access checksum and record."""
-        mm = self._buf
-        digest, _ = F.TRAILER.unpack_from(mm, self.size - F.TRAILER_SIZE)
-        h = hashlib.sha256()
         end = self.size - F.TRAILER_SIZE
-        for pos in range(0, end, 1 << 20):
-            h.update(mm[pos:min(end, pos + (1 << 20))])
-        if h.digest() != digest:
-            raise self._error("sha256 of the file does not match its trailer")
         try:
+            digest, _ = F.TRAILER.unpack(self._read(end, F.TRAILER_SIZE))
+            h = hashlib.sha256()
+            for pos in range(0, end, 1 << 20):
+                h.update(self._read(pos, min(end, pos + (1 << 20)) - pos))
+            if h.digest() != digest:
+                raise _Corrupt("sha256 of the file does not match its trailer")
             for kind in self._sections:
                 self._section(kind)
         except _Corrupt as e:
             raise self._error(str(e)) from None
         seen = 0
         for b in range(len(self._blocks)):
-            self._cache.pop(b, None)  # decode afresh
+            with self._cache_lock:
+                self._cache.pop(b, None)  # decode afresh
             seen += len(self._block(b)[0])
         if seen != self.node_count:
             raise self._error(f"{seen} nodes decoded, index says {self.node_count}")
@@ -574,9 +588,9 @@ class Archive:
             self._store.close()
             self._store = None
         self._cache.clear()
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> Archive:
         return self
@@ -586,7 +600,7 @@ class Archive:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._mm is None else f"{self.node_count} nodes"
+        state = "closed" if self._fd is None else f"{self.node_count} nodes"
         return f"<clipcy Archive {self.name!r} {state}>"
 
 

@@ -574,3 +574,36 @@ def test_forged_blocks_with_valid_checksums(tmp_path_factory: pytest.TempPathFac
         _read_everything(p)
     except (ArchiveError, ArchivePathError):
         pass
+
+
+def test_file_truncated_after_open(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOLDEN_BYTES)
+    with open_archive(p) as a:
+        p.write_bytes(GOLDEN_BYTES[:1000])
+        with pytest.raises(ArchiveError, match="short read .*file changed"):
+            list(a.walk())
+
+
+def test_concurrent_lookups(tmp_path: Path) -> None:
+    """Threads share one Archive (and its block cache) and all see the right nodes."""
+    import threading
+
+    nodes = [Node(b"/", "dir", 0o755, 0, 0, 0)]
+    nodes += [Node(b"/f%05d" % i, "file", 0o644, i, 0, 0, size=i) for i in range(3000)]
+    p = _write(tmp_path, encode_archive({}, nodes, []))
+    errors: list[BaseException] = []
+    with open_archive(p) as a:
+        def work(seed: int) -> None:
+            try:
+                for k in range(600):
+                    n = nodes[(seed * 7919 + k * 104729) % len(nodes)]
+                    assert a.lookup(n.path) == n
+            except BaseException as e:  # noqa: BLE001  (reported below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
