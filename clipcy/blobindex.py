@@ -25,18 +25,24 @@ import zstandard
 from clipcy.access import GZIP, PLAIN, ZSTD, LayerAccess
 from clipcy.errors import CompressionError
 
-# Spacing of gzip resume points in uncompressed bytes. Measured by perf/lazy.py
-# (perf/RESULTS-lazy.md) on a 128 MiB mixed text/random layer, gzip -6: a point costs one
-# 32 KiB window (~20-32 KiB after the archive's zstd), so the index is about 32 KiB / span of
-# the layer: 0.8% at 4 MiB, 1.6% at 2 MiB, 3% at 1 MiB. A cold read inflates on average
-# span/2 bytes before the wanted ones: ~2 MiB at 4 MiB spans, a few ms at this machine's
-# ~250-400 MB/s inflate. 4 MiB keeps the index under the 1% budget and the median cold
-# 64 KiB read within 10 ms.
-DEFAULT_SPAN = 4 << 20
+# Spacing of gzip resume points in uncompressed bytes, chosen with perf/lazy.py
+# (perf/RESULTS-lazy.md: a 192 MiB layer, 75% text / 25% random bytes, gzip -6 -> 101 MiB).
+# A cold read inflates on average span/2 bytes before the wanted ones; a point costs one
+# window, which the indexer makes sparse (bytes the following 32 KiB never copy are zeroed),
+# so windows cost ~0.6% of the gzip layer at 1 MiB after zstd (1% if each window were
+# compressed alone; 2.6% with full windows). Measured:
+#   span     index vs bare zlib   windows (zstd -3)   64 KiB pread median / p99   vs from start
+#   512 KiB  +9%                  1.15%               0.8 / 2.0 ms                203x
+#   1 MiB    +8%                  0.61%               1.4 / 3.5 ms                117x
+#   2 MiB    +6%                  0.30%               3.0 / 6.1 ms                 54x
+#   4 MiB    +4%                  0.15%               5.3 / 10.5 ms                31x
+# 1 MiB is the largest span that keeps reads >= 100x faster than from the start on a ~200 MiB
+# layer, and the index within 1% of the layer.
+DEFAULT_SPAN = 1 << 20
 
 # Layers whose uncompressed size is below this keep only the point at offset 0: reading any
-# byte of them from the start costs at most a few tens of ms (< 2 spans of inflate) and the
-# one or two windows they would carry are worth more than that in archive size.
+# byte of a 2 MiB layer from its start costs ~4 ms (the gzip reader discards at ~500 MiB/s),
+# about the p99 of a read with points, and saves a window per span.
 MIN_POINTS_LAYER = 2 * DEFAULT_SPAN
 
 OUT_PIECE = 1 << 20  # largest output piece feed() yields (bounded memory on bombs)
@@ -63,15 +69,17 @@ def make_indexer(kind: str, span: int = DEFAULT_SPAN,
     """An indexer for a blob compressed as `kind` (access.GZIP, ZSTD or PLAIN).
 
     span: gzip resume-point spacing (uncompressed bytes). min_points_layer: gzip layers smaller
-    than this keep only the start point; default 2 * span.
+    than this keep only the start point; default MIN_POINTS_LAYER at the default span, else
+    2 * span.
     """
     if kind == GZIP:
         from clipcy._checkpoint import GzipIndexer
 
         if span <= 0:
             raise ValueError(f"span must be positive, not {span}")
-        limit = 2 * span if min_points_layer is None else min_points_layer
-        ix: Indexer = GzipIndexer(span, limit)
+        if min_points_layer is None:
+            min_points_layer = MIN_POINTS_LAYER if span == DEFAULT_SPAN else 2 * span
+        ix: Indexer = GzipIndexer(span, min_points_layer)
         return ix
     if kind == ZSTD:
         return ZstdIndexer()

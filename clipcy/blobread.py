@@ -29,12 +29,15 @@ import os
 import threading
 from collections import OrderedDict
 from types import TracebackType
-from typing import Protocol
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 import zstandard
 
 from clipcy.access import GZIP, PLAIN, ZSTD, LayerAccess
 from clipcy.errors import BlobError, ClipError, CompressionError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
@@ -106,7 +109,7 @@ class _Reader:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> _Reader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
@@ -253,7 +256,7 @@ class ZstdReader(_Reader):
         if reader is None:
             src = _PreadSource(self, comp, csize)
             reader = zstandard.ZstdDecompressor().stream_reader(
-                src, read_size=1 << 17, read_across_frames=False, closefd=False)
+                cast(IO[bytes], src), read_size=1 << 17, read_across_frames=False, closefd=False)
             at = 0
         while at < lo:  # discard up to the offset
             b = reader.read(min(lo - at, 1 << 20))

@@ -235,7 +235,7 @@ def test_changed_gzip_blob_never_gives_wrong_bytes(blobs: Path, tmp_path: Path) 
     p.write_bytes((blobs / "g1.gz").read_bytes())
     failed = 0
     with open_layer_reader(p, access) as r:
-        for _, _, out, window in access.points[1:]:
+        for _, _, out, _ in access.points[1:]:
             try:
                 data = r.pread(out, 65536)
             except CompressionError as e:

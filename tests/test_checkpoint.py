@@ -126,7 +126,7 @@ def test_gzip_points_resume_exactly(work: Path, name: str) -> None:
             if window:  # sparse: bytes the next 32 KiB never copy are zeroed
                 before = full[max(0, out - len(window)):out]
                 assert len(before) == len(window)
-                assert all(w == b or w == 0 for w, b in zip(window, before))
+                assert all(w == b or w == 0 for w, b in zip(window, before, strict=True))
             else:  # a member start: the gzip magic is there
                 assert bits == 0 and blob[comp:comp + 2] == b"\x1f\x8b"
             nxt = points[i + 1][2] if i + 1 < len(points) else len(full)
@@ -153,7 +153,7 @@ def test_gzip_sparse_windows(work: Path, sparse: bool) -> None:
             before = full[out - len(window):out]
             if not sparse:
                 assert window == before
-            zeroed += sum(1 for w, b in zip(window, before) if w != b)
+            zeroed += sum(1 for w, b in zip(window, before, strict=True) if w != b)
             kept += len(window)
             assert gzip_read(fd, comp, bits, window, 0, 40000) == full[out:out + 40000]
     finally:
