@@ -180,9 +180,15 @@ cdef Py_ssize_t _shared_prefix(bytes a, bytes b) noexcept:
     return i
 
 
-cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
-                     int64_t prev_ino) except? -1:
-    """Append one node record; returns the node's ino."""
+cdef struct _Delta:
+    # a block's delta state, all 0 at the start of a block (docs/FORMAT.md "Node records")
+    uint64_t ino
+    uint64_t mtime       # the previous mtime's two's-complement bits
+    uint64_t data_end    # predicted offset: previous data end + one 512-byte tar header
+
+
+cdef int _record(_Buf out, object n, bytes path, Py_ssize_t shared, _Delta *st) except -1:
+    """Append one node record, updating the block's delta state."""
     cdef object what = path
     cdef object t = n.type
     cdef object code = _TYPE_CODES.get(t) if isinstance(t, str) else None
@@ -253,18 +259,23 @@ cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
     out.uv(mode)
     out.uv(uid)
     out.uv(gid)
-    out.uv(_zigzag(mtime))
+    # differences wrap modulo 2**64, as in the twin
+    out.uv(_zigzag(<int64_t>(<uint64_t>mtime - st.mtime)))
+    st.mtime = <uint64_t>mtime
     if nsec:
         out.uv(nsec)
-    delta = <int64_t>ino - prev_ino
+    delta = <int64_t>ino - <int64_t>st.ino
     out.uv(_zigzag(delta))
+    st.ino = ino
     if nlink != 1:
         out.uv(nlink)
     if size:
         out.uv(size)
     if layer or offset:
         out.uv(layer)
-        out.uv(offset)
+        # tar data usually follows the previous file's data and one 512-byte header
+        out.uv(_zigzag(<int64_t>(offset - st.data_end)))
+        st.data_end = offset + ((size + 511) & ~(<uint64_t>511)) + 512
     if sparse is not None:
         if not isinstance(sparse, (tuple, list)):
             raise _bad(path, f"sparse is {type(sparse).__name__}, not a tuple")
@@ -301,7 +312,7 @@ cdef int64_t _record(_Buf out, object n, bytes path, Py_ssize_t shared,
             out.put_bytes(name_b)
             out.uv(len(<bytes>value))
             out.put_bytes(<bytes>value)
-    return <int64_t>ino
+    return 0
 
 
 def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
@@ -320,16 +331,16 @@ def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
     cdef bytes prev = b""
     cdef bytes last = None
     cdef bytes path
-    cdef int64_t prev_ino = 0
+    cdef _Delta st
     for n in nodes:
         path = _check_path(n.path, last, dirs)
         if count == 0:
             first = path
             shared = 0
-            prev_ino = 0
+            st.ino = st.mtime = st.data_end = 0
         else:
             shared = _shared_prefix(prev, path)
-        prev_ino = _record(out, n, path, shared, prev_ino)
+        _record(out, n, path, shared, &st)
         if n.type == "dir":
             dirs.add(path)
         last = path

@@ -76,8 +76,19 @@ def _check_path(path: Any, last: bytes | None, dirs: set[bytes]) -> bytes:
     return path
 
 
-def _record(out: bytearray, n: Node, path: bytes, shared: int, prev_ino: int) -> int:
-    """Append one node record (docs/FORMAT.md "Node records"); returns the node's ino."""
+def _zz64(d: int) -> int:
+    """Zigzag of d taken modulo 2**64 as a signed 64-bit value (the Cython writer's
+    wrapping uint64 arithmetic)."""
+    d &= MAX_U64
+    return ((d << 1) & MAX_U64) ^ (MAX_U64 if d >> 63 else 0)
+
+
+def _record(out: bytearray, n: Node, path: bytes, shared: int, st: list[int]) -> None:
+    """Append one node record (docs/FORMAT.md "Node records").
+
+    st is the block's delta state [previous ino, previous mtime, predicted data offset],
+    all 0 at the start of a block; updated in place.
+    """
     what = path
     code = F.TYPE_CODES.get(n.type) if isinstance(n.type, str) else None
     if code is None:
@@ -142,18 +153,22 @@ def _record(out: bytearray, n: Node, path: bytes, shared: int, prev_ino: int) ->
     _uv(out, mode)
     _uv(out, uid)
     _uv(out, gid)
-    _uv(out, (mtime << 1) ^ (mtime >> 63) if mtime < 0 else mtime << 1)
+    _uv(out, _zz64(mtime - st[1]))
+    st[1] = mtime
     if nsec:
         _uv(out, nsec)
-    delta = ino - prev_ino
+    delta = ino - st[0]
     _uv(out, (-delta << 1) - 1 if delta < 0 else delta << 1)
+    st[0] = ino
     if nlink != 1:
         _uv(out, nlink)
     if size:
         _uv(out, size)
     if layer or offset:
         _uv(out, layer)
-        _uv(out, offset)
+        # tar data usually follows the previous file's data and one 512-byte header
+        _uv(out, _zz64(offset - st[2]))
+        st[2] = (offset + ((size + 511) & ~511) + 512) & MAX_U64
     if sparse is not None:
         if not isinstance(sparse, (tuple, list)):
             raise _bad(path, f"sparse is {type(sparse).__name__}, not a tuple")
@@ -190,7 +205,6 @@ def _record(out: bytearray, n: Node, path: bytes, shared: int, prev_ino: int) ->
             out += name_b
             _uv(out, len(value))
             out += value
-    return ino
 
 
 def _shared_prefix(a: bytes, b: bytes) -> int:
@@ -217,14 +231,15 @@ def encode_blocks(nodes: Sequence[Node], max_nodes: int = F.BLOCK_MAX_NODES,
     count = 0
     first = prev = b""
     last: bytes | None = None
-    prev_ino = 0
+    st = [0, 0, 0]
     for n in nodes:
         path = _check_path(n.path, last, dirs)
         if count == 0:
-            first, shared, prev_ino = path, 0, 0
+            first, shared = path, 0
+            st[:] = (0, 0, 0)
         else:
             shared = _shared_prefix(prev, path)
-        prev_ino = _record(out, n, path, shared, prev_ino)
+        _record(out, n, path, shared, st)
         if n.type == "dir":
             dirs.add(path)
         last = prev = path

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["Archive", "open_archive", "normalize_path"]
 
 _CACHE_BLOCKS = 8
+_M64 = (1 << 64) - 1
 _DIR = F.TYPE_CODES["dir"]
 
 # A decoded record: the Node's fields in dataclass order, xattrs as a tuple of pairs so that
@@ -92,7 +93,7 @@ def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], lis
     uv = _uv
     pos = 0
     prev = b""
-    ino = 0
+    ino = mtime_bits = data_end = 0  # the block's delta state (docs/FORMAT.md)
     try:
         for _ in range(count):
             shared, pos = uv(raw, pos)
@@ -113,7 +114,8 @@ def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], lis
             uid, pos = uv(raw, pos)
             gid, pos = uv(raw, pos)
             z, pos = uv(raw, pos)
-            mtime = -(z >> 1) - 1 if z & 1 else z >> 1
+            mtime_bits = (mtime_bits + ((z >> 1) ^ (_M64 if z & 1 else 0))) & _M64
+            mtime = mtime_bits - (1 << 64) if mtime_bits >> 63 else mtime_bits
             nsec = 0
             if flags & F.F_NSEC:
                 nsec, pos = uv(raw, pos)
@@ -133,7 +135,9 @@ def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], lis
             if flags & F.F_DATA:
                 layer, pos = uv(raw, pos)
                 layer -= 1
-                offset, pos = uv(raw, pos)
+                z, pos = uv(raw, pos)
+                offset = (data_end + ((z >> 1) ^ (_M64 if z & 1 else 0))) & _M64
+                data_end = (offset + ((size + 511) & ~511) + 512) & _M64
             sparse = None
             if flags & F.F_SPARSE:
                 k, pos = uv(raw, pos)

@@ -82,7 +82,7 @@ def golden_input() -> tuple[dict[str, Any], list[Node], list[LayerAccess]]:
                       offset=8192, ino=ino + 4, sparse=()))
     ino += 5
     nodes.append(Node(b"/many", "dir", 0o755, 0, 0, 12, nlink=2, ino=ino))
-    for i in range(300):  # enough records for three node blocks
+    for i in range(520):  # enough records for three node blocks
         ino += 1
         nodes.append(Node(b"/many/f%03d" % i, "file", 0o644, 1000, 1000, 1_600_000_000 + i,
                           size=i, layer=i % 3, offset=10_000 + 512 * i, ino=ino))
