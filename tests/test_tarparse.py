@@ -335,8 +335,15 @@ def test_selector() -> None:
     assert tarparse.IMPLEMENTATION in ("cython", "python")
 
 
+@pytest.fixture(params=[True, False], ids=["threaded", "inline"])
+def threaded(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """walk_tar decompressing in its helper thread, and all in the caller's thread."""
+    monkeypatch.setattr(tarparse, "THREADED", request.param)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("name", ["multi.tar.gz", "single.tar.gz", "multi.tar.zst"])
-def test_walk_compressed(name: str) -> None:
+def test_walk_compressed(name: str, threaded: bool) -> None:
     want = parse(tarparse._impl, (DATA / "long-posix.tar").read_bytes())
     assert list(tarparse.walk_tar(DATA / name)) == want
     assert list(tarparse.walk_tar(str(DATA / name))) == want
@@ -344,7 +351,7 @@ def test_walk_compressed(name: str) -> None:
         assert list(tarparse.walk_tar(f)) == want
 
 
-def test_walk_plain_and_short_reads() -> None:
+def test_walk_plain_and_short_reads(threaded: bool) -> None:
     data = (DATA / "fmt-posix.tar").read_bytes()
     want = parse(tarparse._impl, data)
 
@@ -365,7 +372,7 @@ def test_walk_plain_and_short_reads() -> None:
     assert list(tarparse.walk_tar(io.BytesIO(b""))) == []
 
 
-def test_walk_compression_errors() -> None:
+def test_walk_compression_errors(threaded: bool) -> None:
     gz = (DATA / "multi.tar.gz").read_bytes()
     zst = (DATA / "multi.tar.zst").read_bytes()
     for blob in (gz[:-1], gz[:len(gz) // 2], zst[:-10], zst[:len(zst) // 2]):
@@ -384,6 +391,22 @@ def test_walk_compression_errors() -> None:
     tar[5] ^= 1
     with pytest.raises(TarChecksumError):
         list(tarparse.walk_tar(io.BytesIO(gzip.compress(bytes(tar)))))
+
+
+def test_walk_closed_early(threaded: bool) -> None:
+    """Stopping the generator stops the helper thread and closes the file it opened."""
+    import threading
+
+    blob = gzip.compress((DATA / "long-posix.tar").read_bytes() * 1, mtime=0)
+    f = io.BytesIO(blob)
+    it = tarparse.walk_tar(f)
+    first = next(it)
+    assert first.name == b"tree"
+    it.close()
+    assert not [t for t in threading.enumerate() if t.name == "clipcy-walk-tar"]
+    it2 = tarparse.walk_tar(DATA / "multi.tar.gz")
+    next(it2)
+    it2.close()
 
 
 def test_detect() -> None:
