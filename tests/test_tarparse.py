@@ -440,7 +440,8 @@ def test_gzip_members_and_empty() -> None:
     blob = b"".join(gzip.compress(p, mtime=0) for p in parts)
     for step in (1, 5, 1000, len(blob)):
         s = streams.GzipStream(max_piece=100)
-        out = b"".join(bytes(x) for i in range(0, len(blob), step) for x in s.feed(blob[i:i + step]))
+        out = b"".join(bytes(x) for i in range(0, len(blob), step)
+                       for x in s.feed(blob[i:i + step]))
         s.finish()
         assert out == b"".join(parts)
 
@@ -451,7 +452,8 @@ def test_zstd_frames_and_skippable() -> None:
     blob = skip + z.compress(b"one") + z.compress(b"") + skip + z.compress(b"two" * 999) + skip
     for step in (1, 7, len(blob)):
         s = streams.ZstdStream(max_piece=50)
-        out = b"".join(bytes(x) for i in range(0, len(blob), step) for x in s.feed(blob[i:i + step]))
+        out = b"".join(bytes(x) for i in range(0, len(blob), step)
+                       for x in s.feed(blob[i:i + step]))
         s.finish()
         assert out == b"one" + b"two" * 999
     s = streams.ZstdStream()
