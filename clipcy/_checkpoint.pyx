@@ -456,179 +456,217 @@ cdef class GzipIndexer:
         return LayerAccess(kind=GZIP, span=self.span, points=points)
 
 
-cdef int _read_fail(int *code, int *kind, int c, int k) noexcept nogil:
-    code[0] = c
-    kind[0] = k
-    return -1
-
-
-# gzip_read failure kinds
+# GzipStream failure kinds
 cdef enum:
     RF_NONE = 0
     RF_ZLIB = 1               # code: zlib return value
     RF_IO = 2                 # code: errno
     RF_TRUNC = 3              # blob ended inside a member
-    RF_MEM = 4
-    RF_TRAILER = 5            # blob ended inside a member trailer
+    RF_TRAILER = 4            # blob ended inside a member trailer
+
+
+cdef class GzipStream:
+    """A decoder resumed at a point that keeps its place: read() continues where it stopped.
+
+    The point is (comp_offset, bits, window) from a GzipIndexer, at uncompressed offset
+    `out_offset`; window b"" with bits 0 means a member start (a gzip header is parsed there).
+    Reads cross members and are short only at the end of the blob. The blob is read with pread
+    on fd (no shared file position); one GzipStream must not be used by two threads at once.
+    After an error the stream is dead (every later read raises).
+    """
+
+    cdef z_stream strm
+    cdef bint zinit
+    cdef int fd
+    cdef bint raw               # raw deflate (resumed mid-member): the trailer is skipped
+    cdef unsigned char *inbuf
+    cdef unsigned char *scratch
+    cdef unsigned long long comp_start
+    cdef unsigned long long pos        # next compressed byte to pread
+    cdef unsigned long long consumed   # next compressed byte inflate takes
+    cdef readonly unsigned long long position  # uncompressed offset of the next output byte
+    cdef bint eof, stalled, between, ended
+    cdef int trailer            # raw mode: bytes of the member trailer left to skip
+    cdef int kind, code         # failure, once failed
+
+    def __cinit__(self, int fd, unsigned long long comp_offset, int bits, window,
+                  unsigned long long out_offset=0):
+        cdef const unsigned char[::1] win = window
+        cdef Py_ssize_t wlen = win.shape[0]
+        cdef unsigned char prime = 0
+        cdef ssize_t r
+        cdef int ret
+        if bits < 0 or bits > 7 or (bits and comp_offset == 0):
+            raise ValueError(f"bad resume point: bits {bits} at compressed offset {comp_offset}")
+        if wlen > WINSIZE:
+            raise ValueError(f"resume window of {wlen} bytes (at most {WINSIZE})")
+        self.fd = fd
+        self.raw = wlen > 0 or bits != 0
+        self.comp_start = comp_offset
+        self.pos = self.consumed = comp_offset
+        self.position = out_offset
+        self.inbuf = <unsigned char *>malloc(READ_CHUNK)
+        if self.inbuf == NULL:
+            raise MemoryError()
+        memset(&self.strm, 0, sizeof(z_stream))
+        ret = inflateInit2(&self.strm, -MAX_WBITS if self.raw else 16 + MAX_WBITS)
+        if ret != Z_OK:
+            raise _zerror("inflateInit2", ret, &self.strm, comp_offset)
+        self.zinit = True
+        if bits:
+            with nogil:
+                r = pread(fd, &prime, 1, <off_t>(comp_offset - 1))
+            if r < 0:
+                self._fail(RF_IO, errno)
+            elif r == 0:
+                self._fail(RF_TRUNC, 0)
+            else:
+                ret = inflatePrime(&self.strm, bits, prime >> (8 - bits))
+                if ret != Z_OK:
+                    self._fail(RF_ZLIB, ret)
+        if self.kind == RF_NONE and wlen > 0:
+            ret = inflateSetDictionary(&self.strm, &win[0], <uInt>wlen)
+            if ret != Z_OK:
+                self._fail(RF_ZLIB, ret)
+        if self.kind != RF_NONE:
+            raise self._exception()
+
+    def __dealloc__(self):
+        if self.zinit:
+            inflateEnd(&self.strm)
+        free(self.inbuf)
+        free(self.scratch)
+
+    cdef void _fail(self, int kind, int code) noexcept nogil:
+        self.kind = kind
+        self.code = code
+
+    cdef object _exception(self):
+        if self.kind == RF_ZLIB:
+            return _zerror("inflate", self.code, &self.strm, self.consumed)
+        if self.kind == RF_IO:
+            return BlobError(f"pread failed: {strerror(self.code).decode('utf-8', 'replace')} "
+                             f"(compressed offset {self.pos})")
+        if self.kind == RF_TRUNC:
+            return CompressionError(
+                f"truncated gzip stream: blob ends at compressed offset {self.consumed} inside "
+                f"a member (resumed at compressed offset {self.comp_start})")
+        return CompressionError(
+            f"truncated gzip stream: blob ends at compressed offset {self.consumed} inside "
+            f"a member trailer")
+
+    cdef Py_ssize_t _run(self, unsigned char *outp, Py_ssize_t n,
+                         unsigned long long skip) noexcept nogil:
+        """Discard `skip` bytes, then write up to n bytes to outp; returns how many."""
+        cdef z_stream *s = &self.strm
+        cdef Py_ssize_t got = 0
+        cdef ssize_t r
+        cdef uInt ain, aout, lim
+        cdef int ret
+        while self.kind == RF_NONE and (got < n or skip > 0) and not self.ended:
+            if s.avail_in == 0 and not self.eof:
+                r = pread(self.fd, self.inbuf, READ_CHUNK, <off_t>self.pos)
+                if r < 0:
+                    self._fail(RF_IO, errno)
+                    break
+                if r == 0:
+                    self.eof = True
+                else:
+                    s.next_in = self.inbuf
+                    s.avail_in = <uInt>r
+                    self.pos += r
+            if self.trailer:
+                # a raw inflate stops before the member's CRC32+ISIZE: step over them
+                if s.avail_in == 0:
+                    if self.eof:
+                        self._fail(RF_TRAILER, 0)
+                    continue
+                ain = <uInt>self.trailer if <uInt>self.trailer < s.avail_in else s.avail_in
+                s.next_in += ain
+                s.avail_in -= ain
+                self.consumed += ain
+                self.trailer -= ain
+                if self.trailer == 0:
+                    self.between = True
+                continue
+            if self.between:
+                if s.avail_in == 0:
+                    if self.eof:
+                        self.ended = True  # clean end of the last member: a short read
+                        break
+                    continue
+                ret = inflateReset2(s, 16 + MAX_WBITS)
+                if ret != Z_OK:
+                    self._fail(RF_ZLIB, ret)
+                    break
+                self.raw = False
+                self.between = False
+            if s.avail_in == 0 and not self.stalled:
+                if self.eof:
+                    self._fail(RF_TRUNC, 0)
+                    break
+                continue
+            if skip > 0:
+                lim = DISCARD if skip > DISCARD else <uInt>skip
+                s.next_out = self.scratch
+            else:
+                lim = <uInt>(n - got) if n - got < IN_MAX else IN_MAX
+                s.next_out = outp + got
+            s.avail_out = lim
+            ain = s.avail_in
+            ret = inflate(s, Z_NO_FLUSH)
+            self.consumed += ain - s.avail_in
+            aout = lim - s.avail_out
+            self.position += aout
+            if skip > 0:
+                skip -= aout
+            else:
+                got += aout
+            self.stalled = s.avail_out == 0
+            if ret == Z_STREAM_END:
+                self.stalled = False
+                if self.raw:
+                    self.trailer = 8
+                else:
+                    self.between = True
+                continue
+            if ret != Z_OK and ret != Z_BUF_ERROR:
+                self._fail(RF_ZLIB, ret)
+                break
+        return got
+
+    def read(self, Py_ssize_t n, unsigned long long skip=0) -> bytes:
+        """Skip `skip` bytes, then return the next n (fewer only at the end of the blob)."""
+        cdef bytes out
+        cdef unsigned char *outp
+        cdef Py_ssize_t got
+        if n < 0:
+            raise ValueError(f"negative read size {n}")
+        if self.kind != RF_NONE:
+            raise self._exception()
+        if skip > 0 and self.scratch == NULL:
+            self.scratch = <unsigned char *>malloc(DISCARD)
+            if self.scratch == NULL:
+                raise MemoryError()
+        out = PyBytes_FromStringAndSize(NULL, n)
+        outp = <unsigned char *>PyBytes_AS_STRING(out)
+        with nogil:
+            got = self._run(outp, n, skip)
+        if self.kind != RF_NONE:
+            raise self._exception()
+        if got < n:
+            return out[:got]
+        return out
 
 
 def gzip_read(int fd, unsigned long long comp_offset, int bits, window,
               unsigned long long skip, Py_ssize_t n) -> bytes:
     """Read n bytes of the uncompressed stream starting `skip` bytes after a resume point.
 
-    The point is (comp_offset, bits, window) from a GzipIndexer; window b"" with bits 0 means a
-    member start (gzip header parsed there). Continues across members; returns fewer bytes only
-    at the end of the blob. The blob is read with pread on fd (no shared file position).
+    One-shot GzipStream(fd, comp_offset, bits, window).read(n, skip).
     """
-    cdef const unsigned char[::1] win = window
-    cdef Py_ssize_t wlen = win.shape[0]
-    cdef const unsigned char *wptr = &win[0] if wlen > 0 else NULL
-    cdef z_stream strm
-    cdef bint zinit = False
-    cdef bint raw = wlen > 0 or bits != 0
-    cdef bytes out
-    cdef unsigned char *outp
-    cdef unsigned char *inbuf = NULL
-    cdef unsigned char *scratch = NULL
-    cdef unsigned char prime = 0
-    cdef Py_ssize_t got = 0
-    cdef unsigned long long pos = comp_offset      # next compressed byte to pread
-    cdef unsigned long long consumed = comp_offset  # next compressed byte inflate will take
-    cdef int ret = Z_OK
-    cdef int code = 0
-    cdef int kind = RF_NONE
-    cdef ssize_t r
-    cdef uInt ain, aout, lim
-    cdef bint eof = False
-    cdef bint stalled = False
-    cdef bint between = False      # at a member end: next bytes start a new member (or EOF)
-    cdef int trailer = 0           # raw mode: bytes of the member trailer left to skip
     if n < 0:
         raise ValueError(f"negative read size {n}")
-    if bits < 0 or bits > 7 or (bits and comp_offset == 0):
-        raise ValueError(f"bad resume point: bits {bits} at compressed offset {comp_offset}")
-    if wlen > WINSIZE:
-        raise ValueError(f"resume window of {wlen} bytes (at most {WINSIZE})")
-    out = PyBytes_FromStringAndSize(NULL, n)
-    outp = <unsigned char *>PyBytes_AS_STRING(out)
     if n == 0:
-        return out
-    memset(&strm, 0, sizeof(z_stream))
-    with nogil:
-        inbuf = <unsigned char *>malloc(READ_CHUNK)
-        scratch = <unsigned char *>malloc(DISCARD)
-        if inbuf == NULL or scratch == NULL:
-            _read_fail(&code, &kind, 0, RF_MEM)
-        else:
-            ret = inflateInit2(&strm, -MAX_WBITS if raw else 16 + MAX_WBITS)
-            if ret != Z_OK:
-                _read_fail(&code, &kind, ret, RF_ZLIB)
-            else:
-                zinit = True
-        if kind == RF_NONE and raw:
-            if bits:
-                r = pread(fd, &prime, 1, <off_t>(comp_offset - 1))
-                if r < 0:
-                    _read_fail(&code, &kind, errno, RF_IO)
-                elif r == 0:
-                    _read_fail(&code, &kind, 0, RF_TRUNC)
-                else:
-                    ret = inflatePrime(&strm, bits, prime >> (8 - bits))
-                    if ret != Z_OK:
-                        _read_fail(&code, &kind, ret, RF_ZLIB)
-            if kind == RF_NONE and wlen > 0:
-                ret = inflateSetDictionary(&strm, wptr, <uInt>wlen)
-                if ret != Z_OK:
-                    _read_fail(&code, &kind, ret, RF_ZLIB)
-        while kind == RF_NONE and got < n:
-            if strm.avail_in == 0 and not eof:
-                r = pread(fd, inbuf, READ_CHUNK, <off_t>pos)
-                if r < 0:
-                    _read_fail(&code, &kind, errno, RF_IO)
-                    break
-                if r == 0:
-                    eof = True
-                else:
-                    strm.next_in = inbuf
-                    strm.avail_in = <uInt>r
-                    pos += r
-            if trailer:
-                # a raw inflate stops before the member's CRC32+ISIZE: step over them
-                if strm.avail_in == 0:
-                    if eof:
-                        _read_fail(&code, &kind, 0, RF_TRAILER)
-                    continue
-                ain = trailer if <uInt>trailer < strm.avail_in else strm.avail_in
-                strm.next_in += ain
-                strm.avail_in -= ain
-                consumed += ain
-                trailer -= ain
-                if trailer == 0:
-                    between = True
-                continue
-            if between:
-                if strm.avail_in == 0:
-                    if eof:
-                        break            # clean end of the last member: a short read
-                    continue
-                ret = inflateReset2(&strm, 16 + MAX_WBITS)
-                if ret != Z_OK:
-                    _read_fail(&code, &kind, ret, RF_ZLIB)
-                    break
-                raw = False
-                between = False
-            if strm.avail_in == 0 and not stalled:
-                if eof:
-                    _read_fail(&code, &kind, 0, RF_TRUNC)
-                    break
-                continue
-            if skip > 0:
-                lim = DISCARD if skip > DISCARD else <uInt>skip
-                strm.next_out = scratch
-            else:
-                lim = <uInt>(n - got) if n - got < IN_MAX else IN_MAX
-                strm.next_out = outp + got
-            strm.avail_out = lim
-            ain = strm.avail_in
-            ret = inflate(&strm, Z_NO_FLUSH)
-            consumed += ain - strm.avail_in
-            aout = lim - strm.avail_out
-            if skip > 0:
-                skip -= aout
-            else:
-                got += aout
-            stalled = strm.avail_out == 0
-            if ret == Z_STREAM_END:
-                stalled = False
-                if raw:
-                    trailer = 8
-                else:
-                    between = True
-                continue
-            if ret != Z_OK and ret != Z_BUF_ERROR:
-                _read_fail(&code, &kind, ret, RF_ZLIB)
-                break
-    try:
-        if kind == RF_ZLIB:
-            raise _zerror("inflate", code, &strm, consumed)
-        if kind == RF_IO:
-            raise BlobError(f"pread failed: {strerror(code).decode('utf-8', 'replace')} "
-                            f"(compressed offset {pos})")
-        if kind == RF_MEM:
-            raise MemoryError()
-        if kind == RF_TRUNC:
-            raise CompressionError(
-                f"truncated gzip stream: blob ends at compressed offset {consumed} inside "
-                f"a member (resumed at compressed offset {comp_offset})")
-        if kind == RF_TRAILER:
-            raise CompressionError(
-                f"truncated gzip stream: blob ends at compressed offset {consumed} inside "
-                f"a member trailer")
-    finally:
-        if zinit:
-            inflateEnd(&strm)
-        free(inbuf)
-        free(scratch)
-    if got < n:
-        return out[:got]
-    return out
+        return b""
+    return GzipStream(fd, comp_offset, bits, window).read(n, skip)

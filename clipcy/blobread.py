@@ -7,9 +7,11 @@ pread is thread-safe: the blob is read with os.pread on one shared descriptor (n
 position) and every call builds its own decompression state.
 
 * plain: os.pread.
-* gzip: the last resume point <= offset, then clipcy._checkpoint.gzip_read (compiled, GIL
+* gzip: the last resume point <= offset, then a clipcy._checkpoint.GzipStream (compiled, GIL
   released): raw inflate primed with the point's bits and 32 KiB window, or a gzip-header
-  inflate at a member start; output before `offset` is discarded; reads cross members.
+  inflate at a member start; output before `offset` is discarded; reads cross members. The
+  decoder left at the end of a read is parked (a few per reader) and reused when a later
+  read starts at or after it and after the point: sequential reads continue.
 * zstd: only the frames covering [offset, offset + n). Frames up to FRAME_CACHE_MAX bytes are
   decompressed whole (so zstd checks their size and checksum) and kept in a small LRU;
   larger frames are streamed from their start, and the decoder left at the end of a read is
@@ -39,9 +41,11 @@ from clipcy.errors import BlobError, ClipError, CompressionError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from clipcy._checkpoint import GzipStream
+
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
-CURSORS = 4  # per reader: zstd decoders parked at the end of the last reads of large frames
+CURSORS = 4  # per reader: decoders parked at the end of the last reads (gzip, large zstd frames)
 
 
 class LayerReader(Protocol):
@@ -142,19 +146,44 @@ class GzipReader(_Reader):
             self.close()
             raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
                             f"index (a resume point at compressed offset {last})")
+        self._lock = threading.Lock()
+        self._parked: list[GzipStream] = []  # decoders left where the last reads ended
 
     def pread(self, offset: int, n: int) -> bytes:
-        from clipcy._checkpoint import gzip_read
+        from clipcy._checkpoint import GzipStream
 
         self._check(offset, n)
         if n == 0:
             return b""
         comp, bits, start, window = self._points[bisect.bisect_right(self._starts, offset) - 1]
+        stream = None
+        with self._lock:  # a parked decoder between the point and the offset beats the point
+            best = -1
+            for k, st in enumerate(self._parked):
+                if start <= st.position <= offset and (
+                        best < 0 or st.position > self._parked[best].position):
+                    best = k
+            if best >= 0:
+                stream = self._parked.pop(best)
         try:
-            return gzip_read(self._fd, comp, bits, window, offset - start, n)
+            if stream is None:
+                stream = GzipStream(self._fd, comp, bits, window, start)
+            data = stream.read(n, offset - stream.position)
         except ClipError as e:
             raise type(e)(f"layer blob {self.path}: {e} (reading {n} bytes at uncompressed "
                           f"offset {offset})") from e
+        if len(data) == n:
+            with self._lock:
+                self._parked.append(stream)
+                if len(self._parked) > CURSORS:
+                    self._parked.pop(0)
+        return data
+
+    def close(self) -> None:
+        super().close()
+        if hasattr(self, "_lock"):
+            with self._lock:
+                self._parked.clear()
 
 
 class _PreadSource:

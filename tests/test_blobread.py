@@ -174,6 +174,22 @@ def test_threads_share_one_reader(blobs: Path) -> None:
     assert not errors, errors[0]
 
 
+def test_gzip_sequential_and_interleaved_reads(blobs: Path) -> None:
+    """Parked decoders serve sequential reads; interleaved streams never mix up."""
+    access, _, _ = index_file(blobs / "mm.gz", GZIP, span=256 << 10)
+    full = reference(blobs / "mm.gz", GZIP)
+    with open_layer_reader(blobs / "mm.gz", access) as r:
+        step = 100_003
+        assert b"".join(r.pread(off, step) for off in range(0, len(full), step)) == full
+        rnd = random.Random(9)
+        cursors = [rnd.randrange(len(full)) for _ in range(6)]  # more than CURSORS
+        for _ in range(200):
+            k = rnd.randrange(len(cursors))
+            n = rnd.choice([1, 4096, 65536])
+            assert r.pread(cursors[k], n) == full[cursors[k]:cursors[k] + n]
+            cursors[k] = min(len(full), cursors[k] + n + rnd.choice([0, 0, 1, 70_000]))
+
+
 def test_zstd_streamed_frames(blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames above FRAME_CACHE_MAX are streamed; parked decoders serve sequential reads."""
     monkeypatch.setattr(blobread, "FRAME_CACHE_MAX", 0)

@@ -192,6 +192,29 @@ def test_gzip_member_starts_are_points(work: Path) -> None:
         os.close(fd)
 
 
+def test_gzip_stream_continues(work: Path) -> None:
+    """GzipStream keeps its place: consecutive reads (and skips) across members."""
+    path, full = make_gzip(work, "members")
+    ix = GzipIndexer(SPAN)
+    index(ix, path.read_bytes())
+    comp, bits, out, window = ix.points[len(ix.points) // 3]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = _checkpoint.GzipStream(fd, comp, bits, window, out)
+        pos = out
+        rnd = random.Random(11)
+        while pos < len(full):
+            skip, n = rnd.choice([0, 0, 10, 5000]), rnd.choice([1, 999, 65536, 250_000])
+            got = st.read(n, skip)
+            pos = min(pos + skip, len(full))
+            assert got == full[pos:pos + n]
+            pos += len(got)
+            assert st.position == pos
+        assert st.read(10) == b"" and st.read(10, 10) == b""
+    finally:
+        os.close(fd)
+
+
 def test_gzip_random_reads_seeded(work: Path) -> None:
     path, full = make_gzip(work, "members")
     ix = make_indexer(GZIP, span=SPAN)
