@@ -8,7 +8,8 @@
 2. Indexing cost: a bare zlib loop (Python's zlib.decompressobj, 1 MiB in, at most 1 MiB out
    per call: what the indexer replaces) vs GzipIndexer at several spans; best of 3 each.
 3. Cold 64 KiB preads at 200 seeded random offsets through blobread (median, p99) vs
-   inflating from the layer's start (20 of the offsets), at each span.
+   inflating from the layer's start (20 of the offsets), at each span; and 32 MiB read
+   sequentially in 128 KiB preads, with and without the reader's parked decoders.
 4. Index size: points, raw window bytes, and the windows zstd -3 compressed as one stream,
    as a percent of the compressed layer, with sparse windows (default) and full ones.
 Writes a markdown table with machine, date and commit. Numbers only from here, never tests.
@@ -33,6 +34,7 @@ import zstandard
 from clipcy._checkpoint import GzipIndexer, gzip_read
 from clipcy.access import GZIP, LayerAccess
 from clipcy.blobindex import DEFAULT_SPAN
+from clipcy import blobread
 from clipcy.blobread import open_layer_reader
 
 HERE = Path(__file__).resolve().parent
@@ -183,6 +185,7 @@ def main() -> None:
         start_times.append(time.perf_counter() - t)
     os.close(fd)
     reads: dict[int, list[float]] = {}
+    blobread.CURSORS = 0  # cold: no parked decoder may help
     for span in spans:
         access = LayerAccess(kind=GZIP, span=span, points=indexers[(span, True)].points)
         lat = []
@@ -195,6 +198,18 @@ def main() -> None:
                     assert data == expected[off], off
         reads[span] = lat
     start_med = statistics.median(start_times)
+
+    # -- sequential: 32 MiB in 128 KiB preads from a point-less offset, default span, with and
+    # without parked decoders
+    seq = {}
+    access = LayerAccess(kind=GZIP, span=DEFAULT_SPAN, points=indexers[(DEFAULT_SPAN, True)].points)
+    for parked in (0, 4):
+        blobread.CURSORS = parked
+        with open_layer_reader(layer, access) as r:
+            t = time.perf_counter()
+            for off in range(usize // 3, usize // 3 + 32 * MiB, 128 << 10):
+                r.pread(off, 128 << 10)
+            seq[parked] = time.perf_counter() - t
 
     # -- report
     rows = []
@@ -226,6 +241,8 @@ def main() -> None:
 ({nopoints / base - 1:+.1%}); default span with full (non-sparse) windows: {full_default:.2f} s
 - two threads each indexing the layer at once: {two_threads:.2f} s wall (one alone: \
 {min(timings[(DEFAULT_SPAN, True)]):.2f} s): the GIL is released while inflating
+- sequential 32 MiB in 128 KiB preads at the default span: {seq[4]:.2f} s with parked \
+decoders ({32 / seq[4]:.0f} MiB/s), {seq[0]:.2f} s when every read resumes at a point
 - cold 64 KiB pread from the layer's start ({args.from_start} offsets): median \
 {start_med * 1e3:.0f} ms; reads below at {args.reads} seeded offsets (file in page cache)
 
