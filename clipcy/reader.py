@@ -348,7 +348,8 @@ class Archive:
         off, length, crc = self._sections[kind]
         body = self._read(off, length)
         if zlib.crc32(body) != crc:
-            raise _Corrupt(f"{F.SECTION_NAMES[kind]} section checksum mismatch at offset {off}")
+            name = F.SECTION_NAMES.get(kind, f"kind {kind}")  # unknown kinds: verify()
+            raise _Corrupt(f"{name} section checksum mismatch at offset {off}")
         return body
 
     def _parse_node_index(self, idx: bytes) -> None:
