@@ -335,7 +335,7 @@ class Archive:
                            "metadata")
         try:
             metadata = json.loads(text.decode("utf-8"))
-        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON
             raise _Corrupt(f"metadata is not JSON: {e}") from None
         if not isinstance(metadata, dict):
             raise _Corrupt("metadata is not a JSON object")

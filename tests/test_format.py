@@ -522,6 +522,9 @@ def test_forged_checksums_still_fail_cleanly(tmp_path: Path) -> None:
             _read_everything(p)
     with pytest.raises(ArchiveError, match="metadata is not a JSON object"):
         open_archive(_write(tmp_path, F.assemble(b"[1]", 0, [], [])))
+    for meta in (b"{", b"\xff", b"[" * 100_000 + b"]" * 100_000):
+        with pytest.raises(ArchiveError, match="metadata is not JSON"):
+            open_archive(_write(tmp_path, F.assemble(meta, 0, [], [])))
 
 
 def test_format_doc_record_example_matches_writer() -> None:
