@@ -291,6 +291,7 @@ cdef class TarParser:
     cdef int _ext_kind
     cdef long long _ext_size
     cdef long long _ext_off
+    cdef long long _ext_total        # extended header bytes collected for the pending entry
     cdef long long _hdr_off
     cdef dict _pax
     cdef list _pax_list
@@ -315,6 +316,7 @@ cdef class TarParser:
         self._ext_kind = 0
         self._ext_size = 0
         self._ext_off = 0
+        self._ext_total = 0
         self._hdr_off = -1
         self._pax = {}
         self._pax_list = []
@@ -416,7 +418,7 @@ cdef class TarParser:
 
     cdef object _header(self, const unsigned char *blk, long long off):
         cdef int tf
-        cdef long long size
+        cdef long long size, total
         if memcmp(blk, ZERO, 512) == 0:
             # GNU tar and CPython stop at the first zero block (GNU warns about a lone
             # one); the second zero block, padding or anything after it is ignored
@@ -431,9 +433,13 @@ cdef class TarParser:
         if size < 0:
             raise TarHeaderError(f"negative size in tar header at offset {off}")
         if tf == 0x78 or tf == 0x67 or tf == 0x4C or tf == 0x4B or tf == 0x58:
-            if size > self.max_header:
-                raise TarLimitError(f"tar extended header of {size} bytes at offset {off} "
+            # all extended data of one entry counts (many small 'x' headers add up)
+            total = size if tf == 0x67 else self._ext_total + size
+            if total > self.max_header:
+                raise TarLimitError(f"tar extended header of {total} bytes at offset {off} "
                                     f"exceeds the limit of {self.max_header} bytes")
+            if tf != 0x67:
+                self._ext_total = total
             self._ext_kind = tf
             self._ext_size = size
             self._ext_off = off
@@ -460,6 +466,11 @@ cdef class TarParser:
                         self._globals[k] = v
                     else:
                         self._globals.pop(k, None)
+                gsize = sum(len(k) + len(v) for k, v in self._globals.items())
+                if gsize > self.max_header:  # global records accumulate: bound them too
+                    raise TarLimitError(
+                        f"tar extended header of {gsize} bytes at offset {self._ext_off} "
+                        f"exceeds the limit of {self.max_header} bytes")
             else:
                 for k, v in recs:
                     self._pax[k] = v
@@ -538,6 +549,7 @@ cdef class TarParser:
         e._xattrs = xattrs or None
         e.header_offset = self._hdr_off
         self._hdr_off = -1
+        self._ext_total = 0
         if self._pax:
             self._pax = {}
             self._pax_list = []

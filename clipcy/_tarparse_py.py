@@ -235,6 +235,7 @@ class TarParser:
         self._ext_kind = 0
         self._ext_size = 0  # logical size of the extended header being collected
         self._ext_off = 0
+        self._ext_total = 0  # extended header bytes collected for the pending entry
         self._hdr_off = -1  # offset of the first header block of the pending entry
         self._pax: dict[bytes, bytes] = {}
         self._pax_list: list[tuple[bytes, bytes]] = []
@@ -336,9 +337,13 @@ class TarParser:
         if size < 0:
             raise TarHeaderError(f"negative size in tar header at offset {off}")
         if tf in (0x78, 0x67, 0x4C, 0x4B, 0x58):  # 'x' 'g' 'L' 'K', Solaris 'X' (= 'x')
-            if size > self.max_header:
-                raise TarLimitError(f"tar extended header of {size} bytes at offset {off} "
+            # all extended data of one entry counts (many small 'x' headers add up)
+            total = size if tf == 0x67 else self._ext_total + size
+            if total > self.max_header:
+                raise TarLimitError(f"tar extended header of {total} bytes at offset {off} "
                                     f"exceeds the limit of {self.max_header} bytes")
+            if tf != 0x67:
+                self._ext_total = total
             self._ext_kind = tf
             self._ext_size = size
             self._ext_off = off
@@ -365,6 +370,11 @@ class TarParser:
                         self._globals[k] = v
                     else:
                         self._globals.pop(k, None)
+                gsize = sum(len(k) + len(v) for k, v in self._globals.items())
+                if gsize > self.max_header:  # global records accumulate: bound them too
+                    raise TarLimitError(
+                        f"tar extended header of {gsize} bytes at offset {self._ext_off} "
+                        f"exceeds the limit of {self.max_header} bytes")
             else:
                 for k, v in recs:
                     self._pax[k] = v
@@ -516,6 +526,7 @@ class TarParser:
             "header_offset": self._hdr_off,
         }
         self._hdr_off = -1
+        self._ext_total = 0
         self._pax = {}
         self._pax_list = []
         self._longname = self._longlink = None

@@ -286,6 +286,28 @@ def test_pax_errors(impl: ModuleType) -> None:
     assert parse(impl, long)[0].name == b"n" * 5000
 
 
+def _ext_block(kind: bytes, records: bytes) -> bytes:
+    ti = tarfile.TarInfo("PaxHeader")
+    ti.type, ti.size = kind, len(records)
+    return ti.tobuf(tarfile.USTAR_FORMAT) + records + bytes(-len(records) % 512)
+
+
+def test_extended_headers_add_up(impl: ModuleType) -> None:
+    """Many small extended headers cannot grow memory past max_header."""
+    f = tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT)
+    xs = b"".join(_ext_block(tarfile.XHDTYPE, b"%d a%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
+                  for i in range(100, 400))
+    assert parse(impl, xs + f)[0].name == b"f"
+    with pytest.raises(TarLimitError, match=r"^tar extended header of 4\d\d\d bytes at offset "
+                                            r"\d+ exceeds the limit of 4096 bytes$"):
+        parse(impl, xs + f, max_header=4096)
+    gs = b"".join(_ext_block(tarfile.XGLTYPE, b"%d k%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
+                  for i in range(100, 400))
+    assert parse(impl, gs + f)[0].name == b"f"
+    with pytest.raises(TarLimitError):  # 300 global records of 12 bytes
+        parse(impl, gs + f, max_header=2048)
+
+
 def test_entry_api(impl: ModuleType) -> None:
     (e,) = parse(impl, _pax_archive({}))
     with pytest.raises(AttributeError):
