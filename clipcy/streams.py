@@ -21,8 +21,9 @@ from clipcy.errors import CompressionError
 MAX_PIECE = 1 << 20
 # zstandard's decompressobj has no max_length: it is fed at most this many compressed bytes
 # per call. A zstd block of >= 4 bytes expands to <= 128 KiB, so one call makes at most
-# ZSTD_STEP / 4 * 128 KiB (32 MiB) however hostile the input; real data makes ~8-64 KiB.
-ZSTD_STEP = 1 << 10
+# ZSTD_STEP / 4 * 128 KiB (64 MiB) however hostile the input; real data makes ~4-20 KiB.
+ZSTD_STEP = 2 << 10
+ZSTD_WRITE = 1 << 15  # zstandard's output buffer per call (its default, 128 KiB, costs more)
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -118,7 +119,7 @@ class ZstdStream:
     def __init__(self, max_piece: int = MAX_PIECE) -> None:
         self.max_piece = max_piece
         self._dctx = zstandard.ZstdDecompressor()
-        self._d = self._dctx.decompressobj()
+        self._d = self._dctx.decompressobj(write_size=ZSTD_WRITE)
         self._started = False
         self._in = 0
         self._frame = 0
@@ -126,6 +127,8 @@ class ZstdStream:
     def feed(self, data: bytes) -> Iterator[bytes]:
         mv = memoryview(data)
         pos, end = 0, len(mv)
+        pending: list[bytes] = []  # small outputs joined into pieces of ~max_piece
+        size = 0
         while pos < end:
             step = bytes(mv[pos:pos + ZSTD_STEP])
             pos += len(step)
@@ -141,16 +144,25 @@ class ZstdStream:
                     rest = self._d.unused_data
                     self._in += len(step) - len(rest)
                     self._frame = self._in
-                    self._d = self._dctx.decompressobj()
+                    self._d = self._dctx.decompressobj(write_size=ZSTD_WRITE)
                     self._started = False
                     step = rest
                 else:
                     self._in += len(step)
                     step = b""
                 if out:
-                    om = memoryview(out)
-                    for i in range(0, len(om), self.max_piece):
-                        yield om[i:i + self.max_piece]  # type: ignore[misc]
+                    pending.append(out)
+                    size += len(out)
+                    if size >= self.max_piece:
+                        yield from self._pieces(pending)
+                        pending, size = [], 0
+        if pending:
+            yield from self._pieces(pending)
+
+    def _pieces(self, outs: list[bytes]) -> Iterator[bytes]:
+        om = memoryview(outs[0] if len(outs) == 1 else b"".join(outs))
+        for i in range(0, len(om), self.max_piece):
+            yield om[i:i + self.max_piece]  # type: ignore[misc]
 
     def finish(self) -> None:
         if self._started:
