@@ -619,3 +619,14 @@ def test_concurrent_lookups(tmp_path: Path) -> None:
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_open_and_lookup_decode_one_block(tmp_path: Path) -> None:
+    """Opening reads only the indexes; a lookup decodes the one block holding the path."""
+    nodes = [Node(b"/", "dir", 0o755, 0, 0, 0)]
+    nodes += [Node(b"/f%05d" % i, "file", 0o644, 0, 0, 0, size=i) for i in range(3000)]
+    p = _write(tmp_path, encode_archive({}, nodes, []))
+    with open_archive(p) as a:
+        assert len(a._blocks) > 10 and len(a._cache) == 0
+        assert a.lookup("/f01234") == nodes[1235]
+        assert len(a._cache) == 1
