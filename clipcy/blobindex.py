@@ -31,13 +31,13 @@ from clipcy.errors import CompressionError
 # window, which the indexer makes sparse (bytes the following 32 KiB never copy are zeroed),
 # so windows cost ~0.6% of the gzip layer at 1 MiB after zstd (1% if each window were
 # compressed alone; 2.6% with full windows). Measured:
-#   span     index vs bare zlib   windows (zstd -3)   64 KiB pread median / p99   vs from start
-#   512 KiB  +9%                  1.15%               0.8 / 2.0 ms                203x
-#   1 MiB    +8%                  0.61%               1.4 / 3.5 ms                117x
-#   2 MiB    +6%                  0.30%               3.0 / 6.1 ms                 54x
-#   4 MiB    +4%                  0.15%               5.3 / 10.5 ms                31x
-# 1 MiB is the largest span that keeps reads >= 100x faster than from the start on a ~200 MiB
-# layer, and the index within 1% of the layer.
+#   span     index cost (vs no points)   windows (zstd -3)   64 KiB pread median / p99   speedup
+#   512 KiB  +20%                        1.15%               1.1 / 2.4 ms                181x
+#   1 MiB    +8%                         0.61%               1.6 / 3.9 ms                119x
+#   2 MiB    +6%                         0.30%               3.4 / 6.9 ms                 56x
+#   4 MiB    +3%                         0.15%               6.0 / 12.7 ms                32x
+# (speedup: median vs inflating from the layer's start.) 1 MiB is the largest span that keeps
+# reads >= 100x faster than from the start on a ~200 MiB layer, and the index within 1%.
 DEFAULT_SPAN = 1 << 20
 
 # Layers whose uncompressed size is below this keep only the point at offset 0: reading any
