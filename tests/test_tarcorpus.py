@@ -192,3 +192,36 @@ def test_peer_details(impl: ModuleType, corpus_dir: Path) -> None:
     assert len(p.feed((go / "writer-big.tar").read_bytes())) == 1
     with pytest.raises(TarError, match="truncated tar data"):
         p.close()
+
+
+# -- whole layer blobs through walk_tar --------------------------------------------------------
+def _layers(layout: Path) -> list[Path]:
+    """Layer blobs of every manifest index.json names (nested indexes followed)."""
+    out: list[Path] = []
+    todo = [json.loads((layout / "index.json").read_text())]
+    while todo:
+        doc = todo.pop()
+        for d in doc.get("manifests", []):
+            todo.append(json.loads(_blob(layout, d["digest"]).read_text()))
+        for d in doc.get("layers", []):
+            if _blob(layout, d["digest"]) not in out:
+                out.append(_blob(layout, d["digest"]))
+    return out
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algo, hexd = digest.split(":")
+    return layout / "blobs" / algo / hexd
+
+
+@pytest.mark.parametrize("group", [("basic", "zstd", "plain", "docker"),
+                                   ("multimember", "zstd-multiframe", "zstd-skippable")])
+def test_corpus_layers_same_entries(corpus: Path, group: tuple[str, ...]) -> None:
+    """The same tar behind gzip members, zstd frames (skippable first) and no compression."""
+    listings = []
+    for layout in group:
+        layers = _layers(corpus / layout)
+        assert layers
+        listings.append(sorted([e.as_tuple() for e in tarparse.walk_tar(p)] for p in layers))
+    assert all(x == listings[0] for x in listings[1:])
+    assert sum(len(x) for x in listings[0]) > 100
