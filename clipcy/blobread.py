@@ -73,6 +73,43 @@ def open_layer_reader(blob_path: str | os.PathLike[str], access: LayerAccess) ->
     raise ValueError(f"unknown compression kind {access.kind!r} for {path}")
 
 
+def _check_points(points: list[tuple[int, int, int, bytes]]) -> str:
+    """Why gzip resume points (sorted by uncompressed offset) are unusable, or ""."""
+    if not points or points[0][:3] != (0, 0, 0):
+        return "no point at offset 0"
+    prev = (0, 0)
+    for i, p in enumerate(points):
+        if len(p) != 4:
+            return f"point {i} is not (offset, bits, offset, window)"
+        comp, bits, out, window = p
+        if not (isinstance(comp, int) and isinstance(bits, int) and isinstance(out, int)
+                and isinstance(window, (bytes, bytearray, memoryview))):
+            return f"point {i} has fields of the wrong type"
+        if comp < 0 or out < 0 or not 0 <= bits <= 7 or (bits and comp == 0):
+            return f"point {i} ({comp}, {bits}, {out}) is out of range"
+        if len(window) > 32768:
+            return f"point {i} has a window of {len(window)} bytes (at most 32768)"
+        if (comp, out) < prev or comp < prev[0]:
+            return f"point {i} lies before point {i - 1} in the compressed stream"
+        prev = (comp, out)
+    return ""
+
+
+def _check_frames(frames: list[tuple[int, int, int, int]]) -> str:
+    """Why zstd frames are unusable, or ""."""
+    end_in = end_out = 0
+    for i, f in enumerate(sorted(frames, key=lambda f: (f[2], f[0]))):
+        if len(f) != 4 or not all(isinstance(v, int) for v in f):
+            return f"frame {i} is not four integers"
+        comp, csize, out, usize = f
+        if comp < end_in or csize <= 0 or usize < 0:
+            return f"frame {i} ({comp}, {csize}) overlaps or is empty"
+        if out != end_out:
+            return f"frame {i} starts at uncompressed offset {out}, expected {end_out}"
+        end_in, end_out = comp + csize, out + usize
+    return ""
+
+
 class _Reader:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -136,9 +173,10 @@ class GzipReader(_Reader):
     def __init__(self, path: str, access: LayerAccess) -> None:
         super().__init__(path)
         points = sorted(access.points, key=lambda p: p[2])
-        if not points or points[0][2] != 0:
+        problem = _check_points(points)
+        if problem:
             self.close()
-            raise CompressionError(f"gzip access data for {path} has no point at offset 0")
+            raise CompressionError(f"invalid gzip access data for {path}: {problem}")
         self._points = points
         self._starts = [p[2] for p in points]
         last = max(p[0] for p in points)
@@ -206,6 +244,10 @@ class _PreadSource:
 class ZstdReader(_Reader):
     def __init__(self, path: str, access: LayerAccess) -> None:
         super().__init__(path)
+        problem = _check_frames(access.frames)
+        if problem:
+            self.close()
+            raise CompressionError(f"invalid zstd access data for {path}: {problem}")
         self._frames = [f for f in sorted(access.frames, key=lambda f: f[2]) if f[3] > 0]
         self._starts = [f[2] for f in self._frames]
         self.size = self._frames[-1][2] + self._frames[-1][3] if self._frames else 0

@@ -288,6 +288,30 @@ def test_plain_reader_and_misuse(blobs: Path) -> None:
         open_layer_reader(blobs / "missing", LayerAccess(kind=PLAIN))
     with pytest.raises(ValueError):
         open_layer_reader(blobs / "a.bin", LayerAccess(kind="lz4"))
-    with pytest.raises(CompressionError, match="no point at offset 0"):
+    with pytest.raises(CompressionError, match=r"invalid gzip access data for .*g6.gz: no point "
+                                               r"at offset 0"):
         open_layer_reader(blobs / "g6.gz", LayerAccess(kind=GZIP))
+
+
+@pytest.mark.parametrize(("points", "why"), [
+    ([(0, 0, 0, b""), (10, 8, 100, b"x")], "out of range"),
+    ([(0, 0, 0, b""), (10, 1, 100, b"x" * 40000)], "window of 40000 bytes"),
+    ([(0, 0, 0, b""), (50, 1, 100, b"x"), (20, 1, 200, b"x")], "lies before point 1"),
+    ([(0, 0, 0, b""), (10, 1, 100, "text")], "wrong type"),
+    ([(5, 0, 0, b"")], "no point at offset 0"),
+])
+def test_hostile_gzip_access(blobs: Path, points: list, why: str) -> None:
+    with pytest.raises(CompressionError, match=why):
+        open_layer_reader(blobs / "g6.gz", LayerAccess(kind=GZIP, points=points))
+
+
+@pytest.mark.parametrize(("frames", "why"), [
+    ([(0, 10, 0, 5), (5, 10, 5, 5)], "overlaps"),
+    ([(0, 10, 0, 5), (10, 10, 6, 5)], "expected 5"),
+    ([(0, 0, 0, 5)], "overlaps or is empty"),
+    ([(0, 10, 0, -1)], "overlaps or is empty"),
+])
+def test_hostile_zstd_access(blobs: Path, frames: list, why: str) -> None:
+    with pytest.raises(CompressionError, match=why):
+        open_layer_reader(blobs / "mf.zst", LayerAccess(kind=ZSTD, frames=frames))
     assert issubclass(CompressionError, ClipError)
