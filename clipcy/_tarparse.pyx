@@ -472,9 +472,9 @@ cdef class TarParser:
                         f"tar extended header of {gsize} bytes at offset {self._ext_off} "
                         f"exceeds the limit of {self.max_header} bytes")
             else:
-                for k, v in recs:
-                    self._pax[k] = v
-                self._pax_list.extend(recs)
+                # a second 'x' header replaces the first (GNU tar, bsdtar, Go)
+                self._pax = dict(recs)
+                self._pax_list = recs
 
     cdef object _member(self, const unsigned char *blk, long long off, int tf, long long size):
         cdef bint posix = memcmp(blk + 257, b"ustar\x00", 6) == 0

@@ -376,9 +376,9 @@ class TarParser:
                         f"tar extended header of {gsize} bytes at offset {self._ext_off} "
                         f"exceeds the limit of {self.max_header} bytes")
             else:
-                for k, v in recs:
-                    self._pax[k] = v
-                self._pax_list.extend(recs)
+                # a second 'x' header replaces the first (GNU tar, bsdtar, Go)
+                self._pax = dict(recs)
+                self._pax_list = recs
 
     def _member(self, blk: bytes, off: int, tf: int, size: int) -> TarEntry | None:
         magic = blk[257:265]

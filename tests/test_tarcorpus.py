@@ -176,6 +176,11 @@ def test_peer_details(impl: ModuleType, corpus_dir: Path) -> None:
     ents = _parse(impl, (go / "hdr-only.tar").read_bytes())
     assert [e.type for e in ents[8:]] == [e.type for e in ents[:8]]
     assert all(e.size == 0 for e in ents if e.type != "file")
+    # several 'L'/'K' headers: the last wins; several 'x' headers: the last replaces the others
+    (e,) = _parse(impl, (go / "gnu-multi-hdrs.tar").read_bytes())
+    assert (e.name, e.linkname) == (b"GNU2/GNU2/long-path-name", b"GNU4/GNU4/long-linkpath-name")
+    (e,) = _parse(impl, (go / "pax-multi-hdrs.tar").read_bytes())
+    assert (e.name, e.linkname) == (b"bar", b"PAX4/PAX4/long-linkpath-name")
     # a GNU long name is cut at its first NUL
     (e,) = _parse(impl, (go / "gnu-long-nul.tar").read_bytes())
     assert e.name == b"0123456789"
