@@ -14,7 +14,9 @@ class GzipIndexer:
     span: int
     min_points_layer: int
     members: int
-    def __init__(self, span: int, min_points_layer: int = 0) -> None: ...
+    sparse_windows: bool
+    def __init__(self, span: int, min_points_layer: int = 0,
+                 sparse_windows: bool = True) -> None: ...
     @property
     def total_in(self) -> int: ...
     @property
