@@ -250,7 +250,14 @@ class TarParser:
 
     # -- driver ---------------------------------------------------------------------------
     def feed(self, buf: Any) -> list[TarEntry]:
+        """Parse the next piece; returns the entries whose headers completed in it."""
         mv = memoryview(buf).cast("B")
+        try:
+            return self._feed(mv)
+        finally:
+            mv.release()  # keep no reference to the caller's buffer
+
+    def _feed(self, mv: memoryview) -> list[TarEntry]:
         out: list[TarEntry] = []
         pos, end = 0, len(mv)
         while pos < end:
@@ -287,7 +294,6 @@ class TarParser:
             ent = self._dispatch(chunk, start)
             if ent is not None:
                 out.append(ent)
-        mv.release()
         return out
 
     def close(self) -> None:

@@ -328,6 +328,18 @@ def test_feed_buffer_kinds(impl: ModuleType) -> None:
         impl.TarParser().feed("text")
 
 
+def test_feed_keeps_no_reference(impl: ModuleType) -> None:
+    data = (DATA / "long-posix.tar").read_bytes()
+    p = impl.TarParser()
+    for cut in (700, 1300, 5000):  # inside a header, inside pax data, inside file data
+        b = bytearray(data[:cut])
+        p.feed(b)
+        b.extend(b"x")  # BufferError if the parser still held an export of b
+        p = impl.TarParser()
+    with pytest.raises(TarChecksumError):
+        p.feed(bytearray(b"\x01" * 512))
+
+
 def test_twins_agree_on_fixtures() -> None:
     if PUREPYTHON:
         pytest.skip("CLIPCY_PUREPYTHON is set")
