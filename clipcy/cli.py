@@ -52,15 +52,22 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    # Subcommands must not reset what `clipctl -v COMMAND` set: their defaults are SUPPRESS.
     p.add_argument(
         "-v",
         "--verbose",
         action="count",
-        default=0,
+        default=0 if top else argparse.SUPPRESS,
         help="more logging (-v info, -vv debug); beats CLIP_LOG_LEVEL",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="errors only: silence warnings")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="errors only: silence warnings",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=_VersionAction,
         help="print the version, the core in use and the zlib/zstd versions",
     )
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for register in _COMMANDS:
