@@ -9,7 +9,6 @@ archive is written atomically (temp file in the target directory, fsync, rename)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -25,6 +24,7 @@ from clipcy.access import LayerAccess
 from clipcy.cache import LayerCache
 from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
+from clipcy.hashpipe import HashPipe
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
 
@@ -103,18 +103,17 @@ def index_layer(
         hasher = FileHasher() if file_digests else None
         pos = 0  # uncompressed offset of the next output piece
         entries: list[Any] = []
-        blob_hash = hashlib.sha256() if verify else None
-        tar_hash = hashlib.sha256() if verify else None
+        pipe = HashPipe() if verify else None  # stream 0: the blob, 1: the tar
         read = len(head)
         chunk = head
         where = f"layer {index} ({info.digest})"
         try:
             while chunk:
-                if blob_hash is not None:
-                    blob_hash.update(chunk)
+                if pipe is not None:
+                    pipe.update(0, chunk)
                 for out in indexer.feed(chunk):
-                    if tar_hash is not None:
-                        tar_hash.update(out)
+                    if pipe is not None:
+                        pipe.update(1, out)
                     new = parser.feed(out)
                     entries.extend(new)
                     if hasher is not None:
@@ -131,25 +130,29 @@ def index_layer(
                 indexer.finish()
                 parser.close()
         except ClipError as e:
-            if blob_hash is not None:
+            if pipe is not None:
                 # A corrupt stream is most often a changed blob: say so when the digest agrees.
-                _drain(f, blob_hash)
-                actual = "sha256:" + blob_hash.hexdigest()
+                while rest := f.read(READ_CHUNK):
+                    pipe.update(0, rest)
+                actual = "sha256:" + pipe.hexdigests()[0]
                 if actual != info.digest:
                     raise DigestMismatchError(f"{where}: blob digest is {actual} ({e})") from e
             raise type(e)(f"{where}: {e}") from e
         except OSError as e:
             raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
-    if verify:
-        assert blob_hash is not None and tar_hash is not None
+        finally:
+            if pipe is not None:
+                pipe.close()
+    if pipe is not None:
+        blob_hex, tar_hex = pipe.hexdigests()
         if read != info.size:
             raise DigestMismatchError(
                 f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
                 f" than the descriptor's {info.size} bytes"
             )
-        if "sha256:" + blob_hash.hexdigest() != info.digest:
-            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hash.hexdigest()}")
-        diff_id = "sha256:" + tar_hash.hexdigest()
+        if "sha256:" + blob_hex != info.digest:
+            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}")
+        diff_id: str | None = "sha256:" + tar_hex
         if diff_id != info.diff_id:
             raise DigestMismatchError(
                 f"{where}: uncompressed digest {diff_id} differs from "
@@ -204,11 +207,6 @@ def _from_cache(
         0.0,
         hit["file_digests"],
     )
-
-
-def _drain(f: Any, h: Any) -> None:
-    while chunk := f.read(READ_CHUNK):
-        h.update(chunk)
 
 
 def build_metadata(
