@@ -109,3 +109,28 @@ def test_big_layout_size_target(corpus: Path, tmp_path: Path) -> None:
         nodes_bytes = sizes["node index"] + sizes["node blocks"]
     assert nodes_bytes <= 0.002 * summary.image_size, (nodes_bytes, summary.image_size)
     assert summary.archive_size <= 0.01 * summary.image_size
+
+
+def test_multiarch_default_platform_is_host(corpus: Path, tmp_path: Path) -> None:
+    import platform as host
+
+    from clipcy import create_index_only_archive_from_oci_layout, open_archive
+    from clipcy.layout import Platform
+
+    if host.machine() not in ("x86_64", "aarch64"):
+        pytest.skip("the corpus has amd64 and arm64 images only")
+    out = tmp_path / "m.clip"
+    create_index_only_archive_from_oci_layout(corpus / "multiarch", "latest", out)
+    with open_archive(out) as arc:
+        assert arc.metadata["platform"] == str(Platform.host())
+
+
+def test_docker_media_types_and_zstd_recorded(corpus: Path, tmp_path: Path) -> None:
+    from clipcy import create_index_only_archive_from_oci_layout, open_archive
+
+    for name, compression in (("docker", "gzip"), ("zstd", "zstd"), ("plain", "plain")):
+        out = tmp_path / f"{name}.clip"
+        create_index_only_archive_from_oci_layout(corpus / name, "latest", out)
+        with open_archive(out) as arc:
+            assert {x["compression"] for x in arc.layers} == {compression}
+            assert all(arc.access(i).kind == compression for i in range(len(arc.layers)))
