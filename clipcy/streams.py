@@ -21,6 +21,9 @@ from clipcy.errors import CompressionError
 # 256 KiB: the piece is still in cache when the parser reads it, and freed pieces are reused
 # (1 MiB pieces measured ~10% slower end to end).
 MAX_PIECE = 1 << 18
+# gzip input is handed to zlib in slices of this size: zlib copies the unconsumed rest of
+# its input each time max_length stops it, so small slices keep that copy small.
+GZIP_SLICE = 1 << 16
 # zstandard's decompressobj has no max_length: it is fed at most this many compressed bytes
 # per call. A zstd block of >= 4 bytes expands to <= 128 KiB, so one call makes at most
 # ZSTD_STEP / 4 * 128 KiB (64 MiB) however hostile the input; real data makes ~4-20 KiB.
@@ -67,7 +70,11 @@ class GzipStream:
         self._member = 0  # compressed offset of the current member
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        buf = bytes(data) if not isinstance(data, bytes) else data
+        mv = memoryview(data)
+        for i in range(0, len(mv), GZIP_SLICE):
+            yield from self._feed(mv[i:i + GZIP_SLICE])
+
+    def _feed(self, buf: memoryview | bytes) -> Iterator[bytes]:
         while buf:
             d = self._d
             self._started = True
