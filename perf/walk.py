@@ -123,7 +123,7 @@ def machine() -> str:
 
 
 def run(tar: Path, repeat: int) -> list[str]:
-    from clipcy import _tarparse_py
+    from clipcy import _tarparse_py, tarparse
     from clipcy.tarparse import IMPLEMENTATION, walk_tar
 
     try:
@@ -151,6 +151,13 @@ def run(tar: Path, repeat: int) -> list[str]:
 
     def walk() -> int:
         return sum(1 for _ in walk_tar(gz))
+
+    def walk_threaded() -> int:
+        tarparse.THREADED = True
+        try:
+            return sum(1 for _ in walk_tar(gz))
+        finally:
+            tarparse.THREADED = False
 
     def bare_zlib() -> int:
         d = zlib.decompressobj(31)
@@ -194,6 +201,7 @@ def run(tar: Path, repeat: int) -> list[str]:
         ("pure-Python twin, decompressed buffer", parse(_tarparse_py), 1),
         ('tarfile "r|", decompressed buffer', tarfile_stream, 1),
         (f"walk_tar on .tar.gz ({IMPLEMENTATION})", walk, repeat),
+        (f"walk_tar on .tar.gz ({IMPLEMENTATION}, THREADED=True)", walk_threaded, repeat),
         ("bare zlib.decompressobj loop on .tar.gz", bare_zlib, repeat),
         ("bare zlib loop, max_length 1 MiB, on .tar.gz", bare_zlib_bounded(1 << 20), repeat),
         ("bare zlib loop, max_length 256 KiB, on .tar.gz", bare_zlib_bounded(1 << 18), repeat),
