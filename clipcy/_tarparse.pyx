@@ -586,12 +586,10 @@ cdef class TarParser:
                           object sparse, str etype):
         cdef bint sparse10 = False
         sparse_pax = None
+        # local records apply as given; an empty one "deletes" the field (POSIX): an
+        # empty string for names, an error for numbers (as CPython and Go resp.)
         eff = dict(self._globals)
-        for k, v in self._pax.items():
-            if v or k.startswith(_XATTR_PREFIXES):
-                eff[k] = v  # an empty xattr value is a value
-            else:
-                eff.pop(k, None)  # an empty local value restores the header field
+        eff.update(self._pax)
         poff = self._ext_off
         for k, v in eff.items():
             if k == b"path":
