@@ -86,12 +86,15 @@ ACCESS_KIND_NAMES = ("plain", "gzip", "zstd")
 
 # -- compression: fixed so that output is reproducible -------------------------------------
 ZSTD_LEVEL = 9  # ~5x faster than 12 for ~4% more bytes on node blocks (perf/archive.py)
+# Access data is mostly 32 KiB resume windows: level 3 is ~5x faster than 9 for ~10% more
+# bytes (0.08 s -> 0.017 s on a 500 MB layer's 450 windows, 708 -> 780 KB).
+ZSTD_LEVEL_ACCESS = 3
 
 
-def _compressor() -> zstandard.ZstdCompressor:
+def _compressor(level: int = ZSTD_LEVEL) -> zstandard.ZstdCompressor:
     # No content size (the raw length is stored beside each frame, and a forged content size
     # cannot make the reader allocate), no checksum (crc32 covers the frame), no dict id.
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=False,
+    return zstandard.ZstdCompressor(level=level, write_content_size=False,
                                     write_checksum=False, write_dict_id=False, threads=0)
 
 
@@ -142,6 +145,7 @@ def assemble(meta_json: bytes, node_count: int,
     index = [ACCESS_INDEX_HEAD.pack(len(access_payloads))]
     data = []
     pos = 0
+    cctx = _compressor(ZSTD_LEVEL_ACCESS)
     for i, raw in enumerate(access_payloads):
         _check_raw(f"access data of layer {i}", raw, MAX_ACCESS_RAW)
         frame = cctx.compress(raw)
