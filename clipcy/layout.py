@@ -376,15 +376,16 @@ def resolve(
     want = Platform.parse(platform) if platform else None
     seen: set[str] = set()
     for _depth in range(MAX_INDEX_DEPTH):
-        if desc.digest in seen:
+        if desc.digest in seen:  # impossible with verified digests; cheap insurance
             raise LayoutError(f"image index cycle at {desc.digest}")
         seen.add(desc.digest)
         obj = layout.read_json(desc, "manifest")
         if _kind(desc, obj) == "manifest":
             return _resolve_manifest(layout, desc, obj, want, tag)
         children = [Descriptor.parse(m, f"index {desc.digest}") for m in obj.get("manifests", [])]
-        desc = _pick_platform(children, want or Platform.host(), f"index {desc.digest}")
-        log.debug("index %s -> manifest %s", desc.digest, desc.digest)
+        parent = desc.digest
+        desc = _pick_platform(children, want or Platform.host(), f"index {parent}")
+        log.debug("index %s -> %s", parent, desc.digest)
     raise LayoutError(f"image indexes nested deeper than {MAX_INDEX_DEPTH} levels")
 
 
