@@ -51,8 +51,22 @@ class TarEntry:
     """One archive member, with where its data lies in the uncompressed stream."""
 
     __slots__ = (
-        "name", "type", "mode", "uid", "gid", "uname", "gname", "size", "mtime", "linkname",
-        "devmajor", "devminor", "xattrs", "offset", "sparse", "header_offset",
+        "name",
+        "type",
+        "mode",
+        "uid",
+        "gid",
+        "uname",
+        "gname",
+        "size",
+        "mtime",
+        "linkname",
+        "devmajor",
+        "devminor",
+        "xattrs",
+        "offset",
+        "sparse",
+        "header_offset",
     )
 
     name: bytes
@@ -72,10 +86,25 @@ class TarEntry:
     sparse: tuple[tuple[int, int], ...] | None
     header_offset: int
 
-    def __init__(self, name: bytes, type: str, mode: int, uid: int, gid: int, uname: str,
-                 gname: str, size: int, mtime: float, linkname: bytes, devmajor: int,
-                 devminor: int, xattrs: dict[str, bytes], offset: int,
-                 sparse: tuple[tuple[int, int], ...] | None, header_offset: int) -> None:
+    def __init__(
+        self,
+        name: bytes,
+        type: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        uname: str,
+        gname: str,
+        size: int,
+        mtime: float,
+        linkname: bytes,
+        devmajor: int,
+        devminor: int,
+        xattrs: dict[str, bytes],
+        offset: int,
+        sparse: tuple[tuple[int, int], ...] | None,
+        header_offset: int,
+    ) -> None:
         s = object.__setattr__
         s(self, "name", name)
         s(self, "type", type)
@@ -99,10 +128,24 @@ class TarEntry:
 
     def as_tuple(self) -> tuple[Any, ...]:
         """All fields in declaration order (xattrs as a sorted tuple): for differential tests."""
-        return (self.name, self.type, self.mode, self.uid, self.gid, self.uname, self.gname,
-                self.size, self.mtime, self.linkname, self.devmajor, self.devminor,
-                tuple(sorted(self.xattrs.items())), self.offset, self.sparse,
-                self.header_offset)
+        return (
+            self.name,
+            self.type,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.uname,
+            self.gname,
+            self.size,
+            self.mtime,
+            self.linkname,
+            self.devmajor,
+            self.devminor,
+            tuple(sorted(self.xattrs.items())),
+            self.offset,
+            self.sparse,
+            self.header_offset,
+        )
 
     def __eq__(self, other: object) -> bool:
         as_tuple = getattr(other, "as_tuple", None)
@@ -113,10 +156,12 @@ class TarEntry:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (f"TarEntry(name={self.name!r}, type={self.type!r}, mode=0o{self.mode:o}, "
-                f"uid={self.uid}, gid={self.gid}, size={self.size}, mtime={self.mtime!r}, "
-                f"linkname={self.linkname!r}, offset={self.offset}, "
-                f"header_offset={self.header_offset}, sparse={self.sparse!r})")
+        return (
+            f"TarEntry(name={self.name!r}, type={self.type!r}, mode=0o{self.mode:o}, "
+            f"uid={self.uid}, gid={self.gid}, size={self.size}, mtime={self.mtime!r}, "
+            f"linkname={self.linkname!r}, offset={self.offset}, "
+            f"header_offset={self.header_offset}, sparse={self.sparse!r})"
+        )
 
 
 # -- field decoding ----------------------------------------------------------------------
@@ -158,8 +203,9 @@ def _checksum_ok(block: bytes, off: int) -> bool:
     unsigned = sum(block[:148]) + sum(block[156:]) + 8 * 0x20
     if want == unsigned:
         return True
-    signed = unsigned - 256 * (sum(1 for c in block[:148] if c & 0x80)
-                               + sum(1 for c in block[156:] if c & 0x80))
+    signed = unsigned - 256 * (
+        sum(1 for c in block[:148] if c & 0x80) + sum(1 for c in block[156:] if c & 0x80)
+    )
     return want == signed
 
 
@@ -174,8 +220,12 @@ def _pax_int(value: bytes, key: str, off: int) -> int:
 def _pax_time(value: bytes, key: str, off: int) -> float:
     v = value[1:] if value[:1] == b"-" else value
     whole, dot, frac = v.partition(b".")
-    if (not whole and not frac) or (whole and not whole.isdigit()) or (
-            dot and frac and not frac.isdigit()) or len(whole) > 19:
+    if (
+        (not whole and not frac)
+        or (whole and not whole.isdigit())
+        or (dot and frac and not frac.isdigit())
+        or len(whole) > 19
+    ):
         raise TarHeaderError(f"bad pax {key} value in tar header at offset {off}")
     return float(value.decode("ascii"))
 
@@ -196,11 +246,11 @@ def _parse_pax(data: bytes, off: int) -> list[tuple[bytes, bytes]]:
         length = int(digits)
         if length <= sp - pos + 1 or pos + length > end or data[pos + length - 1] != 0x0A:
             raise TarHeaderError(f"malformed pax record in tar header at offset {off}")
-        rec = data[sp + 1:pos + length - 1]
+        rec = data[sp + 1 : pos + length - 1]
         eq = rec.find(b"=")
         if eq <= 0 or 0 in rec[:eq]:
             raise TarHeaderError(f"malformed pax record in tar header at offset {off}")
-        out.append((rec[:eq], rec[eq + 1:]))
+        out.append((rec[:eq], rec[eq + 1 :]))
         pos += length
     return out
 
@@ -277,11 +327,11 @@ class TarParser:
             # collecting states: fill _part up to _need, without copying whole blocks
             # when one lies entirely inside this piece
             if not self._part and end - pos >= self._need:
-                chunk = bytes(mv[pos:pos + self._need])
+                chunk = bytes(mv[pos : pos + self._need])
                 pos += self._need
             else:
                 n = min(self._need - len(self._part), end - pos)
-                self._part += mv[pos:pos + n]
+                self._part += mv[pos : pos + n]
                 pos += n
                 if len(self._part) < self._need:
                     self.offset += n
@@ -303,16 +353,19 @@ class TarParser:
             return
         if st == _SKIP:
             raise TarTruncatedError(
-                f"truncated tar data at offset {self.offset}: {self._skip} bytes missing")
+                f"truncated tar data at offset {self.offset}: {self._skip} bytes missing"
+            )
         have = len(self._part)
         if st == _HEADER:
             if have:
                 raise TarTruncatedError(
-                    f"truncated tar header at offset {self.offset - have}: {have} of 512 bytes")
+                    f"truncated tar header at offset {self.offset - have}: {have} of 512 bytes"
+                )
             return  # EOF at a block boundary: a missing end marker is accepted (GNU tar)
         start = self.offset - have
         raise TarTruncatedError(
-            f"truncated tar extended header at offset {start}: {have} of {self._need} bytes")
+            f"truncated tar extended header at offset {start}: {have} of {self._need} bytes"
+        )
 
     # -- states ---------------------------------------------------------------------------
     def _dispatch(self, chunk: bytes, start: int) -> TarEntry | None:
@@ -346,8 +399,10 @@ class TarParser:
             # all extended data of one entry counts (many small 'x' headers add up)
             total = size if tf == 0x67 else self._ext_total + size
             if total > self.max_header:
-                raise TarLimitError(f"tar extended header of {total} bytes at offset {off} "
-                                    f"exceeds the limit of {self.max_header} bytes")
+                raise TarLimitError(
+                    f"tar extended header of {total} bytes at offset {off} "
+                    f"exceeds the limit of {self.max_header} bytes"
+                )
             if tf != 0x67:
                 self._ext_total = total
             self._ext_kind = tf
@@ -362,7 +417,7 @@ class TarParser:
         return self._member(blk, off, tf, size)
 
     def _ext_done(self, data: bytes) -> None:
-        data = data[:self._ext_size]
+        data = data[: self._ext_size]
         kind = self._ext_kind
         if kind == 0x4C:
             self._longname = _cstr(data)
@@ -380,7 +435,8 @@ class TarParser:
                 if gsize > self.max_header:  # global records accumulate: bound them too
                     raise TarLimitError(
                         f"tar extended header of {gsize} bytes at offset {self._ext_off} "
-                        f"exceeds the limit of {self.max_header} bytes")
+                        f"exceeds the limit of {self.max_header} bytes"
+                    )
             else:
                 # a second 'x' header replaces the first (GNU tar, bsdtar, Go)
                 self._pax = dict(recs)
@@ -437,7 +493,8 @@ class TarParser:
                 elif k == b"linkpath":
                     if 0 in v:
                         raise TarHeaderError(
-                            f"bad pax linkpath value in tar header at offset {poff}")
+                            f"bad pax linkpath value in tar header at offset {poff}"
+                        )
                     linkname = v
                 elif k == b"size":
                     size = _pax_int(v, "size", poff)
@@ -477,7 +534,8 @@ class TarParser:
                     sparse10 = True
                 elif not (major == b"0" and minor in (b"0", b"1")):
                     raise TarHeaderError(
-                        f"bad pax GNU.sparse.major value in tar header at offset {poff}")
+                        f"bad pax GNU.sparse.major value in tar header at offset {poff}"
+                    )
             if b"GNU.sparse.map" in eff and not sparse10:
                 fields = eff[b"GNU.sparse.map"].split(b",")
                 if len(fields) % 2:
@@ -507,7 +565,8 @@ class TarParser:
                 if sparse_pax is not None:
                     nb = eff.get(b"GNU.sparse.numblocks")
                     if nb is not None and _pax_int(nb, "GNU.sparse.numblocks", poff) != len(
-                            sparse_pax):
+                        sparse_pax
+                    ):
                         raise TarHeaderError(f"bad sparse map in tar header at offset {poff}")
                     sparse = sparse_pax
                 etype = "file"
@@ -522,11 +581,19 @@ class TarParser:
                 name = stripped
         data = 0 if tf in _HEADER_ONLY else size
         ent = {
-            "name": name, "type": etype, "mode": mode, "uid": uid, "gid": gid,
+            "name": name,
+            "type": etype,
+            "mode": mode,
+            "uid": uid,
+            "gid": gid,
             "uname": uname.decode("utf-8", "surrogateescape"),
             "gname": gname.decode("utf-8", "surrogateescape"),
-            "size": realsize if etype == "file" else 0, "mtime": mtime, "linkname": linkname,
-            "devmajor": devmajor, "devminor": devminor, "xattrs": xattrs,
+            "size": realsize if etype == "file" else 0,
+            "mtime": mtime,
+            "linkname": linkname,
+            "devmajor": devmajor,
+            "devminor": devminor,
+            "xattrs": xattrs,
             "header_offset": self._hdr_off,
         }
         self._hdr_off = -1
@@ -558,15 +625,21 @@ class TarParser:
             p = at + 24 * i
             if blk[p] == 0:
                 break
-            runs.append((_number(blk[p:p + 12], "sparse offset", off),
-                         _number(blk[p + 12:p + 24], "sparse numbytes", off)))
+            runs.append(
+                (
+                    _number(blk[p : p + 12], "sparse offset", off),
+                    _number(blk[p + 12 : p + 24], "sparse numbytes", off),
+                )
+            )
         return runs
 
     def _more_blocks(self, off: int) -> None:
         self._sparse_blocks += 1
         if self._sparse_blocks * BLOCK > self.max_header:
-            raise TarLimitError(f"tar extended header of {self._sparse_blocks * BLOCK} bytes at "
-                                f"offset {off} exceeds the limit of {self.max_header} bytes")
+            raise TarLimitError(
+                f"tar extended header of {self._sparse_blocks * BLOCK} bytes at "
+                f"offset {off} exceeds the limit of {self.max_header} bytes"
+            )
 
     def _sparse_gnu_block(self, blk: bytes, off: int) -> TarEntry | None:
         self._more_blocks(off)
@@ -607,8 +680,7 @@ class TarParser:
         if is_sparse:
             runs = self._runs
             if not _sparse_map_ok(runs, f["size"], stored):
-                raise TarHeaderError(
-                    f"bad sparse map in tar header at offset {f['header_offset']}")
+                raise TarHeaderError(f"bad sparse map in tar header at offset {f['header_offset']}")
             f["sparse"] = tuple(runs)
         else:
             f["sparse"] = None

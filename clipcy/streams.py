@@ -53,7 +53,7 @@ class PlainStream:
     def feed(self, data: bytes) -> Iterator[bytes]:
         mv = memoryview(data)
         for i in range(0, len(mv), self.max_piece):
-            yield mv[i:i + self.max_piece]  # type: ignore[misc]
+            yield mv[i : i + self.max_piece]  # type: ignore[misc]
 
     def finish(self) -> None:
         return None
@@ -72,7 +72,7 @@ class GzipStream:
     def feed(self, data: bytes) -> Iterator[bytes]:
         mv = memoryview(data)
         for i in range(0, len(mv), GZIP_SLICE):
-            yield from self._feed(mv[i:i + GZIP_SLICE])
+            yield from self._feed(mv[i : i + GZIP_SLICE])
 
     def _feed(self, buf: memoryview | bytes) -> Iterator[bytes]:
         while buf:
@@ -82,8 +82,8 @@ class GzipStream:
                 out = d.decompress(buf, self.max_piece)
             except zlib.error as e:
                 raise CompressionError(
-                    f"corrupt gzip data in the member at compressed offset {self._member} "
-                    f"({e})") from None
+                    f"corrupt gzip data in the member at compressed offset {self._member} ({e})"
+                ) from None
             if out:
                 yield out
             if d.eof:
@@ -105,7 +105,8 @@ class GzipStream:
                     except zlib.error as e:
                         raise CompressionError(
                             f"corrupt gzip data in the member at compressed offset "
-                            f"{self._member} ({e})") from None
+                            f"{self._member} ({e})"
+                        ) from None
                     if out:
                         yield out
                     if d.eof:
@@ -119,7 +120,8 @@ class GzipStream:
         if self._started and not self._d.eof:
             raise CompressionError(
                 f"truncated gzip stream: the member at compressed offset {self._member} "
-                f"ends at offset {self._in} before its end")
+                f"ends at offset {self._in} before its end"
+            )
 
 
 class ZstdStream:
@@ -139,7 +141,7 @@ class ZstdStream:
         pending: list[bytes] = []  # small outputs joined into pieces of ~max_piece
         size = 0
         while pos < end:
-            step = bytes(mv[pos:pos + ZSTD_STEP])
+            step = bytes(mv[pos : pos + ZSTD_STEP])
             pos += len(step)
             while step:
                 self._started = True
@@ -147,8 +149,8 @@ class ZstdStream:
                     out = self._d.decompress(step)
                 except zstandard.ZstdError as e:
                     raise CompressionError(
-                        f"corrupt zstd data in the frame at compressed offset {self._frame} "
-                        f"({e})") from None
+                        f"corrupt zstd data in the frame at compressed offset {self._frame} ({e})"
+                    ) from None
                 if self._d.eof:
                     rest = self._d.unused_data
                     self._in += len(step) - len(rest)
@@ -171,13 +173,14 @@ class ZstdStream:
     def _pieces(self, outs: list[bytes]) -> Iterator[bytes]:
         om = memoryview(outs[0] if len(outs) == 1 else b"".join(outs))
         for i in range(0, len(om), self.max_piece):
-            yield om[i:i + self.max_piece]  # type: ignore[misc]
+            yield om[i : i + self.max_piece]  # type: ignore[misc]
 
     def finish(self) -> None:
         if self._started:
             raise CompressionError(
                 f"truncated zstd stream: the frame at compressed offset {self._frame} "
-                f"ends at offset {self._in} before its end")
+                f"ends at offset {self._in} before its end"
+            )
 
 
 def open_stream(kind: str, max_piece: int = MAX_PIECE) -> PlainStream | GzipStream | ZstdStream:

@@ -43,8 +43,9 @@ BATCH = 4  # pieces per batch
 _DONE = object()
 
 
-def walk_tar(source: str | os.PathLike[str] | IO[bytes], *,
-             max_header: int = 1 << 20) -> Iterator[TarEntry]:
+def walk_tar(
+    source: str | os.PathLike[str] | IO[bytes], *, max_header: int = 1 << 20
+) -> Iterator[TarEntry]:
     """Yield the entries of a plain, gzip or zstd tar stream (a path or a binary file).
 
     Raises TarError subclasses for a malformed tar stream and CompressionError for corrupt or
@@ -74,8 +75,9 @@ def walk_tar(source: str | os.PathLike[str] | IO[bytes], *,
             return
         q: queue.Queue[object] = queue.Queue(maxsize=QUEUE_PIECES)
         stop = threading.Event()
-        t = threading.Thread(target=_produce, args=(f, head, stream, q, stop),
-                             name="clipcy-walk-tar", daemon=True)
+        t = threading.Thread(
+            target=_produce, args=(f, head, stream, q, stop), name="clipcy-walk-tar", daemon=True
+        )
         t.start()
         try:
             while True:
@@ -103,8 +105,13 @@ def walk_tar(source: str | os.PathLike[str] | IO[bytes], *,
             f.close()
 
 
-def _produce(f: IO[bytes], head: bytes, stream: GzipStream | ZstdStream | PlainStream,
-             q: queue.Queue[object], stop: threading.Event) -> None:
+def _produce(
+    f: IO[bytes],
+    head: bytes,
+    stream: GzipStream | ZstdStream | PlainStream,
+    q: queue.Queue[object],
+    stop: threading.Event,
+) -> None:
     """Helper thread: read and decompress, hand over batches of pieces (then _DONE or the
     error). Batches of BATCH pieces keep the thread hand-overs few."""
     try:

@@ -37,8 +37,19 @@ def _content(rnd: random.Random, size: int) -> bytes:
     """Half random bytes, half text-like (compressible) data."""
     if rnd.random() < 0.5:
         return rnd.randbytes(size)
-    words = [b"layer", b"tar", b"index", b"clip", b"python", b"cython", b"gzip", b"zstd",
-             b"offset", b"header", b"\n"]
+    words = [
+        b"layer",
+        b"tar",
+        b"index",
+        b"clip",
+        b"python",
+        b"cython",
+        b"gzip",
+        b"zstd",
+        b"offset",
+        b"header",
+        b"\n",
+    ]
     out = bytearray()
     while len(out) < size:
         out += b" ".join(rnd.choices(words, k=64))
@@ -74,8 +85,10 @@ def datasets() -> list[Path]:
     for seed, (name, sizes) in enumerate(specs.items()):
         tar = DATA / f"{name}.tar"
         if not tar.exists():
-            print(f"generating {tar} ({len(sizes)} files, {sum(sizes) / 1e6:.0f} MB of data)",
-                  file=sys.stderr)
+            print(
+                f"generating {tar} ({len(sizes)} files, {sum(sizes) / 1e6:.0f} MB of data)",
+                file=sys.stderr,
+            )
             make_tar(tar, sizes, seed)
         out.append(tar)
     return out
@@ -113,13 +126,19 @@ def machine() -> str:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{date}, commit {commit}, nproc {os.cpu_count()}, {cpu}, "
-            f"Python {platform.python_version()}, zlib {zlib.ZLIB_RUNTIME_VERSION}")
+    return (
+        f"{date}, commit {commit}, nproc {os.cpu_count()}, {cpu}, "
+        f"Python {platform.python_version()}, zlib {zlib.ZLIB_RUNTIME_VERSION}"
+    )
 
 
 def run(tar: Path, repeat: int) -> list[str]:
@@ -140,9 +159,10 @@ def run(tar: Path, repeat: int) -> list[str]:
             mv = memoryview(raw)
             n = 0
             for i in range(0, size, READ):  # the pieces walk_tar would feed
-                n += len(p.feed(mv[i:i + READ]))
+                n += len(p.feed(mv[i : i + READ]))
             p.close()
             return n
+
         return go
 
     def tarfile_stream() -> int:
@@ -177,6 +197,7 @@ def run(tar: Path, repeat: int) -> list[str]:
                         n += len(d.decompress(chunk, bound))
                         chunk = d.unconsumed_tail
             return n
+
         return go
 
     def bare_zlib_sliced() -> int:  # 64 KiB input slices, 256 KiB output bound
@@ -186,7 +207,7 @@ def run(tar: Path, repeat: int) -> list[str]:
             while chunk := f.read(READ):
                 mv = memoryview(chunk)
                 for i in range(0, len(mv), 1 << 16):
-                    buf: bytes | memoryview = mv[i:i + (1 << 16)]
+                    buf: bytes | memoryview = mv[i : i + (1 << 16)]
                     while buf:
                         n += len(d.decompress(buf, 1 << 18))
                         buf = d.unconsumed_tail
@@ -205,8 +226,7 @@ def run(tar: Path, repeat: int) -> list[str]:
         ("bare zlib.decompressobj loop on .tar.gz", bare_zlib, repeat),
         ("bare zlib loop, max_length 1 MiB, on .tar.gz", bare_zlib_bounded(1 << 20), repeat),
         ("bare zlib loop, max_length 256 KiB, on .tar.gz", bare_zlib_bounded(1 << 18), repeat),
-        ("bare zlib loop, 64 KiB slices, max_length 256 KiB, on .tar.gz", bare_zlib_sliced,
-         repeat),
+        ("bare zlib loop, 64 KiB slices, max_length 256 KiB, on .tar.gz", bare_zlib_sliced, repeat),
     ]
     for label, fn, rep in cases:
         results[label] = best(fn, rep)
@@ -216,24 +236,33 @@ def run(tar: Path, repeat: int) -> list[str]:
     name = f"{tar.name} ({size / 1e6:.0f} MB, {entries} entries, .gz {gzmb:.0f} MB)"
     for label, (t, _n) in results.items():
         ratio = f"{t / bare:.2f}x" if "on .tar.gz" in label else ""
-        rows.append(f"| {name} | {label} | {size / t / 1e6:,.0f} | {t / entries * 1e6:.3f} | "
-                    f"{t:.3f} | {ratio} |")
+        rows.append(
+            f"| {name} | {label} | {size / t / 1e6:,.0f} | {t / entries * 1e6:.3f} | "
+            f"{t:.3f} | {ratio} |"
+        )
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tar", type=Path, action="append", help="a tar to measure (repeatable); "
-                    "default: generate perf/data/{large,mixed,small}.tar")
+    ap.add_argument(
+        "--tar",
+        type=Path,
+        action="append",
+        help="a tar to measure (repeatable); default: generate perf/data/{large,mixed,small}.tar",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per case (best is kept)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     tars = args.tar or datasets()
-    head = [f"### walk.py: {machine()}", "",
-            "MB/s are uncompressed tar bytes per second; ratio = time / the faster bare zlib loop.",
-            "",
-            "| data | case | MB/s | µs/entry | seconds | ratio to bare zlib |",
-            "| --- | --- | ---: | ---: | ---: | ---: |"]
+    head = [
+        f"### walk.py: {machine()}",
+        "",
+        "MB/s are uncompressed tar bytes per second; ratio = time / the faster bare zlib loop.",
+        "",
+        "| data | case | MB/s | µs/entry | seconds | ratio to bare zlib |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     rows = []
     for tar in tars:
         rows += run(tar, args.repeat)

@@ -60,10 +60,19 @@ def _records(data: bytes, entries: list[Any], hashes: bool) -> dict[str, dict[st
             group[path] = group.get(target, target)
         else:
             group[path] = path
-            rec = {"type": e.type, "mode": e.mode, "uid": e.uid, "gid": e.gid,
-                   "size": e.size if e.type == "file" else 0, "mtime": int(e.mtime // 1),
-                   "xattrs": {k: base64.b64encode(v).decode() for k, v in e.xattrs.items()
-                              if k != "security.selinux"}}
+            rec = {
+                "type": e.type,
+                "mode": e.mode,
+                "uid": e.uid,
+                "gid": e.gid,
+                "size": e.size if e.type == "file" else 0,
+                "mtime": int(e.mtime // 1),
+                "xattrs": {
+                    k: base64.b64encode(v).decode()
+                    for k, v in e.xattrs.items()
+                    if k != "security.selinux"
+                },
+            }
             if e.type == "symlink":
                 rec["linkname"] = e.linkname.decode("utf-8", "surrogateescape")
             if e.type in ("char", "block"):
@@ -71,12 +80,12 @@ def _records(data: bytes, entries: list[Any], hashes: bool) -> dict[str, dict[st
             if e.type == "file" and hashes:
                 h = hashlib.sha256()
                 if e.sparse is None:
-                    h.update(data[e.offset:e.offset + e.size])
+                    h.update(data[e.offset : e.offset + e.size])
                 else:  # rebuild the file from its map: holes are zeros
                     pos, at = e.offset, 0
                     for off, n in e.sparse:
                         h.update(bytes(off - at))
-                        h.update(data[pos:pos + n])
+                        h.update(data[pos : pos + n])
                         pos += n
                         at = off + n
                     h.update(bytes(e.size - at))
@@ -89,8 +98,10 @@ def _records(data: bytes, entries: list[Any], hashes: bool) -> dict[str, dict[st
 @pytest.mark.parametrize("name", TARS)
 def test_corpus_tar(impl: ModuleType, corpus: Path, corpus_dir: Path, name: str) -> None:
     data = (corpus / "tars" / f"{name}.tar").read_bytes()
-    expected = [json.loads(line) for line in
-                (corpus_dir / "expected" / "tars" / f"{name}.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(line)
+        for line in (corpus_dir / "expected" / "tars" / f"{name}.jsonl").read_text().splitlines()
+    ]
     hashes = any("sha256" in r for r in expected)  # huge-sparse-*: size and map only
     got = _records(data, _parse(impl, data), hashes)
     assert sorted(got) == sorted(r["path"] for r in expected)
@@ -158,7 +169,8 @@ def test_peer(impl: ModuleType, corpus_dir: Path, peer: tuple[str, str, str]) ->
         assert len(entries) == COUNT_EXCEPTIONS.get(name, _count(verdicts))
         # walk_tar (plain stream, through the selector) agrees
         assert [e.as_tuple() for e in tarparse.walk_tar(io.BytesIO(raw))] == [
-            e.as_tuple() for e in entries]
+            e.as_tuple() for e in entries
+        ]
     else:
         with pytest.raises(TarError):
             _parse(impl, raw)
@@ -170,8 +182,11 @@ def test_peer_details(impl: ModuleType, corpus_dir: Path) -> None:
     # them (POSIX), so file3 keeps its own name where CPython lists ""
     ents = _parse(impl, (go / "pax-global-records.tar").read_bytes())
     assert [(e.name, e.mtime) for e in ents] == [
-        (b"global1", 1500000000.0), (b"file2", 1500000000.0), (b"file3", 1500000000.0),
-        (b"file4", 1400000000.0)]
+        (b"global1", 1500000000.0),
+        (b"file2", 1500000000.0),
+        (b"file3", 1500000000.0),
+        (b"file4", 1400000000.0),
+    ]
     # non-regular types ignore their size field: no data follows
     ents = _parse(impl, (go / "hdr-only.tar").read_bytes())
     assert [e.type for e in ents[8:]] == [e.type for e in ents[:8]]
@@ -219,8 +234,10 @@ def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algo / hexd
 
 
-@pytest.mark.parametrize("group", [("basic", "zstd", "plain", "docker"),
-                                   ("multimember", "zstd-multiframe", "zstd-skippable")])
+@pytest.mark.parametrize(
+    "group",
+    [("basic", "zstd", "plain", "docker"), ("multimember", "zstd-multiframe", "zstd-skippable")],
+)
 def test_corpus_layers_same_entries(corpus: Path, group: tuple[str, ...]) -> None:
     """The same tar behind gzip members, zstd frames (skippable first) and no compression."""
     listings = []
@@ -240,10 +257,15 @@ def test_cpython_testtar_matches_tarfile(impl: ModuleType, corpus_dir: Path) -> 
 
     data = (corpus_dir / "peers" / "cpython" / "testtar.tar").read_bytes()
     entries = _parse(impl, data)
-    types = {tarfile.LNKTYPE: "hardlink", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char",
-             tarfile.BLKTYPE: "block", tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo"}
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8",
-                      errors="surrogateescape") as tf:
+    types = {
+        tarfile.LNKTYPE: "hardlink",
+        tarfile.SYMTYPE: "symlink",
+        tarfile.CHRTYPE: "char",
+        tarfile.BLKTYPE: "block",
+        tarfile.DIRTYPE: "dir",
+        tarfile.FIFOTYPE: "fifo",
+    }
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tf:
         members = tf.getmembers()
         assert len(members) == len(entries) == 39
         for m, e in zip(members, entries, strict=True):
@@ -253,16 +275,32 @@ def test_cpython_testtar_matches_tarfile(impl: ModuleType, corpus_dir: Path) -> 
                 # header's own name stays; CPython stores "" as the value
                 assert (m.uname, e.uname) == ("", "tarfile")
                 m.uname = e.uname
-            assert (e.name, e.type, e.mode, e.uid, e.gid, e.uname, e.gname, e.mtime,
-                    e.linkname) == (m.name.encode("utf-8", "surrogateescape"), t,
-                                    m.mode & 0o7777, m.uid, m.gid, m.uname, m.gname,
-                                    float(m.mtime),
-                                    m.linkname.encode("utf-8", "surrogateescape"))
+            assert (
+                e.name,
+                e.type,
+                e.mode,
+                e.uid,
+                e.gid,
+                e.uname,
+                e.gname,
+                e.mtime,
+                e.linkname,
+            ) == (
+                m.name.encode("utf-8", "surrogateescape"),
+                t,
+                m.mode & 0o7777,
+                m.uid,
+                m.gid,
+                m.uname,
+                m.gname,
+                float(m.mtime),
+                m.linkname.encode("utf-8", "surrogateescape"),
+            )
             if t == "file":
                 want = tf.extractfile(m).read()  # type: ignore[union-attr]
                 got = bytearray(e.size)
                 pos = e.offset
                 for off, n in e.sparse or ((0, e.size),):
-                    got[off:off + n] = data[pos:pos + n]
+                    got[off : off + n] = data[pos : pos + n]
                     pos += n
                 assert bytes(got) == want, m.name

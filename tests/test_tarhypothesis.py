@@ -22,11 +22,20 @@ if not PUREPYTHON:
 
     IMPLS.insert(0, _tarparse)
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
-_TYPES = {tarfile.LNKTYPE: "hardlink", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char",
-          tarfile.BLKTYPE: "block", tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo"}
+_TYPES = {
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
 
 # name components: ASCII, accents, CJK, and lone surrogates (= non-UTF-8 bytes)
 _chars = st.sampled_from("abcxyz019._-~ é日🙂") | st.sampled_from(["\udce9", "\udcff", "\udc80"])
@@ -46,12 +55,14 @@ def archives(draw: st.DrawFn) -> bytes:
     fmt = draw(st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]))
     buf = io.BytesIO()
     names: list[str] = []
-    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8",
-                      errors="surrogateescape") as tf:
+    with tarfile.open(
+        fileobj=buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape"
+    ) as tf:
         for _ in range(draw(st.integers(1, 5))):
             ti = tarfile.TarInfo(draw(_names))
-            kind = draw(st.sampled_from(["file", "file", "dir", "symlink", "hardlink", "fifo",
-                                         "char"]))
+            kind = draw(
+                st.sampled_from(["file", "file", "dir", "symlink", "hardlink", "fifo", "char"])
+            )
             body = b""
             if kind == "file":
                 body = draw(st.binary(max_size=1500))
@@ -75,11 +86,19 @@ def archives(draw: st.DrawFn) -> bytes:
             ti.gid = draw(st.integers(0, 0o7777777))
             ti.uname = draw(st.text("abcdefgh_é", max_size=12))
             if fmt == tarfile.PAX_FORMAT:
-                ti.mtime = draw(st.integers(-(1 << 34), 1 << 34) |
-                                st.floats(0, 4e9).map(lambda f: round(f, 3)))
-                ti.pax_headers = {f"SCHILY.xattr.user.{k}": v for k, v in draw(
-                    st.dictionaries(st.text("abc", min_size=1, max_size=5),
-                                    st.text("xyz\x00é", max_size=10), max_size=3)).items()}
+                ti.mtime = draw(
+                    st.integers(-(1 << 34), 1 << 34) | st.floats(0, 4e9).map(lambda f: round(f, 3))
+                )
+                ti.pax_headers = {
+                    f"SCHILY.xattr.user.{k}": v
+                    for k, v in draw(
+                        st.dictionaries(
+                            st.text("abc", min_size=1, max_size=5),
+                            st.text("xyz\x00é", max_size=10),
+                            max_size=3,
+                        )
+                    ).items()
+                }
             elif fmt == tarfile.GNU_FORMAT:
                 ti.mtime = draw(st.integers(-(1 << 40), 1 << 40))
             else:
@@ -97,7 +116,7 @@ def _parse(impl: ModuleType, data: bytes, step: int = 0) -> list[Any]:
     out: list[Any] = []
     if step:
         for i in range(0, len(data), step):
-            out += p.feed(data[i:i + step])
+            out += p.feed(data[i : i + step])
     else:
         out += p.feed(data)
     p.close()
@@ -113,24 +132,51 @@ def _outcome(impl: ModuleType, data: bytes, step: int = 0) -> tuple[Any, ...]:
 
 def _tarfile_view(data: bytes) -> list[tuple[Any, ...]]:
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8",
-                      errors="surrogateescape") as tf:
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tf:
         for m in tf:
             t = _TYPES.get(m.type, "file")
-            xattrs = {k[13:]: v.encode("utf-8", "surrogateescape")
-                      for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+            xattrs = {
+                k[13:]: v.encode("utf-8", "surrogateescape")
+                for k, v in m.pax_headers.items()
+                if k.startswith("SCHILY.xattr.")
+            }
             body = tf.extractfile(m).read() if t == "file" else b""  # type: ignore[union-attr]
             dev = (m.devmajor, m.devminor) if t in ("char", "block") else (0, 0)
-            out.append((m.name.encode("utf-8", "surrogateescape"), t, m.mode, m.uid, m.gid,
-                        m.uname, float(m.mtime), m.linkname.encode("utf-8", "surrogateescape"),
-                        dev, xattrs, body))
+            out.append(
+                (
+                    m.name.encode("utf-8", "surrogateescape"),
+                    t,
+                    m.mode,
+                    m.uid,
+                    m.gid,
+                    m.uname,
+                    float(m.mtime),
+                    m.linkname.encode("utf-8", "surrogateescape"),
+                    dev,
+                    xattrs,
+                    body,
+                )
+            )
     return out
 
 
 def _our_view(data: bytes, entries: list[Any]) -> list[tuple[Any, ...]]:
-    return [(e.name, e.type, e.mode, e.uid, e.gid, e.uname, e.mtime, e.linkname,
-             (e.devmajor, e.devminor) if e.type in ("char", "block") else (0, 0), e.xattrs,
-             data[e.offset:e.offset + e.size] if e.type == "file" else b"") for e in entries]
+    return [
+        (
+            e.name,
+            e.type,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.uname,
+            e.mtime,
+            e.linkname,
+            (e.devmajor, e.devminor) if e.type in ("char", "block") else (0, 0),
+            e.xattrs,
+            data[e.offset : e.offset + e.size] if e.type == "file" else b"",
+        )
+        for e in entries
+    ]
 
 
 @SETTINGS
@@ -169,8 +215,12 @@ SAMPLE_END = len(SAMPLE.rstrip(b"\x00"))
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.integers(0, SAMPLE_END + 600), st.integers(0, 255)), min_size=1,
-                max_size=4), st.integers(0, 600))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, SAMPLE_END + 600), st.integers(0, 255)), min_size=1, max_size=4
+    ),
+    st.integers(0, 600),
+)
 def test_corruption_twins_agree(edits: list[tuple[int, int]], step: int) -> None:
     data = bytearray(SAMPLE)
     for pos, val in edits:
@@ -194,8 +244,13 @@ def _raw_pax(records: bytes) -> bytes:
     x.type, x.size = tarfile.XHDTYPE, len(records)
     pad = b"\x00" * (-len(records) % 512)
     f = tarfile.TarInfo("f")
-    return (x.tobuf(tarfile.USTAR_FORMAT) + records + pad + f.tobuf(tarfile.USTAR_FORMAT)
-            + b"\x00" * 1024)
+    return (
+        x.tobuf(tarfile.USTAR_FORMAT)
+        + records
+        + pad
+        + f.tobuf(tarfile.USTAR_FORMAT)
+        + b"\x00" * 1024
+    )
 
 
 @pytest.mark.parametrize("value", ["9" * 19, "9" * 25, "1" + "0" * 400, "-1", "1e3", " 1", ""])
@@ -224,5 +279,6 @@ def test_pax_edge_records() -> None:
         assert e.uname == ""
     for recs in (b"0 uid=1\n", b"5 uid=1\n", b"999 uid=1\n", b"8 uid=1\n\x00x", b"8 =uid1\n"):
         results = {repr(_outcome(impl, _raw_pax(recs))) for impl in IMPLS}
-        assert results == {repr(("TarHeaderError",
-                                 "malformed pax record in tar header at offset 0"))}, recs
+        assert results == {
+            repr(("TarHeaderError", "malformed pax record in tar header at offset 0"))
+        }, recs

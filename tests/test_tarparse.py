@@ -44,8 +44,9 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     return _tarparse_py
 
 
-def parse(impl: ModuleType, data: bytes, pieces: list[int] | None = None,
-          max_header: int = 1 << 20) -> list[Any]:
+def parse(
+    impl: ModuleType, data: bytes, pieces: list[int] | None = None, max_header: int = 1 << 20
+) -> list[Any]:
     p = impl.TarParser(max_header)
     out: list[Any] = []
     if pieces is None:
@@ -53,7 +54,7 @@ def parse(impl: ModuleType, data: bytes, pieces: list[int] | None = None,
     else:
         pos = 0
         for n in pieces:
-            out += p.feed(data[pos:pos + n])
+            out += p.feed(data[pos : pos + n])
             pos += n
         out += p.feed(data[pos:])
     p.close()
@@ -72,43 +73,78 @@ def outcome(impl: ModuleType, data: bytes, **kw: Any) -> tuple[Any, ...]:
 def content(data: bytes, e: Any) -> bytes:
     """A file's bytes, from the uncompressed stream (sparse: rebuilt from the map)."""
     if e.sparse is None:
-        return data[e.offset:e.offset + e.size]
+        return data[e.offset : e.offset + e.size]
     out = bytearray(e.size)
     pos = e.offset
     for off, n in e.sparse:
-        out[off:off + n] = data[pos:pos + n]
+        out[off : off + n] = data[pos : pos + n]
         pos += n
     return bytes(out)
 
 
-_TF_TYPES = {tarfile.LNKTYPE: "hardlink", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char",
-             tarfile.BLKTYPE: "block", tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo"}
+_TF_TYPES = {
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
 
 
 def tarfile_view(data: bytes) -> list[tuple[Any, ...]]:
     """What CPython's tarfile sees, in our terms (file content instead of offsets)."""
     out = []
-    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8",
-                      errors="surrogateescape") as tf:
+    with tarfile.open(fileobj=io.BytesIO(data), encoding="utf-8", errors="surrogateescape") as tf:
         for m in tf:
             t = _TF_TYPES.get(m.type, "file")
-            xattrs = {k[13:]: v.encode("utf-8", "surrogateescape")
-                      for k, v in m.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+            xattrs = {
+                k[13:]: v.encode("utf-8", "surrogateescape")
+                for k, v in m.pax_headers.items()
+                if k.startswith("SCHILY.xattr.")
+            }
             body = tf.extractfile(m).read() if t == "file" else b""  # type: ignore[union-attr]
-            out.append((m.name.encode("utf-8", "surrogateescape"), t, m.mode, m.uid, m.gid,
-                        m.uname, m.gname, m.size if t == "file" else 0, float(m.mtime),
-                        m.linkname.encode("utf-8", "surrogateescape"),
-                        m.devmajor if t in ("char", "block") else 0,
-                        m.devminor if t in ("char", "block") else 0, xattrs, body))
+            out.append(
+                (
+                    m.name.encode("utf-8", "surrogateescape"),
+                    t,
+                    m.mode,
+                    m.uid,
+                    m.gid,
+                    m.uname,
+                    m.gname,
+                    m.size if t == "file" else 0,
+                    float(m.mtime),
+                    m.linkname.encode("utf-8", "surrogateescape"),
+                    m.devmajor if t in ("char", "block") else 0,
+                    m.devminor if t in ("char", "block") else 0,
+                    xattrs,
+                    body,
+                )
+            )
     return out
 
 
 def our_view(data: bytes, entries: list[Any]) -> list[tuple[Any, ...]]:
-    return [(e.name, e.type, e.mode, e.uid, e.gid, e.uname, e.gname, e.size, e.mtime,
-             e.linkname, e.devmajor if e.type in ("char", "block") else 0,
-             e.devminor if e.type in ("char", "block") else 0,
-             {k: v for k, v in e.xattrs.items()}, content(data, e) if e.type == "file" else b"")
-            for e in entries]
+    return [
+        (
+            e.name,
+            e.type,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.uname,
+            e.gname,
+            e.size,
+            e.mtime,
+            e.linkname,
+            e.devmajor if e.type in ("char", "block") else 0,
+            e.devminor if e.type in ("char", "block") else 0,
+            {k: v for k, v in e.xattrs.items()},
+            content(data, e) if e.type == "file" else b"",
+        )
+        for e in entries
+    ]
 
 
 # -- fixtures made by GNU tar / bsdtar ---------------------------------------------------
@@ -140,16 +176,23 @@ def test_fixture_details(impl: ModuleType) -> None:
     fmts = {}
     for fmt in ("gnu", "oldgnu", "posix"):
         data = (DATA / f"fmt-{fmt}.tar").read_bytes()
-        fmts[fmt] = [(e.name, e.type, e.mode, e.uid, e.size, e.mtime, e.linkname)
-                     for e in parse(impl, data)]
+        fmts[fmt] = [
+            (e.name, e.type, e.mode, e.uid, e.size, e.mtime, e.linkname) for e in parse(impl, data)
+        ]
     assert fmts["gnu"] == fmts["oldgnu"] == fmts["posix"]
     byname = {e[0]: e for e in fmts["gnu"]}
     assert byname[b"tree/empty.txt"][5] == -86400.0  # base-256 negative mtime (gnu)
     assert byname[b"tree/empty-dir"][1:3] == ("dir", 0o2750)  # trailing slash stripped
     hello = byname[b"tree/hello.txt"]  # --sort=name stores tree/hard first
     assert hello[1] == "hardlink" and hello[4] == 0 and hello[6] == b"tree/hard"
-    assert byname[b"tree/sub/link"][1:] == ("symlink", 0o777, 1000, 0, 1700000000.0,
-                                            b"../hello.txt")
+    assert byname[b"tree/sub/link"][1:] == (
+        "symlink",
+        0o777,
+        1000,
+        0,
+        1700000000.0,
+        b"../hello.txt",
+    )
     assert byname[b"tree/fifo"][1] == "fifo"
     v7 = parse(impl, (DATA / "fmt-v7.tar").read_bytes())
     assert {e.uname for e in v7} == {""}  # v7 has no owner names
@@ -157,14 +200,19 @@ def test_fixture_details(impl: ModuleType) -> None:
     assert [e.uid for e in big] == [3000000]
     pax = parse(impl, (DATA / "biguid-posix.tar").read_bytes())  # pax uid record
     assert [(e.name, e.uid, e.size, e.header_offset) for e in pax] == [
-        (b"tree/hello.txt", 3000000, 6, 0)]
+        (b"tree/hello.txt", 3000000, 6, 0)
+    ]
     assert pax[0].offset == 1536 and big[0].offset == 512
 
 
 def test_sparse_fixtures_agree(impl: ModuleType) -> None:
     want = None
-    for name in ("sparse-gnu.tar", "sparse-pax-0.0.tar", "sparse-pax-0.1.tar",
-                 "sparse-pax-1.0.tar"):
+    for name in (
+        "sparse-gnu.tar",
+        "sparse-pax-0.0.tar",
+        "sparse-pax-0.1.tar",
+        "sparse-pax-1.0.tar",
+    ):
         data = (DATA / name).read_bytes()
         (e,) = [e for e in parse(impl, data) if e.type == "file"]
         assert e.name == b"tree/holes.img" and e.size == 1 << 20
@@ -189,8 +237,13 @@ def test_libarchive_xattrs(impl: ModuleType) -> None:
     assert e.xattrs == {"user.a b=": b"\x00\x01\x02"}
 
 
-def _pax_archive(pax: dict[str, str], name: str = "f", size: int = 3,
-                 fmt: int = tarfile.PAX_FORMAT, gpax: dict[str, str] | None = None) -> bytes:
+def _pax_archive(
+    pax: dict[str, str],
+    name: str = "f",
+    size: int = 3,
+    fmt: int = tarfile.PAX_FORMAT,
+    gpax: dict[str, str] | None = None,
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=gpax) as tf:
         ti = tarfile.TarInfo(name)
@@ -202,8 +255,16 @@ def _pax_archive(pax: dict[str, str], name: str = "f", size: int = 3,
 
 
 def test_pax_records(impl: ModuleType) -> None:
-    data = _pax_archive({"mtime": "1700000000.75", "uid": "0000042", "path": "a/long/" + "p" * 300,
-                         "uname": "üser", "SCHILY.xattr.user.k": "v\x00w", "comment": "ignored"})
+    data = _pax_archive(
+        {
+            "mtime": "1700000000.75",
+            "uid": "0000042",
+            "path": "a/long/" + "p" * 300,
+            "uname": "üser",
+            "SCHILY.xattr.user.k": "v\x00w",
+            "comment": "ignored",
+        }
+    )
     (e,) = parse(impl, data)
     assert e.mtime == 1700000000.75 and e.uid == 42 and e.uname == "üser"
     assert e.name == b"a/long/" + b"p" * 300 and e.xattrs == {"user.k": b"v\x00w"}
@@ -222,7 +283,7 @@ def test_end_of_archive(impl: ModuleType) -> None:
     # trailing garbage after the end marker is ignored, as is a missing marker
     assert parse(impl, data + b"garbage") == [e]
     assert parse(impl, data[:end]) == [e]
-    assert parse(impl, data[:end + 512]) == [e]  # one zero block then EOF
+    assert parse(impl, data[: end + 512]) == [e]  # one zero block then EOF
     assert parse(impl, b"") == []
 
 
@@ -232,15 +293,16 @@ def test_errors(impl: ModuleType) -> None:
     bad[10] ^= 1
     with pytest.raises(TarChecksumError, match=r"^bad tar header checksum at offset 0$"):
         parse(impl, bytes(bad))
-    with pytest.raises(TarTruncatedError,
-                       match=r"^truncated tar header at offset 0: 100 of 512 bytes$"):
+    with pytest.raises(
+        TarTruncatedError, match=r"^truncated tar header at offset 0: 100 of 512 bytes$"
+    ):
         parse(impl, bytes(data[:100]))
-    with pytest.raises(TarTruncatedError,
-                       match=r"^truncated tar data at offset 514: 510 bytes missing$"):
+    with pytest.raises(
+        TarTruncatedError, match=r"^truncated tar data at offset 514: 510 bytes missing$"
+    ):
         parse(impl, bytes(data[:514]))
     # a non-octal size, and a negative base-256 size (checksum fixed up each time)
-    for field, msg in ((b"12x45670000\x00", "bad size field"),
-                       (b"\xff" * 12, "negative size")):
+    for field, msg in ((b"12x45670000\x00", "bad size field"), (b"\xff" * 12, "negative size")):
         bad = bytearray(data)
         bad[124:136] = field
         _fix_checksum(bad, 0)
@@ -255,8 +317,8 @@ def test_errors(impl: ModuleType) -> None:
 
 
 def _fix_checksum(b: bytearray, at: int) -> None:
-    b[at + 148:at + 156] = b" " * 8
-    b[at + 148:at + 156] = b"%06o\x00 " % sum(b[at:at + 512])
+    b[at + 148 : at + 156] = b" " * 8
+    b[at + 148 : at + 156] = b"%06o\x00 " % sum(b[at : at + 512])
 
 
 def test_pax_errors(impl: ModuleType) -> None:
@@ -273,12 +335,15 @@ def test_pax_errors(impl: ModuleType) -> None:
     ):
         bad = bytearray(good)
         at = bad.index(b"15 comment=abc\n")
-        bad[at:at + 15] = rec
+        bad[at : at + 15] = rec
         with pytest.raises(exc, match=f"^{msg} in tar header at offset 0$"):
             parse(impl, bytes(bad))
     big = _pax_archive({"comment": "c" * 5000})
-    with pytest.raises(TarLimitError, match=r"^tar extended header of 5\d\d\d bytes at offset 0 "
-                                            r"exceeds the limit of 4096 bytes$"):
+    with pytest.raises(
+        TarLimitError,
+        match=r"^tar extended header of 5\d\d\d bytes at offset 0 "
+        r"exceeds the limit of 4096 bytes$",
+    ):
         parse(impl, big, max_header=4096)
     long = _pax_archive({}, name="n" * 5000, fmt=tarfile.GNU_FORMAT)
     with pytest.raises(TarLimitError):
@@ -295,14 +360,21 @@ def _ext_block(kind: bytes, records: bytes) -> bytes:
 def test_extended_headers_add_up(impl: ModuleType) -> None:
     """Many small extended headers cannot grow memory past max_header."""
     f = tarfile.TarInfo("f").tobuf(tarfile.USTAR_FORMAT)
-    xs = b"".join(_ext_block(tarfile.XHDTYPE, b"%d a%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
-                  for i in range(100, 400))
+    xs = b"".join(
+        _ext_block(tarfile.XHDTYPE, b"%d a%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
+        for i in range(100, 400)
+    )
     assert parse(impl, xs + f)[0].name == b"f"
-    with pytest.raises(TarLimitError, match=r"^tar extended header of 4\d\d\d bytes at offset "
-                                            r"\d+ exceeds the limit of 4096 bytes$"):
+    with pytest.raises(
+        TarLimitError,
+        match=r"^tar extended header of 4\d\d\d bytes at offset "
+        r"\d+ exceeds the limit of 4096 bytes$",
+    ):
         parse(impl, xs + f, max_header=4096)
-    gs = b"".join(_ext_block(tarfile.XGLTYPE, b"%d k%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
-                  for i in range(100, 400))
+    gs = b"".join(
+        _ext_block(tarfile.XGLTYPE, b"%d k%d=%s\n" % (14 + len(str(i)), i, b"v" * 8))
+        for i in range(100, 400)
+    )
     assert parse(impl, gs + f)[0].name == b"f"
     with pytest.raises(TarLimitError):  # 300 global records of 12 bytes
         parse(impl, gs + f, max_header=2048)
@@ -353,8 +425,9 @@ def test_twins_agree_on_fixtures() -> None:
 def test_truncation_everywhere_twins_agree() -> None:
     from clipcy import _tarparse_py
 
-    impls = [_tarparse_py] if PUREPYTHON else [_tarparse_py, __import__("clipcy._tarparse").
-                                               _tarparse]
+    impls = (
+        [_tarparse_py] if PUREPYTHON else [_tarparse_py, __import__("clipcy._tarparse")._tarparse]
+    )
     data = (DATA / "long-posix.tar").read_bytes()
     end = len(data.rstrip(b"\x00"))
     for cut in range(0, end + 1, 7):
@@ -397,7 +470,7 @@ def test_walk_plain_and_short_reads(threaded: bool) -> None:
             return True
 
         def read(self, n: int = -1) -> bytes:  # type: ignore[override]
-            out = self.b[self.pos:self.pos + 3]
+            out = self.b[self.pos : self.pos + 3]
             self.pos += len(out)
             return out
 
@@ -409,7 +482,7 @@ def test_walk_plain_and_short_reads(threaded: bool) -> None:
 def test_walk_compression_errors(threaded: bool) -> None:
     gz = (DATA / "multi.tar.gz").read_bytes()
     zst = (DATA / "multi.tar.zst").read_bytes()
-    for blob in (gz[:-1], gz[:len(gz) // 2], zst[:-10], zst[:len(zst) // 2]):
+    for blob in (gz[:-1], gz[: len(gz) // 2], zst[:-10], zst[: len(zst) // 2]):
         with pytest.raises(CompressionError, match="truncated|corrupt"):
             list(tarparse.walk_tar(io.BytesIO(blob)))
     with pytest.raises(CompressionError, match=r"at compressed offset \d+"):
@@ -456,13 +529,15 @@ def test_detect() -> None:
 def test_stream_output_is_bounded(kind: str) -> None:
     size = 64 << 20  # 64 MiB of zeros: a small bomb (~64 KiB gzip, ~2 KiB zstd)
     raw = bytes(size)
-    blob = {"gzip": lambda: zlib.compress(raw, 9, wbits=31),
-            "zstd": lambda: zstandard.ZstdCompressor().compress(raw),
-            "plain": lambda: raw}[kind]()
+    blob = {
+        "gzip": lambda: zlib.compress(raw, 9, wbits=31),
+        "zstd": lambda: zstandard.ZstdCompressor().compress(raw),
+        "plain": lambda: raw,
+    }[kind]()
     s = streams.open_stream(streams.detect(blob), max_piece=1 << 20)
     total = 0
     for i in range(0, len(blob), 1 << 18):
-        for piece in s.feed(blob[i:i + (1 << 18)]):
+        for piece in s.feed(blob[i : i + (1 << 18)]):
             assert 0 < len(piece) <= 1 << 20
             total += len(piece)
     s.finish()
@@ -474,8 +549,9 @@ def test_gzip_members_and_empty() -> None:
     blob = b"".join(gzip.compress(p, mtime=0) for p in parts)
     for step in (1, 5, 1000, len(blob)):
         s = streams.GzipStream(max_piece=100)
-        out = b"".join(bytes(x) for i in range(0, len(blob), step)
-                       for x in s.feed(blob[i:i + step]))
+        out = b"".join(
+            bytes(x) for i in range(0, len(blob), step) for x in s.feed(blob[i : i + step])
+        )
         s.finish()
         assert out == b"".join(parts)
 
@@ -486,8 +562,9 @@ def test_zstd_frames_and_skippable() -> None:
     blob = skip + z.compress(b"one") + z.compress(b"") + skip + z.compress(b"two" * 999) + skip
     for step in (1, 7, len(blob)):
         s = streams.ZstdStream(max_piece=50)
-        out = b"".join(bytes(x) for i in range(0, len(blob), step)
-                       for x in s.feed(blob[i:i + step]))
+        out = b"".join(
+            bytes(x) for i in range(0, len(blob), step) for x in s.feed(blob[i : i + step])
+        )
         s.finish()
         assert out == b"one" + b"two" * 999
     s = streams.ZstdStream()
