@@ -304,3 +304,38 @@ def test_cpython_testtar_matches_tarfile(impl: ModuleType, corpus_dir: Path) -> 
                     got[off : off + n] = data[pos : pos + n]
                     pos += n
                 assert bytes(got) == want, m.name
+
+
+def test_twins_agree_on_peers_and_tars(corpus: Path, corpus_dir: Path) -> None:
+    """Same entries, or the same exception class and message, from both twins; whole buffer
+    and 1..4096-byte pieces."""
+    if PUREPYTHON:
+        pytest.skip("CLIPCY_PUREPYTHON is set")
+    import random
+
+    from clipcy import _tarparse, _tarparse_py
+
+    def outcome(mod: ModuleType, data: bytes, seed: int) -> object:
+        p = mod.TarParser()
+        got: list[Any] = []
+        try:
+            if seed < 0:
+                got += p.feed(data)
+            else:
+                rnd, pos = random.Random(seed), 0
+                while pos < len(data):
+                    n = rnd.randint(1, 4096)
+                    got += p.feed(data[pos : pos + n])
+                    pos += n
+            p.close()
+        except TarError as e:
+            return (type(e).__name__, str(e), [x.as_tuple() for x in got])
+        return [x.as_tuple() for x in got]
+
+    files = sorted((corpus_dir / "peers").rglob("*.tar")) + sorted((corpus / "tars").glob("*.tar"))
+    assert len(files) > 50
+    for f in files:
+        data = f.read_bytes()
+        want = outcome(_tarparse, data, -1)
+        for mod, seed in ((_tarparse_py, -1), (_tarparse, 1), (_tarparse_py, 2)):
+            assert outcome(mod, data, seed) == want, (f.name, mod.__name__, seed)
