@@ -82,6 +82,7 @@ def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | st
         str(tmp / "out.clip"),
         "--progress",
         "none",
+        "--no-cache",
     ]
     cmds: dict[str, list[str] | str] = {"clipctl": index}
     if len(layers) > 1:
@@ -143,6 +144,7 @@ def node_count(layout: Path) -> int:
                 str(out),
                 "--progress",
                 "none",
+                "--no-cache",
             ],
             check=True,
         )
@@ -150,6 +152,49 @@ def node_count(layout: Path) -> int:
             CLIPCTL + ["inspect", str(out), "--json"], check=True, capture_output=True, text=True
         )
         return int(json.loads(res.stdout)["nodes"]["total"])
+
+
+def bench_cache(data: Path, runs: int) -> list[str]:
+    """Re-indexing `multi-newtop` (only its top layer differs from `multi`) with a layer cache
+    that holds `multi`'s layers, against indexing it cold."""
+    import shutil
+
+    layout, base = data / "multi-newtop", data / "multi"
+    if not (layout / "index.json").exists() or not (base / "index.json").exists():
+        return []
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        seeded = tmp / "seeded"
+
+        def index(lay: Path, *extra: str) -> list[str]:
+            return CLIPCTL + [
+                "index-layout",
+                "--layout",
+                str(lay),
+                "--tag",
+                "latest",
+                "--out",
+                str(tmp / "o.clip"),
+                "--progress",
+                "none",
+                *extra,
+            ]
+
+        run(index(base, "--cache-dir", str(seeded)))
+        cold, warm = [], []
+        for _ in range(runs):
+            cold.append(run(index(layout, "--no-cache"))[0])
+            cache = tmp / "cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            shutil.copytree(seeded, cache)
+            warm.append(run(index(layout, "--cache-dir", str(cache)))[0])
+    c, w = statistics.median(cold), statistics.median(warm)
+    return [
+        f"| multi-newtop (top layer new, 3 of 4 layers cached) | cold (--no-cache) | {c:.2f} "
+        f"| | 1.00 | |",
+        f"| multi-newtop (top layer new, 3 of 4 layers cached) | layer cache | {w:.2f} | | "
+        f"{c / w:.1f} (vs cold) | |",
+    ]
 
 
 def machine() -> str:
@@ -197,6 +242,10 @@ def main() -> None:
                 f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |"
             )
             print(lines[-1], flush=True)
+    if "multi" in args.sets:
+        for line in bench_cache(args.data, args.runs):
+            lines.append(line)
+            print(line, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_index.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

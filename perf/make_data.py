@@ -9,6 +9,8 @@ Data sets (sizes are uncompressed tar bytes at --scale 1):
   small     one gzip layer of 150,000 small files
   zstd      the `single` layer as zstd (zstd -3)
   growth-N  `single` at 1/4, 1/2 and 1 of its size (time must grow linearly)
+  multi-newtop  `multi` with its top layer replaced by a new ~20 MB one (the layer cache's case:
+            an image rebuilt with only its top layer changed)
 
 Files are written by Python from a seeded random generator into a staging directory, archived
 by GNU tar (--sort=name, fixed mtime and owners), compressed by pigz -6 -n / zstd -3, and
@@ -179,6 +181,8 @@ def build(name: str, out: Path, scale: float) -> None:
         specs = [(10 + i, mb // 2, None, "gzip") for i in range(4)]
     elif name == "small":
         specs = [(3, 0, int(150_000 * min(scale, 1.0)), "gzip")]
+    elif name == "multi-newtop":
+        specs = [(10 + i, mb // 2, None, "gzip") for i in range(3)] + [(99, mb // 25, None, "gzip")]
     elif name.startswith("growth-"):
         frac = {"growth-1": 0.25, "growth-2": 0.5, "growth-4": 1.0}[name]
         specs = [(1, int(mb * frac), None, "gzip")]
@@ -186,6 +190,12 @@ def build(name: str, out: Path, scale: float) -> None:
         raise SystemExit(f"unknown data set {name}")
     layers = []
     for seed, size, n_files, kind in specs:
+        reuse = out / "multi" / f"layer{seed}.tar"
+        if name == "multi-newtop" and reuse.exists():  # the same bytes as multi's layer
+            tar = work / reuse.name
+            shutil.copy(reuse, tar)
+            layers.append((tar, compress(tar, kind), kind))
+            continue
         tree = work / f"tree{seed}"
         make_tree(tree, seed, size, n_files)
         tar = work / f"layer{seed}.tar"
@@ -209,7 +219,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "data")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument(
-        "--only", nargs="*", default=["single", "multi", "small", "zstd", "growth-1", "growth-2"]
+        "--only",
+        nargs="*",
+        default=["single", "multi", "small", "zstd", "growth-1", "growth-2", "multi-newtop"],
     )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
