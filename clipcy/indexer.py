@@ -297,7 +297,7 @@ def create_index_only_archive_from_oci_layout(
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
-    from clipcy.merge import merge_layers
+    from clipcy.merge import Tree, apply_layer, to_nodes
     from clipcy.writer import encode_archive
 
     t0 = time.perf_counter()
@@ -356,19 +356,32 @@ def create_index_only_archive_from_oci_layout(
         return res
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
-    with step("index layers"):
+    tree = Tree()
+    results: list[LayerResult] = []
+
+    def merge(res: LayerResult) -> None:
+        # Layers are merged in order as they complete, on this thread, while the workers
+        # inflate later layers (the GIL is free then); each layer's entries are dropped at once.
+        apply_layer(tree, res.entries, res.index, res.file_digests if file_digests else None)
+        res.entries = []
+        results.append(res)
+
+    with step("index and merge layers"):
         if n_workers == 1:
-            results = [run(i) for i in range(len(image.layers))]
+            for i in range(len(image.layers)):
+                merge(run(i))
         else:
             with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
-                results = list(pool.map(run, range(len(image.layers))))
-    with step("merge layers"):
-        nodes = merge_layers(
-            (r.entries for r in results),
-            [r.file_digests or {} for r in results] if file_digests else None,
-        )
-        for r in results:
-            r.entries = []
+                futures = [pool.submit(run, i) for i in range(len(image.layers))]
+                try:
+                    for fut in futures:
+                        merge(fut.result())
+                finally:
+                    for fut in futures:
+                        fut.cancel()
+    with step("sort the tree"):
+        nodes = to_nodes(tree)
+        tree.paths = {}  # the Nodes hold everything now
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
     source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
     metadata = build_metadata(image, results, storage, source)

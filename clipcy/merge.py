@@ -45,6 +45,9 @@ class Entry(Protocol):
     sparse: Any
 
 
+_NO_XATTRS: dict[str, bytes] = {}
+
+
 class Inode:
     """What hardlinked paths share. Directories get one each too."""
 
@@ -77,7 +80,7 @@ class Inode:
         self.linkname = b""
         self.devmajor = 0
         self.devminor = 0
-        self.xattrs: dict[str, bytes] = {}
+        self.xattrs: dict[str, bytes] = _NO_XATTRS  # shared, never mutated: saves a dict each
         self.layer = -1
         self.offset = 0
         self.sparse: tuple[tuple[int, int], ...] | None = None
@@ -87,6 +90,8 @@ class Inode:
 
 
 def split_mtime(mtime: float) -> tuple[int, int]:
+    if mtime.is_integer():  # the common case; False for inf and nan
+        return int(mtime), 0
     if not math.isfinite(mtime):
         return 0, 0
     sec = math.floor(mtime)
@@ -96,10 +101,22 @@ def split_mtime(mtime: float) -> tuple[int, int]:
 
 def clean_path(name: bytes) -> bytes:
     """A tar member name as an absolute, normalised path; '..' cannot climb above '/'."""
-    path = posixpath.normpath(b"/" + name)
+    p = name
+    while p.startswith(b"./"):
+        p = p[2:]
+    p = p.strip(b"/")
+    if b"//" not in p and b"/." not in p and not p.startswith(b"."):
+        return b"/" + p  # already normal: no empty, '.' or '..' component
+    path = posixpath.normpath(b"/" + p)
     if path.startswith(b"//"):  # normpath keeps a leading '//' (POSIX allows it)
         path = b"/" + path.lstrip(b"/")
     return path
+
+
+def split_path(path: bytes) -> tuple[bytes, bytes]:
+    """(parent, name) of a clean absolute path; faster than posixpath.split."""
+    i = path.rfind(b"/")
+    return (path[:i] or b"/"), path[i + 1 :]
 
 
 _TYPE_MAP = {
@@ -123,7 +140,7 @@ class Tree:
         inode = self.paths.pop(path, None)
         if inode is None:
             return
-        parent, name = posixpath.split(path)
+        parent, name = split_path(path)
         pnode = self.paths.get(parent)
         if pnode is not None and pnode.children is not None:
             pnode.children.pop(name, None)
@@ -148,7 +165,7 @@ class Tree:
     # -- insertion -------------------------------------------------------------------
     def ensure_parents(self, path: bytes) -> Inode:
         """The parent directory of path, creating missing ones; returns the parent."""
-        parent = posixpath.dirname(path)
+        parent = split_path(path)[0]
         pnode = self.paths.get(parent)
         if pnode is not None and pnode.type == DIR:
             return pnode
@@ -167,7 +184,7 @@ class Tree:
     def _attach(self, pnode: Inode, path: bytes, inode: Inode) -> None:
         self.paths[path] = inode
         assert pnode.children is not None
-        pnode.children[posixpath.basename(path)] = path
+        pnode.children[split_path(path)[1]] = path
 
     def put(self, path: bytes, inode: Inode) -> None:
         if path == b"/":
@@ -189,7 +206,8 @@ class Tree:
 def _inode_from_entry(e: Entry, layer: int, digests: dict[int, bytes] | None) -> Inode:
     node_type = _TYPE_MAP.get(e.type, FILE)
     inode = Inode(node_type, e.mode & 0o7777, e.uid, e.gid, e.mtime)
-    inode.xattrs = dict(e.xattrs) if e.xattrs else {}
+    if e.xattrs:
+        inode.xattrs = dict(e.xattrs)
     if node_type == FILE:
         inode.size = e.size
         inode.layer = layer
@@ -214,15 +232,14 @@ def apply_layer(
     opaques = []
     for e in entries:
         path = clean_path(e.name)
-        name = posixpath.basename(path)
+        parent, name = split_path(path)
         if name.startswith(WHITEOUT):
-            parent = posixpath.dirname(path)
             if name == OPAQUE:
                 opaques.append(parent)
             elif name.startswith(WHITEOUT + WHITEOUT):
                 pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the tree
             else:
-                removals.append(posixpath.join(parent, name[len(WHITEOUT) :]))
+                removals.append(clean_path(parent + b"/" + name[len(WHITEOUT) :]))
             continue
         items.append((path, e))
     # Whiteouts hide only lower layers: apply them before this layer's own entries.
@@ -253,42 +270,47 @@ def apply_layer(
 
 def to_nodes(tree: Tree) -> list[Node]:
     """The tree as Nodes sorted by path bytes, with inode numbers and link counts."""
-    paths = sorted(tree.paths)
+    items = sorted(tree.paths.items())
     links: dict[int, int] = {}
-    for inode in tree.paths.values():
-        links[id(inode)] = links.get(id(inode), 0) + 1
+    subdirs: dict[bytes, int] = {}
+    for path, inode in items:
+        key = id(inode)
+        links[key] = links.get(key, 0) + 1
+        if inode.type == DIR and path != b"/":
+            parent = split_path(path)[0]
+            subdirs[parent] = subdirs.get(parent, 0) + 1
     ino_of: dict[int, int] = {}
-    nodes = []
-    for path in paths:
-        inode = tree.paths[path]
-        ino = ino_of.get(id(inode))
+    nodes: list[Node] = []
+    append = nodes.append
+    for path, inode in items:
+        key = id(inode)
+        ino = ino_of.get(key)
         if ino is None:
-            ino = ino_of[id(inode)] = len(ino_of) + 1
-        if inode.type == DIR:
-            assert inode.children is not None
-            nlink = 2 + sum(1 for c in inode.children.values() if tree.paths[c].type == DIR)
-        else:
-            nlink = links[id(inode)]
-        nodes.append(
+            ino = ino_of[key] = len(ino_of) + 1
+        nlink = 2 + subdirs.get(path, 0) if inode.type == DIR else links[key]
+        xattrs = dict(sorted(inode.xattrs.items())) if inode.xattrs else _NO_XATTRS
+        # positional: Node's field order (path, type, mode, uid, gid, mtime_sec, mtime_nsec,
+        # size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset, sparse, digest)
+        append(
             Node(
-                path=path,
-                type=inode.type,
-                mode=inode.mode,
-                uid=inode.uid,
-                gid=inode.gid,
-                mtime_sec=inode.mtime_sec,
-                mtime_nsec=inode.mtime_nsec,
-                size=inode.size,
-                linkname=inode.linkname,
-                devmajor=inode.devmajor,
-                devminor=inode.devminor,
-                xattrs=dict(sorted(inode.xattrs.items())),
-                ino=ino,
-                nlink=nlink,
-                layer=inode.layer,
-                offset=inode.offset,
-                sparse=inode.sparse,
-                digest=inode.digest,
+                path,
+                inode.type,
+                inode.mode,
+                inode.uid,
+                inode.gid,
+                inode.mtime_sec,
+                inode.mtime_nsec,
+                inode.size,
+                inode.linkname,
+                inode.devmajor,
+                inode.devminor,
+                xattrs,
+                ino,
+                nlink,
+                inode.layer,
+                inode.offset,
+                inode.sparse,
+                inode.digest,
             )
         )
     return nodes

@@ -104,12 +104,14 @@ def test_build_sdist_and_wheel_then_install_sdist_in_fresh_venv(tmp_path: Path) 
     subprocess.run(
         [str(py), "-m", "pip", "install", "-q", str(sdist)], check=True, capture_output=True
     )
+    clean = {k: v for k, v in os.environ.items() if k != "CLIPCY_PUREPYTHON"}
     out = subprocess.run(
         [str(env_dir / "bin" / "clipctl"), "--version"],
         check=True,
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=clean,
     )
     assert "compiled (Cython)" in out.stdout
     demo = subprocess.run(
