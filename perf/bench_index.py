@@ -56,6 +56,22 @@ def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float,
     return wall, usage.ru_maxrss * 1024
 
 
+def index_cmd(layout: Path, out: Path, *extra: str) -> list[str]:
+    """clipctl index-layout of tag latest, without progress output."""
+    return CLIPCTL + [
+        "index-layout",
+        "--layout",
+        str(layout),
+        "--tag",
+        "latest",
+        "--out",
+        str(out),
+        "--progress",
+        "none",
+        *extra,
+    ]
+
+
 def layers_of(layout: Path) -> list[tuple[Path, str, int]]:
     """(blob path, compression, uncompressed size) for each layer of tag latest."""
     index = json.loads((layout / "index.json").read_text())
@@ -72,18 +88,7 @@ def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | st
     layers = layers_of(layout)
     kind = layers[0][1]
     blobs = " ".join(str(b) for b, _, _ in layers)
-    index = CLIPCTL + [
-        "index-layout",
-        "--layout",
-        str(layout),
-        "--tag",
-        "latest",
-        "--out",
-        str(tmp / "out.clip"),
-        "--progress",
-        "none",
-        "--no-cache",
-    ]
+    index = index_cmd(layout, tmp / "out.clip", "--no-cache")
     cmds: dict[str, list[str] | str] = {"clipctl": index}
     if len(layers) > 1:
         cmds["clipctl-1worker"] = index + ["--workers", "1"]
@@ -132,22 +137,7 @@ def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, o
 def node_count(layout: Path) -> int:
     with tempfile.TemporaryDirectory() as t:
         out = Path(t) / "x.clip"
-        subprocess.run(
-            CLIPCTL
-            + [
-                "index-layout",
-                "--layout",
-                str(layout),
-                "--tag",
-                "latest",
-                "--out",
-                str(out),
-                "--progress",
-                "none",
-                "--no-cache",
-            ],
-            check=True,
-        )
+        subprocess.run(index_cmd(layout, out, "--no-cache"), check=True)
         res = subprocess.run(
             CLIPCTL + ["inspect", str(out), "--json"], check=True, capture_output=True, text=True
         )
@@ -167,18 +157,7 @@ def bench_cache(data: Path, runs: int) -> list[str]:
         seeded = tmp / "seeded"
 
         def index(lay: Path, *extra: str) -> list[str]:
-            return CLIPCTL + [
-                "index-layout",
-                "--layout",
-                str(lay),
-                "--tag",
-                "latest",
-                "--out",
-                str(tmp / "o.clip"),
-                "--progress",
-                "none",
-                *extra,
-            ]
+            return index_cmd(lay, tmp / "o.clip", *extra)
 
         run(index(base, "--cache-dir", str(seeded)))
         cold, warm = [], []
