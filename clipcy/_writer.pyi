@@ -1,6 +1,6 @@
 """Type stub for the compiled writer (same API as clipcy._writer_py)."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clipcy.access import LayerAccess
@@ -10,7 +10,7 @@ __all__ = ["encode_archive", "encode_blocks", "encode_access"]
 
 
 def encode_blocks(
-    nodes: Sequence[Node], max_nodes: int = ..., target_bytes: int = ...
+    nodes: Iterable[Node], max_nodes: int = ..., target_bytes: int = ...
 ) -> list[tuple[bytes, int, bytes]]: ...
 
 
@@ -18,5 +18,5 @@ def encode_access(i: int, a: LayerAccess) -> bytes: ...
 
 
 def encode_archive(
-    metadata: dict[str, Any], nodes: Sequence[Node], access: Sequence[LayerAccess]
+    metadata: dict[str, Any], nodes: Iterable[Node], access: Sequence[LayerAccess]
 ) -> bytes: ...

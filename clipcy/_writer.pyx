@@ -401,4 +401,5 @@ def encode_archive(metadata, nodes, access):
     meta = F.canonical_json(metadata)
     blocks = encode_blocks(nodes)
     payloads = [encode_access(i, a) for i, a in enumerate(access)]
-    return F.assemble(meta, len(nodes), blocks, payloads)
+    # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
+    return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)

@@ -8,7 +8,7 @@ validation error has the same class and message as in the compiled module.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clipcy import format as F
@@ -218,7 +218,7 @@ def _shared_prefix(a: bytes, b: bytes) -> int:
     return i
 
 
-def encode_blocks(nodes: Sequence[Node], max_nodes: int = F.BLOCK_MAX_NODES,
+def encode_blocks(nodes: Iterable[Node], max_nodes: int = F.BLOCK_MAX_NODES,
                   target_bytes: int = F.BLOCK_TARGET_BYTES) -> list[tuple[bytes, int, bytes]]:
     """Validate the tree and encode it into (first path, count, raw records) blocks.
 
@@ -291,10 +291,11 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
     return bytes(out)
 
 
-def encode_archive(metadata: dict[str, Any], nodes: Sequence[Node],
+def encode_archive(metadata: dict[str, Any], nodes: Iterable[Node],
                    access: Sequence[LayerAccess]) -> bytes:
     """The complete .clip archive for this tree, as bytes (reproducible)."""
     meta = F.canonical_json(metadata)
     blocks = encode_blocks(nodes)
     payloads = [encode_access(i, a) for i, a in enumerate(access)]
-    return F.assemble(meta, len(nodes), blocks, payloads)
+    # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
+    return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)

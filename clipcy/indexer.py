@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,6 +27,7 @@ from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.hashpipe import HashPipe
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
+from clipcy.node import Node
 
 log = logging.getLogger("clipcy")
 
@@ -297,7 +298,7 @@ def create_index_only_archive_from_oci_layout(
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
-    from clipcy.merge import Tree, apply_layer, to_nodes
+    from clipcy.merge import Tree, apply_layer, iter_nodes
     from clipcy.writer import encode_archive
 
     t0 = time.perf_counter()
@@ -379,21 +380,26 @@ def create_index_only_archive_from_oci_layout(
                 finally:
                     for fut in futures:
                         fut.cancel()
-    with step("sort the tree"):
-        nodes = to_nodes(tree)
-        tree.paths = {}  # the Nodes hold everything now
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
     source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
     metadata = build_metadata(image, results, storage, source)
-    with step("encode archive"):
-        data = encode_archive(metadata, nodes, [r.access for r in results])
+    count = 0
+
+    def counted() -> Iterator[Node]:
+        nonlocal count
+        for node in iter_nodes(tree):  # streamed into the writer: no list of every Node
+            count += 1
+            yield node
+
+    with step("sort the tree and encode the archive"):
+        data = encode_archive(metadata, counted(), [r.access for r in results])
     with step("write archive"):
         write_atomic(out, data)
     summary = IndexSummary(
         archive=str(out),
         manifest_digest=image.manifest_digest,
         layer_count=len(results),
-        node_count=len(nodes),
+        node_count=count,
         bytes_indexed=sum(r.uncompressed_size for r in results),
         image_size=metadata["image_size"],
         archive_size=len(data),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
@@ -85,8 +85,8 @@ class Inode:
         self.offset = 0
         self.sparse: tuple[tuple[int, int], ...] | None = None
         self.digest = b""
-        # directories: child name -> that child's path (None for non-directories)
-        self.children: dict[bytes, bytes] | None = {} if type == DIR else None
+        # directories: the paths of its children (the same bytes objects as the tree's keys)
+        self.children: set[bytes] | None = set() if type == DIR else None
 
 
 def split_mtime(mtime: float) -> tuple[int, int]:
@@ -140,10 +140,9 @@ class Tree:
         inode = self.paths.pop(path, None)
         if inode is None:
             return
-        parent, name = split_path(path)
-        pnode = self.paths.get(parent)
+        pnode = self.paths.get(split_path(path)[0])
         if pnode is not None and pnode.children is not None:
-            pnode.children.pop(name, None)
+            pnode.children.discard(path)
         self._remove_children(inode)
 
     def _remove_children(self, inode: Inode) -> None:
@@ -151,7 +150,7 @@ class Tree:
         while stack:
             node = stack.pop()
             if node.children:
-                for child in node.children.values():
+                for child in node.children:
                     sub = self.paths.pop(child, None)
                     if sub is not None:
                         stack.append(sub)
@@ -184,7 +183,7 @@ class Tree:
     def _attach(self, pnode: Inode, path: bytes, inode: Inode) -> None:
         self.paths[path] = inode
         assert pnode.children is not None
-        pnode.children[split_path(path)[1]] = path
+        pnode.children.add(path)
 
     def put(self, path: bytes, inode: Inode) -> None:
         if path == b"/":
@@ -224,31 +223,35 @@ def _inode_from_entry(e: Entry, layer: int, digests: dict[int, bytes] | None) ->
 
 
 def apply_layer(
-    tree: Tree, entries: Iterable[Entry], layer: int, digests: dict[int, bytes] | None = None
+    tree: Tree, entries: list[Entry], layer: int, digests: dict[int, bytes] | None = None
 ) -> None:
-    """Apply one layer's entries (in tar order) on top of tree."""
-    items = []
+    """Apply one layer's entries (in tar order) on top of tree.
+
+    The list is consumed: each entry is released once applied, so the layer's entries and
+    the tree it builds are not both held whole.
+    """
     removals = []
     opaques = []
     for e in entries:
-        path = clean_path(e.name)
-        parent, name = split_path(path)
+        if WHITEOUT not in e.name:  # cheap test; most entries are not whiteouts
+            continue
+        parent, name = split_path(clean_path(e.name))
         if name.startswith(WHITEOUT):
             if name == OPAQUE:
                 opaques.append(parent)
-            elif name.startswith(WHITEOUT + WHITEOUT):
-                pass  # other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the tree
-            else:
+            elif not name.startswith(WHITEOUT + WHITEOUT):  # .wh..wh.plnk etc.: AUFS metadata
                 removals.append(clean_path(parent + b"/" + name[len(WHITEOUT) :]))
-            continue
-        items.append((path, e))
     # Whiteouts hide only lower layers: apply them before this layer's own entries.
     for path in removals:
         if path != b"/":
             tree.remove(path)
     for path in opaques:
         tree.clear_children(path)
-    for path, e in items:
+    for i, e in enumerate(entries):
+        entries[i] = None  # type: ignore[call-overload]
+        path = clean_path(e.name)
+        if split_path(path)[1].startswith(WHITEOUT):
+            continue  # whiteouts never appear in the tree
         if e.type == "hardlink":
             target = clean_path(e.linkname)
             inode = tree.paths.get(target)
@@ -266,54 +269,65 @@ def apply_layer(
             tree.put(path, inode)
         else:
             tree.put(path, _inode_from_entry(e, layer, digests))
+    entries.clear()
 
 
-def to_nodes(tree: Tree) -> list[Node]:
-    """The tree as Nodes sorted by path bytes, with inode numbers and link counts."""
-    items = sorted(tree.paths.items())
+def iter_nodes(tree: Tree) -> Iterator[Node]:
+    """The tree as Nodes in path-byte order, with inode numbers and link counts.
+
+    One pass that empties the tree as it goes, so the tree and a list of Nodes never both
+    sit in memory (the writer consumes the Nodes as they come).
+    """
+    items: list[tuple[bytes, Inode] | None] = list(sorted(tree.paths.items()))
+    tree.paths = {}
     links: dict[int, int] = {}
     subdirs: dict[bytes, int] = {}
-    for path, inode in items:
+    for item in items:
+        assert item is not None
+        path, inode = item
         key = id(inode)
         links[key] = links.get(key, 0) + 1
         if inode.type == DIR and path != b"/":
             parent = split_path(path)[0]
             subdirs[parent] = subdirs.get(parent, 0) + 1
     ino_of: dict[int, int] = {}
-    nodes: list[Node] = []
-    append = nodes.append
-    for path, inode in items:
+    for i, item in enumerate(items):
+        assert item is not None
+        path, inode = item
+        items[i] = None  # release the inode (unless a hardlink still holds it)
         key = id(inode)
         ino = ino_of.get(key)
         if ino is None:
             ino = ino_of[key] = len(ino_of) + 1
-        nlink = 2 + subdirs.get(path, 0) if inode.type == DIR else links[key]
+        nlink = 2 + subdirs.pop(path, 0) if inode.type == DIR else links[key]
         xattrs = dict(sorted(inode.xattrs.items())) if inode.xattrs else _NO_XATTRS
         # positional: Node's field order (path, type, mode, uid, gid, mtime_sec, mtime_nsec,
         # size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset, sparse, digest)
-        append(
-            Node(
-                path,
-                inode.type,
-                inode.mode,
-                inode.uid,
-                inode.gid,
-                inode.mtime_sec,
-                inode.mtime_nsec,
-                inode.size,
-                inode.linkname,
-                inode.devmajor,
-                inode.devminor,
-                xattrs,
-                ino,
-                nlink,
-                inode.layer,
-                inode.offset,
-                inode.sparse,
-                inode.digest,
-            )
+        yield Node(
+            path,
+            inode.type,
+            inode.mode,
+            inode.uid,
+            inode.gid,
+            inode.mtime_sec,
+            inode.mtime_nsec,
+            inode.size,
+            inode.linkname,
+            inode.devmajor,
+            inode.devminor,
+            xattrs,
+            ino,
+            nlink,
+            inode.layer,
+            inode.offset,
+            inode.sparse,
+            inode.digest,
         )
-    return nodes
+
+
+def to_nodes(tree: Tree) -> list[Node]:
+    """iter_nodes as a list (empties the tree)."""
+    return list(iter_nodes(tree))
 
 
 def merge_layers(
@@ -322,5 +336,5 @@ def merge_layers(
     """The merged tree; digests[i] maps layer i's data offsets to file sha256s, if any."""
     tree = Tree()
     for i, entries in enumerate(layers):
-        apply_layer(tree, entries, i, digests[i] if digests is not None else None)
+        apply_layer(tree, list(entries), i, digests[i] if digests is not None else None)
     return to_nodes(tree)
