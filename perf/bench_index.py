@@ -176,6 +176,42 @@ def bench_cache(data: Path, runs: int) -> list[str]:
     ]
 
 
+LOOKUP = """
+import sys, time
+t0 = time.perf_counter()
+from clipcy.reader import open_archive
+t1 = time.perf_counter()
+arc = open_archive(sys.argv[1])
+node = arc.lookup(sys.argv[2])
+t2 = time.perf_counter()
+assert node is not None
+print((t1 - t0) * 1e3, (t2 - t1) * 1e3, arc.node_count)
+"""
+
+
+def bench_lookup(layout: Path, runs: int = 9) -> list[str]:
+    """Open an archive and look up one path in a fresh process: median ms (import apart)."""
+    with tempfile.TemporaryDirectory() as t:
+        out = Path(t) / "x.clip"
+        subprocess.run(index_cmd(layout, out, "--no-cache"), check=True)
+        export = subprocess.run(
+            CLIPCTL + ["export", str(out)], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+        path = json.loads(export[len(export) * 2 // 3])["path"]
+        imports, lookups = [], []
+        for _ in range(runs):
+            res = subprocess.run(
+                [PY, "-c", LOOKUP, str(out), path], check=True, capture_output=True, text=True
+            ).stdout.split()
+            imports.append(float(res[0]))
+            lookups.append(float(res[1]))
+            nodes = int(res[2])
+    return [
+        f"| {layout.name} ({nodes} nodes) | open_archive + one lookup, fresh process | "
+        f"{statistics.median(lookups):.2f} ms | | | (import {statistics.median(imports):.0f} ms) |"
+    ]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -221,6 +257,10 @@ def main() -> None:
                 f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |"
             )
             print(lines[-1], flush=True)
+    if "small" in args.sets and (args.data / "small" / "index.json").exists():
+        for line in bench_lookup(args.data / "small"):
+            lines.append(line)
+            print(line, flush=True)
     if "multi" in args.sets:
         for line in bench_cache(args.data, args.runs):
             lines.append(line)
