@@ -9,8 +9,10 @@ its tar entries, resume points, uncompressed size, diff_id and (if asked) file d
   its payload) is ignored and rewritten.
 - Bounded: after a write, the least recently used entries are removed until the directory is
   under its size limit (reads refresh an entry's mtime).
-- Entries are marshal data behind a magic, a version and a checksum; they are only ever read
-  back by clipcy from the user's own cache directory.
+- An entry is written while its layer streams (batches of tar entries, then a trailer record),
+  so it never needs the whole layer's entries in memory: MAGIC, a version byte, records of
+  (u32 length, marshal data), and a sha256 of everything before it. Only clipcy reads them
+  back, from the user's own cache directory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import logging
 import marshal
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ from clipcy.access import LayerAccess
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 1
+VERSION = 2
+_LEN = struct.Struct("<I")
 DEFAULT_LIMIT = 2 << 30  # bytes
 
 
@@ -74,6 +78,76 @@ class CachedEntry:
         ) = t
 
 
+class CacheWriter:
+    """Appends a layer's entries batch by batch; commit() renames the file into place."""
+
+    def __init__(self, cache: LayerCache, key: str, fd: int, tmp: str) -> None:
+        self.cache, self.key, self.tmp = cache, key, tmp
+        self.f = os.fdopen(fd, "wb")
+        self.sha = hashlib.sha256()
+        self.failed = False
+        self._write(MAGIC + bytes([VERSION]))
+
+    def _write(self, data: bytes) -> None:
+        if self.failed:
+            return
+        try:
+            self.f.write(data)
+            self.sha.update(data)
+        except OSError as e:
+            log.warning("cannot write the layer cache in %s: %s", self.cache.dir, e.strerror or e)
+            self.abort()
+
+    def _record(self, obj: Any) -> None:
+        payload = marshal.dumps(obj)
+        self._write(_LEN.pack(len(payload)) + payload)
+
+    def add(self, entries: list[Any]) -> None:
+        if entries:
+            self._record([_entry_tuple(e) for e in entries])
+
+    def commit(
+        self,
+        access: LayerAccess,
+        compression: str,
+        uncompressed_size: int,
+        diff_id: str | None,
+        file_digests: dict[int, bytes] | None,
+    ) -> None:
+        self._record(
+            {
+                "key": self.key,
+                "access": (access.kind, access.span, access.points, access.frames),
+                "compression": compression,
+                "uncompressed_size": uncompressed_size,
+                "diff_id": diff_id,
+                "file_digests": file_digests,
+            }
+        )
+        if self.failed:
+            return
+        try:
+            self.f.write(self.sha.digest())
+            self.f.close()
+            os.replace(self.tmp, self.cache._path(self.key))
+        except OSError as e:
+            log.warning("cannot write the layer cache in %s: %s", self.cache.dir, e.strerror or e)
+            self.abort()
+            return
+        self.cache.prune()
+
+    def abort(self) -> None:
+        self.failed = True
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
 def _entry_tuple(e: Any) -> tuple[Any, ...]:
     sparse = tuple(tuple(r) for r in e.sparse) if e.sparse is not None else None
     return (
@@ -111,73 +185,46 @@ class LayerCache:
             raw = path.read_bytes()
         except OSError:
             return None
-        head = len(MAGIC) + 1 + 32
-        if len(raw) < head or raw[: len(MAGIC)] != MAGIC or raw[len(MAGIC)] != VERSION:
+        head = len(MAGIC) + 1
+        if len(raw) < head + 32 or raw[: len(MAGIC)] != MAGIC or raw[len(MAGIC)] != VERSION:
             log.warning("ignoring a foreign cache entry %s", path)
             return None
-        payload = raw[head:]
-        if hashlib.sha256(payload).digest() != raw[len(MAGIC) + 1 : head]:
+        if hashlib.sha256(raw[:-32]).digest() != raw[-32:]:
             log.warning("ignoring a corrupt cache entry %s", path)
             return None
+        records = []
+        pos, end = head, len(raw) - 32
         try:
-            obj = marshal.loads(payload)
-        except (ValueError, EOFError, TypeError):
+            while pos < end:
+                (n,) = _LEN.unpack_from(raw, pos)
+                records.append(marshal.loads(raw[pos + 4 : pos + 4 + n]))
+                pos += 4 + n
+        except (ValueError, EOFError, TypeError, struct.error):
             log.warning("ignoring an unreadable cache entry %s", path)
             return None
-        if not isinstance(obj, dict) or obj.get("key") != key:
+        if not records or not isinstance(records[-1], dict) or records[-1].get("key") != key:
             return None
         try:
             os.utime(path)  # least recently used goes first
         except OSError:
             pass
+        obj: dict[str, Any] = records[-1]
         acc = obj["access"]
         obj["access"] = LayerAccess(
-            acc[0],
-            acc[1],
-            [tuple(p) for p in acc[2]],
-            [tuple(f) for f in acc[3]],
+            acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]]
         )
-        obj["entries"] = [CachedEntry(t) for t in obj["entries"]]
+        obj["entries"] = [CachedEntry(t) for batch in records[:-1] for t in batch]
         return obj
 
-    def put(
-        self,
-        key: str,
-        entries: list[Any],
-        access: LayerAccess,
-        compression: str,
-        uncompressed_size: int,
-        diff_id: str | None,
-        file_digests: dict[int, bytes] | None,
-    ) -> None:
-        obj = {
-            "key": key,
-            "entries": [_entry_tuple(e) for e in entries],
-            "access": (access.kind, access.span, access.points, access.frames),
-            "compression": compression,
-            "uncompressed_size": uncompressed_size,
-            "diff_id": diff_id,
-            "file_digests": file_digests,
-        }
-        payload = marshal.dumps(obj)
-        data = MAGIC + bytes([VERSION]) + hashlib.sha256(payload).digest() + payload
+    def writer(self, key: str) -> CacheWriter | None:
+        """A writer for one layer's entry, or None when the directory cannot be written."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self._path(key))
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
         except OSError as e:  # a cache that cannot be written is not an error
             log.warning("cannot write the layer cache in %s: %s", self.dir, e.strerror or e)
-            return
-        self.prune()
+            return None
+        return CacheWriter(self, key, fd, tmp)
 
     def prune(self) -> None:
         try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +34,7 @@ from clipcy.node import Node
 log = logging.getLogger("clipcy")
 
 READ_CHUNK = 1 << 20
+STREAM_DEPTH = 64  # batches of layer-0 entries in flight to the merging thread
 
 
 @dataclass(slots=True)
@@ -46,6 +49,7 @@ class LayerResult:
     diff_id: str | None
     seconds: float
     file_digests: dict[int, bytes] | None = None  # data offset -> sha256 of the content
+    entry_count: int = 0
 
 
 @dataclass(slots=True)
@@ -75,8 +79,14 @@ def index_layer(
     file_digests: bool = False,
     span: int | None = None,
     progress: ProgressFn | None = None,
+    on_entries: Callable[[list[Any]], None] | None = None,
+    keep_entries: bool = True,
 ) -> LayerResult:
-    """Stream one layer blob: check its digest and diff_id, parse its tar, record access."""
+    """Stream one layer blob: check its digest and diff_id, parse its tar, record access.
+
+    on_entries gets each batch of entries as it is parsed (their data may not have streamed
+    yet); with keep_entries=False the result holds no entries (the callback had them all).
+    """
     from clipcy.blobindex import make_indexer
     from clipcy.streams import detect
     from clipcy.tarparse import TarParser
@@ -104,6 +114,7 @@ def index_layer(
         hasher = FileHasher() if file_digests else None
         pos = 0  # uncompressed offset of the next output piece
         entries: list[Any] = []
+        count = 0
         pipe = HashPipe() if verify else None  # stream 0: the blob, 1: the tar
         read = len(head)
         chunk = head
@@ -116,7 +127,11 @@ def index_layer(
                     if pipe is not None:
                         pipe.update(1, out)
                     new = parser.feed(out)
-                    entries.extend(new)
+                    count += len(new)
+                    if keep_entries:
+                        entries.extend(new)
+                    if on_entries is not None and new:
+                        on_entries(new)
                     if hasher is not None:
                         hasher.add(new)
                         hasher.feed(out, pos)
@@ -165,7 +180,7 @@ def index_layer(
     log.debug(
         "%s: %d entries, %d -> %d bytes, %s, %.3f s",
         where,
-        len(entries),
+        count,
         indexer.total_in,
         indexer.total_out,
         kind,
@@ -180,7 +195,21 @@ def index_layer(
         diff_id,
         seconds,
         hasher.digests if hasher is not None else None,
+        count,
     )
+
+
+def _fan_out(sinks: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None] | None:
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def both(batch: list[Any]) -> None:
+        for sink in sinks:
+            sink(batch)
+
+    return both
 
 
 def _from_cache(
@@ -207,6 +236,7 @@ def _from_cache(
         hit["diff_id"],
         0.0,
         hit["file_digests"],
+        len(hit["entries"]),
     )
 
 
@@ -298,7 +328,7 @@ def create_index_only_archive_from_oci_layout(
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
-    from clipcy.merge import Tree, apply_layer, iter_nodes
+    from clipcy.merge import Tree, apply_layer, apply_stream, iter_nodes
     from clipcy.writer import encode_archive
 
     t0 = time.perf_counter()
@@ -319,31 +349,63 @@ def create_index_only_archive_from_oci_layout(
     )
 
     cache = LayerCache(cache_dir) if cache_dir is not None else None
+    tree = Tree()
+    # Layer 0 streams its entries straight into the tree, on this thread, while a worker
+    # inflates it: it has no lower layer, so its whiteouts change nothing and tar order is
+    # the merge order. Its entries are never all held at once.
+    stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
+    abort = threading.Event()
+    awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
+
+    def to_main(batch: list[Any]) -> None:
+        batch = list(batch)  # the merge empties its copy; the file hasher still reads the batch
+        while not abort.is_set():
+            try:
+                stream0.put(batch, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise ClipError("indexing aborted")
 
     def run(i: int) -> LayerResult:
         info = image.layers[i]
         emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
         key = LayerCache.key(info.digest, checkpoint_span, file_digests)
-        res = _from_cache(cache, key, info, i, verify)
-        if res is None:
-            res = index_layer(
-                info,
-                i,
-                verify=verify,
-                file_digests=file_digests,
-                span=checkpoint_span,
-                progress=progress,
-            )
-            if cache is not None and verify:
-                cache.put(
-                    key,
-                    res.entries,
-                    res.access,
-                    res.compression,
-                    res.uncompressed_size,
-                    res.diff_id,
-                    res.file_digests,
-                )
+        try:
+            res = _from_cache(cache, key, info, i, verify)
+            if res is None:
+                writer = cache.writer(key) if cache is not None and verify else None
+                sinks: list[Callable[[list[Any]], None]] = []
+                if writer is not None:
+                    sinks.append(writer.add)
+                if i == 0:
+                    sinks.append(to_main)
+                try:
+                    res = index_layer(
+                        info,
+                        i,
+                        verify=verify,
+                        file_digests=file_digests,
+                        span=checkpoint_span,
+                        progress=progress,
+                        on_entries=_fan_out(sinks),
+                        keep_entries=i != 0,
+                    )
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
+                if writer is not None:
+                    writer.commit(
+                        res.access,
+                        res.compression,
+                        res.uncompressed_size,
+                        res.diff_id,
+                        res.file_digests,
+                    )
+        finally:
+            if i == 0:
+                to_main_done()
         emit(
             "layer-done",
             {
@@ -351,35 +413,47 @@ def create_index_only_archive_from_oci_layout(
                 "digest": info.digest,
                 "seconds": round(res.seconds, 6),
                 "uncompressed": res.uncompressed_size,
-                "entries": len(res.entries),
+                "entries": res.entry_count,
             },
         )
         return res
 
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
-    tree = Tree()
+    def to_main_done() -> None:
+        while not abort.is_set():
+            try:
+                stream0.put(None, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     results: list[LayerResult] = []
 
     def merge(res: LayerResult) -> None:
         # Layers are merged in order as they complete, on this thread, while the workers
         # inflate later layers (the GIL is free then); each layer's entries are dropped at once.
-        apply_layer(tree, res.entries, res.index, res.file_digests if file_digests else None)
+        if res.index == 0 and not res.entries:  # streamed: only the digests are left to set
+            for offset, inode in awaiting.items():
+                inode.digest = (res.file_digests or {}).get(offset, b"")
+            awaiting.clear()
+        else:
+            apply_layer(tree, res.entries, res.index, res.file_digests if file_digests else None)
         res.entries = []
         results.append(res)
 
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
     with step("index and merge layers"):
-        if n_workers == 1:
-            for i in range(len(image.layers)):
-                merge(run(i))
-        else:
-            with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
-                futures = [pool.submit(run, i) for i in range(len(image.layers))]
-                try:
-                    for fut in futures:
-                        merge(fut.result())
-                finally:
-                    for fut in futures:
-                        fut.cancel()
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
+            futures = [pool.submit(run, i) for i in range(len(image.layers))]
+            try:
+                if futures:
+                    while (batch := stream0.get()) is not None:
+                        apply_stream(tree, batch, 0, awaiting if file_digests else None)
+                for fut in futures:
+                    merge(fut.result())
+            finally:
+                abort.set()
+                for fut in futures:
+                    fut.cancel()
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
     source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
     metadata = build_metadata(image, results, storage, source)

@@ -247,6 +247,27 @@ def apply_layer(
             tree.remove(path)
     for path in opaques:
         tree.clear_children(path)
+    _apply_entries(tree, entries, layer, digests, None)
+    entries.clear()
+
+
+def apply_stream(
+    tree: Tree, entries: list[Entry], layer: int, awaiting: dict[int, Inode] | None = None
+) -> None:
+    """Apply a batch of entries of a layer with nothing below it (layer 0), as they stream:
+    its whiteouts hide nothing, so tar order is merge order. Files whose digests are not
+    known yet are put in awaiting (data offset -> inode) when it is given."""
+    _apply_entries(tree, entries, layer, None, awaiting)
+
+
+def _apply_entries(
+    tree: Tree,
+    entries: list[Entry],
+    layer: int,
+    digests: dict[int, bytes] | None,
+    awaiting: dict[int, Inode] | None,
+) -> None:
+    """Put entries into the tree in order, releasing each from the list once applied."""
     for i, e in enumerate(entries):
         entries[i] = None  # type: ignore[call-overload]
         path = clean_path(e.name)
@@ -268,8 +289,10 @@ def apply_layer(
                 continue
             tree.put(path, inode)
         else:
-            tree.put(path, _inode_from_entry(e, layer, digests))
-    entries.clear()
+            inode = _inode_from_entry(e, layer, digests)
+            if awaiting is not None and inode.type == FILE:
+                awaiting[inode.offset] = inode
+            tree.put(path, inode)
 
 
 def iter_nodes(tree: Tree) -> Iterator[Node]:
