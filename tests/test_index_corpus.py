@@ -59,7 +59,9 @@ def test_export_matches_expected_tree(
     platform: str | None,
 ) -> None:
     archive = tmp_path / "image.clip"
-    argv = ["index-layout", "--layout", str(corpus / layout), "--tag", tag, "--out", str(archive)]
+    # --file-digests: the export then carries every file's sha256, compared with the oracle's
+    argv = ["index-layout", "--layout", str(corpus / layout), "--tag", tag, "--out", str(archive),
+            "--file-digests"]
     if platform:
         argv += ["--platform", platform]
     assert clipctl(argv) == 0, capsys.readouterr().err
