@@ -99,8 +99,10 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
         counts[node.type] = counts.get(node.type, 0) + 1
     for i, layer in enumerate(md.get("layers", [])):
         acc = arc.access(i)
-        if acc.kind == "gzip":
-            seek = f"gzip: {len(acc.points)} resume points"
+        if acc.kind == "gzip" and len(acc.points) <= 1:
+            seek = "gzip: read from its start (small layer)"
+        elif acc.kind == "gzip":
+            seek = f"gzip: {len(acc.points)} resume points every {acc.span / 2**20:g} MiB"
         elif acc.kind == "zstd":
             seek = (
                 f"zstd: {len(acc.frames)} frames"
@@ -139,8 +141,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         _print_json(info)
         return 0
     a = info["archive"]
+    version = ".".join(str(v) for v in a["format_version"])
     print(
-        f"archive:   {args.archive} ({human(a['size'])}, format {a['format_version']}"
+        f"archive:   {args.archive} ({human(a['size'])}, format {version}"
         + (
             f", {a['percent_of_image']:.3f}% of the image)"
             if a["percent_of_image"] is not None
@@ -347,7 +350,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"wrote {out}: {summary.node_count} nodes from {summary.layer_count} layers, "
             f"{human(summary.archive_size)} ({pct:.1f}% of {human(summary.image_size)})\n"
         )
-        for argv in (["inspect", str(out)], ["ls", str(out), "/", "-l", "-R"]):
+        for argv in (
+            ["inspect", str(out)],
+            ["ls", str(out), "/", "-l", "-R"],
+            ["cat", str(out), "/etc/os-release"],
+        ):
             print("$ clipctl " + " ".join(argv))
             sys.stdout.flush()
             from clipcy.cli import build_parser
