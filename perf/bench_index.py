@@ -11,6 +11,7 @@ and the peak RSS of the process (from wait4's rusage).
 
 Commands:
   clipctl            clipctl index-layout (compiled core, verification and resume points on)
+  clipctl --no-verify  the same without the sha256 of blobs and tars (shows what hashing costs)
   clipctl-1worker    the same with --workers 1 (multi-layer sets only)
   clipctl-py         the same with CLIPCY_PUREPYTHON=1 (the pure-Python twin; reported only)
   tarfile            perf/tarfile_walker.py: Python's tarfile in stream mode recording the
@@ -89,7 +90,10 @@ def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | st
     kind = layers[0][1]
     blobs = " ".join(str(b) for b, _, _ in layers)
     index = index_cmd(layout, tmp / "out.clip", "--no-cache")
-    cmds: dict[str, list[str] | str] = {"clipctl": index}
+    cmds: dict[str, list[str] | str] = {
+        "clipctl": index,
+        "clipctl --no-verify": index + ["--no-verify"],
+    }
     if len(layers) > 1:
         cmds["clipctl-1worker"] = index + ["--workers", "1"]
     if with_py:
