@@ -10,7 +10,9 @@ import gzip
 import os
 import random
 import shutil
+import struct
 import subprocess
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipcy.access import GZIP, PLAIN, ZSTD
+from clipcy.blobindex import BLOCK_MAX as BLOCK
 from clipcy.blobindex import DEFAULT_SPAN, OUT_PIECE, ZstdIndexer, make_indexer
 from clipcy.errors import ClipError, CompressionError
 
@@ -502,6 +505,239 @@ def test_zstd_bomb_output_is_bounded() -> None:
         total += len(out)
     ix.finish()
     assert total == 30 << 20
+
+
+# -- zstd: fed in any pieces, frames walked independently, bombs ---------------------------
+def walk_zstd(blob: bytes) -> list[tuple[int, int, int, int]]:
+    """The frames table, independently of ZstdIndexer: the whole blob walked by RFC 8878's
+    layout (skippable frames, frame header, block headers, checksum), each data frame's size
+    from zstandard decoding that frame alone."""
+    import zstandard
+
+    frames = []
+    pos = uoff = 0
+    while pos < len(blob):
+        (magic,) = struct.unpack_from("<I", blob, pos)
+        if magic & ~0xF == 0x184D2A50:
+            (size,) = struct.unpack_from("<I", blob, pos + 4)
+            pos += 8 + size
+            continue
+        assert magic == 0xFD2FB528
+        desc = blob[pos + 4]
+        single = bool(desc & 0x20)
+        fcs_len = [1 if single else 0, 2, 4, 8][desc >> 6]
+        end = pos + 5 + (0 if single else 1) + [0, 1, 2, 4][desc & 3] + fcs_len
+        while True:
+            (head,) = struct.unpack("<I", blob[end:end + 3] + b"\0")
+            end += 3 + (1 if head >> 1 & 3 == 1 else head >> 3)
+            if head & 1:
+                break
+        end += 4 if desc & 4 else 0
+        usize = len(zstandard.ZstdDecompressor().decompressobj().decompress(blob[pos:end]))
+        frames.append((pos, end - pos, uoff, usize))
+        uoff += usize
+        pos = end
+    assert pos == len(blob)
+    return frames
+
+
+def random_pieces(blob: bytes, seed: int) -> list[bytes]:
+    """blob cut into pieces of 1 byte .. 3 MiB: half tiny (1-64), half log-uniform."""
+    rnd = random.Random(seed)
+    out = []
+    pos = 0
+    while pos < len(blob):
+        size = rnd.randint(1, 64) if rnd.random() < 0.5 else int(2 ** rnd.uniform(0, 21.58))
+        out.append(blob[pos:pos + size])
+        pos += size
+    assert max(map(len, out)) <= 3 << 20
+    return out
+
+
+def index_pieces(ix: ZstdIndexer, pieces: list[bytes]) -> list[bytes]:
+    outs = []
+    for piece in pieces:
+        for out in ix.feed(piece):
+            assert 0 < len(out) <= OUT_PIECE
+            outs.append(out)
+    ix.finish()
+    return outs
+
+
+def skippable(data: bytes, nibble: int = 0) -> bytes:
+    return struct.pack("<II", 0x184D2A50 | nibble, len(data)) + data
+
+
+def handmade_frame(blocks: list[tuple[int, bytes]]) -> bytes:
+    """A zstd frame built by hand: no content size, no checksum, 128 KiB window; blocks are
+    (0, raw bytes) or (n, one byte): an RLE block of that byte repeated n times."""
+    out = [struct.pack("<IBB", 0xFD2FB528, 0x00, 7 << 3)]  # window 2**(10+7)
+    for i, (n, data) in enumerate(blocks):
+        last = i == len(blocks) - 1
+        if n:
+            out.append(((n << 3) | 2 | last).to_bytes(3, "little") + data)
+        else:
+            out.append(((len(data) << 3) | last).to_bytes(3, "little") + data)
+    return b"".join(out)
+
+
+def small_zstd_blob() -> bytes:
+    """A few KiB holding every frame kind: skippable (first and between), content size and
+    checksum, empty, neither, RLE and raw blocks, zero-size raw block."""
+    import zstandard
+
+    payload = make_payload(5, 6000)
+    return b"".join([
+        skippable(b"first", 3),
+        zstandard.ZstdCompressor(write_checksum=True).compress(payload[:3000]),
+        zstandard.ZstdCompressor().compress(b""),
+        skippable(b""),
+        zstandard.ZstdCompressor(write_content_size=False,
+                                 write_checksum=False).compress(payload[3000:] + b"a" * 5000),
+        handmade_frame([(3000, b"z"), (0, b"raw bytes"), (0, b""), (1, b"q"), (0, b"end")]),
+    ])
+
+
+@pytest.mark.parametrize("name", list(ZSTD_BLOBS))
+@pytest.mark.parametrize("seed", range(3))
+def test_zstd_random_pieces(work: Path, name: str, seed: int) -> None:
+    path, full = make_zstd(work, name)
+    blob = path.read_bytes()
+    ix = ZstdIndexer()
+    assert b"".join(index_pieces(ix, random_pieces(blob, seed))) == full
+    assert ix.total_in == len(blob) and ix.total_out == len(full)
+    assert ix.access().frames == walk_zstd(blob)
+
+
+def test_zstd_frames_match_independent_walk(work: Path) -> None:
+    blobs = [make_zstd(work, name)[0].read_bytes() for name in ZSTD_BLOBS]
+    for blob in blobs + [small_zstd_blob()]:
+        ix = ZstdIndexer()
+        index_pieces(ix, [blob])
+        assert ix.access().frames == walk_zstd(blob)
+
+
+def test_zstd_piece_sizes(work: Path) -> None:
+    """1 MiB feeds of a 2.5 MB frame: pieces stay <= OUT_PIECE and are mostly big."""
+    path, full = make_zstd(work, "plain")
+    blob = path.read_bytes()
+    pieces = [blob[i:i + (1 << 20)] for i in range(0, len(blob), 1 << 20)]
+    outs = index_pieces(ZstdIndexer(), pieces)
+    assert b"".join(outs) == full
+    assert sum(len(o) < 64 << 10 for o in outs) <= 2 * len(pieces)
+    assert max(map(len, outs)) == OUT_PIECE
+
+
+def test_zstd_split_anywhere() -> None:
+    """Every header, block and checksum cut at every byte, in two and in three feeds."""
+    import zstandard
+
+    blob = small_zstd_blob()
+    frames = walk_zstd(blob)
+    assert len(frames) == 4 and frames[1][3] == 0
+    full = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
+    for cut in range(len(blob) + 1):
+        ix = ZstdIndexer()
+        assert b"".join(index_pieces(ix, [blob[:cut], blob[cut:]])) == full, cut
+        assert ix.frames == frames
+    rnd = random.Random(7)
+    for _ in range(1000):
+        i, j = sorted(rnd.randrange(len(blob) + 1) for _ in range(2))
+        ix = ZstdIndexer()
+        assert b"".join(index_pieces(ix, [blob[:i], blob[i:j], blob[j:]])) == full, (i, j)
+        assert ix.frames == frames
+
+
+def bomb_check(blob: bytes, size: int, pieces: list[bytes]) -> None:
+    """Index a bomb of `size` zero bytes: pieces <= OUT_PIECE, Python memory stays small."""
+    zeros = bytes(OUT_PIECE)
+    ix = ZstdIndexer()
+    total = count = 0
+    tracemalloc.start()
+    try:
+        for piece in pieces:
+            for out in ix.feed(piece):
+                assert 0 < len(out) <= OUT_PIECE and out == zeros[:len(out)]
+                total += len(out)
+                count += 1
+        ix.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == size == ix.total_out
+    assert count >= size // OUT_PIECE
+    assert peak < 8 * OUT_PIECE, peak  # a few pieces alive at once, never the whole output
+    assert ix.access().frames == [(0, len(blob), 0, size)]
+
+
+def test_zstd_rle_bomb_is_bounded() -> None:
+    """2 GiB from 64 KiB: hand-built RLE blocks (4 bytes -> 128 KiB each)."""
+    size = 2 << 30
+    blob = handmade_frame([(BLOCK, b"\0")] * (size // BLOCK))
+    assert len(blob) < 70_000
+    bomb_check(blob, size, [blob])  # all in one feed
+    bomb_check(blob, size, random_pieces(blob, 3))
+
+
+def test_zstd_tool_bomb_is_bounded(tmp_path: Path) -> None:
+    """512 MiB of zeros streamed through `zstd -1` (no content size; RLE + tiny blocks)."""
+    need("zstd")
+    size = 512 << 20
+    with subprocess.Popen(["zstd", "-q", "-1", "-c"], stdin=subprocess.PIPE,
+                          stdout=(tmp_path / "bomb.zst").open("wb")) as z:
+        assert z.stdin is not None
+        zeros = bytes(4 << 20)
+        for _ in range(size // len(zeros)):
+            z.stdin.write(zeros)
+        z.stdin.close()
+    assert z.returncode == 0
+    blob = (tmp_path / "bomb.zst").read_bytes()
+    assert len(blob) < 100_000
+    bomb_check(blob, size, [blob])
+
+
+def test_zstd_more_errors() -> None:
+    import zstandard
+
+    payload = make_payload(6, 3000)
+    one = zstandard.ZstdCompressor(write_checksum=True).compress(payload)
+    pre = skippable(b"x" * 10)
+    off = len(pre)
+    desc = one[4]
+    assert desc & 0x20 and desc >> 6 == 1  # single segment, 2-byte content size
+    # a flipped checksum byte: the decoder's check, named with the frame's offset
+    bad = bytearray(pre + one)
+    bad[-1] ^= 1
+    with pytest.raises(CompressionError,
+                       match=rf"zstd frame at compressed offset {off}: .*checksum"):
+        index_pieces(ZstdIndexer(), [bytes(bad)])
+    # the content size says one byte more / less than the frame holds
+    for delta in (1, -1):
+        bad = bytearray(pre + one)
+        bad[off + 5:off + 7] = (len(payload) - 256 + delta).to_bytes(2, "little")
+        with pytest.raises(CompressionError, match=rf"zstd frame at compressed offset {off}: "):
+            index_pieces(ZstdIndexer(), [bytes(bad)])
+    # the reserved bit of the frame header descriptor
+    bad = bytearray(pre + one)
+    bad[off + 4] |= 0x08
+    with pytest.raises(CompressionError, match=rf"compressed offset {off}: reserved bit"):
+        index_pieces(ZstdIndexer(), [bytes(bad)])
+    # reserved block type (3) in the second frame's first block header
+    hand = handmade_frame([(0, b"abc")])
+    bad = bytearray(one + hand)
+    bad[len(one) + 6] |= 0b110
+    with pytest.raises(CompressionError, match=rf"compressed offset {len(one)}: reserved block "
+                                               rf"type at compressed offset {len(one) + 6}"):
+        index_pieces(ZstdIndexer(), [bytes(bad[:len(one) + 7]), bytes(bad[len(one) + 7:])])
+    # a raw block header claiming 200000 bytes, split across feeds
+    bad = bytearray(hand)
+    bad[6:9] = ((200_000 << 3) | 1).to_bytes(3, "little")
+    with pytest.raises(CompressionError, match=r"block of 200000 bytes at compressed offset 6"):
+        index_pieces(ZstdIndexer(), [bytes(bad[:7]), bytes(bad[7:])])
+    # a frame that ends inside a skippable frame, or in the middle of its checksum
+    for cut in (len(pre) - 3, len(pre) + len(one) - 2):
+        with pytest.raises(CompressionError, match=r"truncated zstd stream"):
+            index_pieces(ZstdIndexer(), [(pre + one)[:cut]])
 
 
 def test_plain_indexer() -> None:
