@@ -190,6 +190,50 @@ def test_gzip_sequential_and_interleaved_reads(blobs: Path) -> None:
             cursors[k] = min(len(full), cursors[k] + n + rnd.choice([0, 0, 1, 70_000]))
 
 
+def decoder_frames(blob: bytes) -> list[tuple[int, int, int, int]]:
+    """The frames table found by the decoder alone (no header parsing): each data frame is
+    decoded from its start by a fresh zstandard decompressobj, which stops at the frame's
+    end and leaves the rest in unused_data; skippable frames are stepped over by length."""
+    import zstandard
+
+    frames = []
+    pos = uoff = 0
+    while pos < len(blob):
+        magic = int.from_bytes(blob[pos:pos + 4], "little")
+        if magic & ~0xF == 0x184D2A50:
+            pos += 8 + int.from_bytes(blob[pos + 4:pos + 8], "little")
+            continue
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        usize = len(dobj.decompress(blob[pos:]))
+        assert dobj.eof
+        csize = len(blob) - pos - len(dobj.unused_data)
+        frames.append((pos, csize, uoff, usize))
+        pos += csize
+        uoff += usize
+    return frames
+
+
+@pytest.mark.parametrize("layout", ["zstd", "zstd-multiframe", "zstd-skippable"])
+def test_corpus_zstd_frames_match_decoder(corpus: Path, layout: str) -> None:
+    """The indexer's frames (header walk) equal the decoder's own frame ends, on the corpus
+    layers, fed in 1 MiB reads and in odd 65537-byte ones."""
+    layers = [p for p, _ in layout_layers(corpus / layout)
+              if detect(p.read_bytes()[:4]) == ZSTD]
+    assert layers
+    for path in layers:
+        blob = path.read_bytes()
+        want = decoder_frames(blob)
+        assert index_file(path, ZSTD)[0].frames == want, path
+        ix = make_indexer(ZSTD)
+        for i in range(0, len(blob), 65537):
+            for _ in ix.feed(blob[i:i + 65537]):
+                pass
+        ix.finish()
+        assert ix.access().frames == want, path
+    if layout == "zstd-multiframe":
+        assert any(len(decoder_frames(p.read_bytes())) > 1 for p in layers)
+
+
 def test_zstd_streamed_frames(blobs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames above FRAME_CACHE_MAX are streamed; parked decoders serve sequential reads."""
     monkeypatch.setattr(blobread, "FRAME_CACHE_MAX", 0)
