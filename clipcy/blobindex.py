@@ -162,7 +162,7 @@ class ZstdIndexer:
     memoryview slices of the fed chunk, each slice spanning as many whole blocks as fit in
     OUT_PIECE of output by their headers' bound (raw/RLE: their size, compressed: 128 KiB),
     so one call returns at most OUT_PIECE even on a bomb (RLE: 4 bytes -> 128 KiB). Nothing
-    is buffered but an incomplete header (at most 18 bytes) between feeds. The decoder checks
+    is buffered but an incomplete header (at most 13 bytes) between feeds. The decoder checks
     the frame checksum; the walker checks that the decoder ends exactly where the walk does.
     """
 
