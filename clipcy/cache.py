@@ -26,13 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from clipcy.access import LayerAccess
 
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 2
+VERSION = 3
 _LEN = struct.Struct("<I")
+# zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes
 
 
@@ -85,6 +88,7 @@ class CacheWriter:
         self.cache, self.key, self.tmp = cache, key, tmp
         self.f = os.fdopen(fd, "wb")
         self.sha = hashlib.sha256()
+        self.cctx = zstandard.ZstdCompressor(level=1)  # frames carry their content size
         self.failed = False
         self._write(MAGIC + bytes([VERSION]))
 
@@ -99,7 +103,8 @@ class CacheWriter:
             self.abort()
 
     def _record(self, obj: Any) -> None:
-        payload = marshal.dumps(obj)
+        # zstd level 1: the trailer holds the raw 32 KiB resume windows, which shrink ~10x
+        payload = self.cctx.compress(marshal.dumps(obj))
         self._write(_LEN.pack(len(payload)) + payload)
 
     def add(self, entries: list[Any]) -> None:
@@ -193,13 +198,14 @@ class LayerCache:
             log.warning("ignoring a corrupt cache entry %s", path)
             return None
         records = []
+        dctx = zstandard.ZstdDecompressor()
         pos, end = head, len(raw) - 32
         try:
             while pos < end:
                 (n,) = _LEN.unpack_from(raw, pos)
-                records.append(marshal.loads(raw[pos + 4 : pos + 4 + n]))
+                records.append(marshal.loads(dctx.decompress(raw[pos + 4 : pos + 4 + n])))
                 pos += 4 + n
-        except (ValueError, EOFError, TypeError, struct.error):
+        except (ValueError, EOFError, TypeError, struct.error, zstandard.ZstdError):
             log.warning("ignoring an unreadable cache entry %s", path)
             return None
         if not records or not isinstance(records[-1], dict) or records[-1].get("key") != key:

@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Any
 
-DEPTH = 16  # pieces in flight (each <= 1 MiB)
+DEPTH = 4  # pieces in flight (each <= 1 MiB): enough to absorb jitter, bounded memory
 
 
 class HashPipe:
