@@ -444,6 +444,24 @@ cdef class GzipIndexer:
                 f"ends early at compressed offset {self._in}")
         self.finished = True
 
+    def drain_points(self):
+        """The resume points whose windows are final, removed from the indexer.
+
+        Between feeds only. The caller keeps them (index-layout compresses their windows at
+        once, so raw 32 KiB windows never pile up); access() then returns only the rest.
+        A point whose sparse window is still being worked out stays, with any after it.
+        """
+        if self.busy:
+            raise RuntimeError("GzipIndexer.drain_points: the last feed() was not consumed")
+        cdef Py_ssize_t n = len(self._points)
+        if self.pending:
+            n = self.pend_index
+        taken = self._points[:n]
+        del self._points[:n]
+        if self.pending:
+            self.pend_index -= n
+        return taken
+
     def access(self):
         """The LayerAccess (kind gzip) for what was fed; call after finish()."""
         from clipcy.access import GZIP, LayerAccess

@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from clipcy.access import LayerAccess
+from clipcy.format import EncodedAccess
 from clipcy.node import Node
 
 __all__ = ["encode_archive", "encode_blocks", "encode_access"]
@@ -18,5 +19,6 @@ def encode_access(i: int, a: LayerAccess) -> bytes: ...
 
 
 def encode_archive(
-    metadata: dict[str, Any], nodes: Iterable[Node], access: Sequence[LayerAccess]
+    metadata: dict[str, Any], nodes: Iterable[Node],
+    access: Sequence[LayerAccess | EncodedAccess]
 ) -> bytes: ...

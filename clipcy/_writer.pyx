@@ -400,6 +400,8 @@ def encode_archive(metadata, nodes, access):
     """The complete .clip archive for this tree, as bytes (reproducible)."""
     meta = F.canonical_json(metadata)
     blocks = encode_blocks(nodes)
-    payloads = [encode_access(i, a) for i, a in enumerate(access)]
+    # an access item may come already encoded (format.EncodedAccess, from index-layout)
+    payloads = [a if isinstance(a, F.EncodedAccess) else encode_access(i, a)
+                for i, a in enumerate(access)]
     # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
     return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)

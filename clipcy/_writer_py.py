@@ -292,10 +292,12 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
 
 
 def encode_archive(metadata: dict[str, Any], nodes: Iterable[Node],
-                   access: Sequence[LayerAccess]) -> bytes:
+                   access: Sequence[LayerAccess | F.EncodedAccess]) -> bytes:
     """The complete .clip archive for this tree, as bytes (reproducible)."""
     meta = F.canonical_json(metadata)
     blocks = encode_blocks(nodes)
-    payloads = [encode_access(i, a) for i, a in enumerate(access)]
+    # an access item may come already encoded (format.EncodedAccess, from index-layout)
+    payloads = [a if isinstance(a, F.EncodedAccess) else encode_access(i, a)
+                for i, a in enumerate(access)]
     # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
     return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)

@@ -29,11 +29,12 @@ from typing import Any
 import zstandard
 
 from clipcy.access import LayerAccess
+from clipcy.packing import PackedAccess
 
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 3
+VERSION = 4
 _LEN = struct.Struct("<I")
 # zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes
@@ -113,7 +114,7 @@ class CacheWriter:
 
     def commit(
         self,
-        access: LayerAccess,
+        access: LayerAccess | PackedAccess,
         compression: str,
         uncompressed_size: int,
         diff_id: str | None,
@@ -122,7 +123,13 @@ class CacheWriter:
         self._record(
             {
                 "key": self.key,
-                "access": (access.kind, access.span, access.points, access.frames),
+                "access": (
+                    access.kind,
+                    access.span,
+                    access.points,
+                    access.frames,
+                    isinstance(access, PackedAccess),
+                ),
                 "compression": compression,
                 "uncompressed_size": uncompressed_size,
                 "diff_id": diff_id,
@@ -216,9 +223,8 @@ class LayerCache:
             pass
         obj: dict[str, Any] = records[-1]
         acc = obj["access"]
-        obj["access"] = LayerAccess(
-            acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]]
-        )
+        kind = PackedAccess if acc[4] else LayerAccess
+        obj["access"] = kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]])
         obj["entries"] = [CachedEntry(t) for batch in records[:-1] for t in batch]
         return obj
 

@@ -12,8 +12,8 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import zstandard
 
@@ -117,24 +117,65 @@ def _check_raw(what: str, raw: bytes, limit: int) -> None:
                                 f"{limit}")
 
 
+class EncodedAccess(NamedTuple):
+    """A layer's access payload as its archive frame: raw length and zstd frame."""
+
+    raw_len: int
+    frame: bytes
+
+
+def compress_access(chunks: Iterable[bytes], layer: int) -> EncodedAccess:
+    """The access frame of a payload given in pieces (streamed: the whole payload is never
+    held). zstd's streaming output does not depend on how the input is cut, so a payload
+    compressed whole or piece by piece gives the same frame."""
+    cobj = _compressor(ZSTD_LEVEL_ACCESS).compressobj()
+    out = []
+    raw_len = 0
+    for chunk in chunks:
+        raw_len += len(chunk)
+        if raw_len > MAX_ACCESS_RAW:
+            raise ArchiveWriteError(f"cannot encode access data of layer {layer}: more than "
+                                    f"the limit of {MAX_ACCESS_RAW} bytes")
+        out.append(cobj.compress(chunk))
+    out.append(cobj.flush())
+    return EncodedAccess(raw_len, b"".join(out))
+
+
+def _exact(frame: bytes) -> bytes:
+    """python-zstandard's compress() keeps the whole bound-sized buffer behind the (much
+    shorter) bytes it returns: ~64 KiB per node block. Copy to an exact-size object."""
+    return memoryview(frame).tobytes()
+
+
+def uvarint(v: int) -> bytes:
+    """Unsigned LEB128 (docs/FORMAT.md "varint")."""
+    out = bytearray()
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
 def assemble(meta_json: bytes, node_count: int,
              blocks: Sequence[tuple[bytes, int, bytes]],
-             access_payloads: Sequence[bytes]) -> bytes:
+             access_payloads: Sequence[bytes | EncodedAccess]) -> bytes:
     """Lay out a whole archive.
 
     blocks: (first path, record count, raw records) per node block, in path order.
-    access_payloads: the raw access payload of each layer.
+    access_payloads: each layer's raw access payload, or that payload already compressed by
+    compress_access (index-layout streams it there so raw windows never pile up).
     """
     cctx = _compressor()
     _check_raw("metadata", meta_json, MAX_METADATA_RAW)
-    metadata = U64.pack(len(meta_json)) + cctx.compress(meta_json)
+    metadata = U64.pack(len(meta_json)) + _exact(cctx.compress(meta_json))
 
     index = [NODE_INDEX_HEAD.pack(node_count, len(blocks))]
     data: list[bytes] = []
     pos = 0
     for first, count, raw in blocks:
         _check_raw(f"node block starting at {first!r}", raw, MAX_BLOCK_RAW)
-        frame = cctx.compress(raw)
+        frame = _exact(cctx.compress(raw))
         index.append(BLOCK_ENTRY.pack(pos, len(frame), len(raw), count, zlib.crc32(frame),
                                       len(first)))
         index.append(first)
@@ -145,11 +186,10 @@ def assemble(meta_json: bytes, node_count: int,
     index = [ACCESS_INDEX_HEAD.pack(len(access_payloads))]
     data = []
     pos = 0
-    cctx = _compressor(ZSTD_LEVEL_ACCESS)
-    for i, raw in enumerate(access_payloads):
-        _check_raw(f"access data of layer {i}", raw, MAX_ACCESS_RAW)
-        frame = cctx.compress(raw)
-        index.append(ACCESS_ENTRY.pack(pos, len(frame), len(raw), zlib.crc32(frame)))
+    for i, item in enumerate(access_payloads):
+        enc = item if isinstance(item, EncodedAccess) else compress_access([item], i)
+        frame = enc.frame
+        index.append(ACCESS_ENTRY.pack(pos, len(frame), enc.raw_len, zlib.crc32(frame)))
         data.append(frame)
         pos += len(frame)
     access_index, access_data = b"".join(index), b"".join(data)

@@ -30,6 +30,7 @@ from clipcy.hashpipe import HashPipe
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
 from clipcy.node import Node
+from clipcy.packing import PackedAccess, WindowPacker
 
 log = logging.getLogger("clipcy")
 
@@ -43,7 +44,7 @@ class LayerResult:
 
     index: int
     entries: list[Any]
-    access: LayerAccess
+    access: LayerAccess | PackedAccess
     compression: str
     uncompressed_size: int
     diff_id: str | None
@@ -87,6 +88,7 @@ def index_layer(
     on_entries gets each batch of entries as it is parsed (their data may not have streamed
     yet); with keep_entries=False the result holds no entries (the callback had them all).
     """
+    from clipcy._checkpoint import GzipIndexer
     from clipcy.blobindex import make_indexer
     from clipcy.streams import detect
     from clipcy.tarparse import TarParser
@@ -116,6 +118,10 @@ def index_layer(
         entries: list[Any] = []
         count = 0
         pipe = HashPipe() if verify else None  # stream 0: the blob, 1: the tar
+        # gzip: windows are compressed as soon as they are final (packing.py)
+        gz = indexer if isinstance(indexer, GzipIndexer) else None
+        packer = WindowPacker()
+        packed: list[Any] = []
         read = len(head)
         chunk = head
         where = f"layer {index} ({info.digest})"
@@ -136,6 +142,8 @@ def index_layer(
                         hasher.add(new)
                         hasher.feed(out, pos)
                     pos += len(out)
+                if gz is not None and gz.total_out >= gz.min_points_layer:
+                    packed.extend(packer.pack(gz.drain_points()))
                 if progress is not None:
                     progress("layer-progress", {"layer": index, "bytes": read})
                 chunk = f.read(READ_CHUNK)
@@ -186,10 +194,13 @@ def index_layer(
         kind,
         seconds,
     )
+    access: LayerAccess | PackedAccess = indexer.access()
+    if gz is not None:
+        access = PackedAccess(access.kind, access.span, packed + packer.pack(access.points))
     return LayerResult(
         index,
         entries,
-        indexer.access(),
+        access,
         kind,
         indexer.total_out,
         diff_id,
@@ -466,7 +477,11 @@ def create_index_only_archive_from_oci_layout(
             yield node
 
     with step("sort the tree and encode the archive"):
-        data = encode_archive(metadata, counted(), [r.access for r in results])
+        access = [
+            r.access.encoded(r.index) if isinstance(r.access, PackedAccess) else r.access
+            for r in results
+        ]
+        data = encode_archive(metadata, counted(), access)
     with step("write archive"):
         write_atomic(out, data)
     summary = IndexSummary(

@@ -68,6 +68,8 @@ class Inode:
         "sparse",
         "digest",
         "children",
+        "links",
+        "ino",
     )
 
     def __init__(self, type: str, mode: int, uid: int, gid: int, mtime: float) -> None:
@@ -87,6 +89,8 @@ class Inode:
         self.digest = b""
         # directories: the paths of its children (the same bytes objects as the tree's keys)
         self.children: set[bytes] | None = set() if type == DIR else None
+        self.links = 0  # paths in the tree naming this inode (hardlinks share one)
+        self.ino = 0  # assigned in path order by iter_nodes
 
 
 def split_mtime(mtime: float) -> tuple[int, int]:
@@ -140,6 +144,7 @@ class Tree:
         inode = self.paths.pop(path, None)
         if inode is None:
             return
+        inode.links -= 1
         pnode = self.paths.get(split_path(path)[0])
         if pnode is not None and pnode.children is not None:
             pnode.children.discard(path)
@@ -153,6 +158,7 @@ class Tree:
                 for child in node.children:
                     sub = self.paths.pop(child, None)
                     if sub is not None:
+                        sub.links -= 1
                         stack.append(sub)
                 node.children.clear()
 
@@ -182,6 +188,7 @@ class Tree:
 
     def _attach(self, pnode: Inode, path: bytes, inode: Inode) -> None:
         self.paths[path] = inode
+        inode.links += 1
         assert pnode.children is not None
         pnode.children.add(path)
 
@@ -189,12 +196,14 @@ class Tree:
         if path == b"/":
             if inode.type == DIR:  # the root takes the metadata of a "./" entry
                 inode.children = self.paths[b"/"].children
+                inode.links = 1
                 self.paths[b"/"] = inode
             return
         old = self.paths.get(path)
         if old is not None:
             if old.type == DIR and inode.type == DIR and old is not inode:
                 inode.children = old.children  # dir over dir keeps the children
+                inode.links, old.links = 1, 0
                 self.paths[path] = inode
                 return
             self.remove(path)
@@ -303,26 +312,22 @@ def iter_nodes(tree: Tree) -> Iterator[Node]:
     """
     items: list[tuple[bytes, Inode] | None] = list(sorted(tree.paths.items()))
     tree.paths = {}
-    links: dict[int, int] = {}
     subdirs: dict[bytes, int] = {}
     for item in items:
         assert item is not None
         path, inode = item
-        key = id(inode)
-        links[key] = links.get(key, 0) + 1
         if inode.type == DIR and path != b"/":
             parent = split_path(path)[0]
             subdirs[parent] = subdirs.get(parent, 0) + 1
-    ino_of: dict[int, int] = {}
+    next_ino = 0
     for i, item in enumerate(items):
         assert item is not None
         path, inode = item
         items[i] = None  # release the inode (unless a hardlink still holds it)
-        key = id(inode)
-        ino = ino_of.get(key)
-        if ino is None:
-            ino = ino_of[key] = len(ino_of) + 1
-        nlink = 2 + subdirs.pop(path, 0) if inode.type == DIR else links[key]
+        if not inode.ino:
+            next_ino += 1
+            inode.ino = next_ino
+        nlink = 2 + subdirs.pop(path, 0) if inode.type == DIR else inode.links
         xattrs = dict(sorted(inode.xattrs.items())) if inode.xattrs else _NO_XATTRS
         # positional: Node's field order (path, type, mode, uid, gid, mtime_sec, mtime_nsec,
         # size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset, sparse, digest)
@@ -339,7 +344,7 @@ def iter_nodes(tree: Tree) -> Iterator[Node]:
             inode.devmajor,
             inode.devminor,
             xattrs,
-            ino,
+            inode.ino,
             nlink,
             inode.layer,
             inode.offset,

@@ -17,6 +17,7 @@ from typing import Any
 from clipcy.errors import ClipError
 from clipcy.files import ArchiveFile, BlobStore
 from clipcy.node import FILE, Node
+from clipcy.packing import same_access
 
 _NODE_FIELDS = (
     "type",
@@ -82,7 +83,7 @@ def verify_archive(
         except ClipError as e:
             problems.append(f"layer {i}: {e}")
             continue
-        if res.access != recorded:
+        if not same_access(res.access, recorded):
             problems.append(f"layer {i} ({info.digest}): resume points differ from a fresh index")
         results.append(res)
     if problems:
