@@ -29,12 +29,13 @@ from typing import Any
 import zstandard
 
 from clipcy.access import LayerAccess
+from clipcy.format import EncodedAccess
 from clipcy.packing import PackedAccess
 
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 4
+VERSION = 5
 _LEN = struct.Struct("<I")
 # zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes
@@ -119,6 +120,7 @@ class CacheWriter:
         uncompressed_size: int,
         diff_id: str | None,
         file_digests: dict[int, bytes] | None,
+        encoded: EncodedAccess | None = None,
     ) -> None:
         self._record(
             {
@@ -134,6 +136,7 @@ class CacheWriter:
                 "uncompressed_size": uncompressed_size,
                 "diff_id": diff_id,
                 "file_digests": file_digests,
+                "encoded": tuple(encoded) if encoded is not None else None,
             }
         )
         if self.failed:
@@ -226,6 +229,8 @@ class LayerCache:
         kind = PackedAccess if acc[4] else LayerAccess
         obj["access"] = kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]])
         obj["entries"] = [CachedEntry(t) for batch in records[:-1] for t in batch]
+        enc = obj.get("encoded")
+        obj["encoded"] = EncodedAccess(*enc) if enc is not None else None
         return obj
 
     def writer(self, key: str) -> CacheWriter | None:

@@ -26,6 +26,7 @@ from clipcy.access import LayerAccess
 from clipcy.cache import LayerCache
 from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
+from clipcy.format import EncodedAccess
 from clipcy.hashpipe import HashPipe
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
@@ -51,6 +52,7 @@ class LayerResult:
     seconds: float
     file_digests: dict[int, bytes] | None = None  # data offset -> sha256 of the content
     entry_count: int = 0
+    encoded: EncodedAccess | None = None  # the access frame, once made (on the worker)
 
 
 @dataclass(slots=True)
@@ -210,6 +212,14 @@ def index_layer(
     )
 
 
+def _access_for_writer(res: LayerResult) -> LayerAccess | EncodedAccess:
+    if res.encoded is not None:
+        return res.encoded
+    if isinstance(res.access, PackedAccess):
+        return res.access.encoded(res.index)
+    return res.access
+
+
 def _fan_out(sinks: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None] | None:
     if not sinks:
         return None
@@ -248,6 +258,7 @@ def _from_cache(
         0.0,
         hit["file_digests"],
         len(hit["entries"]),
+        hit["encoded"],
     )
 
 
@@ -406,6 +417,8 @@ def create_index_only_archive_from_oci_layout(
                     if writer is not None:
                         writer.abort()
                     raise
+                if isinstance(res.access, PackedAccess):  # compress on this worker thread
+                    res.encoded = res.access.encoded(i)
                 if writer is not None:
                     writer.commit(
                         res.access,
@@ -413,6 +426,7 @@ def create_index_only_archive_from_oci_layout(
                         res.uncompressed_size,
                         res.diff_id,
                         res.file_digests,
+                        res.encoded,
                     )
         finally:
             if i == 0:
@@ -477,10 +491,7 @@ def create_index_only_archive_from_oci_layout(
             yield node
 
     with step("sort the tree and encode the archive"):
-        access = [
-            r.access.encoded(r.index) if isinstance(r.access, PackedAccess) else r.access
-            for r in results
-        ]
+        access = [_access_for_writer(r) for r in results]
         data = encode_archive(metadata, counted(), access)
     with step("write archive"):
         write_atomic(out, data)
