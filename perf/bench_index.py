@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-CLIPCTL = [PY, "-m", "clipcy"]
+CLIPCTL = [PY, "-I", "-m", "clipcy"]  # -I: the installed clipcy, never ./clipcy
 
 
 def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -205,7 +205,7 @@ def bench_lookup(layout: Path, runs: int = 9) -> list[str]:
         imports, lookups = [], []
         for _ in range(runs):
             res = subprocess.run(
-                [PY, "-c", LOOKUP, str(out), path], check=True, capture_output=True, text=True
+                [PY, "-I", "-c", LOOKUP, str(out), path], check=True, capture_output=True, text=True
             ).stdout.split()
             imports.append(float(res[0]))
             lookups.append(float(res[1]))
@@ -242,6 +242,9 @@ def main() -> None:
     ap.add_argument("--no-py", action="store_true", help="skip the pure-Python twin")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
+    version = subprocess.run(CLIPCTL + ["--version"], check=True, capture_output=True, text=True)
+    if "compiled" not in version.stdout:
+        raise SystemExit(f"the compiled core is not in use: install clipcy first\n{version.stdout}")
     lines = [
         f"Machine: {machine()}",
         "",
