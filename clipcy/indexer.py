@@ -379,15 +379,20 @@ def create_index_only_archive_from_oci_layout(
     abort = threading.Event()
     awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
 
-    def to_main(batch: list[Any]) -> None:
-        batch = list(batch)  # the merge empties its copy; the file hasher still reads the batch
+    def offer(item: list[Any] | None) -> bool:
+        """Hand item to the merging thread; False once the run was aborted."""
         while not abort.is_set():
             try:
-                stream0.put(batch, timeout=0.1)
-                return
+                stream0.put(item, timeout=0.1)
+                return True
             except queue.Full:
                 continue
-        raise ClipError("indexing aborted")
+        return False
+
+    def to_main(batch: list[Any]) -> None:
+        # a copy: the merge empties its list while the file hasher still reads the batch
+        if not offer(list(batch)):
+            raise ClipError("indexing aborted")
 
     def run(i: int) -> LayerResult:
         info = image.layers[i]
@@ -430,7 +435,7 @@ def create_index_only_archive_from_oci_layout(
                     )
         finally:
             if i == 0:
-                to_main_done()
+                offer(None)  # the end of layer 0's stream
         emit(
             "layer-done",
             {
@@ -442,14 +447,6 @@ def create_index_only_archive_from_oci_layout(
             },
         )
         return res
-
-    def to_main_done() -> None:
-        while not abort.is_set():
-            try:
-                stream0.put(None, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     results: list[LayerResult] = []
 

@@ -139,28 +139,27 @@ def test_extract_sample(sample_clip: Path, tmp_path: Path) -> None:
         assert (dest / "var/log/hello.log").read_bytes() == f.read()
 
 
+def _index_sample(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """clipctl index-layout of the sample, through the installed entry point."""
+    argv = [
+        sys.executable,
+        "-I",
+        "-m",
+        "clipcy",
+        "index-layout",
+        "--layout",
+        str(SAMPLE),
+        "--tag",
+        "latest",
+        "--out",
+        str(tmp_path / "a.clip"),
+        *extra,
+    ]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+
+
 def test_progress_json_events(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-m",
-            "clipcy",
-            "index-layout",
-            "--layout",
-            str(SAMPLE),
-            "--tag",
-            "latest",
-            "--out",
-            str(tmp_path / "a.clip"),
-            "--progress",
-            "json",
-            "--no-cache",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    out = _index_sample(tmp_path, "--progress", "json", "--no-cache")
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stderr.splitlines()]
     kinds = [e["event"] for e in events]
@@ -173,25 +172,7 @@ def test_progress_json_events(tmp_path: Path) -> None:
 
 def test_progress_none_and_non_tty_print_nothing(tmp_path: Path) -> None:
     for extra in (["--progress", "none"], []):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-I",
-                "-m",
-                "clipcy",
-                "index-layout",
-                "--layout",
-                str(SAMPLE),
-                "--tag",
-                "latest",
-                "--out",
-                str(tmp_path / "a.clip"),
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-        )
+        out = _index_sample(tmp_path, *extra)
         assert out.returncode == 0 and out.stderr == ""
 
 
