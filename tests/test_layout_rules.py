@@ -151,3 +151,28 @@ def test_storage_ref_recorded(simple: Path, tmp_path: Path) -> None:
     create_index_only_archive_from_oci_layout(simple, "latest", out)
     with open_archive(out) as arc:
         assert arc.metadata["storage_ref"] == str(simple.resolve())
+
+
+def test_whiteouts_in_the_first_layer_hide_nothing(tmp_path: Path, layout_factory: Any,
+                                                   tar_factory: Any) -> None:
+    """Layer 0 streams into the tree as it is parsed: its whiteouts and opaque markers have no
+    lower layer to hide, and must not remove its own entries, before or after them."""
+    tar0 = tar_factory([("a", "file", b"1"), (".wh.a", "file", b""), ("d", "dir", b""),
+                        ("d/early", "file", b"2"), ("d/.wh..wh..opq", "file", b""),
+                        ("d/late", "file", b"3"), (".wh.b", "file", b""), ("b", "file", b"4")])
+    tar1 = tar_factory([(".wh.a", "file", b""), ("d/.wh..wh..opq", "file", b""),
+                        ("d/new", "file", b"5")])
+    layout = layout_factory(tmp_path / "l", [tar0, tar1])
+    out = tmp_path / "x.clip"
+    create_index_only_archive_from_oci_layout(layout, "latest", out, file_digests=True)
+    with open_archive(out) as arc:
+        paths = [n.path for n in arc.walk()]
+        assert paths == [b"/", b"/b", b"/d", b"/d/new"]
+        with arc.open("/b") as f:
+            assert f.read() == b"4"
+    one = tmp_path / "one.clip"
+    create_index_only_archive_from_oci_layout(layout_factory(tmp_path / "m", [tar0]), "latest",
+                                              one)
+    with open_archive(one) as arc:
+        assert [n.path for n in arc.walk()] == [b"/", b"/a", b"/b", b"/d", b"/d/early",
+                                                b"/d/late"]
