@@ -58,8 +58,8 @@ ACCESS_INDEX_HEAD = U32  # layer count
 ACCESS_ENTRY = struct.Struct("<QQQI")  # offset, clen, rawlen, crc32 of the compressed bytes
 
 # -- node blocks ----------------------------------------------------------------------------
-BLOCK_MAX_NODES = 256  # a block closes after this many records ...
-BLOCK_TARGET_BYTES = 64 * 1024  # ... or once its raw records reach this many bytes
+BLOCK_MAX_NODES = 512  # a block closes after this many records ...
+BLOCK_TARGET_BYTES = 128 * 1024  # ... or once its raw records reach this many bytes
 MAX_BLOCK_RAW = 64 * 1024 * 1024  # hard limits the reader enforces before decompressing
 MAX_METADATA_RAW = 64 * 1024 * 1024
 MAX_ACCESS_RAW = 512 * 1024 * 1024

@@ -100,7 +100,7 @@ def test_golden_decodes_to_its_input() -> None:
         for n in nodes:
             assert a.lookup(n.path) == n
         assert [a.access(i) for i in range(len(access))] == access
-        assert len(a._blocks) == 3  # the 520-file directory spans blocks
+        assert len(a._blocks) == 3  # the 1040-file directory spans blocks
         a.verify()
 
 
@@ -624,7 +624,7 @@ def test_concurrent_lookups(tmp_path: Path) -> None:
 def test_open_and_lookup_decode_one_block(tmp_path: Path) -> None:
     """Opening reads only the indexes; a lookup decodes the one block holding the path."""
     nodes = [Node(b"/", "dir", 0o755, 0, 0, 0)]
-    nodes += [Node(b"/f%05d" % i, "file", 0o644, 0, 0, 0, size=i) for i in range(3000)]
+    nodes += [Node(b"/f%05d" % i, "file", 0o644, 0, 0, 0, size=i) for i in range(6000)]
     p = _write(tmp_path, encode_archive({}, nodes, []))
     with open_archive(p) as a:
         assert len(a._blocks) > 10 and len(a._cache) == 0

@@ -82,9 +82,9 @@ def golden_input() -> tuple[dict[str, Any], list[Node], list[LayerAccess]]:
                       offset=8192, ino=ino + 4, sparse=()))
     ino += 5
     nodes.append(Node(b"/many", "dir", 0o755, 0, 0, 12, nlink=2, ino=ino))
-    for i in range(520):  # enough records for three node blocks
+    for i in range(1040):  # enough records for three node blocks (512 records each)
         ino += 1
-        nodes.append(Node(b"/many/f%03d" % i, "file", 0o644, 1000, 1000, 1_600_000_000 + i,
+        nodes.append(Node(b"/many/f%04d" % i, "file", 0o644, 1000, 1000, 1_600_000_000 + i,
                           size=i, layer=i % 3, offset=10_000 + 512 * i, ino=ino))
     access = [
         LayerAccess("gzip", 1 << 20, [(10, 0, 0, b""), (70_000, 3, 1 << 20, b"w" * 32768),
