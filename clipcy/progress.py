@@ -72,14 +72,10 @@ class JsonEvents(Reporter):
         if event in ("layer-progress", "progress"):
             if self.throttled():
                 return
-            event = "progress"
-            data = {
-                "bytes": self.done_bytes,
-                "total": self.total,
-                "layers_done": self.done_layers,
-                "layers": self.layers,
-                **({} if "layer" in data else data),
-            }
+            if event == "layer-progress":  # index-layout and verify: totals over all layers
+                data = {"bytes": self.done_bytes, "total": self.total,
+                        "layers_done": self.done_layers, "layers": self.layers}
+            event = "progress"  # extract passes its own files/bytes through
         record = {"event": event, "time": round(time.monotonic() - self.t0, 3), **data}
         self.stream.write(json.dumps(record, sort_keys=True) + "\n")
         self.stream.flush()
