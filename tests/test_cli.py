@@ -245,3 +245,18 @@ def test_version_mentions_core(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "core:" in out and "zstd:" in out
+
+
+def test_extract_and_verify_progress_json(sample_clip: Path, tmp_path: Path) -> None:
+    for argv in (["extract", str(sample_clip), "-C", str(tmp_path / "x")],
+                 ["verify", str(sample_clip)]):
+        out = subprocess.run([sys.executable, "-I", "-m", "clipcy", *argv, "--progress", "json"],
+                             capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        events = [json.loads(line) for line in out.stderr.splitlines()]
+        assert events and events[-1]["event"] == "done"
+        if argv[0] == "extract":
+            assert events[-1]["files"] == 12 and events[-1]["bytes"] > 200_000
+            assert all(set(e) <= {"event", "time", "files", "bytes"} for e in events)
+        else:
+            assert events[0]["event"] == "start" and events[-1]["problems"] == 0
