@@ -24,6 +24,7 @@ from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 log = logging.getLogger("clipcy")
 
 WHITEOUT = b".wh."
+MAX_SYMLINK_HOPS = 40  # as Linux's path resolution
 OPAQUE = b".wh..wh..opq"
 
 
@@ -167,6 +168,36 @@ class Tree:
         if inode is not None and inode.children is not None:
             self._remove_children(inode)
 
+    # -- symlinks in parent directories ---------------------------------------------
+    def resolve_parent(self, path: bytes) -> bytes:
+        """path with symlinks among its parent directories followed inside the tree, as
+        containerd's RootPath and umoci's SecureJoin do (a layer's "usr/lib64/x" lands in
+        usr/lib/x when usr/lib64 -> lib); the last component itself is never followed."""
+        parent, name = split_path(path)
+        pnode = self.paths.get(parent)
+        if parent == b"/" or (pnode is not None and pnode.type == DIR):
+            return path  # the common case: the parent is a directory already
+        parts = parent.split(b"/")[1:]
+        cur = b""  # resolved so far ("" is the root)
+        hops = 0
+        while parts:
+            comp = parts.pop(0)
+            if comp in (b"", b"."):
+                continue
+            if comp == b"..":  # cannot climb above the root
+                cur = cur[: cur.rfind(b"/")] if cur else b""
+                continue
+            cand = cur + b"/" + comp
+            node = self.paths.get(cand)
+            if node is not None and node.type == SYMLINK and hops < MAX_SYMLINK_HOPS:
+                hops += 1
+                if node.linkname.startswith(b"/"):
+                    cur = b""
+                parts[:0] = node.linkname.split(b"/")
+                continue
+            cur = cand
+        return (cur or b"") + b"/" + name
+
     # -- insertion -------------------------------------------------------------------
     def ensure_parents(self, path: bytes) -> Inode:
         """The parent directory of path, creating missing ones; returns the parent."""
@@ -244,7 +275,7 @@ def apply_layer(
     for e in entries:
         if WHITEOUT not in e.name:  # cheap test; most entries are not whiteouts
             continue
-        parent, name = split_path(clean_path(e.name))
+        parent, name = split_path(tree.resolve_parent(clean_path(e.name)))
         if name.startswith(WHITEOUT):
             if name == OPAQUE:
                 opaques.append(parent)
@@ -282,8 +313,9 @@ def _apply_entries(
         path = clean_path(e.name)
         if split_path(path)[1].startswith(WHITEOUT):
             continue  # whiteouts never appear in the tree
+        path = tree.resolve_parent(path)
         if e.type == "hardlink":
-            target = clean_path(e.linkname)
+            target = tree.resolve_parent(clean_path(e.linkname))
             inode = tree.paths.get(target)
             if inode is None or inode.type == DIR:
                 log.warning(

@@ -148,3 +148,29 @@ def test_platform_normalisation() -> None:
     assert Platform.parse("linux/x86_64") == Platform("linux", "amd64")
     with pytest.raises(LayoutError):
         Platform.parse("a/b/c/d")
+
+
+def S(name: bytes, target: bytes) -> E:
+    return E(name, type="symlink", mode=0o777, linkname=target)
+
+
+def test_symlinked_parents_are_followed_inside_the_tree() -> None:
+    """As containerd's RootPath and umoci's SecureJoin: a later entry under a symlinked
+    directory lands in its target; the symlink itself stays."""
+    t = tree([D(b"usr"), D(b"usr/lib"), S(b"usr/lib64", b"lib"), D(b"opt"),
+              S(b"abs", b"/opt"), S(b"up", b"../../opt"), S(b"loop", b"loop")],
+             [E(b"usr/lib64/x", offset=1), E(b"abs/y", offset=2), E(b"up/z", offset=3),
+              E(b"loop/w", offset=4)])
+    assert t[b"/usr/lib64"].type == "symlink" and t[b"/usr/lib/x"].offset == 1
+    assert t[b"/opt/y"].offset == 2 and t[b"/opt/z"].offset == 3
+    assert b"/usr/lib64/x" not in t and b"/abs/y" not in t
+    # a symlink loop cannot be followed: the entry replaces it with a directory, as before
+    assert t[b"/loop"].type == "dir" and t[b"/loop/w"].offset == 4
+
+
+def test_whiteouts_and_hardlinks_through_symlinked_parents() -> None:
+    t = tree([D(b"usr"), D(b"usr/lib"), S(b"usr/lib64", b"lib"), E(b"usr/lib/a", offset=5),
+              E(b"usr/lib/b", offset=6)],
+             [E(b"usr/lib64/.wh.a"), E(b"h", type="hardlink", linkname=b"usr/lib64/b")])
+    assert b"/usr/lib/a" not in t
+    assert t[b"/h"].ino == t[b"/usr/lib/b"].ino and t[b"/h"].nlink == 2
