@@ -94,9 +94,10 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
     md = arc.metadata
     config = md.get("config") or {}
     layers = []
-    counts: dict[str, int] = {}
-    for node in arc.walk():
-        counts[node.type] = counts.get(node.type, 0) + 1
+    counts: dict[str, int] = dict(md.get("node_counts") or {})
+    if not counts:  # archives written without the counts (not by index-layout): walk
+        for node in arc.walk():
+            counts[node.type] = counts.get(node.type, 0) + 1
     for i, layer in enumerate(md.get("layers", [])):
         acc = arc.access(i)
         if acc.kind == "gzip" and len(acc.points) <= 1:

@@ -15,7 +15,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,7 +30,6 @@ from clipcy.format import EncodedAccess
 from clipcy.hashpipe import HashPipe
 from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
 from clipcy.logs import step
-from clipcy.node import Node
 from clipcy.packing import PackedAccess, WindowPacker
 
 log = logging.getLogger("clipcy")
@@ -479,17 +478,16 @@ def create_index_only_archive_from_oci_layout(
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
     source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
     metadata = build_metadata(image, results, storage, source)
-    count = 0
-
-    def counted() -> Iterator[Node]:
-        nonlocal count
-        for node in iter_nodes(tree):  # streamed into the writer: no list of every Node
-            count += 1
-            yield node
-
+    # paths by type (hardlinks count once per path): inspect then needs no walk of the tree
+    node_types: dict[str, int] = {}
+    for inode in tree.paths.values():
+        node_types[inode.type] = node_types.get(inode.type, 0) + 1
+    metadata["node_counts"] = dict(sorted(node_types.items()))
+    count = sum(node_types.values())
     with step("sort the tree and encode the archive"):
         access = [_access_for_writer(r) for r in results]
-        data = encode_archive(metadata, counted(), access)
+        # Nodes stream into the writer: no list of every Node is ever held
+        data = encode_archive(metadata, iter_nodes(tree), access)
     with step("write archive"):
         write_atomic(out, data)
     summary = IndexSummary(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +20,8 @@ from clipcy.files import ArchiveFile, BlobStore
 from clipcy.node import FILE, Node
 from clipcy.packing import same_access
 
-_NODE_FIELDS = (
-    "type",
-    "mode",
-    "uid",
-    "gid",
-    "mtime_sec",
-    "mtime_nsec",
-    "size",
-    "linkname",
-    "devmajor",
-    "devminor",
-    "xattrs",
-    "nlink",
-    "layer",
-    "offset",
-    "sparse",
-)
+# Every Node field but the path (the key), ino (numbering) and digest (compared separately).
+_NODE_FIELDS = tuple(f.name for f in fields(Node) if f.name not in ("path", "ino", "digest"))
 
 
 def _node_diff(a: Node, b: Node) -> list[str]:
@@ -59,7 +45,8 @@ def verify_archive(
         return [f"archive: {e}"]
     store = BlobStore(arc.metadata, arc.access, layout)
     layers = arc.metadata.get("layers", [])
-    with_digests = any(n.digest for n in arc.walk() if n.type == FILE)
+    stored = list(arc.walk())
+    with_digests = any(n.digest for n in stored if n.type == FILE)
     results: list[LayerResult] = []
     for i, layer in enumerate(layers):
         info = LayerInfo(
@@ -92,7 +79,6 @@ def verify_archive(
         (r.entries for r in results),
         [r.file_digests or {} for r in results] if with_digests else None,
     )
-    stored = list(arc.walk())
     fresh_by_path = {n.path: n for n in fresh}
     for node in stored:
         other = fresh_by_path.pop(node.path, None)

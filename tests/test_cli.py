@@ -62,6 +62,11 @@ def test_inspect_json_keys(sample_clip: Path, capsys: pytest.CaptureFixture[str]
         "nodes"
     ].get("symlink", 0)
     assert 0 < info["archive"]["percent_of_image"]
+    with open_archive(sample_clip) as arc:  # the counts index-layout recorded match the tree
+        walked: dict[str, int] = {}
+        for node in arc.walk():
+            walked[node.type] = walked.get(node.type, 0) + 1
+        assert arc.metadata["node_counts"] == walked
     text = _out(capsys, ["inspect", str(sample_clip)])
     assert "layers:    3" in text and "gzip:" in text
 
