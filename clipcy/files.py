@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ArchivePathError, BlobError, ClipError
 from clipcy.node import FILE, SYMLINK, Node
+from clipcy.pathwalk import follow_symlinks
 
 if TYPE_CHECKING:
     from clipcy.reader import Archive
@@ -182,33 +183,20 @@ class ArchiveFile(io.RawIOBase):
         return bytes(out)
 
 
-def resolve_file(arc: Archive, path: str | bytes, max_links: int = 40) -> Node:
+def resolve_file(arc: Archive, path: str | bytes) -> Node:
     """The regular file at path, following symlinks (within the image) like open(2) would."""
     raw = os.fsencode(path)
-    seen = 0
-    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-    cur: list[bytes] = []
-    while parts:
-        part = parts.pop(0)
-        if part == b"..":
-            if cur:
-                cur.pop()
-            continue
-        cand = b"/" + b"/".join(cur + [part])
-        node = arc.lookup(cand)
+
+    def target_of(p: bytes) -> bytes | None:
+        node = arc.lookup(p)
         if node is None:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
-        if node.type == SYMLINK:
-            seen += 1
-            if seen > max_links:
-                raise ArchivePathError(f"too many levels of symbolic links: {os.fsdecode(raw)}")
-            target = node.linkname
-            if target.startswith(b"/"):
-                cur = []
-            parts = [p for p in target.split(b"/") if p not in (b"", b".")] + parts
-            continue
-        cur.append(part)
-    node = arc.lookup(b"/" + b"/".join(cur))
+        return node.linkname if node.type == SYMLINK else None
+
+    resolved, complete = follow_symlinks(raw, target_of)
+    if not complete:
+        raise ArchivePathError(f"too many levels of symbolic links: {os.fsdecode(raw)}")
+    node = arc.lookup(resolved)
     if node is None:
         raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
     if node.type != FILE:

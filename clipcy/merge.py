@@ -20,11 +20,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+from clipcy.pathwalk import follow_symlinks
 
 log = logging.getLogger("clipcy")
 
 WHITEOUT = b".wh."
-MAX_SYMLINK_HOPS = 40  # as Linux's path resolution
 OPAQUE = b".wh..wh..opq"
 
 
@@ -177,26 +177,14 @@ class Tree:
         pnode = self.paths.get(parent)
         if parent == b"/" or (pnode is not None and pnode.type == DIR):
             return path  # the common case: the parent is a directory already
-        parts = parent.split(b"/")[1:]
-        cur = b""  # resolved so far ("" is the root)
-        hops = 0
-        while parts:
-            comp = parts.pop(0)
-            if comp in (b"", b"."):
-                continue
-            if comp == b"..":  # cannot climb above the root
-                cur = cur[: cur.rfind(b"/")] if cur else b""
-                continue
-            cand = cur + b"/" + comp
-            node = self.paths.get(cand)
-            if node is not None and node.type == SYMLINK and hops < MAX_SYMLINK_HOPS:
-                hops += 1
-                if node.linkname.startswith(b"/"):
-                    cur = b""
-                parts[:0] = node.linkname.split(b"/")
-                continue
-            cur = cand
-        return (cur or b"") + b"/" + name
+
+        def target_of(p: bytes) -> bytes | None:
+            node = self.paths.get(p)
+            return node.linkname if node is not None and node.type == SYMLINK else None
+
+        # a loop is left unfollowed: the entry then replaces the link with a directory
+        resolved = follow_symlinks(parent, target_of)[0]
+        return (b"" if resolved == b"/" else resolved) + b"/" + name
 
     # -- insertion -------------------------------------------------------------------
     def ensure_parents(self, path: bytes) -> Inode:

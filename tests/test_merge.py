@@ -174,3 +174,15 @@ def test_whiteouts_and_hardlinks_through_symlinked_parents() -> None:
              [E(b"usr/lib64/.wh.a"), E(b"h", type="hardlink", linkname=b"usr/lib64/b")])
     assert b"/usr/lib/a" not in t
     assert t[b"/h"].ino == t[b"/usr/lib/b"].ino and t[b"/h"].nlink == 2
+
+
+def test_follow_symlinks() -> None:
+    from clipcy.pathwalk import MAX_HOPS, follow_symlinks
+
+    links = {b"/a": b"b/c", b"/b/c": b"/d", b"/up": b"../../x", b"/loop": b"loop"}
+    assert follow_symlinks(b"/a/f", links.get) == (b"/d/f", True)
+    assert follow_symlinks(b"/up/f", links.get) == (b"/x/f", True)
+    assert follow_symlinks(b"/./a/../a/./f", links.get) == (b"/d/f", True)
+    assert follow_symlinks(b"/loop/f", links.get) == (b"/loop/f", False)
+    chain = {b"/l%d" % i: b"/l%d" % (i + 1) for i in range(MAX_HOPS)}
+    assert follow_symlinks(b"/l0", chain.get) == (b"/l%d" % MAX_HOPS, True)
