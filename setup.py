@@ -15,6 +15,7 @@ EXTENSIONS = [
     Extension("clipcy._tarparse", ["clipcy/_tarparse.pyx"]),
     Extension("clipcy._checkpoint", ["clipcy/_checkpoint.pyx"], **ZLIB),
     Extension("clipcy._writer", ["clipcy/_writer.pyx"]),
+    Extension("clipcy._nodeblock", ["clipcy/_nodeblock.pyx"]),
 ]
 
 setup(

@@ -1,7 +1,8 @@
 """Read .clip archives (docs/FORMAT.md): open_archive(path) -> Archive.
 
 Opening reads the header, the section table, the metadata and the two small indexes only;
-a lookup binary-searches the block index and decodes one node block (a few are cached).
+a lookup binary-searches the block index and decodes one node block (nodeblock.py, compiled);
+decoded blocks stay in an LRU bounded by Archive.block_cache_bytes.
 Every byte read is covered by a crc32 checked before use; verify() also checks the whole-file
 sha256. Any inconsistency raises ArchiveError("corrupt archive <file>: <what> ...").
 """
@@ -23,22 +24,24 @@ from typing import TYPE_CHECKING, Any
 import zstandard
 
 from clipcy import format as F
+from clipcy._nodeblock_py import Corrupt as _Corrupt
+from clipcy._nodeblock_py import take as _take
+from clipcy._nodeblock_py import uv as _uv
 from clipcy.access import LayerAccess
 from clipcy.errors import ArchiveError, ArchivePathError
 from clipcy.node import Node
+from clipcy.nodeblock import NodeBlock, Record, decode_block
 
 if TYPE_CHECKING:
     from clipcy.files import ArchiveFile
 
-__all__ = ["Archive", "open_archive", "normalize_path"]
+__all__ = ["Archive", "open_archive", "normalize_path", "decode_block", "BLOCK_CACHE_BYTES"]
 
-_CACHE_BLOCKS = 8
-_M64 = (1 << 64) - 1
+# Decoded node blocks kept by an open archive (LRU, bounded in bytes). 48 MiB holds every
+# block of a 150k-node archive compiled (~20 MB, perf/RESULTS-mount.md), so a long-lived
+# reader (a mount) decodes each block once; the pure twin's blocks are ~3x larger.
+BLOCK_CACHE_BYTES = 48 << 20
 _DIR = F.TYPE_CODES["dir"]
-
-# A decoded record: the Node's fields in dataclass order, xattrs as a tuple of pairs so that
-# the cached record is immutable and every returned Node is a fresh object.
-_Record = tuple[Any, ...]
 
 
 def normalize_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> bytes:
@@ -49,141 +52,9 @@ def normalize_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) ->
     return b"/" + b"/".join(p for p in raw.split(b"/") if p)
 
 
-def _node(r: _Record) -> Node:
+def _node(r: Record) -> Node:
     return Node(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], dict(r[11]),
                 r[12], r[13], r[14], r[15], r[16], r[17])
-
-
-class _Corrupt(Exception):
-    """Internal: a decoding failure; Archive turns it into ArchiveError with the file name."""
-
-
-def _uv(buf: bytes, pos: int) -> tuple[int, int]:
-    """Decode an unsigned LEB128 varint (at most 10 bytes, value < 2**64)."""
-    b = buf[pos]
-    if b < 0x80:
-        return b, pos + 1
-    v = b & 0x7F
-    shift = 7
-    while True:
-        pos += 1
-        b = buf[pos]
-        v |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise _Corrupt(f"varint longer than 10 bytes at block offset {pos}")
-    if v >> 64:
-        raise _Corrupt(f"varint exceeds 64 bits at block offset {pos}")
-    return v, pos + 1
-
-
-def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
-    end = pos + n
-    if end > len(buf):
-        raise _Corrupt(f"field of {n} bytes runs past the end at offset {pos}")
-    return buf[pos:end], end
-
-
-def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[_Record]]:
-    """Decode a block's records (docs/FORMAT.md "Node records") into paths and field tuples."""
-    paths: list[bytes] = []
-    recs: list[_Record] = []
-    uv = _uv
-    pos = 0
-    prev = b""
-    ino = mtime_bits = data_end = 0  # the block's delta state (docs/FORMAT.md)
-    try:
-        for _ in range(count):
-            shared, pos = uv(raw, pos)
-            if shared > len(prev):
-                raise _Corrupt(f"shared prefix {shared} longer than the previous path")
-            n, pos = uv(raw, pos)
-            suffix, pos = _take(raw, pos, n)
-            path = prev[:shared] + suffix
-            if paths:
-                if path <= prev:
-                    raise _Corrupt(f"path {path!r} out of order")
-            elif path != first:
-                raise _Corrupt(f"first path {path!r} differs from the index ({first!r})")
-            flags, pos = uv(raw, pos)
-            if flags & ~F.KNOWN_RECORD_FLAGS or flags & F.TYPE_MASK > 5:
-                raise _Corrupt(f"bad record flags {flags:#x} for {path!r}")
-            mode, pos = uv(raw, pos)
-            uid, pos = uv(raw, pos)
-            gid, pos = uv(raw, pos)
-            z, pos = uv(raw, pos)
-            mtime_bits = (mtime_bits + ((z >> 1) ^ (_M64 if z & 1 else 0))) & _M64
-            mtime = mtime_bits - (1 << 64) if mtime_bits >> 63 else mtime_bits
-            nsec = 0
-            if flags & F.F_NSEC:
-                nsec, pos = uv(raw, pos)
-                if not 0 < nsec < 1_000_000_000:
-                    raise _Corrupt(f"mtime_nsec {nsec} out of range for {path!r}")
-            z, pos = uv(raw, pos)
-            ino += -(z >> 1) - 1 if z & 1 else z >> 1
-            if ino < 0:
-                raise _Corrupt(f"negative ino for {path!r}")
-            nlink = 1
-            if flags & F.F_NLINK:
-                nlink, pos = uv(raw, pos)
-            size = 0
-            if flags & F.F_SIZE:
-                size, pos = uv(raw, pos)
-            layer, offset = -1, 0
-            if flags & F.F_DATA:
-                layer, pos = uv(raw, pos)
-                layer -= 1
-                z, pos = uv(raw, pos)
-                offset = (data_end + ((z >> 1) ^ (_M64 if z & 1 else 0))) & _M64
-                data_end = (offset + ((size + 511) & ~511) + 512) & _M64
-            sparse = None
-            if flags & F.F_SPARSE:
-                k, pos = uv(raw, pos)
-                if k > len(raw) - pos:
-                    raise _Corrupt(f"sparse count {k} exceeds the block for {path!r}")
-                runs = []
-                for _ in range(k):
-                    o, pos = uv(raw, pos)
-                    ln, pos = uv(raw, pos)
-                    runs.append((o, ln))
-                sparse = tuple(runs)
-            digest = b""
-            if flags & F.F_DIGEST:
-                n, pos = uv(raw, pos)
-                digest, pos = _take(raw, pos, n)
-            linkname = b""
-            if flags & F.F_LINK:
-                n, pos = uv(raw, pos)
-                linkname, pos = _take(raw, pos, n)
-            devmajor = devminor = 0
-            if flags & F.F_DEV:
-                devmajor, pos = uv(raw, pos)
-                devminor, pos = uv(raw, pos)
-            xattrs: tuple[tuple[str, bytes], ...] = ()
-            if flags & F.F_XATTR:
-                k, pos = uv(raw, pos)
-                if k > len(raw) - pos:
-                    raise _Corrupt(f"xattr count {k} exceeds the block for {path!r}")
-                pairs = []
-                for _ in range(k):
-                    n, pos = uv(raw, pos)
-                    name, pos = _take(raw, pos, n)
-                    n, pos = uv(raw, pos)
-                    value, pos = _take(raw, pos, n)
-                    pairs.append((name.decode("utf-8", "surrogateescape"), value))
-                xattrs = tuple(pairs)
-            paths.append(path)
-            recs.append((path, F.TYPE_NAMES[flags & F.TYPE_MASK], mode, uid, gid, mtime, nsec,
-                         size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset,
-                         sparse, digest))
-            prev = path
-    except IndexError:
-        raise _Corrupt(f"records run past the end of the block ({len(raw)} bytes)") from None
-    if pos != len(raw):
-        raise _Corrupt(f"{len(raw) - pos} stray bytes after {count} records")
-    return paths, recs
 
 
 def decode_access(raw: bytes) -> LayerAccess:
@@ -252,7 +123,9 @@ class Archive:
         # pread on a plain fd, not mmap: thread-safe without a shared file position, and a
         # file truncated under us gives a short read (an error) instead of SIGBUS
         self._fd: int | None = None
-        self._cache: OrderedDict[int, tuple[list[bytes], list[_Record]]] = OrderedDict()
+        self._cache: OrderedDict[int, NodeBlock] = OrderedDict()
+        self._cached = 0  # bytes held by _cache (NodeBlock.nbytes)
+        self._cache_budget = BLOCK_CACHE_BYTES
         self._cache_lock = threading.Lock()
         try:
             self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -430,7 +303,7 @@ class Archive:
         except _Corrupt as e:
             raise self._error(str(e)) from None
 
-    def _block(self, b: int) -> tuple[list[bytes], list[_Record]]:
+    def _block(self, b: int) -> NodeBlock:
         with self._cache_lock:
             hit = self._cache.get(b)
             if hit is not None:
@@ -443,36 +316,61 @@ class Archive:
             if zlib.crc32(frame) != crc:
                 raise _Corrupt(f"node block {b}: checksum mismatch at offset {base}")
             raw = _decompress(frame, rawlen, F.MAX_BLOCK_RAW, f"node block {b}")
-            hit = decode_block(raw, n, self._firsts[b])
-            if b + 1 < len(self._firsts) and hit[0][-1] >= self._firsts[b + 1]:
+            hit = NodeBlock(raw, n, self._firsts[b])
+            if b + 1 < len(self._firsts) and hit.path(hit.count - 1) >= self._firsts[b + 1]:
                 raise _Corrupt(f"node block {b} overlaps the next block")
         except _Corrupt as e:
             raise self._error(f"{e} (block at offset {base})") from None
         with self._cache_lock:
-            self._cache[b] = hit
-            if len(self._cache) > _CACHE_BLOCKS:
-                self._cache.popitem(last=False)
+            if b not in self._cache:
+                self._cache[b] = hit
+                self._cached += hit.nbytes
+            self._trim()
         return hit
+
+    def _trim(self) -> None:
+        while self._cached > self._cache_budget and len(self._cache) > 1:
+            self._cached -= self._cache.popitem(last=False)[1].nbytes
+
+    @property
+    def block_cache_bytes(self) -> int:
+        """Bound of the decoded node blocks kept (default BLOCK_CACHE_BYTES); the most
+        recent block is always kept."""
+        return self._cache_budget
+
+    @block_cache_bytes.setter
+    def block_cache_bytes(self, n: int) -> None:
+        with self._cache_lock:
+            self._cache_budget = n
+            self._trim()
+
+    def block_cache_info(self) -> tuple[int, int]:
+        """(decoded blocks held, bytes they hold); bounded by block_cache_bytes."""
+        with self._cache_lock:
+            return len(self._cache), self._cached
 
     def _seek(self, key: bytes) -> tuple[int, int]:
         """(block, index in block) of the first path >= key; block == nblocks at the end."""
         b = bisect.bisect_right(self._firsts, key) - 1
         if b < 0:
             return 0, 0
-        paths = self._block(b)[0]
-        i = bisect.bisect_left(paths, key)
-        if i == len(paths):
+        blk = self._block(b)
+        i = blk.bisect_left(key)
+        if i == blk.count:
             return b + 1, 0
         return b, i
 
-    def _record(self, path: bytes) -> _Record | None:
+    def _record(self, path: bytes) -> Record | None:
         if self._fd is None:
             raise ArchiveError(f"archive {self.name} is closed")
-        b, i = self._seek(path)
-        if b >= len(self._blocks):
+        b = bisect.bisect_right(self._firsts, path) - 1
+        if b < 0:
             return None
-        paths, recs = self._block(b)
-        return recs[i] if paths[i] == path else None
+        blk = self._block(b)
+        i = blk.bisect_left(path)
+        if i == blk.count or blk.path(i) != path:
+            return None
+        return blk.record(i)
 
     def lookup(self, path: str | bytes) -> Node | None:
         """The node at exactly this path (no symlink following), or None."""
@@ -487,11 +385,11 @@ class Archive:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
         return _node(r)
 
-    def _iter_from(self, b: int, i: int) -> Iterator[_Record]:
+    def _iter_from(self, b: int, i: int) -> Iterator[Record]:
         while b < len(self._blocks):
-            recs = self._block(b)[1]
-            for j in range(i, len(recs)):
-                yield recs[j]
+            blk = self._block(b)
+            for j in range(i, blk.count):
+                yield blk.record(j)
             b, i = b + 1, 0
 
     def listdir(self, path: str | bytes) -> list[bytes]:
@@ -508,9 +406,9 @@ class Archive:
         b, i = self._seek(prefix + b"\0" if p == b"/" else prefix)
         nblocks = len(self._blocks)
         while b < nblocks:
-            paths = self._block(b)[0]
-            while i < len(paths):
-                q = paths[i]
+            blk = self._block(b)
+            while i < blk.count:
+                q = blk.path(i)
                 if not q.startswith(prefix):
                     return names
                 slash = q.find(b"/", cut)
@@ -564,8 +462,9 @@ class Archive:
         seen = 0
         for b in range(len(self._blocks)):
             with self._cache_lock:
-                self._cache.pop(b, None)  # decode afresh
-            seen += len(self._block(b)[0])
+                old = self._cache.pop(b, None)  # decode afresh
+                self._cached -= old.nbytes if old is not None else 0
+            seen += self._block(b).count
         if seen != self.node_count:
             raise self._error(f"{seen} nodes decoded, index says {self.node_count}")
         for i in range(len(self._access)):
@@ -592,7 +491,9 @@ class Archive:
         if self._store is not None:
             self._store.close()
             self._store = None
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached = 0
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

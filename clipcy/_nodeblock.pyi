@@ -1,0 +1,19 @@
+"""Type stub for the compiled node block decoder (same API as clipcy._nodeblock_py)."""
+
+from clipcy._nodeblock_py import Corrupt as Corrupt
+from clipcy._nodeblock_py import Record
+
+__all__ = ["Corrupt", "NodeBlock", "decode_block"]
+
+
+class NodeBlock:
+    count: int
+    nbytes: int
+
+    def __init__(self, raw: bytes, count: int, first: bytes) -> None: ...
+    def path(self, i: int) -> bytes: ...
+    def record(self, i: int) -> Record: ...
+    def bisect_left(self, key: bytes) -> int: ...
+
+
+def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[Record]]: ...
