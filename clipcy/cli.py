@@ -164,7 +164,9 @@ def _index_layout(sub: Any) -> None:
     p.add_argument(
         "--storage-ref",
         metavar="REF",
-        help="where the blobs will live at run time (default: the layout's absolute path)",
+        help="where the blobs will live at run time: a directory, docker://HOST[:PORT]/REPO "
+        "(a registry) or http(s)://BASE (blobs at BASE/sha256/HEX); default: the layout's "
+        "absolute path. Checked now; never put credentials in it",
     )
     p.add_argument(
         "--no-verify",

@@ -68,3 +68,16 @@ class ArchivePathError(ClipError, KeyError):
 
 class ArchiveWriteError(ClipError, ValueError):
     """The writer was given input it cannot store (unsorted paths, out-of-range fields...)."""
+
+
+# -- blob stores (clipcy/storage) --------------------------------------------------------
+class StorageRefError(ClipError, ValueError):
+    """A storage ref (--storage-ref, --storage, storage=) is malformed or unsupported."""
+
+
+class RemoteError(BlobError):
+    """A blob could not be read from a registry or HTTP server (after retries)."""
+
+
+class RemoteAuthError(RemoteError):
+    """A registry refused the credentials, or asked for credentials that were not found."""

@@ -1,0 +1,1 @@
+"""Blob stores: where an archive's layer blobs are read from (directory, registry, HTTP)."""

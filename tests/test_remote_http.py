@@ -1,0 +1,425 @@
+"""Remote blob reads against a real registry (Debian's docker-registry), with real auth
+(htpasswd bcrypt, a token issuer), a fault-injecting proxy, and the on-disk span cache.
+
+These tests drive clipcy.storage's fetchers through the Python API on the sample layout's
+blobs; test_remote_corpus.py reads whole images through clipctl.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import remoteserv as rs  # noqa: E402
+
+from clipcy.errors import RemoteAuthError, RemoteError, StorageRefError  # noqa: E402
+from clipcy.storage.diskcache import DiskSpanCache  # noqa: E402
+from clipcy.storage.http import HttpOptions, redact  # noqa: E402
+from clipcy.storage.registry import (  # noqa: E402
+    DOCKER,
+    HTTP,
+    RemoteOptions,
+    RemoteStore,
+    parse_storage_ref,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "clipcy" / "sample"
+needs_registry = pytest.mark.skipif(not rs.have_tools(), reason="docker-registry/skopeo absent")
+FAST = HttpOptions(backoff=0.01, backoff_max=0.05, retry_after_max=1.0)
+
+
+def sample_layers() -> list[tuple[str, int, bytes]]:
+    idx = json.loads((SAMPLE / "index.json").read_text())
+    man = json.loads((SAMPLE / "blobs" / "sha256" /
+                      idx["manifests"][0]["digest"].split(":")[1]).read_text())
+    out = []
+    for layer in man["layers"]:
+        data = (SAMPLE / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
+        out.append((layer["digest"], layer["size"], data))
+    return out
+
+
+def _push_sample(reg: rs.Registry, creds: str | None = None) -> None:
+    r = reg.push(SAMPLE, "latest", "sample", "latest", creds)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rs.Registry]:
+    if not rs.have_tools():
+        pytest.skip("docker-registry/skopeo absent")
+    reg = rs.Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        _push_sample(reg)
+        yield reg
+    finally:
+        reg.stop()
+
+
+def _store(ref: str, **kw: Any) -> RemoteStore:
+    opts = dict(cache=False, http=FAST)
+    opts.update(kw)
+    return RemoteStore(parse_storage_ref(ref), RemoteOptions(**opts))
+
+
+# -- storage refs ------------------------------------------------------------------------
+@pytest.mark.parametrize("ref,kind,host,repo", [
+    ("docker://127.0.0.1:5000/sample", DOCKER, "127.0.0.1:5000", "sample"),
+    ("docker://registry.example.com/ns/app", DOCKER, "registry.example.com", "ns/app"),
+    ("docker://localhost/a-b/c__d.e", DOCKER, "localhost", "a-b/c__d.e"),
+    ("docker://docker.io/alpine", DOCKER, "registry-1.docker.io", "library/alpine"),
+    ("docker://[::1]:5000/x", DOCKER, "[::1]:5000", "x"),
+    ("https://blobs.example.com/base/", HTTP, "blobs.example.com", ""),
+])
+def test_parse_storage_ref(ref: str, kind: str, host: str, repo: str) -> None:
+    r = parse_storage_ref(ref)
+    assert (r.kind, r.host, r.repo) == (kind, host, repo)
+
+
+@pytest.mark.parametrize("ref,match", [
+    ("docker://127.0.0.1:5000", "names no repository"),
+    ("docker://127.0.0.1:5000/sample:latest", "names a tag"),
+    ("docker://127.0.0.1:5000/sample@sha256:00", "names an image digest"),
+    ("docker://user:secret@127.0.0.1:5000/sample", "carries credentials"),
+    ("https://user:secret@example.com/base", "carries credentials"),
+    ("docker://127.0.0.1:99999/sample", "bad port"),
+    ("docker://127.0.0.1:5000/Sample", "not a valid repository"),
+    ("docker://sample/x", "not a registry host"),
+    ("https://example.com/base?sig=1", "no query"),
+    ("s3://bucket/x", "unsupported storage ref scheme 's3'"),
+    ("", "empty storage ref"),
+])
+def test_bad_storage_ref(ref: str, match: str) -> None:
+    with pytest.raises(StorageRefError, match=match) as ei:
+        parse_storage_ref(ref)
+    assert "secret" not in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_index_layout_validates_storage_ref(tmp_path: Path) -> None:
+    out = tmp_path / "x.clip"
+    for ref in ("docker://127.0.0.1:5000/Bad", "docker://u:secret@h.example/x"):
+        r = subprocess.run([sys.executable, "-I", "-m", "clipcy", "index-layout", "--layout",
+                            str(SAMPLE), "--tag", "latest", "--out", str(out),
+                            "--storage-ref", ref], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 1
+        assert r.stderr.startswith("clipctl: error: storage ref "), r.stderr
+        assert r.stderr.count("\n") == 1 and "secret" not in r.stderr
+        assert not out.exists()
+
+
+def test_redact() -> None:
+    assert redact("https://u:p@h.example:444/a/b?X-Amz-Signature=s") == "https://h.example:444/a/b?…"
+
+
+# -- plain reads -------------------------------------------------------------------------
+@needs_registry
+def test_ranges_byte_exact(registry: rs.Registry) -> None:
+    st = _store(f"docker://{registry.host}/sample")
+    for digest, size, data in sample_layers():
+        src = st.source(digest, size)
+        for off, n in ((0, 1), (0, size), (size - 1, 1), (size // 3, size // 3), (7, 513)):
+            assert src.fetch(off, n) == data[off:off + n]
+    # one request per fetch, and the bytes received are the bytes asked for
+    st2 = _store(f"docker://{registry.host}/sample")
+    digest, size, data = sample_layers()[0]
+    st2.source(digest, size).fetch(100, 1000)
+    assert (st2.client.requests, st2.client.bytes_received) == (1, 1000)
+
+
+@needs_registry
+def test_missing_blob_and_wrong_size(registry: rs.Registry) -> None:
+    st = _store(f"docker://{registry.host}/sample")
+    with pytest.raises(RemoteError, match=r"HTTP 404 \(no such blob\)"):
+        st.source("sha256:" + "0" * 64, 10).fetch(0, 5)
+    digest, size, _ = sample_layers()[0]
+    with pytest.raises(RemoteError, match="the archive recorded"):
+        st.source(digest, size + 1).fetch(0, 5)
+
+
+@needs_registry
+def test_http_base_url_store(proxy: rs.FaultProxy) -> None:
+    """http(s)://BASE: blobs at BASE/sha256/HEX (the proxy's second address serves the
+    registry's blobs under /static/NAME/sha256/HEX, with ranges)."""
+    st = _store(f"http://127.0.0.2:{proxy.target_port}/static/sample/")
+    for digest, size, data in sample_layers():
+        assert st.blob_url(digest) == (f"http://127.0.0.2:{proxy.target_port}/static/sample/"
+                                       f"sha256/{digest.split(':')[1]}")
+        assert st.source(digest, size).fetch(3, size - 5) == data[3:size - 2]
+
+
+# -- faults --------------------------------------------------------------------------------
+@pytest.fixture
+def proxy(registry: rs.Registry) -> Iterator[rs.FaultProxy]:
+    p = rs.FaultProxy(registry.host)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@needs_registry
+@pytest.mark.parametrize("faults", [
+    ["503"], ["503", "503", "503"], ["429"], ["reset"], ["truncate"], ["badrange"],
+    ["reset", "truncate", "503"], ["200"],
+])
+def test_faults_are_retried(proxy: rs.FaultProxy, faults: list[str]) -> None:
+    st = _store(f"docker://127.0.0.1:{proxy.port}/sample")
+    digest, size, data = sample_layers()[0]
+    proxy.add(*faults)
+    off, n = size // 4, size // 2
+    assert st.source(digest, size).fetch(off, n) == data[off:off + n]
+    assert not proxy.faults
+    expect = 1 if faults == ["200"] else len(faults) + 1
+    assert proxy.blob_requests() == expect
+
+
+@needs_registry
+def test_retries_end_in_one_line(proxy: rs.FaultProxy) -> None:
+    st = _store(f"docker://127.0.0.1:{proxy.port}/sample", http=HttpOptions(
+        tries=3, backoff=0.01, backoff_max=0.02))
+    digest, size, _ = sample_layers()[0]
+    proxy.always = "503"
+    with pytest.raises(RemoteError) as ei:
+        st.source(digest, size).fetch(0, 100)
+    msg = str(ei.value)
+    assert msg == (f"cannot read blob {digest} from http://127.0.0.1:{proxy.port}/v2/sample/"
+                   f"blobs/{digest}: HTTP 503 (after 3 tries)")
+    assert proxy.blob_requests() == 3
+
+
+@needs_registry
+def test_200_for_range_is_bounded(proxy: rs.FaultProxy) -> None:
+    st = _store(f"docker://127.0.0.1:{proxy.port}/sample",
+                http=HttpOptions(whole_body_max=1000, backoff=0.01))
+    digest, size, data = sample_layers()[0]
+    proxy.always = "200"
+    assert st.source(digest, size).fetch(10, 500) == data[10:510]  # within the bound
+    with pytest.raises(RemoteError, match=r"ignored the Range request \(HTTP 200"):
+        st.source(digest, size).fetch(2000, 10)
+    assert proxy.blob_requests() == 2  # not retried
+
+
+@needs_registry
+def test_flipped_bytes_reach_the_verifier(proxy: rs.FaultProxy) -> None:
+    """HTTP cannot see a flipped byte: the fetcher returns what came, unverified (the span
+    reader's checksums catch it: test_remote_corpus.py)."""
+    st = _store(f"docker://127.0.0.1:{proxy.port}/sample")
+    digest, size, data = sample_layers()[0]
+    proxy.add("flip")
+    assert st.source(digest, size).fetch(0, 1000) != data[:1000]
+
+
+@needs_registry
+def test_redirect_cached_and_no_authorization_elsewhere(tmp_path: Path) -> None:
+    reg, proxy = _auth_registry(tmp_path)
+    try:
+        st = _store(f"docker://127.0.0.1:{proxy.port}/sample",
+                    authfile=str(_authfile(tmp_path, f"127.0.0.1:{proxy.port}")))
+        digest, size, data = sample_layers()[0]
+        src = st.source(digest, size)
+        assert src.fetch(0, 10) == data[:10]  # 401, then with credentials
+        proxy.add("redirect")
+        assert src.fetch(10, 100) == data[10:110]
+        n_origin = proxy.blob_requests()
+        assert src.fetch(200, 100) == data[200:300]  # straight to the cached location
+        assert proxy.blob_requests() == n_origin
+        assert len(proxy.target_log) == 2
+        # an expired presigned URL: re-resolved once through the origin
+        proxy.target_expire = 1
+        proxy.add("redirect")
+        assert src.fetch(300, 100) == data[300:400]
+        assert proxy.blob_requests() == n_origin + 1
+        assert len(proxy.target_log) == 4
+        assert all("Authorization" not in h and "authorization" not in h
+                   for h in proxy.target_log)
+    finally:
+        proxy.close()
+        reg.stop()
+
+
+# -- auth ------------------------------------------------------------------------------------
+USER, PASSWORD = "clipuser", "s3cr3t-pa55"
+
+
+def _authfile(tmp: Path, host: str, user: str = USER, password: str = PASSWORD) -> Path:
+    path = tmp / f"auth-{'good' if password == PASSWORD else 'bad'}.json"
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return path
+
+
+def _auth_registry(tmp: Path) -> tuple[rs.Registry, rs.FaultProxy]:
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True,
+                              text=True, check=True).stdout
+    (tmp / "htpasswd").write_text(htpasswd)
+    reg = rs.Registry(tmp / "reg", {"htpasswd": {"realm": "clipcy-test",
+                                                 "path": str(tmp / "htpasswd")}})
+    _push_sample(reg, f"{USER}:{PASSWORD}")
+    basic = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    return reg, rs.FaultProxy(reg.host, target_auth=basic)
+
+
+needs_htpasswd = pytest.mark.skipif(shutil.which("htpasswd") is None, reason="no htpasswd")
+
+
+@needs_registry
+@needs_htpasswd
+def test_basic_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg, proxy = _auth_registry(tmp_path)
+    proxy.close()
+    try:
+        digest, size, data = sample_layers()[0]
+        ref = f"docker://{reg.host}/sample"
+        # no credentials anywhere
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        with pytest.raises(RemoteAuthError, match="requires authentication and no "
+                           "credentials for it were found"):
+            _store(ref).source(digest, size).fetch(0, 10)
+        # wrong password
+        bad = _authfile(tmp_path, reg.host, password="wrong-" + PASSWORD)
+        with pytest.raises(RemoteAuthError, match="rejected the credentials") as ei:
+            _store(ref, authfile=str(bad)).source(digest, size).fetch(0, 10)
+        assert PASSWORD not in str(ei.value) and "\n" not in str(ei.value)
+        # the lookup order: REGISTRY_AUTH_FILE, then XDG_RUNTIME_DIR, then ~/.config, ~/.docker
+        good = _authfile(tmp_path, reg.host)
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(good))
+        assert _store(ref).source(digest, size).fetch(5, 50) == data[5:55]
+        monkeypatch.delenv("REGISTRY_AUTH_FILE")
+        docker = tmp_path / "home" / ".docker" / "config.json"
+        docker.parent.mkdir(parents=True)
+        docker.write_text(json.dumps({"auths": {f"https://{reg.host}/v1/": {
+            "auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}}))
+        assert _store(ref).source(digest, size).fetch(5, 50) == data[5:55]
+        xdg = tmp_path / "run"
+        (xdg / "containers").mkdir(parents=True)
+        (xdg / "containers" / "auth.json").write_text(bad.read_text())
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))  # found first, and wrong
+        with pytest.raises(RemoteAuthError, match=str(xdg)):
+            _store(ref).source(digest, size).fetch(0, 10)
+        # --authfile beats them all
+        assert _store(ref, authfile=str(good)).source(digest, size).fetch(0, 9) == data[:9]
+    finally:
+        reg.stop()
+
+
+@needs_registry
+def test_token_auth_with_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("cryptography")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    issuer = rs.TokenIssuer(tmp_path, users={USER: PASSWORD})
+    reg = rs.Registry(tmp_path / "reg", issuer.config())
+    try:
+        _push_sample(reg, f"{USER}:{PASSWORD}")
+        ref = f"docker://{reg.host}/sample"
+        digest, size, data = sample_layers()[0]
+        # anonymous pull is refused by the issuer
+        with pytest.raises(RemoteAuthError, match="requires authentication"):
+            _store(ref).source(digest, size).fetch(0, 10)
+        authfile = str(_authfile(tmp_path, reg.host))
+        st = _store(ref, authfile=authfile)
+        src = st.source(digest, size)
+        issuer.requests = 0
+        for i in range(5):
+            assert src.fetch(i * 10, 10) == data[i * 10:i * 10 + 10]
+        assert issuer.requests == 1  # cached per scope
+        # the registry stops accepting the token (its exp passes) while the client still
+        # believes it valid: the first 401 refreshes it
+        issuer.lifetime = 2.0
+        st2 = _store(ref, authfile=authfile)
+        src2 = st2.source(digest, size)
+        issuer.requests = 0
+        assert src2.fetch(0, 10) == data[:10]
+        time.sleep(3.5)
+        assert src2.fetch(10, 10) == data[10:20]
+        assert issuer.requests == 2
+        # a short expires_in: the client refreshes before using a stale token
+        issuer.lifetime, issuer.expires_in = 3600.0, 1
+        st3 = _store(ref, authfile=authfile)
+        src3 = st3.source(digest, size)
+        issuer.requests = 0
+        assert src3.fetch(0, 10) == data[:10]
+        time.sleep(1.2)
+        assert src3.fetch(10, 10) == data[10:20]
+        assert issuer.requests == 2
+        for s in (st, st2, st3):
+            for tok in s.auth._tokens.values():
+                assert tok.value not in repr(s.auth) and tok.value not in repr(s.auth.__dict__)
+            assert PASSWORD not in repr(s.auth.__dict__)
+    finally:
+        reg.stop()
+        issuer.close()
+
+
+# -- span cache ------------------------------------------------------------------------------
+DIG = "sha256:" + "ab" * 32
+
+
+def test_span_cache_roundtrip_and_damage(tmp_path: Path) -> None:
+    c = DiskSpanCache(tmp_path / "c", 1 << 20)
+    assert c.get(DIG, 0, 5) is None
+    c.put(DIG, 0, b"hello")
+    assert c.get(DIG, 0, 5) == b"hello"
+    assert c.get(DIG, 0, 4) is None and c.get(DIG, 1, 5) is None
+    # survives a restart
+    assert DiskSpanCache(tmp_path / "c", 1 << 20).get(DIG, 0, 5) == b"hello"
+    # a damaged entry is a miss and is removed
+    (path,) = [p for p in (tmp_path / "c").rglob("0-5")]
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(raw)
+    assert c.get(DIG, 0, 5) is None
+    assert not path.exists()
+
+
+def test_span_cache_lru_bound(tmp_path: Path) -> None:
+    c = DiskSpanCache(tmp_path / "c", 100_000)
+    for i in range(30):
+        c.put(DIG, i * 10_000, bytes([i]) * 10_000)
+        if i == 5:
+            time.sleep(0.01)
+        if i > 5:
+            c.get(DIG, 0, 10_000)  # keep span 0 young
+            os.utime(next((tmp_path / "c").rglob("0-10000")))
+    assert c.size() <= 100_000
+    assert c.get(DIG, 0, 10_000) == bytes([0]) * 10_000
+    assert c.get(DIG, 29 * 10_000, 10_000) == bytes([29]) * 10_000
+    assert c.get(DIG, 10_000, 10_000) is None
+
+
+_WRITER = """
+import sys
+from clipcy.storage.diskcache import DiskSpanCache
+DIG = "sha256:" + "ab" * 32
+c = DiskSpanCache(sys.argv[1], 2_000_000)
+for i in range(300):
+    k = i % 50
+    c.put(DIG, k * 1000, bytes([k]) * (1000 + k))
+    got = c.get(DIG, k * 1000, 1000 + k)
+    assert got is None or got == bytes([k]) * (1000 + k)
+"""
+
+
+def test_span_cache_concurrent_processes(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-I", "-c", _WRITER, str(tmp_path / "c")],
+                              cwd=tmp_path) for _ in range(4)]
+    for p in procs:
+        assert p.wait(120) == 0
+    c = DiskSpanCache(tmp_path / "c", 2_000_000)
+    for i in range(50):
+        assert c.get(DIG, i * 1000, 1000 + i) == bytes([i]) * (1000 + i)
+    assert not list((tmp_path / "c").rglob(".tmp-*"))
