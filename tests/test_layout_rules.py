@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from clipcy import create_index_only_archive_from_oci_layout, open_archive
-from clipcy.errors import LayoutError, ManifestNotFoundError
+from clipcy.errors import LayoutError, ManifestNotFoundError, StorageRefError
 
 
 def _put(layout: Path, obj: Any) -> tuple[str, int]:
@@ -145,9 +145,12 @@ def test_single_manifest_needs_no_tag(simple: Path, tmp_path: Path) -> None:
 
 def test_storage_ref_recorded(simple: Path, tmp_path: Path) -> None:
     out = tmp_path / "x.clip"
-    create_index_only_archive_from_oci_layout(simple, "latest", out, storage_ref="s3://bucket/img")
+    ref = "docker://registry.example.com/ns/img"
+    create_index_only_archive_from_oci_layout(simple, "latest", out, storage_ref=ref)
     with open_archive(out) as arc:
-        assert arc.metadata["storage_ref"] == "s3://bucket/img"
+        assert arc.metadata["storage_ref"] == ref
+    with pytest.raises(StorageRefError, match="unsupported storage ref scheme 's3'"):
+        create_index_only_archive_from_oci_layout(simple, "latest", out, storage_ref="s3://b/i")
     create_index_only_archive_from_oci_layout(simple, "latest", out)
     with open_archive(out) as arc:
         assert arc.metadata["storage_ref"] == str(simple.resolve())
