@@ -16,6 +16,7 @@ EXTENSIONS = [
     Extension("clipcy._checkpoint", ["clipcy/_checkpoint.pyx"], **ZLIB),
     Extension("clipcy._writer", ["clipcy/_writer.pyx"]),
     Extension("clipcy._nodeblock", ["clipcy/_nodeblock.pyx"]),
+    Extension("clipcy._merge", ["clipcy/_merge.pyx"]),
 ]
 
 setup(

@@ -14,7 +14,7 @@ import pytest
 import clipcy
 from clipcy._select import PUREPYTHON
 
-COMPILED = ("clipcy._tarparse", "clipcy._checkpoint", "clipcy._writer")
+COMPILED = ("clipcy._tarparse", "clipcy._checkpoint", "clipcy._writer", "clipcy._merge")
 
 
 @pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
@@ -29,10 +29,11 @@ def test_compiled_module_in_use(name: str) -> None:
 
 @pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
 def test_selectors_pick_cython() -> None:
-    from clipcy import tarparse, writer
+    from clipcy import merge, tarparse, writer
 
     assert tarparse.IMPLEMENTATION == "cython", clipcy.__file__
     assert writer.IMPLEMENTATION == "cython", clipcy.__file__
+    assert merge.IMPLEMENTATION == "cython", clipcy.__file__
 
 
 def _run(code: str, tmp_path: Path, **env: str) -> str:
@@ -49,9 +50,10 @@ def _run(code: str, tmp_path: Path, **env: str) -> str:
 
 def test_env_var_forces_twin(tmp_path: Path) -> None:
     code = (
-        "from clipcy import tarparse, writer; print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION)"
+        "from clipcy import merge, tarparse, writer; "
+        "print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION, merge.IMPLEMENTATION)"
     )
-    assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python"
+    assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python python"
 
 
 def test_clipctl_version(tmp_path: Path) -> None:
