@@ -281,6 +281,12 @@ cdef class TarParser:
     """Incremental tar parser: feed() pieces of the uncompressed stream, get entries back."""
 
     cdef readonly Py_ssize_t max_header
+    cdef readonly Py_ssize_t max_path
+    cdef readonly Py_ssize_t max_link
+    cdef readonly Py_ssize_t max_depth
+    cdef readonly Py_ssize_t max_xattrs
+    cdef readonly Py_ssize_t max_xattr_size
+    cdef Py_ssize_t _name_guard
     cdef readonly long long offset
     cdef int _state
     cdef unsigned char _blk[512]     # a header block spanning pieces
@@ -305,8 +311,17 @@ cdef class TarParser:
     cdef bytearray _map
     cdef dict _names                 # owner name bytes -> str cache
 
-    def __init__(self, Py_ssize_t max_header=1 << 20):
+    def __init__(self, Py_ssize_t max_header=1 << 20, Py_ssize_t max_path=4096,
+                 Py_ssize_t max_link=4096, Py_ssize_t max_depth=1024,
+                 Py_ssize_t max_xattrs=1024, Py_ssize_t max_xattr_size=65536):
+        # limits (clipcy/limits.py names them path_length, link_length, path_depth...)
         self.max_header = max_header
+        self.max_path = max_path
+        self.max_link = max_link
+        self.max_depth = max_depth
+        self.max_xattrs = max_xattrs
+        self.max_xattr_size = max_xattr_size
+        self._name_guard = min(max_path, max_depth)
         self.offset = 0
         self._state = S_HEADER
         self._blklen = 0
@@ -437,7 +452,7 @@ cdef class TarParser:
             total = size if tf == 0x67 else self._ext_total + size
             if total > self.max_header:
                 raise TarLimitError(f"tar extended header of {total} bytes at offset {off} "
-                                    f"exceeds the limit of {self.max_header} bytes")
+                                    f"exceeds the limit pax_header={self.max_header}")
             if tf != 0x67:
                 self._ext_total = total
             self._ext_kind = tf
@@ -470,7 +485,7 @@ cdef class TarParser:
                 if gsize > self.max_header:  # global records accumulate: bound them too
                     raise TarLimitError(
                         f"tar extended header of {gsize} bytes at offset {self._ext_off} "
-                        f"exceeds the limit of {self.max_header} bytes")
+                        f"exceeds the limit pax_header={self.max_header}")
             else:
                 # a second 'x' header replaces the first (GNU tar, bsdtar, Go)
                 self._pax = dict(recs)
@@ -531,6 +546,8 @@ cdef class TarParser:
             stripped = name.rstrip(b"/")
             if stripped:
                 name = stripped
+        if len(name) > self._name_guard or len(linkname) > self.max_link or xattrs:
+            self._check_limits(name, linkname, xattrs, self._hdr_off)
         data = 0 if _header_only(tf) else size
 
         e = TarEntry.__new__(TarEntry)
@@ -579,6 +596,32 @@ cdef class TarParser:
             self._map = bytearray()
             return None
         return self._emit(off + 512, 0)
+
+    cdef int _check_limits(self, bytes name, bytes linkname, dict xattrs,
+                           long long off) except -1:
+        """The entry limits; the pure twin raises the same messages."""
+        cdef Py_ssize_t depth
+        if len(name) > self.max_path:
+            raise TarLimitError(f"tar entry name of {len(name)} bytes at offset {off} "
+                                f"exceeds the limit path_length={self.max_path}")
+        if len(linkname) > self.max_link:
+            raise TarLimitError(f"tar link target of {len(linkname)} bytes at offset {off} "
+                                f"exceeds the limit link_length={self.max_link}")
+        if len(name) > self.max_depth:
+            depth = sum([1 for part in name.split(b"/") if part not in (b"", b".")])
+            if depth > self.max_depth:
+                raise TarLimitError(f"tar entry name of {depth} components at offset {off} "
+                                    f"exceeds the limit path_depth={self.max_depth}")
+        if xattrs:
+            if len(xattrs) > self.max_xattrs:
+                raise TarLimitError(f"tar entry with {len(xattrs)} xattrs at offset {off} "
+                                    f"exceeds the limit xattrs_per_entry={self.max_xattrs}")
+            for value in xattrs.values():
+                if len(value) > self.max_xattr_size:
+                    raise TarLimitError(
+                        f"tar xattr value of {len(value)} bytes at offset {off} "
+                        f"exceeds the limit xattr_size={self.max_xattr_size}")
+        return 0
 
     cdef tuple _apply_pax(self, dict xattrs, bytes name, bytes linkname, long long size,
                           long long realsize, long long uid, long long gid, bytes uname,
@@ -703,7 +746,7 @@ cdef class TarParser:
         self._sparse_blocks += 1
         if self._sparse_blocks * 512 > self.max_header:
             raise TarLimitError(f"tar extended header of {self._sparse_blocks * 512} bytes at "
-                                f"offset {off} exceeds the limit of {self.max_header} bytes")
+                                f"offset {off} exceeds the limit pax_header={self.max_header}")
         return 0
 
     cdef object _sparse_gnu_block(self, bytes blk, long long off):
@@ -758,9 +801,9 @@ cdef class TarParser:
         return e
 
 
-def iter_entries(data, Py_ssize_t max_header=1 << 20):
+def iter_entries(data, Py_ssize_t max_header=1 << 20, **limits):
     """Parse a whole in-memory stream (for tests and tools)."""
-    p = TarParser(max_header)
+    p = TarParser(max_header, **limits)
     yield from p.feed(data)
     p.close()
 

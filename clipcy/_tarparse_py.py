@@ -274,8 +274,23 @@ def _b64(value: bytes) -> bytes:
 class TarParser:
     """Incremental tar parser: feed() pieces of the uncompressed stream, get entries back."""
 
-    def __init__(self, max_header: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        max_header: int = 1 << 20,
+        max_path: int = 4096,
+        max_link: int = 4096,
+        max_depth: int = 1024,
+        max_xattrs: int = 1024,
+        max_xattr_size: int = 65536,
+    ) -> None:
+        # limits (clipcy/limits.py names them path_length, link_length, path_depth...)
         self.max_header = max_header
+        self.max_path = max_path
+        self.max_link = max_link
+        self.max_depth = max_depth
+        self.max_xattrs = max_xattrs
+        self.max_xattr_size = max_xattr_size
+        self._name_guard = min(max_path, max_depth)
         self.offset = 0  # total bytes consumed
         self._state = _HEADER
         self._part = bytearray()  # partial header block / extended header data
@@ -401,7 +416,7 @@ class TarParser:
             if total > self.max_header:
                 raise TarLimitError(
                     f"tar extended header of {total} bytes at offset {off} "
-                    f"exceeds the limit of {self.max_header} bytes"
+                    f"exceeds the limit pax_header={self.max_header}"
                 )
             if tf != 0x67:
                 self._ext_total = total
@@ -435,7 +450,7 @@ class TarParser:
                 if gsize > self.max_header:  # global records accumulate: bound them too
                     raise TarLimitError(
                         f"tar extended header of {gsize} bytes at offset {self._ext_off} "
-                        f"exceeds the limit of {self.max_header} bytes"
+                        f"exceeds the limit pax_header={self.max_header}"
                     )
             else:
                 # a second 'x' header replaces the first (GNU tar, bsdtar, Go)
@@ -579,6 +594,8 @@ class TarParser:
             stripped = name.rstrip(b"/")
             if stripped:
                 name = stripped
+        if len(name) > self._name_guard or len(linkname) > self.max_link or xattrs:
+            self._check_limits(name, linkname, xattrs, self._hdr_off)
         data = 0 if tf in _HEADER_ONLY else size
         ent = {
             "name": name,
@@ -619,6 +636,39 @@ class TarParser:
             return None
         return self._emit(self.offset, 0, sparse is not None)
 
+    def _check_limits(
+        self, name: bytes, linkname: bytes, xattrs: dict[str, bytes], off: int
+    ) -> None:
+        """The entry limits; the compiled parser raises the same messages."""
+        if len(name) > self.max_path:
+            raise TarLimitError(
+                f"tar entry name of {len(name)} bytes at offset {off} "
+                f"exceeds the limit path_length={self.max_path}"
+            )
+        if len(linkname) > self.max_link:
+            raise TarLimitError(
+                f"tar link target of {len(linkname)} bytes at offset {off} "
+                f"exceeds the limit link_length={self.max_link}"
+            )
+        if len(name) > self.max_depth:
+            depth = sum(1 for part in name.split(b"/") if part not in (b"", b"."))
+            if depth > self.max_depth:
+                raise TarLimitError(
+                    f"tar entry name of {depth} components at offset {off} "
+                    f"exceeds the limit path_depth={self.max_depth}"
+                )
+        if len(xattrs) > self.max_xattrs:
+            raise TarLimitError(
+                f"tar entry with {len(xattrs)} xattrs at offset {off} "
+                f"exceeds the limit xattrs_per_entry={self.max_xattrs}"
+            )
+        for value in xattrs.values():
+            if len(value) > self.max_xattr_size:
+                raise TarLimitError(
+                    f"tar xattr value of {len(value)} bytes at offset {off} "
+                    f"exceeds the limit xattr_size={self.max_xattr_size}"
+                )
+
     def _gnu_slots(self, blk: bytes, at: int, count: int, off: int) -> list[tuple[int, int]]:
         runs = []
         for i in range(count):
@@ -638,7 +688,7 @@ class TarParser:
         if self._sparse_blocks * BLOCK > self.max_header:
             raise TarLimitError(
                 f"tar extended header of {self._sparse_blocks * BLOCK} bytes at "
-                f"offset {off} exceeds the limit of {self.max_header} bytes"
+                f"offset {off} exceeds the limit pax_header={self.max_header}"
             )
 
     def _sparse_gnu_block(self, blk: bytes, off: int) -> TarEntry | None:
@@ -696,9 +746,9 @@ class TarParser:
         return TarEntry(**f)
 
 
-def iter_entries(data: Any, max_header: int = 1 << 20) -> Iterator[TarEntry]:
+def iter_entries(data: Any, max_header: int = 1 << 20, **limits: int) -> Iterator[TarEntry]:
     """Parse a whole in-memory stream (for tests and tools)."""
-    p = TarParser(max_header)
+    p = TarParser(max_header, **limits)
     yield from p.feed(data)
     p.close()
 

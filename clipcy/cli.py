@@ -199,6 +199,14 @@ def _index_layout(sub: Any) -> None:
         metavar="N",
         help="layers indexed in parallel (default: the number of CPUs)",
     )
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="change one input limit for this run, e.g. entries_per_layer=8000000 "
+        "(names and defaults: docs/LIMITS.md; the layer cache is not used then)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_index_layout"))

@@ -50,11 +50,13 @@ def human(n: float) -> str:
 def cmd_index_layout(args: argparse.Namespace) -> int:
     from clipcy.cache import default_cache_dir
     from clipcy.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.limits import parse_overrides
 
     if args.workers is not None and args.workers < 1:
         raise ClipError("--workers must be at least 1")
     if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
         raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
+    limits = parse_overrides(args.limit)
     reporter = make_reporter(args.progress)
     try:
         summary = create_index_only_archive_from_oci_layout(
@@ -70,6 +72,7 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None,
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             progress=reporter,
+            limits=limits,
         )
     finally:
         if reporter is not None:

@@ -28,7 +28,17 @@ from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.format import EncodedAccess
 from clipcy.hashpipe import HashPipe
-from clipcy.layout import LayerInfo, Layout, ResolvedImage, parse_layout_ref, resolve
+from clipcy.layout import (
+    LayerInfo,
+    Layout,
+    ResolvedImage,
+    open_blob,
+    parse_layout_ref,
+    resolve,
+    stat_blob,
+)
+from clipcy.limits import DEFAULT as DEFAULT_LIMITS
+from clipcy.limits import LimitError, Limits, exceeded
 from clipcy.logs import step
 from clipcy.packing import PackedAccess, WindowPacker
 
@@ -83,6 +93,7 @@ def index_layer(
     progress: ProgressFn | None = None,
     on_entries: Callable[[list[Any]], None] | None = None,
     keep_entries: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> LayerResult:
     """Stream one layer blob: check its digest and diff_id, parse its tar, record access.
 
@@ -95,12 +106,22 @@ def index_layer(
     from clipcy.tarparse import TarParser
 
     t0 = time.perf_counter()
-    try:
-        f = open(info.path, "rb", buffering=0)
-    except OSError as e:
-        raise BlobError(f"failed to open layer blob {info.digest}: {e.strerror or e}") from e
+    # a regular file of the descriptor's size inside the layout, or refused unread
+    f = open_blob(info.path, info.size, f"layer blob {info.digest}")
+    # every read is bounded by the descriptor's size (+1 byte: a blob that grew is noticed)
+    left = info.size + 1
+
+    def read_some() -> bytes:
+        nonlocal left
+        data = f.read(min(READ_CHUNK, left)) if left > 0 else b""
+        left -= len(data)
+        return data
+
     with f:
-        head = f.read(READ_CHUNK)
+        try:
+            head = read_some()
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
         kind = detect(head)
         if kind != info.announced:
             log.warning(
@@ -113,7 +134,11 @@ def index_layer(
                 kind,
             )
         indexer = make_indexer(kind) if span is None else make_indexer(kind, span=span)
-        parser = TarParser()
+        parser = TarParser(
+            limits.pax_header, limits.path_length, limits.link_length, limits.path_depth,
+            limits.xattrs_per_entry, limits.xattr_size,
+        )
+        max_entries = limits.entries_per_layer
         hasher = FileHasher() if file_digests else None
         pos = 0  # uncompressed offset of the next output piece
         entries: list[Any] = []
@@ -135,6 +160,10 @@ def index_layer(
                         pipe.update(1, out)
                     new = parser.feed(out)
                     count += len(new)
+                    if count > max_entries:
+                        raise LimitError(
+                            exceeded("entries_per_layer", max_entries, "its tar")
+                        )
                     if keep_entries:
                         entries.extend(new)
                     if on_entries is not None and new:
@@ -147,17 +176,17 @@ def index_layer(
                     packed.extend(packer.pack(gz.drain_points()))
                 if progress is not None:
                     progress("layer-progress", {"layer": index, "bytes": read})
-                chunk = f.read(READ_CHUNK)
+                chunk = read_some()
                 read += len(chunk)
-                if read > info.size and verify:
+                if read > info.size:
                     break  # longer than its descriptor: no need to read the rest
-            if read == info.size or not verify:
+            if read == info.size:
                 indexer.finish()
                 parser.close()
         except ClipError as e:
             if pipe is not None:
                 # A corrupt stream is most often a changed blob: say so when the digest agrees.
-                while rest := f.read(READ_CHUNK):
+                while rest := read_some():
                     pipe.update(0, rest)
                 actual = "sha256:" + pipe.hexdigests()[0]
                 if actual != info.digest:
@@ -168,13 +197,13 @@ def index_layer(
         finally:
             if pipe is not None:
                 pipe.close()
+    if read != info.size:
+        raise DigestMismatchError(
+            f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+            f" than the descriptor's {info.size} bytes"
+        )
     if pipe is not None:
         blob_hex, tar_hex = pipe.hexdigests()
-        if read != info.size:
-            raise DigestMismatchError(
-                f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
-                f" than the descriptor's {info.size} bytes"
-            )
         if "sha256:" + blob_hex != info.digest:
             raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}")
         diff_id: str | None = "sha256:" + tar_hex
@@ -240,11 +269,8 @@ def _from_cache(
     hit = cache.get(key)
     if hit is None:
         return None
-    try:
-        size = os.stat(info.path).st_size
-    except OSError as e:
-        raise BlobError(f"failed to open layer blob {info.digest}: {e.strerror or e}") from e
-    if size != info.size or (verify and hit["diff_id"] != info.diff_id):
+    stat_blob(info.path, info.size, f"layer blob {info.digest}")
+    if verify and hit["diff_id"] != info.diff_id:
         return None
     log.debug("layer %d (%s): from the layer cache", index, info.digest)
     return LayerResult(
@@ -340,6 +366,7 @@ def create_index_only_archive_from_oci_layout(
     checkpoint_span: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
@@ -360,7 +387,7 @@ def create_index_only_archive_from_oci_layout(
     ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
     out = Path(archive_path)
     with step("resolve layout"):
-        layout = Layout(ref.path)
+        layout = Layout(ref.path, limits)
         image = resolve(layout, ref.tag, ref.digest, platform)
     log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
     emit = progress or (lambda event, data: None)
@@ -373,7 +400,9 @@ def create_index_only_archive_from_oci_layout(
         },
     )
 
-    cache = LayerCache(cache_dir) if cache_dir is not None else None
+    # cached layers were checked against the default limits only
+    use_cache = cache_dir is not None and limits == DEFAULT_LIMITS
+    cache = LayerCache(cache_dir) if use_cache and cache_dir is not None else None
     tree = Tree()
     # Layer 0 streams its entries straight into the tree, on this thread, while a worker
     # inflates it: it has no lower layer, so its whiteouts change nothing and tar order is
@@ -420,6 +449,7 @@ def create_index_only_archive_from_oci_layout(
                         progress=progress,
                         on_entries=_fan_out(sinks),
                         keep_entries=i != 0,
+                        limits=limits,
                     )
                 except BaseException:
                     if writer is not None:
@@ -465,6 +495,12 @@ def create_index_only_archive_from_oci_layout(
         res.entries = []
         results.append(res)
 
+    def check_nodes() -> None:
+        if len(tree.paths) > limits.nodes_per_image:
+            raise LimitError(
+                exceeded("nodes_per_image", limits.nodes_per_image, "the merged tree")
+            )
+
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
     with step("index and merge layers"):
         with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
@@ -473,8 +509,10 @@ def create_index_only_archive_from_oci_layout(
                 if futures:
                     while (batch := stream0.get()) is not None:
                         apply_stream(tree, batch, 0, awaiting if file_digests else None)
+                        check_nodes()
                 for fut in futures:
                     merge(fut.result())
+                    check_nodes()
             finally:
                 abort.set()
                 for fut in futures:

@@ -7,17 +7,21 @@ and size; layer blobs are only located here and are checked while indexer.py str
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import platform as _platform
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from clipcy.errors import BlobError, DigestMismatchError, LayoutError, ManifestNotFoundError
+from clipcy.limits import DEFAULT as DEFAULT_LIMITS
+from clipcy.limits import Limits, exceeded
 
 log = logging.getLogger("clipcy")
 
@@ -50,8 +54,8 @@ FOREIGN_LAYER_TYPES = (
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 )
 
-MAX_JSON_BLOB = 16 << 20  # index, manifest, config: larger ones are refused, not read
-MAX_INDEX_DEPTH = 8
+MAX_JSON_BLOB = DEFAULT_LIMITS.json_size  # index, manifest, config: larger ones are refused
+MAX_INDEX_DEPTH = DEFAULT_LIMITS.index_depth
 _DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
 
 
@@ -70,6 +74,87 @@ def parse_digest(digest: object, where: str = "descriptor") -> tuple[str, str]:
     if not pattern.fullmatch(hexpart):
         raise LayoutError(f"invalid digest {digest!r} in {where}")
     return alg, hexpart
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def stat_blob(path: Path, size: int | None, what: str) -> os.stat_result:
+    """Check, without opening it, that path is a regular file inside its layout (symlinks
+    are followed only while they stay inside) whose size is the descriptor's `size`.
+
+    A FIFO, a device, a directory or a socket could block, never end, or read as something
+    else; a blob is refused before a byte of it is read. Blobs live at ROOT/blobs/ALG/HEX.
+    """
+    root = path.parent.parent.parent
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+        inside = real.is_relative_to(os.path.realpath(root))
+        st = os.stat(real, follow_symlinks=False)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BlobError(f"failed to open {what}: symlink loop ({path})") from e
+        raise BlobError(f"failed to open {what}: {e.strerror or e} ({path})") from e
+    if not inside:
+        raise BlobError(f"refusing {what}: it is a symlink leading outside the layout ({real})")
+    if not stat.S_ISREG(st.st_mode):
+        raise BlobError(f"refusing {what}: {_kind_of(st.st_mode)}, not a regular file ({path})")
+    if size is not None and st.st_size != size:
+        raise DigestMismatchError(
+            f"{what} is {st.st_size} bytes, its descriptor says {size} ({path})"
+        )
+    return st
+
+
+def open_blob(path: Path, size: int | None, what: str) -> IO[bytes]:
+    """stat_blob's checks, then the file opened unbuffered (and checked to be the same one)."""
+    st = stat_blob(path, size, what)
+    try:
+        fd = os.open(
+            os.path.realpath(path),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+        )
+    except OSError as e:
+        raise BlobError(f"failed to open {what}: {e.strerror or e} ({path})") from e
+    f = os.fdopen(fd, "rb", buffering=0)
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+        f.close()
+        raise BlobError(f"refusing {what}: it changed while being opened ({path})")
+    return f
+
+
+def read_small_file(path: Path, what: str, limit: int) -> bytes:
+    """A whole small file of the layout (oci-layout, index.json), at most `limit` bytes."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise LayoutError(f"failed to read {what}: {e.strerror or e} ({path})") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise LayoutError(f"failed to read {what}: {_kind_of(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+        too_big = exceeded("json_size", limit, f"{st.st_size} bytes")
+        raise LayoutError(f"failed to read {what}: {too_big}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as e:
+        raise LayoutError(f"failed to read {what}: {e.strerror or e} ({path})") from e
+    if len(raw) > limit:
+        raise LayoutError(f"failed to read {what}: " + exceeded("json_size", limit, "its size"))
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +187,9 @@ class Descriptor:
 class Layout:
     """An OCI image layout directory on disk."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> None:
         self.root = Path(root)
+        self.limits = limits
         if not self.root.is_dir():
             raise LayoutError(f"failed to open layout {str(self.root)!r}: not a directory")
         self._check_oci_layout()
@@ -112,7 +198,7 @@ class Layout:
     def _check_oci_layout(self) -> None:
         path = self.root / "oci-layout"
         try:
-            data = json.loads(path.read_bytes())
+            data = json.loads(read_small_file(path, "oci-layout", self.limits.json_size))
         except FileNotFoundError:
             raise LayoutError(f"not an OCI image layout: {path} is missing") from None
         except (OSError, ValueError) as e:
@@ -124,12 +210,9 @@ class Layout:
     def _read_index(self) -> dict[str, Any]:
         path = self.root / "index.json"
         try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_JSON_BLOB + 1)
-        except OSError as e:
+            raw = read_small_file(path, "index.json", self.limits.json_size)
+        except FileNotFoundError as e:
             raise LayoutError(f"failed to read index.json: {e.strerror or e} ({path})") from e
-        if len(raw) > MAX_JSON_BLOB:
-            raise LayoutError(f"failed to read index.json: larger than {MAX_JSON_BLOB} bytes")
         try:
             index = json.loads(raw)
         except ValueError as e:
@@ -144,14 +227,17 @@ class Layout:
 
     def read_blob(self, desc: Descriptor, what: str) -> bytes:
         """A small blob, read whole and checked against its descriptor."""
-        if desc.size > MAX_JSON_BLOB:
-            raise LayoutError(f"{what} {desc.digest} is too large ({desc.size} bytes)")
+        if desc.size > self.limits.json_size:
+            what_size = f"{what} {desc.digest} of {desc.size} bytes"
+            raise LayoutError(exceeded("json_size", self.limits.json_size, what_size))
         path = self.blob_path(desc.digest)
-        try:
-            with open(path, "rb") as f:
+        with open_blob(path, desc.size, f"{what} blob {desc.digest}") as f:
+            try:
                 data = f.read(desc.size + 1)
-        except OSError as e:
-            raise BlobError(f"failed to open {what} blob {desc.digest}: {e.strerror or e}") from e
+            except OSError as e:
+                raise BlobError(
+                    f"failed to read {what} blob {desc.digest}: {e.strerror or e}"
+                ) from e
         check_blob(data, desc, what)
         return data
 
@@ -375,7 +461,8 @@ def resolve(
     desc = select_top(layout, tag, digest)
     want = Platform.parse(platform) if platform else None
     seen: set[str] = set()
-    for _depth in range(MAX_INDEX_DEPTH):
+    depth = layout.limits.index_depth
+    for _depth in range(depth):
         if desc.digest in seen:  # impossible with verified digests; cheap insurance
             raise LayoutError(f"image index cycle at {desc.digest}")
         seen.add(desc.digest)
@@ -386,7 +473,7 @@ def resolve(
         parent = desc.digest
         desc = _pick_platform(children, want or Platform.host(), f"index {parent}")
         log.debug("index %s -> %s", parent, desc.digest)
-    raise LayoutError(f"image indexes nested deeper than {MAX_INDEX_DEPTH} levels")
+    raise LayoutError(exceeded("index_depth", depth, "image index nesting"))
 
 
 def _resolve_manifest(

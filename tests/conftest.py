@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # `python -m pytest` puts the checkout on sys.path; the checkout has no compiled modules
 # (unless built in place), so drop it and import the installed package instead.
@@ -175,3 +176,75 @@ def tar_factory() -> object:
 def _private_layer_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets an empty layer cache (clipctl index-layout caches by default)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
+
+
+# -- bounded CLI runs (hostile inputs, limits, interruptions) ----------------------------
+MIB = 1 << 20
+
+
+def _rlimits(mem: int, cpu: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+
+def run_bounded(
+    argv: list[str], *, mem: int = 1024 * MIB, cpu: int = 60, timeout: float = 120, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """`python -I -m clipcy ARGV` with its address space, CPU seconds and wall time bounded:
+    a run that would take unbounded memory or time fails the test instead of the machine."""
+    import functools
+
+    return subprocess.run(
+        [sys.executable, "-I", "-m", "clipcy", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=functools.partial(_rlimits, mem, cpu),
+        **kw,
+    )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], match: str) -> str:
+    """Exit 1 and one `clipctl: error:` line containing match (warnings may precede it)."""
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("clipctl: error: ")]
+    assert len(errors) == 1 and r.stderr.rstrip().endswith(errors[0]), r.stderr
+    assert match in errors[0], errors[0]
+    return errors[0]
+
+
+def load_test_module(relpath: str) -> Any:
+    """A helper module of tests/ by path (tests/ is not a package)."""
+    import importlib.util
+
+    path = ROOT / "tests" / relpath
+    name = "clipcy_tests_" + path.stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def bounded() -> Any:
+    """run_bounded and one_line_error, for test modules (conftest is not importable)."""
+    import types
+
+    return types.SimpleNamespace(run=run_bounded, error=one_line_error, MIB=MIB)
+
+
+@pytest.fixture(scope="session")
+def hostile() -> Any:
+    """tests/hostile/make.py (the hostile corpus), once the tools it runs are present."""
+    mod = load_test_module("hostile/make.py")
+    for tool in mod.TOOLS:
+        if shutil.which(tool) is None:
+            pytest.skip(f"the hostile corpus needs {tool}")
+    return mod

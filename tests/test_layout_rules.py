@@ -122,7 +122,7 @@ def test_deep_index_chain_is_refused(simple: Path, tmp_path: Path) -> None:
         )
         top = {"mediaType": media, "digest": d, "size": n}
     _set_top(simple, [dict(top, annotations={"org.opencontainers.image.ref.name": "latest"})])
-    with pytest.raises(LayoutError, match="nested deeper than"):
+    with pytest.raises(LayoutError, match="image index nesting exceeds the limit index_depth=8"):
         create_index_only_archive_from_oci_layout(
             simple, "latest", tmp_path / "x.clip", platform="linux/amd64"
         )

@@ -45,9 +45,13 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
 
 
 def parse(
-    impl: ModuleType, data: bytes, pieces: list[int] | None = None, max_header: int = 1 << 20
+    impl: ModuleType,
+    data: bytes,
+    pieces: list[int] | None = None,
+    max_header: int = 1 << 20,
+    **limits: int,
 ) -> list[Any]:
-    p = impl.TarParser(max_header)
+    p = impl.TarParser(max_header, **limits)
     out: list[Any] = []
     if pieces is None:
         out += p.feed(data)
@@ -342,13 +346,54 @@ def test_pax_errors(impl: ModuleType) -> None:
     with pytest.raises(
         TarLimitError,
         match=r"^tar extended header of 5\d\d\d bytes at offset 0 "
-        r"exceeds the limit of 4096 bytes$",
+        r"exceeds the limit pax_header=4096$",
     ):
         parse(impl, big, max_header=4096)
     long = _pax_archive({}, name="n" * 5000, fmt=tarfile.GNU_FORMAT)
     with pytest.raises(TarLimitError):
         parse(impl, long, max_header=4096)
-    assert parse(impl, long)[0].name == b"n" * 5000
+    assert parse(impl, long, max_path=5000)[0].name == b"n" * 5000
+
+
+def _limit_error(impl: ModuleType, data: bytes, **limits: int) -> str:
+    with pytest.raises(TarLimitError) as info:
+        parse(impl, data, **limits)
+    return str(info.value)
+
+
+def test_entry_limits_same_message_in_both_parsers(impl: ModuleType) -> None:
+    """path_length, link_length, path_depth, xattrs_per_entry, xattr_size (clipcy/limits.py):
+    the twins raise the same one-line message naming the limit; at the limit, no error."""
+    from clipcy import _tarparse_py
+
+    long = _pax_archive({}, name="n" * 5000, fmt=tarfile.GNU_FORMAT)
+    msg = "tar entry name of 5000 bytes at offset 0 exceeds the limit path_length=4096"
+    assert _limit_error(impl, long) == msg
+    assert _limit_error(_tarparse_py, long) == msg
+    deep = _pax_archive({}, name="/".join(["d"] * 40))
+    assert _limit_error(impl, deep, max_depth=39) == (
+        "tar entry name of 40 components at offset 0 exceeds the limit path_depth=39"
+    )
+    assert parse(impl, deep, max_depth=40)[0].name.count(b"/") == 39
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("l")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "t" * 300
+        tf.addfile(info)
+    assert _limit_error(impl, buf.getvalue(), max_link=299) == (
+        "tar link target of 300 bytes at offset 0 exceeds the limit link_length=299"
+    )
+    assert parse(impl, buf.getvalue(), max_link=300)[0].linkname == b"t" * 300
+    xattrs = {f"SCHILY.xattr.user.k{i}": "v" * i for i in range(1, 6)}
+    many = _pax_archive(xattrs)
+    assert _limit_error(impl, many, max_xattrs=4) == (
+        "tar entry with 5 xattrs at offset 0 exceeds the limit xattrs_per_entry=4"
+    )
+    assert _limit_error(impl, many, max_xattr_size=4) == (
+        "tar xattr value of 5 bytes at offset 0 exceeds the limit xattr_size=4"
+    )
+    assert len(parse(impl, many, max_xattrs=5, max_xattr_size=5)[0].xattrs) == 5
 
 
 def _ext_block(kind: bytes, records: bytes) -> bytes:
@@ -368,7 +413,7 @@ def test_extended_headers_add_up(impl: ModuleType) -> None:
     with pytest.raises(
         TarLimitError,
         match=r"^tar extended header of 4\d\d\d bytes at offset "
-        r"\d+ exceeds the limit of 4096 bytes$",
+        r"\d+ exceeds the limit pax_header=4096$",
     ):
         parse(impl, xs + f, max_header=4096)
     gs = b"".join(

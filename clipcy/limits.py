@@ -1,0 +1,81 @@
+"""Every size and count limit clipcy enforces on its inputs, in one place (docs/LIMITS.md).
+
+A hostile or broken input must end in one line naming the limit it broke, never in unbounded
+time or memory. The defaults are far above what real images use (LIMITS.md says why), and
+`clipctl index-layout --limit NAME=N` changes one for a run. Limits the archive reader
+enforces on the sections of a .clip file are format.py's MAX_* (listed here, not copied).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from clipcy import format as _format
+from clipcy.errors import ClipError
+
+
+class LimitError(ClipError, ValueError):
+    """An input is larger than one of the limits (the message names it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Input limits of index-layout. Field names are the names users see in messages."""
+
+    entries_per_layer: int = 4_000_000  # tar entries of one layer (headers, not bytes)
+    nodes_per_image: int = 8_000_000  # paths of the merged tree
+    path_length: int = 4096  # bytes of an entry's name (Linux PATH_MAX)
+    link_length: int = 4096  # bytes of a symlink/hardlink target (Linux PATH_MAX)
+    path_depth: int = 1024  # components of an entry's name
+    pax_header: int = 1 << 20  # bytes of extended headers (PAX, GNU long names) per entry
+    xattrs_per_entry: int = 1024  # extended attributes of one entry
+    xattr_size: int = 65536  # bytes of one xattr value (Linux XATTR_SIZE_MAX)
+    json_size: int = 16 << 20  # bytes of index.json, a manifest, an index or a config
+    index_depth: int = 8  # image indexes nested inside index.json's entry
+
+    def check(self, name: str, value: int, what: str) -> None:
+        """Raise LimitError when value is above the limit `name`."""
+        limit = getattr(self, name)
+        if value > limit:
+            raise LimitError(exceeded(name, limit, what))
+
+    def replace(self, **changes: int) -> Limits:
+        return dataclasses.replace(self, **changes)
+
+
+def exceeded(name: str, limit: int, what: str) -> str:
+    """The one message format of every broken limit (the tar parsers build the same text)."""
+    return f"{what} exceeds the limit {name}={limit}"
+
+
+DEFAULT = Limits()
+NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+
+# Sections of a .clip archive, checked by the reader before it decompresses them.
+ARCHIVE_SECTIONS = {
+    "node_block_raw": _format.MAX_BLOCK_RAW,
+    "metadata_raw": _format.MAX_METADATA_RAW,
+    "access_raw": _format.MAX_ACCESS_RAW,
+}
+
+
+def parse_overrides(items: Iterable[str], base: Limits = DEFAULT) -> Limits:
+    """Limits from "NAME=N" strings (clipctl --limit)."""
+    changes: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in NAMES:
+            raise ClipError(
+                f"invalid --limit {item!r}: expected NAME=N with NAME one of {', '.join(NAMES)}"
+            )
+        try:
+            n = int(value)
+        except ValueError:
+            n = -1
+        if n < 1:
+            raise ClipError(f"invalid --limit {item!r}: N must be a positive integer")
+        changes[name] = n
+    return base.replace(**changes)
