@@ -24,3 +24,25 @@ def test_api_md_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     for code in blocks:
         exec(compile(code, str(DOCS / "API.md"), "exec"), namespace)  # noqa: S102
     assert "etc/hello" in capsys.readouterr().out
+
+
+_ROOT = DOCS.parent
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.skipif(not (_ROOT / "README.md").exists(), reason="docs not in this tree")
+def test_relative_links_resolve() -> None:
+    """Every relative link in README.md, CHANGELOG.md, docs/ and perf/*.md names a file that
+    exists, so the documents stay true as files move."""
+    pages = [_ROOT / "README.md", _ROOT / "CHANGELOG.md", *sorted(DOCS.glob("*.md")),
+             *sorted((_ROOT / "perf").glob("*.md"))]
+    broken = []
+    for page in pages:
+        if not page.exists():
+            continue
+        for target in _LINK.findall(page.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(_ROOT)} -> {target}")
+    assert not broken, "broken links:\n" + "\n".join(broken)
