@@ -14,6 +14,7 @@ ZLIB = {"libraries": ["z"], "define_macros": [("ZLIB_CONST", None)]}
 EXTENSIONS = [
     Extension("clipcy._tarparse", ["clipcy/_tarparse.pyx"]),
     Extension("clipcy._checkpoint", ["clipcy/_checkpoint.pyx"], **ZLIB),
+    Extension("clipcy._inflate", ["clipcy/_inflate.pyx"], **ZLIB),
     Extension("clipcy._writer", ["clipcy/_writer.pyx"]),
     Extension("clipcy._nodeblock", ["clipcy/_nodeblock.pyx"]),
     Extension("clipcy._merge", ["clipcy/_merge.pyx"]),

@@ -45,6 +45,12 @@ from clipcy._zlib cimport (
     Z_STREAM_ERROR,
     Z_VERSION_ERROR,
     Bytef,
+    uInt,
+    z_stream,
+    zlibVersion,
+)
+# zlib's inflate API, served by zlib-ng when installed (clipcy/_inflate.pyx)
+from clipcy._inflate cimport (
     inflate,
     inflateEnd,
     inflateGetDictionary,
@@ -53,9 +59,6 @@ from clipcy._zlib cimport (
     inflateReset,
     inflateReset2,
     inflateSetDictionary,
-    uInt,
-    z_stream,
-    zlibVersion,
 )
 
 from clipcy.errors import BlobError, CompressionError

@@ -14,7 +14,9 @@ import pytest
 import clipcy
 from clipcy._select import PUREPYTHON
 
-COMPILED = ("clipcy._tarparse", "clipcy._checkpoint", "clipcy._writer", "clipcy._merge")
+COMPILED = (
+    "clipcy._tarparse", "clipcy._checkpoint", "clipcy._inflate", "clipcy._writer", "clipcy._merge"
+)
 
 
 @pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")

@@ -114,6 +114,7 @@ def test_build_sdist_and_wheel_then_install_sdist_in_fresh_venv(tmp_path: Path) 
         env=clean,
     )
     assert "compiled (Cython)" in out.stdout
+    assert "inflate: zlib-ng 2." in out.stdout  # the fast engine arrives with pip install
     demo = subprocess.run(
         [str(env_dir / "bin" / "clipctl"), "demo"], capture_output=True, text=True, cwd=tmp_path
     )
