@@ -7,7 +7,7 @@
   distribution registry's token spec describes; its tokens' expiry can be set short.
 - FaultProxy: an HTTP proxy on 127.0.0.1 between client and registry that injects faults
   (503, 429 + Retry-After, resets mid-body, truncated bodies, 200 for a Range, flipped bytes,
-  wrong Content-Range, redirects to a second loopback address, delays).
+  wrong Content-Range, redirects to a second loopback address, stalls, delays).
 - push(): `skopeo copy --dest-tls-verify=false --preserve-digests oci:DIR:TAG docker://...`.
 """
 
@@ -216,6 +216,16 @@ def upload_blob(base: str, name: str, digest: str, data: bytes,
         assert resp.status in (201, 202), resp.status
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """Clients that hang up (a reader giving up, a reset we caused) are not errors here."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of `upstream` ("host:port") that injects faults.
 
@@ -224,7 +234,8 @@ class FaultProxy:
     truncate (half the body, then FIN), 200 (the whole blob, Range ignored), flip (one byte
     of the body inverted), badrange (206 with a shifted Content-Range), redirect (307 to the
     same path on a second server at 127.0.0.2, which serves it like object storage: no auth
-    needed, and every request's headers recorded), expire (that second server answers its
+    needed, and every request's headers recorded), stall (1.5 s of silence before the
+    answer), expire (that second server answers its
     next request 403). `delay` seconds are added to every request. `always` is a fault
     applied to every blob GET."""
 
@@ -255,11 +266,10 @@ class FaultProxy:
             def do_GET(self) -> None:  # noqa: N802
                 proxy._handle(self, target=True)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = _QuietServer(("127.0.0.1", self.port), Handler)
         self.server.daemon_threads = True
         self.target_port = free_port("127.0.0.2")
-        self.target = http.server.ThreadingHTTPServer(("127.0.0.2", self.target_port),
-                                                      TargetHandler)
+        self.target = _QuietServer(("127.0.0.2", self.target_port), TargetHandler)
         self.target.daemon_threads = True
         for s in (self.server, self.target):
             threading.Thread(target=s.serve_forever, daemon=True).start()
@@ -305,6 +315,9 @@ class FaultProxy:
             with self.lock:
                 fault = self.faults.popleft() if self.faults else self.always
         rng = h.headers.get("Range", "")
+        if fault == "stall":  # answer only after the client's read timeout
+            time.sleep(1.5)
+            fault = ""
         if fault in ("503", "429"):
             self.log.append((h.path, rng, int(fault)))
             extra = [("Retry-After", "1")] if fault == "429" else []
@@ -315,6 +328,8 @@ class FaultProxy:
             return self._send(h, 307, [("Location", loc)], b"")
         if fault == "200":
             fwd.pop("Range", None)
+        if not fault:  # stream the answer through as it arrives (perf: no store-and-forward)
+            return self._stream(h, fwd, rng, target)
         status, headers, body = self._upstream(h.path, fwd)
         if not target:
             self.log.append((h.path, rng, status))
@@ -342,6 +357,29 @@ class FaultProxy:
             h.close_connection = True
             return None
         return self._send(h, status, keep, body)
+
+    _KEEP = ("content-range", "content-type", "www-authenticate", "location",
+             "docker-content-digest", "retry-after", "content-length")
+
+    def _stream(self, h: http.server.BaseHTTPRequestHandler, fwd: dict[str, str], rng: str,
+                target: bool) -> None:
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        try:
+            conn.request("GET", h.path, headers=fwd)
+            r = conn.getresponse()
+            if not target:
+                self.log.append((h.path, rng, r.status))
+            h.send_response(r.status)
+            for k, v in r.getheaders():
+                if k.lower() in self._KEEP:
+                    h.send_header(k, v)
+            if r.getheader("Content-Length") is None:
+                h.send_header("Content-Length", "0")
+            h.end_headers()
+            while chunk := r.read(256 << 10):
+                h.wfile.write(chunk)
+        finally:
+            conn.close()
 
     @staticmethod
     def _send(h: http.server.BaseHTTPRequestHandler, status: int,

@@ -185,6 +185,20 @@ def test_faults_are_retried(proxy: rs.FaultProxy, faults: list[str]) -> None:
 
 
 @needs_registry
+def test_read_timeout_is_retried(proxy: rs.FaultProxy) -> None:
+    st = _store(f"docker://127.0.0.1:{proxy.port}/sample", http=HttpOptions(
+        read_timeout=0.3, backoff=0.01, backoff_max=0.02))
+    digest, size, data = sample_layers()[0]
+    proxy.add("stall")
+    assert st.source(digest, size).fetch(5, 500) == data[5:505]  # the second try
+    proxy.always = "stall"
+    st2 = _store(f"docker://127.0.0.1:{proxy.port}/sample", http=HttpOptions(
+        read_timeout=0.3, tries=2, backoff=0.01, backoff_max=0.02))
+    with pytest.raises(RemoteError, match=r"read timed out \(after 2 tries\)"):
+        st2.source(digest, size).fetch(0, 10)
+
+
+@needs_registry
 def test_retries_end_in_one_line(proxy: rs.FaultProxy) -> None:
     st = _store(f"docker://127.0.0.1:{proxy.port}/sample", http=HttpOptions(
         tries=3, backoff=0.01, backoff_max=0.02))

@@ -28,6 +28,7 @@ checksums before using or caching them.
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
 import re
 import threading
@@ -40,6 +41,8 @@ import urllib3
 import urllib3.exceptions
 
 from clipcy.errors import RemoteAuthError, RemoteError
+
+log = logging.getLogger("clipcy")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_HOPS = 5
@@ -307,7 +310,9 @@ class BlobURL:
         try:
             resp = self.client.request(url, headers)
         except urllib3.exceptions.HTTPError as e:
+            log.debug("GET %s %s: %s", redact(url), headers["Range"], _describe(e))
             raise _Retry(_describe(e)) from None
+        log.debug("GET %s %s: HTTP %d", redact(url), headers["Range"], resp.status)
         keep = False
         try:
             st = resp.status
