@@ -1,6 +1,7 @@
 """Type stub of the compiled clipcy._checkpoint (gzip resume points on zlib's C API)."""
 
 from collections.abc import Iterator
+from typing import Protocol
 
 from typing_extensions import Buffer
 
@@ -28,11 +29,14 @@ class GzipIndexer:
     def drain_points(self) -> list[tuple[int, int, int, bytes]]: ...
     def access(self) -> LayerAccess: ...
 
+class _Source(Protocol):
+    def pread(self, offset: int, n: int) -> bytes: ...
+
 class GzipStream:
     """A decoder resumed at a point; read() continues where the last read stopped."""
 
     position: int
-    def __init__(self, fd: int, comp_offset: int, bits: int, window: Buffer,
+    def __init__(self, source: int | _Source, comp_offset: int, bits: int, window: Buffer,
                  out_offset: int = 0) -> None: ...
     def read(self, n: int, skip: int = 0) -> bytes: ...
 

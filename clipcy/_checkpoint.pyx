@@ -484,6 +484,7 @@ cdef enum:
     RF_IO = 2                 # code: errno
     RF_TRUNC = 3              # blob ended inside a member
     RF_TRAILER = 4            # blob ended inside a member trailer
+    RF_SOURCE = 5             # the source's pread raised (kept in .exc)
 
 
 cdef class GzipStream:
@@ -491,14 +492,20 @@ cdef class GzipStream:
 
     The point is (comp_offset, bits, window) from a GzipIndexer, at uncompressed offset
     `out_offset`; window b"" with bits 0 means a member start (a gzip header is parsed there).
-    Reads cross members and are short only at the end of the blob. The blob is read with pread
-    on fd (no shared file position); one GzipStream must not be used by two threads at once.
-    After an error the stream is dead (every later read raises).
+    Reads cross members and are short only at the end of the blob. `source` is either an
+    object with pread(offset, n) -> bytes (short only at the end of the blob; in clipcy a
+    clipcy.storage.VerifiedBlob, which checks span checksums), called with the GIL in pieces
+    of READ_CHUNK while inflate runs without it, or an int fd read with pread(2) (tests).
+    One GzipStream must not be used by two threads at once. After an error the stream is
+    dead (every later read raises; a source's exception is raised again as is).
     """
 
     cdef z_stream strm
     cdef bint zinit
-    cdef int fd
+    cdef int fd                 # -1: read from src
+    cdef object src
+    cdef object held            # the source's bytes inflate is reading (next_in points in)
+    cdef object exc             # what the source raised
     cdef bint raw               # raw deflate (resumed mid-member): the trailer is skipped
     cdef unsigned char *inbuf
     cdef unsigned char *scratch
@@ -510,7 +517,7 @@ cdef class GzipStream:
     cdef int trailer            # raw mode: bytes of the member trailer left to skip
     cdef int kind, code         # failure, once failed
 
-    def __cinit__(self, int fd, unsigned long long comp_offset, int bits, window,
+    def __cinit__(self, source, unsigned long long comp_offset, int bits, window,
                   unsigned long long out_offset=0):
         cdef const unsigned char[::1] win = window
         cdef Py_ssize_t wlen = win.shape[0]
@@ -521,6 +528,12 @@ cdef class GzipStream:
             raise ValueError(f"bad resume point: bits {bits} at compressed offset {comp_offset}")
         if wlen > WINSIZE:
             raise ValueError(f"resume window of {wlen} bytes (at most {WINSIZE})")
+        cdef int fd = -1
+        cdef bytes pb
+        if isinstance(source, int):
+            fd = source
+        else:
+            self.src = source
         self.fd = fd
         self.raw = wlen > 0 or bits != 0
         self.comp_start = comp_offset
@@ -535,8 +548,14 @@ cdef class GzipStream:
             raise _zerror("inflateInit2", ret, &self.strm, comp_offset)
         self.zinit = True
         if bits:
-            with nogil:
-                r = pread(fd, &prime, 1, <off_t>(comp_offset - 1))
+            if fd >= 0:
+                with nogil:
+                    r = pread(fd, &prime, 1, <off_t>(comp_offset - 1))
+            else:
+                pb = self.src.pread(comp_offset - 1, 1)
+                r = len(pb)
+                if r:
+                    prime = pb[0]
             if r < 0:
                 self._fail(RF_IO, errno)
             elif r == 0:
@@ -562,7 +581,27 @@ cdef class GzipStream:
         self.kind = kind
         self.code = code
 
+    cdef Py_ssize_t _fill(self) noexcept with gil:
+        """Next compressed piece from the source into next_in: its length, 0 at the end,
+        -1 when the source raised (kept in self.exc)."""
+        cdef Py_ssize_t n
+        try:
+            data = self.src.pread(self.pos, READ_CHUNK)
+            if type(data) is not bytes:
+                data = bytes(data)
+            n = len(data)
+            if n > READ_CHUNK:
+                raise ValueError(f"source returned {n} bytes, asked for {READ_CHUNK}")
+        except BaseException as e:
+            self.exc = e
+            return -1
+        self.held = data
+        self.strm.next_in = <const Bytef *>PyBytes_AS_STRING(data)
+        return n
+
     cdef object _exception(self):
+        if self.kind == RF_SOURCE:
+            return self.exc
         if self.kind == RF_ZLIB:
             return _zerror("inflate", self.code, &self.strm, self.consumed)
         if self.kind == RF_IO:
@@ -586,14 +625,21 @@ cdef class GzipStream:
         cdef int ret
         while self.kind == RF_NONE and (got < n or skip > 0) and not self.ended:
             if s.avail_in == 0 and not self.eof:
-                r = pread(self.fd, self.inbuf, READ_CHUNK, <off_t>self.pos)
-                if r < 0:
-                    self._fail(RF_IO, errno)
-                    break
+                if self.fd >= 0:
+                    r = pread(self.fd, self.inbuf, READ_CHUNK, <off_t>self.pos)
+                    if r < 0:
+                        self._fail(RF_IO, errno)
+                        break
+                    if r > 0:
+                        s.next_in = self.inbuf
+                else:
+                    r = self._fill()
+                    if r < 0:
+                        self._fail(RF_SOURCE, 0)
+                        break
                 if r == 0:
                     self.eof = True
                 else:
-                    s.next_in = self.inbuf
                     s.avail_in = <uInt>r
                     self.pos += r
             if self.trailer:

@@ -393,6 +393,7 @@ def encode_access(Py_ssize_t i, a):
             raise ArchiveWriteError(f"{where}: frame {fr!r} is not a 4-tuple")
         for field, v in zip(_FRAME_FIELDS, fr):
             out.uv(_u64(what, field, v))
+    out.put_bytes(F.encode_spans(i, getattr(a, "spans", None)))
     return out.take()
 
 

@@ -288,6 +288,7 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
             raise ArchiveWriteError(f"{where}: frame {fr!r} is not a 4-tuple")
         for field, v in zip(_FRAME_FIELDS, fr, strict=True):
             _uv(out, _u64(what, field, v))
+    out += F.encode_spans(i, getattr(a, "spans", None))
     return bytes(out)
 
 

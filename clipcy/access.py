@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from clipcy.storage.spans import SpanTable
+
 PLAIN = "plain"
 GZIP = "gzip"
 ZSTD = "zstd"
@@ -22,3 +24,5 @@ class LayerAccess:
     points: list[tuple[int, int, int, bytes]] = field(default_factory=list)
     # zstd frames: (compressed offset, compressed size, uncompressed offset, uncompressed size)
     frames: list[tuple[int, int, int, int]] = field(default_factory=list)
+    # checksums of the blob's compressed spans (format 2.0); None only before indexing ends
+    spans: SpanTable | None = None

@@ -1,12 +1,15 @@
 """Random-access readers over one layer blob, driven by its LayerAccess.
 
-    with open_layer_reader(blob_path, access) as r:
+    blob = open_store(ref).open_blob(descriptor, access.spans)   # clipcy.storage
+    with open_layer_reader(blob, access) as r:
         data = r.pread(offset, n)    # bytes of the UNCOMPRESSED layer stream
 
-pread is thread-safe: the blob is read with os.pread on one shared descriptor (no shared file
-position) and every call builds its own decompression state.
+Compressed bytes come only from the VerifiedBlob, which checks the archive's span checksum
+of every span they touch before handing them over: a blob changed after indexing gives a
+SpanChecksumError (naming the blob and the compressed offset), never other bytes.
+pread is thread-safe: the blob is, and every call builds its own decompression state.
 
-* plain: os.pread.
+* plain: the verified bytes themselves.
 * gzip: the last resume point <= offset, then a clipcy._checkpoint.GzipStream (compiled, GIL
   released): raw inflate primed with the point's bits and 32 KiB window, or a gzip-header
   inflate at a member start; output before `offset` is discarded; reads cross members. The
@@ -17,21 +20,17 @@ position) and every call builds its own decompression state.
   larger frames are streamed from their start, and the decoder left at the end of a read is
   kept (a few per reader) so that sequential reads continue instead of restarting.
 
-Limits on detecting a blob that changed after indexing: a read that ends a gzip member (or a
-whole zstd frame) is checked by the format's CRC/checksum; a read in the middle of a gzip
-member or a large zstd frame is checked only by the decoder itself, which rejects most
-changes (invalid codes, distances beyond the window, a resume point that no longer starts a
-block) but not all. The reader also refuses a blob shorter than the offsets its index names.
+The gzip decoder takes its input from the VerifiedBlob in READ_CHUNK pieces (the GIL is
+held only to fetch them; inflate runs without it).
 """
 
 from __future__ import annotations
 
 import bisect
-import os
 import threading
 from collections import OrderedDict
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
 
 import zstandard
 
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from clipcy._checkpoint import GzipStream
+    from clipcy.storage.spans import VerifiedBlob
 
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
@@ -61,16 +61,17 @@ class LayerReader(Protocol):
                  tb: TracebackType | None) -> None: ...
 
 
-def open_layer_reader(blob_path: str | os.PathLike[str], access: LayerAccess) -> LayerReader:
-    """A reader of the uncompressed stream of the blob at blob_path, indexed as `access`."""
-    path = os.fspath(blob_path)
+def open_layer_reader(blob: VerifiedBlob, access: LayerAccess) -> LayerReader:
+    """A reader of the uncompressed stream of a verified blob, indexed as `access`.
+    The reader owns the blob: closing it closes the blob."""
     if access.kind == PLAIN:
-        return PlainReader(path)
+        return PlainReader(blob)
     if access.kind == GZIP:
-        return GzipReader(path, access)
+        return GzipReader(blob, access)
     if access.kind == ZSTD:
-        return ZstdReader(path, access)
-    raise ValueError(f"unknown compression kind {access.kind!r} for {path}")
+        return ZstdReader(blob, access)
+    blob.close()
+    raise ValueError(f"unknown compression kind {access.kind!r} for {blob.path}")
 
 
 def _check_points(points: list[tuple[int, int, int, bytes]]) -> str:
@@ -111,44 +112,27 @@ def _check_frames(frames: list[tuple[int, int, int, int]]) -> str:
 
 
 class _Reader:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as e:
-            raise BlobError(f"cannot open layer blob {path}: {e.strerror or e}") from e
-        try:
-            self.blob_size = os.fstat(self._fd).st_size
-        except OSError as e:
-            os.close(self._fd)
-            raise BlobError(f"cannot stat layer blob {path}: {e.strerror or e}") from e
+    def __init__(self, blob: VerifiedBlob) -> None:
+        self.blob: Any = blob
+        self.path: str = blob.path
+        self.blob_size: int = blob.size
+        self._closed = False
 
     def _check(self, offset: int, n: int) -> None:
         if offset < 0 or n < 0:
             raise ValueError(f"bad read of {n} bytes at offset {offset} in {self.path}")
-        if self._fd < 0:
+        if self._closed:
             raise ValueError(f"layer reader for {self.path} is closed")
 
     def _raw(self, offset: int, n: int) -> bytes:
-        """n compressed bytes at offset (short only at the end of the file)."""
-        parts = []
-        while n > 0:
-            try:
-                b = os.pread(self._fd, min(n, 1 << 30), offset)
-            except OSError as e:
-                raise BlobError(f"cannot read layer blob {self.path} at offset {offset}: "
-                                f"{e.strerror or e}") from e
-            if not b:
-                break
-            parts.append(b)
-            offset += len(b)
-            n -= len(b)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """n verified compressed bytes at offset (short only at the end of the blob)."""
+        data: bytes = self.blob.pread(offset, n)
+        return data
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if not self._closed:
+            self._closed = True
+            self.blob.close()
 
     def __enter__(self) -> Self:
         return self
@@ -156,11 +140,6 @@ class _Reader:
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        fd = getattr(self, "_fd", -1)
-        if fd >= 0:
-            os.close(fd)
 
 
 class PlainReader(_Reader):
@@ -170,8 +149,9 @@ class PlainReader(_Reader):
 
 
 class GzipReader(_Reader):
-    def __init__(self, path: str, access: LayerAccess) -> None:
-        super().__init__(path)
+    def __init__(self, blob: VerifiedBlob, access: LayerAccess) -> None:
+        super().__init__(blob)
+        path = self.path
         points = sorted(access.points, key=lambda p: p[2])
         problem = _check_points(points)
         if problem:
@@ -205,11 +185,12 @@ class GzipReader(_Reader):
                 stream = self._parked.pop(best)
         try:
             if stream is None:
-                stream = GzipStream(self._fd, comp, bits, window, start)
+                stream = GzipStream(self.blob, comp, bits, window, start)
             data = stream.read(n, offset - stream.position)
         except ClipError as e:
-            raise type(e)(f"layer blob {self.path}: {e} (reading {n} bytes at uncompressed "
-                          f"offset {offset})") from e
+            where = "" if isinstance(e, BlobError) else f"layer blob {self.path}: "
+            raise type(e)(f"{where}{e} (reading {n} bytes at uncompressed offset "
+                          f"{offset})") from e
         if len(data) == n:
             with self._lock:
                 self._parked.append(stream)
@@ -242,8 +223,9 @@ class _PreadSource:
 
 
 class ZstdReader(_Reader):
-    def __init__(self, path: str, access: LayerAccess) -> None:
-        super().__init__(path)
+    def __init__(self, blob: VerifiedBlob, access: LayerAccess) -> None:
+        super().__init__(blob)
+        path = self.path
         problem = _check_frames(access.frames)
         if problem:
             self.close()

@@ -31,11 +31,12 @@ import zstandard
 from clipcy.access import LayerAccess
 from clipcy.format import EncodedAccess
 from clipcy.packing import PackedAccess
+from clipcy.storage.spans import SpanTable
 
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 5
+VERSION = 6  # 6: span checksums in the access data
 _LEN = struct.Struct("<I")
 # zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes
@@ -131,6 +132,7 @@ class CacheWriter:
                     access.points,
                     access.frames,
                     isinstance(access, PackedAccess),
+                    _spans_tuple(access.spans),
                 ),
                 "compression": compression,
                 "uncompressed_size": uncompressed_size,
@@ -161,6 +163,10 @@ class CacheWriter:
             os.unlink(self.tmp)
         except OSError:
             pass
+
+
+def _spans_tuple(spans: SpanTable | None) -> tuple[int, list[int], bytes] | None:
+    return None if spans is None else (spans.kind, spans.lengths, spans.digests)
 
 
 def _entry_tuple(e: Any) -> tuple[Any, ...]:
@@ -227,7 +233,8 @@ class LayerCache:
         obj: dict[str, Any] = records[-1]
         acc = obj["access"]
         kind = PackedAccess if acc[4] else LayerAccess
-        obj["access"] = kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]])
+        obj["access"] = kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]],
+                             SpanTable(*acc[5]) if acc[5] is not None else None)
         obj["entries"] = [CachedEntry(t) for batch in records[:-1] for t in batch]
         enc = obj.get("encoded")
         obj["encoded"] = EncodedAccess(*enc) if enc is not None else None

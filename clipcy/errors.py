@@ -81,3 +81,8 @@ class RemoteError(BlobError):
 
 class RemoteAuthError(RemoteError):
     """A registry refused the credentials, or asked for credentials that were not found."""
+
+
+class SpanChecksumError(BlobError):
+    """Compressed bytes of a layer blob do not match the archive's span checksum: the blob
+    changed after indexing (or a store served other bytes). Names the blob and the offset."""

@@ -146,8 +146,14 @@ class Extractor:
                     pos += len(data)
                     self.bytes += len(data)
             os.ftruncate(out, node.size)  # sparse tails and holes
-        finally:
+        except BaseException:
             os.close(out)
+            try:  # a file cut short (e.g. its blob changed: SpanChecksumError) is not left
+                os.unlink(name, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+        os.close(out)
         self.files += 1
         if self.progress is not None:
             self.progress("progress", {"files": self.files, "bytes": self.bytes})

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ArchivePathError, BlobError, ClipError
+from clipcy.format import CHECKSUM_BLAKE3
 from clipcy.node import FILE, SYMLINK, Node
 from clipcy.pathwalk import follow_symlinks
+from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
     from clipcy.reader import Archive
@@ -26,29 +28,30 @@ READ_PIECE = 1 << 20
 
 
 class BlobStore:
-    """Where an archive's layer blobs live: the storage ref, or a layout given at open time."""
+    """The layer readers of one archive: blobs from the store of its storage ref (or of a
+    layout given at open time, clipcy.storage.open_store), each read verified against the
+    archive's span checksums."""
 
     def __init__(
         self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None
     ) -> None:
-        root = layout if layout is not None else metadata.get("storage_ref")
-        if not root:
-            raise ClipError("the archive records no storage ref: give the layout directory")
-        root_s = os.fspath(root)
-        for prefix in ("oci-layout://", "oci:"):
-            if root_s.startswith(prefix):
-                root_s = root_s[len(prefix) :].partition(":")[0]
-        self.root = Path(root_s)
+        from clipcy.storage import open_store
+
+        self.store = open_store(layout if layout is not None else metadata.get("storage_ref"))
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access  # callable: layer index -> LayerAccess
         self._readers: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def blob_path(self, layer: int) -> Path:
-        from clipcy.layout import parse_digest
+    @property
+    def root(self) -> Path:
+        """The layout directory (local stores only)."""
+        return Path(getattr(self.store, "root", ""))
 
-        alg, hexpart = parse_digest(self.layers[layer]["digest"], f"layer {layer}")
-        return self.root / "blobs" / alg / hexpart
+    def blob_path(self, layer: int) -> Path:
+        """Where layer's blob is (local stores only)."""
+        path: Path = self.store.blob_path(self.layers[layer]["digest"])  # type: ignore[attr-defined]
+        return path
 
     def reader(self, layer: int) -> Any:
         with self._lock:
@@ -58,20 +61,15 @@ class BlobStore:
 
                 if not 0 <= layer < len(self.layers):
                     raise ClipError(f"corrupt archive: file refers to layer {layer}")
-                path = self.blob_path(layer)
-                digest = self.layers[layer]["digest"]
-                try:
-                    size = path.stat().st_size
-                except OSError as e:
-                    raise BlobError(
-                        f"failed to open layer blob {digest}: {e.strerror or e} ({path})"
-                    ) from e
-                if size != self.layers[layer]["size"]:
-                    raise BlobError(
-                        f"layer blob {digest} has changed: {size} bytes, "
-                        f"the archive recorded {self.layers[layer]['size']} ({path})"
-                    )
-                r = self._readers[layer] = open_layer_reader(path, self._access(layer))
+                desc = self.layers[layer]
+                access = self._access(layer)
+                if access.spans is None and desc["size"]:
+                    raise BlobError(f"the archive has no span checksums for layer blob "
+                                    f"{desc['digest']}: re-run index-layout")
+                spans = access.spans if access.spans is not None else SpanTable(
+                    CHECKSUM_BLAKE3, [], b"")
+                blob = self.store.open_blob(desc, spans)
+                r = self._readers[layer] = open_layer_reader(blob, access)
             return r
 
     def close(self) -> None:
@@ -81,6 +79,7 @@ class BlobStore:
                 if close is not None:
                     close()
             self._readers.clear()
+            self.store.close()
 
 
 class ArchiveFile(io.RawIOBase):

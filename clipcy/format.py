@@ -21,7 +21,7 @@ from clipcy.errors import ArchiveWriteError
 
 # -- header ------------------------------------------------------------------------------
 MAGIC = b"\x89CLIP\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
-FORMAT_MAJOR = 1  # a reader refuses any other major
+FORMAT_MAJOR = 2  # a reader refuses any other major (2.0: span checksums in access data)
 FORMAT_MINOR = 0  # a reader accepts any minor of its major (newer minors only add sections)
 HEADER = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, file_size, nsections, crc
 HEADER_SIZE = HEADER.size  # 32
@@ -83,6 +83,35 @@ KNOWN_RECORD_FLAGS = (1 << 12) - 1
 # -- layer access ---------------------------------------------------------------------------
 ACCESS_KIND_CODES = {"plain": 0, "gzip": 1, "zstd": 2}
 ACCESS_KIND_NAMES = ("plain", "gzip", "zstd")
+
+# -- span checksums (end of each layer access payload, since 2.0) ----------------------------
+CHECKSUM_NONE = 0  # no checksums (only for a layer of no bytes; readers refuse reads else)
+CHECKSUM_BLAKE3 = 1  # BLAKE3, 32-byte digests
+CHECKSUM_DIGEST_SIZES = {CHECKSUM_NONE: 0, CHECKSUM_BLAKE3: 32}
+SPAN_SIZE = 64 * 1024  # writers' grid of compressed bytes (perf/RESULTS-integrity.md)
+
+
+def encode_spans(layer: int, spans: Any) -> bytes:
+    """The span-checksum tail of an access payload (docs/FORMAT.md "Span checksums");
+    spans is a clipcy.storage.spans.SpanTable or None (kind 0, no spans)."""
+    if spans is None:
+        return uvarint(CHECKSUM_NONE) + uvarint(0)
+    where = f"cannot encode access data of layer {layer}"
+    size = CHECKSUM_DIGEST_SIZES.get(spans.kind) if isinstance(spans.kind, int) else None
+    if not size:
+        raise ArchiveWriteError(f"{where}: unknown span checksum kind {spans.kind!r}")
+    lengths, digests = spans.lengths, spans.digests
+    if not isinstance(digests, bytes) or len(digests) != size * len(lengths):
+        raise ArchiveWriteError(f"{where}: {len(lengths)} spans need {size * len(lengths)} "
+                                f"digest bytes")
+    out = [uvarint(spans.kind), uvarint(len(lengths))]
+    for n in lengths:
+        if not isinstance(n, int) or not 0 < n < 1 << 64:
+            raise ArchiveWriteError(f"{where}: span length {n!r} is not in 1..2**64-1")
+        out.append(uvarint(n))
+    out.append(digests)
+    return b"".join(out)
+
 
 # -- compression: fixed so that output is reproducible -------------------------------------
 ZSTD_LEVEL = 9  # ~5x faster than 12 for ~4% more bytes on node blocks (perf/archive.py)

@@ -1,4 +1,5 @@
-"""sha256 of a layer's compressed and uncompressed streams, on a thread of its own.
+"""sha256 of a layer's compressed and uncompressed streams, and the BLAKE3 span checksums
+of the compressed one (clipcy.storage.spans), on a thread of its own.
 
 Hashing both streams costs about as much CPU as inflating them; done on the decompressing
 thread it would halve the speed. hashlib releases the GIL for pieces over 2 KiB, so a helper
@@ -14,12 +15,17 @@ import queue
 import threading
 from typing import Any
 
+from clipcy.storage.spans import SpanHasher, SpanTable
+
 DEPTH = 4  # pieces in flight (each <= 1 MiB): enough to absorb jitter, bounded memory
 
 
 class HashPipe:
+    """streams: how many sha256 streams (0: none, only span checksums of stream 0)."""
+
     def __init__(self, streams: int = 2) -> None:
         self._hashes = [hashlib.sha256() for _ in range(streams)]
+        self._spans = SpanHasher()
         self._q: queue.Queue[tuple[int, Any] | None] = queue.Queue(DEPTH)
         self._thread = threading.Thread(target=self._run, name="clipcy-hash", daemon=True)
         self._thread.start()
@@ -27,9 +33,15 @@ class HashPipe:
 
     def _run(self) -> None:
         hashes = self._hashes
+        n = len(hashes)
+        spans = self._spans.update
         get = self._q.get
         while (item := get()) is not None:
-            hashes[item[0]].update(item[1])
+            i, data = item
+            if i == 0:
+                spans(data)
+            if i < n:
+                hashes[i].update(data)
 
     def update(self, stream: int, data: Any) -> None:
         self._q.put((stream, data))
@@ -43,3 +55,8 @@ class HashPipe:
     def hexdigests(self) -> list[str]:
         self.close()
         return [h.hexdigest() for h in self._hashes]
+
+    def spans(self) -> SpanTable:
+        """The span checksums of stream 0 (after close)."""
+        self.close()
+        return self._spans.table()

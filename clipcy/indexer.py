@@ -143,7 +143,8 @@ def index_layer(
         pos = 0  # uncompressed offset of the next output piece
         entries: list[Any] = []
         count = 0
-        pipe = HashPipe() if verify else None  # stream 0: the blob, 1: the tar
+        # stream 0: the blob (sha256 if verify, and always its span checksums), 1: the tar
+        pipe = HashPipe(2 if verify else 0)
         # gzip: windows are compressed as soon as they are final (packing.py)
         gz = indexer if isinstance(indexer, GzipIndexer) else None
         packer = WindowPacker()
@@ -153,10 +154,9 @@ def index_layer(
         where = f"layer {index} ({info.digest})"
         try:
             while chunk:
-                if pipe is not None:
-                    pipe.update(0, chunk)
+                pipe.update(0, chunk)
                 for out in indexer.feed(chunk):
-                    if pipe is not None:
+                    if verify:
                         pipe.update(1, out)
                     new = parser.feed(out)
                     count += len(new)
@@ -184,7 +184,7 @@ def index_layer(
                 indexer.finish()
                 parser.close()
         except ClipError as e:
-            if pipe is not None:
+            if verify:
                 # A corrupt stream is most often a changed blob: say so when the digest agrees.
                 while rest := read_some():
                     pipe.update(0, rest)
@@ -195,14 +195,14 @@ def index_layer(
         except OSError as e:
             raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
         finally:
-            if pipe is not None:
-                pipe.close()
+            pipe.close()
     if read != info.size:
         raise DigestMismatchError(
             f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
             f" than the descriptor's {info.size} bytes"
         )
-    if pipe is not None:
+    spans = pipe.spans()
+    if verify:
         blob_hex, tar_hex = pipe.hexdigests()
         if "sha256:" + blob_hex != info.digest:
             raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}")
@@ -225,8 +225,10 @@ def index_layer(
         seconds,
     )
     access: LayerAccess | PackedAccess = indexer.access()
+    access.spans = spans
     if gz is not None:
-        access = PackedAccess(access.kind, access.span, packed + packer.pack(access.points))
+        access = PackedAccess(access.kind, access.span, packed + packer.pack(access.points),
+                              spans=spans)
     return LayerResult(
         index,
         entries,

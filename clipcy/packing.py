@@ -17,6 +17,7 @@ import zstandard
 
 from clipcy import format as F
 from clipcy.access import LayerAccess
+from clipcy.storage.spans import SpanTable
 
 Point = tuple[int, int, int, bytes]  # (compressed offset, bits, uncompressed offset, window)
 
@@ -44,6 +45,7 @@ class PackedAccess:
     span: int
     points: list[Point] = field(default_factory=list)
     frames: list[tuple[int, int, int, int]] = field(default_factory=list)
+    spans: SpanTable | None = None
 
     def windows(self) -> Iterator[Point]:
         """The points with raw windows, one at a time."""
@@ -52,27 +54,30 @@ class PackedAccess:
             yield c, b, u, dctx.decompress(w) if w else b""
 
     def unpacked(self) -> LayerAccess:
-        return LayerAccess(self.kind, self.span, list(self.windows()), list(self.frames))
+        return LayerAccess(self.kind, self.span, list(self.windows()), list(self.frames),
+                           self.spans)
 
     def encoded(self, layer: int) -> F.EncodedAccess:
-        return F.compress_access(self._payload(), layer)
+        return F.compress_access(self._payload(layer), layer)
 
-    def _payload(self) -> Iterator[bytes]:
+    def _payload(self, layer: int) -> Iterator[bytes]:
         """docs/FORMAT.md "Layer access payload", piece by piece."""
         uv = F.uvarint
         yield uv(F.ACCESS_KIND_CODES[self.kind]) + uv(self.span) + uv(len(self.points))
         for c, b, u, w in self.windows():
             yield uv(c) + bytes([b]) + uv(u) + uv(len(w)) + w
         yield uv(len(self.frames)) + b"".join(uv(x) for fr in self.frames for x in fr)
+        yield F.encode_spans(layer, self.spans)
 
 
 def same_access(a: LayerAccess | PackedAccess, b: LayerAccess | PackedAccess) -> bool:
-    """Equal resume data, whichever form each side holds."""
-    if (a.kind, a.span, len(a.points), list(a.frames)) != (
+    """Equal resume data and span checksums, whichever form each side holds."""
+    if (a.kind, a.span, len(a.points), list(a.frames), a.spans) != (
         b.kind,
         b.span,
         len(b.points),
         list(b.frames),
+        b.spans,
     ):
         return False
     wa = a.windows() if isinstance(a, PackedAccess) else iter(a.points)

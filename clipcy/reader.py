@@ -31,6 +31,7 @@ from clipcy.access import LayerAccess
 from clipcy.errors import ArchiveError, ArchivePathError
 from clipcy.node import Node
 from clipcy.nodeblock import NodeBlock, Record, decode_block
+from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
     from clipcy.files import ArchiveFile
@@ -88,11 +89,26 @@ def decode_access(raw: bytes) -> LayerAccess:
             c, pos = uv(raw, pos)
             d, pos = uv(raw, pos)
             frames.append((a, b, c, d))
+        ckind, pos = uv(raw, pos)
+        dsize = F.CHECKSUM_DIGEST_SIZES.get(ckind)
+        if dsize is None:
+            raise _Corrupt(f"unknown span checksum kind {ckind}")
+        k, pos = uv(raw, pos)
+        if k * (dsize + 1) > len(raw) - pos or (k and not dsize):
+            raise _Corrupt(f"span count {k} exceeds the payload")
+        lengths = []
+        for _ in range(k):
+            n, pos = uv(raw, pos)
+            if n == 0:
+                raise _Corrupt("empty span")
+            lengths.append(n)
+        digests, pos = _take(raw, pos, k * dsize)
     except IndexError:
         raise _Corrupt(f"access payload truncated ({len(raw)} bytes)") from None
     if pos != len(raw):
         raise _Corrupt(f"{len(raw) - pos} stray bytes after the access payload")
-    return LayerAccess(F.ACCESS_KIND_NAMES[code], span, points, frames)
+    spans = SpanTable(ckind, lengths, digests) if ckind != F.CHECKSUM_NONE else None
+    return LayerAccess(F.ACCESS_KIND_NAMES[code], span, points, frames, spans)
 
 
 def _decompress(frame: bytes, rawlen: int, limit: int, what: str) -> bytes:
@@ -169,8 +185,9 @@ class Archive:
         if magic != F.MAGIC:
             raise _Corrupt("bad magic at offset 0 (not a .clip archive)")
         if major != F.FORMAT_MAJOR:
+            hint = "; re-run index-layout to rebuild it" if major < F.FORMAT_MAJOR else ""
             raise ArchiveError(f"unsupported archive {self.name}: format version "
-                               f"{major}.{minor}, this clipcy reads {F.FORMAT_MAJOR}.x")
+                               f"{major}.{minor}, this clipcy reads {F.FORMAT_MAJOR}.x{hint}")
         if file_size != size:
             raise _Corrupt(f"header says {file_size} bytes, file has {size} (truncated?)")
         table_end = F.HEADER_SIZE + nsec * F.SECTION_SIZE

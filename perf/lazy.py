@@ -36,6 +36,8 @@ from clipcy._checkpoint import GzipIndexer, gzip_read
 from clipcy.access import GZIP, LayerAccess
 from clipcy.blobindex import DEFAULT_SPAN
 from clipcy.blobread import open_layer_reader
+from clipcy.storage.local import open_file
+from clipcy.storage.spans import hash_file
 
 HERE = Path(__file__).resolve().parent
 HEADER = ("| span | index time | vs bare zlib | vs same loop, no points | points "
@@ -186,11 +188,12 @@ def main() -> None:
         start_times.append(time.perf_counter() - t)
     os.close(fd)
     reads: dict[int, list[float]] = {}
+    layer_spans = hash_file(layer)  # reads verify span checksums, as clipcy's always do
     blobread.CURSORS = 0  # cold: no parked decoder may help
     for span in spans:
         access = LayerAccess(kind=GZIP, span=span, points=indexers[(span, True)].points)
         lat = []
-        with open_layer_reader(layer, access) as r:
+        with open_layer_reader(open_file(layer, layer_spans), access) as r:
             for off in offsets:
                 t = time.perf_counter()
                 data = r.pread(off, READ)
@@ -206,7 +209,7 @@ def main() -> None:
     access = LayerAccess(kind=GZIP, span=DEFAULT_SPAN, points=indexers[(DEFAULT_SPAN, True)].points)
     for parked in (0, 4):
         blobread.CURSORS = parked
-        with open_layer_reader(layer, access) as r:
+        with open_layer_reader(open_file(layer, layer_spans), access) as r:
             t = time.perf_counter()
             for off in range(usize // 3, usize // 3 + 32 * MiB, 128 << 10):
                 r.pread(off, 128 << 10)

@@ -11,6 +11,8 @@ import importlib.machinery
 import importlib.util
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,7 +111,7 @@ def test_golden_header_matches_format_doc() -> None:
     d = GOLDEN_BYTES
     assert d[:8] == b"\x89CLIP\r\n\x1a"
     major, minor, flags, size, nsec, crc = struct.unpack_from("<HHIQII", d, 8)
-    assert (major, minor, flags, size, nsec) == (1, 0, 0, len(d), 5)
+    assert (major, minor, flags, size, nsec) == (2, 0, 0, len(d), 5)
     table = d[32:32 + 24 * nsec]
     assert crc == zlib.crc32(d[:28] + table)
     kinds = []
@@ -408,7 +410,7 @@ def test_closed_and_missing(tmp_path: Path, golden_archive: Path) -> None:
 
 
 # -- versioning ------------------------------------------------------------------------------
-def _rebuild(data: bytes, *, major: int = 1, minor: int = 0, flags: int = 0,
+def _rebuild(data: bytes, *, major: int = F.FORMAT_MAJOR, minor: int = 0, flags: int = 0,
              extra: Sequence[tuple[int, bytes]] = ()) -> bytes:
     """Re-lay out an archive's sections, optionally with more sections and another version."""
     nsec = struct.unpack_from("<I", data, 24)[0]
@@ -435,7 +437,7 @@ def test_rebuild_helper_is_faithful() -> None:
 def test_newer_minor_with_unknown_sections_opens(tmp_path: Path) -> None:
     data = _rebuild(GOLDEN_BYTES, minor=7, extra=[(99, b"future"), (1000, b"")])
     with open_archive(_write(tmp_path, data)) as a:
-        assert a.format_version == (1, 7)
+        assert a.format_version == (F.FORMAT_MAJOR, 7)
         assert list(a.walk()) == golden.golden_input()[1]
         a.verify()
     # an unknown section is not read when opening, but verify() checks its crc
@@ -449,10 +451,22 @@ def test_newer_minor_with_unknown_sections_opens(tmp_path: Path) -> None:
             a.verify()
 
 
-@pytest.mark.parametrize("major", [0, 2, 65535])
+@pytest.mark.parametrize("major", [0, 1, 3, 65535])
 def test_unknown_major_refused(tmp_path: Path, major: int) -> None:
-    with pytest.raises(ArchiveError, match=f"unsupported archive .*format version {major}.0"):
+    with pytest.raises(ArchiveError, match=f"unsupported archive .*format version {major}.0, "
+                                           f"this clipcy reads {F.FORMAT_MAJOR}.x"):
         open_archive(_write(tmp_path, _rebuild(GOLDEN_BYTES, major=major)))
+
+
+def test_version_1_archive_says_to_reindex(tmp_path: Path) -> None:
+    """A 1.x archive (no span checksums) names both versions and the way out, in one line,
+    through the CLI."""
+    path = _write(tmp_path, _rebuild(GOLDEN_BYTES, major=1))
+    r = subprocess.run([sys.executable, "-I", "-m", "clipcy", "inspect", str(path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (f"clipctl: error: unsupported archive {path}: format version 1.0, this "
+                        f"clipcy reads 2.x; re-run index-layout to rebuild it\n")
 
 
 def test_unknown_flags_refused(tmp_path: Path) -> None:

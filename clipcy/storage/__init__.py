@@ -1,1 +1,76 @@
-"""Blob stores: where an archive's layer blobs are read from (directory, registry, HTTP)."""
+"""Where layer blobs come from, and the verified reads of their bytes.
+
+    store = open_store("oci-layout:///srv/layouts/app")      # or a plain directory path
+    blob = store.open_blob(layer_descriptor, access.spans)   # a spans.VerifiedBlob
+    blob.pread(offset, n)                                    # checked compressed bytes
+
+A BlobStore turns a layer descriptor ({"digest", "size", ...}) and the archive's span
+checksums of that blob into a VerifiedBlob: every byte it returns belongs to a span whose
+BLAKE3 digest matched the archive (clipcy.storage.spans). The decompressing readers
+(clipcy.blobread) take their compressed input only from a VerifiedBlob.
+
+A store for another transport implements BlobSource.fetch(offset, n) (one call per run of
+adjacent spans, so HTTP can ask for one Range) and may pass a SpanCache to VerifiedBlob so
+verified spans are kept (and looked up) in its own cache. open_store() picks the store from
+the reference; add new schemes there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+from clipcy.errors import ClipError
+from clipcy.storage.spans import (
+    BlobSource,
+    SpanCache,
+    SpanHasher,
+    SpanTable,
+    VerifiedBlob,
+)
+
+__all__ = ["BlobStore", "BlobSource", "SpanCache", "SpanHasher", "SpanTable", "VerifiedBlob",
+           "open_store"]
+
+
+class BlobStore(Protocol):
+    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
+                  cache: SpanCache | None = None) -> VerifiedBlob: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(ref: str | os.PathLike[str] | None, options: Any = None) -> BlobStore:
+    """The store for a storage ref (clipcy.storage.registry.parse_storage_ref): a layout
+    directory ("DIR", "oci:DIR[:TAG]", "oci-layout://DIR"), "docker://HOST/REPO" or
+    "http(s)://BASE" (options: a registry.RemoteOptions)."""
+    from clipcy.storage.local import LocalStore
+    from clipcy.storage.registry import parse_storage_ref
+
+    if not ref:
+        raise ClipError("the archive records no storage ref: give the layout directory")
+    parsed = parse_storage_ref(ref)
+    if not parsed.remote:
+        return LocalStore(parsed.path)
+    from clipcy.storage.registry import RemoteStore
+
+    return _RemoteBlobs(RemoteStore(parsed, options))
+
+
+class _RemoteBlobs:
+    """open_blob over a registry.RemoteStore: its fetchers, verified, with its span cache."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
+                  cache: SpanCache | None = None) -> VerifiedBlob:
+        digest, size = layer["digest"], layer["size"]
+        return VerifiedBlob(self.store.source(digest, size), spans,
+                            cache if cache is not None else self.store.cache, digest)
+
+    def close(self) -> None:
+        self.store.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from clipcy.access import LayerAccess
 from clipcy.node import Node
+from clipcy.storage.spans import CHECKSUM_BLAKE3, SpanTable, span_digest
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden.clip"
@@ -86,10 +87,16 @@ def golden_input() -> tuple[dict[str, Any], list[Node], list[LayerAccess]]:
         ino += 1
         nodes.append(Node(b"/many/f%04d" % i, "file", 0o644, 1000, 1000, 1_600_000_000 + i,
                           size=i, layer=i % 3, offset=10_000 + 512 * i, ino=ino))
+    # span checksums: BLAKE3 of fixed stand-in bytes (the golden blobs do not exist); the
+    # plain layer has none (kind 0), which a writer stores and a reader refuses to read from
+    spans = [SpanTable(CHECKSUM_BLAKE3, lengths, b"".join(
+        span_digest(b"golden %d %d" % (layer, k)) for k in range(len(lengths))))
+        for layer, lengths in ((0, [1000]), (1, [1024, 976]))]
     access = [
         LayerAccess("gzip", 1 << 20, [(10, 0, 0, b""), (70_000, 3, 1 << 20, b"w" * 32768),
-                                       (140_001, 7, 2 << 20, bytes(range(256)) * 128)]),
-        LayerAccess("zstd", 0, [], [(0, 900, 0, 2048), (900, 850, 2048, 2048)]),
+                                       (140_001, 7, 2 << 20, bytes(range(256)) * 128)],
+                    spans=spans[0]),
+        LayerAccess("zstd", 0, [], [(0, 900, 0, 2048), (900, 850, 2048, 2048)], spans[1]),
         LayerAccess("plain"),
     ]
     return metadata, nodes, access

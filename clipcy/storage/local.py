@@ -1,0 +1,103 @@
+"""Blobs of a local OCI image layout directory (blobs/<alg>/<hex>)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from clipcy.errors import BlobError
+from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
+
+
+class LocalBlob:
+    """One blob file: must be a regular file of the descriptor's size; opened once, read with
+    os.pread (thread-safe, no shared position), every read bounded by that size."""
+
+    def __init__(self, path: Path, digest: str, size: int) -> None:
+        self.path = str(path)
+        self.digest = digest
+        self.size = size
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below)
+            self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except OSError as e:
+            raise BlobError(f"failed to open layer blob {digest}: {e.strerror or e} "
+                            f"({path})") from e
+        try:
+            st = os.fstat(self._fd)
+        except OSError as e:
+            self.close()
+            raise BlobError(f"cannot stat layer blob {digest}: {e.strerror or e}") from e
+        if not stat.S_ISREG(st.st_mode):
+            self.close()
+            raise BlobError(f"layer blob {digest} is not a regular file ({path})")
+        if st.st_size != size:
+            self.close()
+            raise BlobError(f"layer blob {digest} has changed: {st.st_size} bytes, the "
+                            f"archive recorded {size} ({path})")
+
+    def fetch(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise BlobError(f"read of {n} bytes at offset {offset} is outside layer blob "
+                            f"{self.digest} ({self.size} bytes)")
+        if self._fd < 0:
+            raise ValueError(f"layer blob {self.digest} is closed")
+        parts = []
+        while n > 0:
+            try:
+                b = os.pread(self._fd, min(n, 1 << 30), offset)
+            except OSError as e:
+                raise BlobError(f"cannot read layer blob {self.digest} at offset {offset}: "
+                                f"{e.strerror or e}") from e
+            if not b:
+                raise BlobError(f"layer blob {self.digest} has changed: it ends before "
+                                f"compressed offset {offset + n} ({self.path})")
+            parts.append(b)
+            offset += len(b)
+            n -= len(b)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class LocalStore:
+    """The blobs of the OCI layout at root."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"<LocalStore {str(self.root)!r}>"
+
+    def blob_path(self, digest: str) -> Path:
+        from clipcy.layout import parse_digest
+
+        alg, hexpart = parse_digest(digest, "layer")
+        return self.root / "blobs" / alg / hexpart
+
+    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
+                  cache: SpanCache | None = None) -> VerifiedBlob:
+        digest, size = layer["digest"], layer["size"]
+        return VerifiedBlob(LocalBlob(self.blob_path(digest), digest, size), spans, cache)
+
+    def close(self) -> None:
+        pass
+
+
+def open_file(path: str | os.PathLike[str], spans: SpanTable,
+              digest: str | None = None) -> VerifiedBlob:
+    """A verified reader of one blob file outside any layout (tests, tools)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise BlobError(f"failed to open layer blob {p}: {e.strerror or e}") from e
+    return VerifiedBlob(LocalBlob(p, digest or str(p), size), spans)

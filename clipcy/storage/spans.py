@@ -1,0 +1,265 @@
+"""Span checksums of a layer blob: recorded at index time, checked by every read.
+
+A blob is cut into consecutive *spans* of compressed bytes, and the archive stores the BLAKE3
+digest of each (docs/FORMAT.md "Span checksums"). Writers cut a fixed grid of SPAN_SIZE
+bytes (the last span is shorter); readers accept any cut. A grid (not cuts at gzip resume
+points / zstd frame starts) lets the hash thread compute the digests from the blob bytes it
+already hashes for the descriptor digest, without waiting for the decompressor; a read that
+starts at a resume point fetches at most SPAN_SIZE - 1 bytes before it (perf/RESULTS-
+integrity.md measures the cost).
+
+Why BLAKE3 and not xxh3 or crc32c: blobs may come from a registry over HTTP (clipcy.storage
+remote stores), and a hostile server could craft bytes matching a non-cryptographic checksum.
+BLAKE3 costs ~1/4 of the sha256 the indexer already computes, on the same helper thread.
+
+VerifiedBlob.pread(offset, n) returns compressed bytes only after every span they touch has
+been fetched (adjacent missing spans in ONE source.fetch call), hashed and compared.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from itertools import accumulate
+from typing import Protocol
+
+import blake3
+
+from clipcy.errors import BlobError, SpanChecksumError
+from clipcy.format import CHECKSUM_BLAKE3, CHECKSUM_DIGEST_SIZES, SPAN_SIZE
+
+DIGEST_SIZE = CHECKSUM_DIGEST_SIZES[CHECKSUM_BLAKE3]
+RECENT_SPANS = 8  # verified spans kept per blob, so that unaligned sequential reads do not
+# fetch and hash the span they share twice
+
+
+def span_digest(data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+class SpanTable:
+    """The spans of one blob: lengths (consecutive from offset 0) and their digests."""
+
+    __slots__ = ("kind", "lengths", "digests", "_ends")
+
+    def __init__(self, kind: int, lengths: Sequence[int], digests: bytes) -> None:
+        self.kind = kind
+        self.lengths = list(lengths)
+        self.digests = digests
+        self._ends: list[int] | None = None
+
+    def __repr__(self) -> str:
+        return f"<SpanTable {len(self.lengths)} spans, {self.size} bytes>"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SpanTable) and self.kind == other.kind
+                and self.lengths == other.lengths and self.digests == other.digests)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def count(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def ends(self) -> list[int]:
+        if self._ends is None:
+            self._ends = list(accumulate(self.lengths))
+        return self._ends
+
+    @property
+    def size(self) -> int:
+        return self.ends[-1] if self.lengths else 0
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        """[start, end) of span i in the blob."""
+        end = self.ends[i]
+        return end - self.lengths[i], end
+
+    def index(self, offset: int) -> int:
+        """The span holding the byte at offset (0 <= offset < size)."""
+        return bisect.bisect_right(self.ends, offset)
+
+    def digest(self, i: int) -> bytes:
+        return self.digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+
+    def problem(self) -> str:
+        """Why the table is unusable, or ""."""
+        if self.kind != CHECKSUM_BLAKE3:
+            return f"unknown checksum kind {self.kind}"
+        if len(self.digests) != DIGEST_SIZE * len(self.lengths):
+            return f"{len(self.digests)} digest bytes for {len(self.lengths)} spans"
+        if any(n <= 0 for n in self.lengths):
+            return "a span is empty"
+        return ""
+
+
+class SpanHasher:
+    """Cuts a stream fed piece by piece into SPAN_SIZE spans and digests each (index time)."""
+
+    def __init__(self, span_size: int = SPAN_SIZE) -> None:
+        self.span_size = span_size
+        self._h = blake3.blake3()
+        self._fill = 0
+        self._lengths: list[int] = []
+        self._digests: list[bytes] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        size = self.span_size
+        while view.nbytes:
+            take = min(size - self._fill, view.nbytes)
+            self._h.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == size:
+                self._close()
+
+    def _close(self) -> None:
+        self._digests.append(self._h.digest())
+        self._lengths.append(self._fill)
+        self._h = blake3.blake3()
+        self._fill = 0
+
+    def table(self) -> SpanTable:
+        if self._fill:
+            self._close()
+        return SpanTable(CHECKSUM_BLAKE3, self._lengths, b"".join(self._digests))
+
+
+class BlobSource(Protocol):
+    """Raw bytes of one blob (local file, HTTP range requests...). Thread-safe. May also
+    have close() and a `path` for messages."""
+
+    size: int  # its descriptor's size; fetch never reads past it
+
+    def fetch(self, offset: int, n: int) -> bytes:
+        """Exactly n bytes at offset (BlobError if the blob cannot give them)."""
+        ...
+
+
+class SpanCache(Protocol):
+    """Optional store-side cache of verified spans (e.g. on disk for a remote store), keyed
+    by blob digest and the span's offset and length. What get() returns is verified again
+    (cheap next to a fetch), so a damaged cache cannot give wrong bytes either."""
+
+    def get(self, digest: str, offset: int, length: int) -> bytes | None: ...
+
+    def put(self, digest: str, offset: int, data: bytes) -> None: ...
+
+
+class VerifiedBlob:
+    """pread(offset, n) of a blob's compressed bytes, every span checked before use.
+
+    Thread-safe: the source is, the recent-span memo has a lock, and nothing else changes.
+    """
+
+    def __init__(self, source: BlobSource, table: SpanTable, cache: SpanCache | None = None,
+                 digest: str | None = None) -> None:
+        """digest: the blob's, for messages and cache keys (default: source.digest)."""
+        digest = digest or getattr(source, "digest", None) or getattr(source, "name", "")
+        problem = table.problem()
+        if problem:
+            raise BlobError(f"layer blob {digest}: unusable span checksums ({problem})")
+        if table.size != source.size:
+            raise BlobError(f"layer blob {digest}: span checksums cover {table.size} "
+                            f"bytes, the blob is {source.size}")
+        self.source = source
+        self.table = table
+        self.digest: str = digest
+        self.size = source.size
+        self.path: str = getattr(source, "path", digest)  # for messages
+        self._cache = cache
+        self._recent: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.fetched = 0  # bytes fetched from the source (perf, tests)
+
+    def pread(self, offset: int, n: int) -> bytes:
+        """n verified bytes at offset, fewer only at the end of the blob."""
+        if offset < 0 or n < 0:
+            raise ValueError(f"bad read of {n} bytes at offset {offset} in {self.digest}")
+        end = min(offset + n, self.size)
+        if offset >= end:
+            return b""
+        t = self.table
+        first, last = t.index(offset), t.index(end - 1)
+        spans = self._spans(first, last)
+        lo = offset - t.bounds(first)[0]
+        if len(spans) == 1:
+            data = spans[0]
+            return data if lo == 0 and end - offset == len(data) else data[lo:lo + end - offset]
+        return b"".join(spans)[lo:lo + end - offset]
+
+    def _spans(self, first: int, last: int) -> list[bytes]:
+        got: dict[int, bytes] = {}
+        with self._lock:
+            for i in range(first, last + 1):
+                b = self._recent.get(i)
+                if b is not None:
+                    self._recent.move_to_end(i)
+                    got[i] = b
+        if self._cache is not None:
+            t = self.table
+            for i in range(first, last + 1):
+                if i not in got:
+                    start, end = t.bounds(i)
+                    b = self._cache.get(self.digest, start, end - start)
+                    if b is not None and len(b) == end - start and span_digest(b) == t.digest(i):
+                        got[i] = b
+        i = first
+        while i <= last:  # each run of missing spans: one fetch
+            if i in got:
+                i += 1
+                continue
+            j = i
+            while j + 1 <= last and j + 1 not in got:
+                j += 1
+            self._fetch(i, j, got)
+            i = j + 1
+        with self._lock:
+            for i in range(first, last + 1):
+                self._recent[i] = got[i]
+                self._recent.move_to_end(i)
+            while len(self._recent) > RECENT_SPANS:
+                self._recent.popitem(last=False)
+        return [got[i] for i in range(first, last + 1)]
+
+    def _fetch(self, i: int, j: int, got: dict[int, bytes]) -> None:
+        t = self.table
+        start, end = t.bounds(i)[0], t.bounds(j)[1]
+        raw = self.source.fetch(start, end - start)
+        if len(raw) != end - start:
+            raise BlobError(f"layer blob {self.digest} gave {len(raw)} bytes at compressed "
+                            f"offset {start}, asked for {end - start}")
+        self.fetched += len(raw)
+        view = memoryview(raw)
+        for k in range(i, j + 1):
+            s, e = t.bounds(k)
+            piece = view[s - start:e - start]
+            if span_digest(piece) != t.digest(k):
+                raise SpanChecksumError(
+                    f"layer blob {self.digest} has changed: span checksum mismatch at "
+                    f"compressed offset {s} ({e - s} bytes)")
+            data = raw if i == j else piece.tobytes()
+            got[k] = data
+            if self._cache is not None:
+                self._cache.put(self.digest, s, data)
+
+    def close(self) -> None:
+        with self._lock:
+            self._recent.clear()
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+def hash_file(path: str | os.PathLike[str], span_size: int = SPAN_SIZE) -> SpanTable:
+    """The span checksums of a whole file, as index-layout records them for a blob."""
+    h = SpanHasher(span_size)
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.table()

@@ -1,0 +1,186 @@
+"""Never wrong bytes: a layer blob changed after indexing gives an error naming the blob and
+the compressed offset, through the API and the CLI, for gzip, zstd (one frame and several)
+and plain layers (issue 12, case 2). The layers are made with GNU tar, gzip and zstd."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clipcy import create_index_only_archive_from_oci_layout, open_archive
+from clipcy.errors import BlobError, SpanChecksumError
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("tar", "gzip", "zstd")), reason="needs tar, gzip, zstd")
+
+KINDS = ["gzip", "zstd", "zstd-multiframe", "plain"]
+MEDIA = {"gzip": "+gzip", "zstd": "+zstd", "zstd-multiframe": "+zstd", "plain": ""}
+
+
+def _tree(src: Path) -> dict[str, bytes]:
+    rng = random.Random(12)
+    words = [bytes(rng.choices(b"abcdefghijklmnopqrstuvwxyz", k=rng.randrange(2, 9)))
+             for _ in range(2000)]
+    files = {
+        "small.txt": b"hello, integrity\n",
+        # text-like: several gzip resume points with a 256 KiB span, a few MB compressed
+        "big.bin": b" ".join(rng.choice(words) for _ in range(900_000)),
+        "tail.txt": b"the last file\n" * 100,
+    }
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    return files
+
+
+def _layer_blob(work: Path, tar: Path, kind: str) -> bytes:
+    if kind == "gzip":
+        return subprocess.run(["gzip", "-n", "-6", "-c", str(tar)], check=True,
+                              capture_output=True).stdout
+    if kind == "zstd":
+        return subprocess.run(["zstd", "-q", "-c", str(tar)], check=True,
+                              capture_output=True).stdout
+    if kind == "zstd-multiframe":  # two frames, as zstd writes them for two inputs
+        data = tar.read_bytes()
+        cut = len(data) // 3
+        parts = []
+        for i, piece in enumerate((data[:cut], data[cut:])):
+            p = work / f"part{i}"
+            p.write_bytes(piece)
+            parts.append(subprocess.run(["zstd", "-q", "-c", str(p)], check=True,
+                                        capture_output=True).stdout)
+        return b"".join(parts)
+    return tar.read_bytes()
+
+
+def make_layout(work: Path, kind: str) -> tuple[Path, dict[str, bytes], Path]:
+    """An OCI layout of one layer of the given compression; returns (layout, files, blob)."""
+    src = work / "src"
+    src.mkdir()
+    files = _tree(src)
+    tar = work / "layer.tar"
+    subprocess.run(["tar", "--format=posix", "--sort=name", "--mtime=@1700000000",
+                    "--owner=0", "--group=0", "--numeric-owner", "-cf", str(tar), "-C",
+                    str(src), "."], check=True)
+    blob = _layer_blob(work, tar, kind)
+    root = work / "layout"
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": "sha256:" + digest, "size": len(data)}
+
+    layer = put(blob)
+    layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar" + MEDIA[kind]
+    diff_id = "sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()
+    config = put(json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+    config["mediaType"] = "application/vnd.oci.image.config.v1+json"
+    manifest = put(json.dumps({"schemaVersion": 2, "config": config, "layers": [layer],
+                               "mediaType": "application/vnd.oci.image.manifest.v1+json"})
+                   .encode())
+    manifest["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+    manifest["annotations"] = {"org.opencontainers.image.ref.name": "latest"}
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [manifest]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    return root, files, blobs / str(layer["digest"]).split(":")[1]
+
+
+def flip_middle(blob: Path, n: int = 64) -> int:
+    """Flip n bytes in the middle of the file (same size); returns the offset."""
+    data = bytearray(blob.read_bytes())
+    mid = len(data) // 2
+    for i in range(mid, mid + n):
+        data[i] ^= 0xA5
+    blob.write_bytes(data)
+    return mid
+
+
+def _clipctl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-I", "-m", "clipcy", *args], capture_output=True)
+
+
+@pytest.fixture(params=KINDS)
+def indexed(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, dict[str, bytes],
+                                                                        Path, str]:
+    kind = request.param
+    layout, files, blob = make_layout(tmp_path, kind)
+    arc = tmp_path / "img.clip"
+    create_index_only_archive_from_oci_layout(layout, "latest", arc, checkpoint_span=256 << 10)
+    return arc, files, blob, kind
+
+
+def test_reads_before_the_change(indexed: tuple[Path, dict[str, bytes], Path, str]) -> None:
+    arc, files, blob, _ = indexed
+    with open_archive(arc) as a:
+        for name, data in files.items():
+            with a.open(name) as f:
+                assert f.read() == data
+    assert _clipctl("cat", str(arc), "/big.bin").stdout == files["big.bin"]
+
+
+def test_changed_blob_errors_never_wrong_bytes(
+        indexed: tuple[Path, dict[str, bytes], Path, str], tmp_path: Path) -> None:
+    arc, files, blob, kind = indexed
+    size = blob.stat().st_size
+    mid = flip_middle(blob)
+    assert blob.stat().st_size == size
+    digest = "sha256:" + blob.name
+    with open_archive(arc) as a:
+        layer_digest = a.layers[0]["digest"]
+        assert layer_digest == digest
+        # the API: the whole file, and pieces of it from several places
+        with a.open("/big.bin") as f, pytest.raises(SpanChecksumError) as e:
+            f.read()
+        msg = str(e.value)
+        assert digest in msg and "span checksum mismatch at compressed offset" in msg
+        offset = int(msg.split("compressed offset ")[1].split()[0])
+        assert offset <= mid < offset + (1 << 16)  # the span holding the flipped bytes
+        assert isinstance(e.value, BlobError)
+        node = a.stat("/big.bin")
+        for pos in range(0, node.size, node.size // 7):
+            with a.open("/big.bin") as f:
+                f.seek(pos)
+                try:
+                    got = f.read(300_000)
+                except SpanChecksumError:
+                    continue
+                assert got == files["big.bin"][pos:pos + 300_000], (kind, pos)
+    # the CLI: cat and extract, one line, exit 1
+    r = _clipctl("cat", str(arc), "/big.bin")
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("clipctl: error: ")
+    assert digest in err and "span checksum mismatch at compressed offset" in err
+    assert files["big.bin"].startswith(r.stdout)  # what came out before the error is right
+    dest = tmp_path / "out"
+    r = _clipctl("extract", str(arc), "-C", str(dest))
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and digest in err and "span checksum mismatch" in err
+    assert not (dest / "big.bin").exists()  # no file cut short is left behind
+    for p in dest.rglob("*"):
+        if p.is_file():
+            assert p.read_bytes() == files[p.name]
+
+
+def test_blob_of_other_size_or_kind_is_refused(
+        indexed: tuple[Path, dict[str, bytes], Path, str]) -> None:
+    arc, files, blob, _ = indexed
+    data = blob.read_bytes()
+    blob.write_bytes(data + b"\0")
+    with open_archive(arc) as a, pytest.raises(BlobError, match="has changed: .* bytes, the "
+                                                                 "archive recorded"):
+        a.open("/small.txt").read()
+    blob.unlink()
+    blob.mkdir()
+    r = _clipctl("cat", str(arc), "/small.txt")
+    assert r.returncode == 1 and b"is not a regular file" in r.stderr
