@@ -160,7 +160,7 @@ class VerifiedBlob:
     def __init__(self, source: BlobSource, table: SpanTable, cache: SpanCache | None = None,
                  digest: str | None = None) -> None:
         """digest: the blob's, for messages and cache keys (default: source.digest)."""
-        digest = digest or getattr(source, "digest", None) or getattr(source, "name", "")
+        digest = str(digest or getattr(source, "digest", None) or getattr(source, "name", ""))
         problem = table.problem()
         if problem:
             raise BlobError(f"layer blob {digest}: unusable span checksums ({problem})")
@@ -169,9 +169,9 @@ class VerifiedBlob:
                             f"bytes, the blob is {source.size}")
         self.source = source
         self.table = table
-        self.digest: str = digest
+        self.digest = digest
         self.size = source.size
-        self.path: str = getattr(source, "path", digest)  # for messages
+        self.path = str(getattr(source, "path", digest))  # for messages
         self._cache = cache
         self._recent: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
