@@ -7,6 +7,7 @@ rare cases (paths needing normalisation, symlinked parents, replacements) call t
 Python helpers as the twin.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_FromDouble
 from libc.math cimport floor, isfinite, nearbyint
@@ -43,8 +44,14 @@ cdef dict _TYPE_MAP = {
 cdef object _Node = Node
 
 
+@cython.no_gc
 cdef class Inode:
-    """What hardlinked paths share. Directories get one each too."""
+    """What hardlinked paths share. Directories get one each too.
+
+    Not tracked by the cyclic GC (no_gc): an inode refers only to bytes, str, ints, tuples,
+    its xattrs dict and its children's path set, never to another inode, so it cannot be part
+    of a cycle; 150k tracked inodes made the collector's passes ~10% of indexing a layer of
+    small files."""
 
     cdef public str type
     cdef public object mode

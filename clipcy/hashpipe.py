@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 from typing import Any
 
 from clipcy.storage.spans import SpanHasher, SpanTable
@@ -30,18 +31,21 @@ class HashPipe:
         self._thread = threading.Thread(target=self._run, name="clipcy-hash", daemon=True)
         self._thread.start()
         self._closed = False
+        self.cpu_seconds = 0.0  # the hash thread's CPU time, once closed (debug log)
 
     def _run(self) -> None:
         hashes = self._hashes
         n = len(hashes)
         spans = self._spans.update
         get = self._q.get
+        cpu0 = time.thread_time()
         while (item := get()) is not None:
             i, data = item
             if i == 0:
                 spans(data)
             if i < n:
                 hashes[i].update(data)
+        self.cpu_seconds = time.thread_time() - cpu0
 
     def update(self, stream: int, data: Any) -> None:
         self._q.put((stream, data))

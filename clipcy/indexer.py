@@ -106,6 +106,7 @@ def index_layer(
     from clipcy.tarparse import TarParser
 
     t0 = time.perf_counter()
+    cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
     # a regular file of the descriptor's size inside the layout, or refused unread
     f = open_blob(info.path, info.size, f"layer blob {info.digest}")
     # every read is bounded by the descriptor's size (+1 byte: a blob that grew is noticed)
@@ -216,13 +217,15 @@ def index_layer(
         diff_id = None
     seconds = time.perf_counter() - t0
     log.debug(
-        "%s: %d entries, %d -> %d bytes, %s, %.3f s",
+        "%s: %d entries, %d -> %d bytes, %s, %.3f s (CPU: %.3f s decompress+parse, %.3f s hash)",
         where,
         count,
         indexer.total_in,
         indexer.total_out,
         kind,
         seconds,
+        time.thread_time() - cpu0,
+        pipe.cpu_seconds if pipe is not None else 0.0,
     )
     access: LayerAccess | PackedAccess = indexer.access()
     access.spans = spans

@@ -14,18 +14,24 @@ Commands:
   clipctl --no-verify  the same without the sha256 of blobs and tars (shows what hashing costs)
   clipctl-1worker    the same with --workers 1 (multi-layer sets only)
   clipctl-py         the same with CLIPCY_PUREPYTHON=1 (the pure-Python twin; reported only)
+  clipctl-zlib       the same with CLIPCY_INFLATE=zlib (the system zlib instead of zlib-ng)
   tarfile            perf/tarfile_walker.py: Python's tarfile in stream mode recording the
                      same metadata (no digests: a lower bar than clipctl)
   zlib-loop          a bare zlib.decompressobj loop over the blobs, one core (the baseline)
   gzip -dc / zstd -dc   the C tools, output to /dev/null
+  igzip -dc          ISA-L's igzip (Debian `isal`), the fastest inflater here, when installed
+  ratarmount         perf/ratarmount_index.py: ratarmount's index of each blob (SQLite, gzip
+                     seek points every 1 MiB, 2 threads), when ratarmount is installed
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,10 +104,18 @@ def commands(layout: Path, tmp: Path, with_py: bool) -> dict[str, list[str] | st
         cmds["clipctl-1worker"] = index + ["--workers", "1"]
     if with_py:
         cmds["clipctl-py"] = ["env", "CLIPCY_PUREPYTHON=1"] + index
+    if kind == "gzip":
+        cmds["clipctl-zlib"] = ["env", "CLIPCY_INFLATE=zlib"] + index
     cmds["tarfile"] = [PY, str(HERE / "tarfile_walker.py"), str(layout)]
     if kind == "gzip":
         cmds["zlib-loop"] = [PY, str(HERE / "zlib_loop.py")] + [str(b) for b, _, _ in layers]
         cmds["gzip -dc"] = f"cat {blobs} | gzip -dc > /dev/null"
+        if shutil.which("igzip"):
+            cmds["igzip -dc"] = f"for b in {blobs}; do igzip -dc $b; done > /dev/null"
+        if importlib.util.find_spec("ratarmountcore") is not None:
+            cmds["ratarmount"] = [PY, str(HERE / "ratarmount_index.py")] + [
+                str(b) for b, _, _ in layers
+            ]
     else:
         cmds["zstd -dc"] = f"zstd -dc {blobs} > /dev/null"
     return cmds
@@ -151,8 +165,6 @@ def node_count(layout: Path) -> int:
 def bench_cache(data: Path, runs: int) -> list[str]:
     """Re-indexing `multi-newtop` (only its top layer differs from `multi`) with a layer cache
     that holds `multi`'s layers, against indexing it cold."""
-    import shutil
-
     layout, base = data / "multi-newtop", data / "multi"
     if not (layout / "index.json").exists() or not (base / "index.json").exists():
         return []

@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 if ! "$PY" -c "import clipcy._tarparse" 2>/dev/null; then
     python3 -m venv perf/.venv
     perf/.venv/bin/python -m pip install -q --upgrade pip
-    perf/.venv/bin/python -m pip install -q .
+    perf/.venv/bin/python -m pip install -q . ratarmount   # ratarmount: a baseline row
     PY=perf/.venv/bin/python
 fi
 export PATH="$(dirname "$PY"):$PATH"
