@@ -225,7 +225,7 @@ def index_layer(
         kind,
         seconds,
         time.thread_time() - cpu0,
-        pipe.cpu_seconds if pipe is not None else 0.0,
+        pipe.cpu_seconds,
     )
     access: LayerAccess | PackedAccess = indexer.access()
     access.spans = spans
