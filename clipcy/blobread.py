@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
+GZIP_READ_CHUNK = 1 << 17  # the compressed piece GzipStream asks its source for (_checkpoint)
 CURSORS = 4  # per reader: decoders parked at the end of the last reads (gzip, large zstd frames)
 
 
@@ -129,6 +130,18 @@ class _Reader:
         data: bytes = self.blob.pread(offset, n)
         return data
 
+    def reading(self, offset: int, end: int) -> None:
+        """A hint: a file's reader is in [offset, end) of the uncompressed stream and may
+        read on up to end; a remote blob then fetches ahead no further than the compressed
+        bytes that end needs."""
+        limit = getattr(self.blob, "read_limit", None)
+        if limit is not None:
+            limit(self._compressed_end(end))
+
+    def _compressed_end(self, end: int) -> int:
+        """The compressed offset that reading the uncompressed stream up to end needs."""
+        return end
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -185,6 +198,7 @@ class GzipReader(_Reader):
                 stream = self._parked.pop(best)
         try:
             if stream is None:
+                self._will_need(comp, bits, offset + n)
                 stream = GzipStream(self.blob, comp, bits, window, start)
             data = stream.read(n, offset - stream.position)
         except ClipError as e:
@@ -197,6 +211,23 @@ class GzipReader(_Reader):
                 if len(self._parked) > CURSORS:
                     self._parked.pop(0)
         return data
+
+    def _compressed_end(self, end: int) -> int:
+        k = bisect.bisect_left(self._starts, end)
+        stop = self._points[k][0] + 1 if k < len(self._points) else self.blob_size
+        return min(self.blob_size, stop + GZIP_READ_CHUNK)
+
+    def _will_need(self, comp: int, bits: int, end: int) -> None:
+        """Tell the blob which compressed bytes a read from the point at comp up to the
+        uncompressed offset end consumes at most: up to the first point at or after end, in
+        the decoder's READ_CHUNK pieces (a remote blob then asks for them in one request)."""
+        hint = getattr(self.blob, "will_need", None)
+        if hint is None:
+            return
+        k = bisect.bisect_left(self._starts, end)
+        stop = self._points[k][0] + 1 if k < len(self._points) else self.blob_size
+        chunks = -(-(stop - comp) // GZIP_READ_CHUNK)  # the decoder reads from comp on
+        hint(comp - 1 if bits else comp, min(self.blob_size, comp + chunks * GZIP_READ_CHUNK))
 
     def close(self) -> None:
         super().close()
@@ -243,6 +274,13 @@ class ZstdReader(_Reader):
         self._cached = 0
         # parked decoders: (frame index, uncompressed position in the frame, stream reader)
         self._cursors: list[tuple[int, int, zstandard.ZstdDecompressionReader]] = []
+
+    def _compressed_end(self, end: int) -> int:
+        i = bisect.bisect_left(self._starts, end) - 1
+        if i < 0 or not self._frames:
+            return 0
+        comp, csize, _, _ = self._frames[min(i, len(self._frames) - 1)]
+        return comp + csize
 
     def pread(self, offset: int, n: int) -> bytes:
         self._check(offset, n)

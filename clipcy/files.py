@@ -33,11 +33,15 @@ class BlobStore:
     archive's span checksums."""
 
     def __init__(
-        self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None
+        self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None,
+        remote: Any = None,
     ) -> None:
+        """layout: a storage ref (a layout directory, docker://..., http(s)://...) that
+        overrides the archive's; remote: a clipcy.storage.registry.RemoteOptions."""
         from clipcy.storage import open_store
 
-        self.store = open_store(layout if layout is not None else metadata.get("storage_ref"))
+        self.store = open_store(layout if layout is not None else metadata.get("storage_ref"),
+                                remote)
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access  # callable: layer index -> LayerAccess
         self._readers: dict[int, Any] = {}
@@ -154,6 +158,9 @@ class ArchiveFile(io.RawIOBase):
         node = self.node
         reader = self._store.reader(node.layer)
         if self._runs is None:
+            reading = getattr(reader, "reading", None)
+            if reading is not None:  # read-ahead (remote blobs) stops at the file's end
+                reading(node.offset + pos, node.offset + self._size)
             data: bytes = reader.pread(node.offset + pos, n)
             if len(data) != n:
                 raise BlobError(

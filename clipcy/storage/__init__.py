@@ -54,23 +54,4 @@ def open_store(ref: str | os.PathLike[str] | None, options: Any = None) -> BlobS
         return LocalStore(parsed.path)
     from clipcy.storage.registry import RemoteStore
 
-    return _RemoteBlobs(RemoteStore(parsed, options))
-
-
-class _RemoteBlobs:
-    """open_blob over a registry.RemoteStore: its fetchers, verified, with its span cache."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    def __repr__(self) -> str:
-        return repr(self.store)
-
-    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
-                  cache: SpanCache | None = None) -> VerifiedBlob:
-        digest, size = layer["digest"], layer["size"]
-        return VerifiedBlob(self.store.source(digest, size), spans,
-                            cache if cache is not None else self.store.cache, digest)
-
-    def close(self) -> None:
-        self.store.close()
+    return RemoteStore(parsed, options)

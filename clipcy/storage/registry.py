@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import urllib.parse
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import StorageRefError
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.diskcache import DEFAULT_MAX_MIB, DiskSpanCache
-from clipcy.storage.http import BlobURL, HttpClient, HttpOptions
+from clipcy.storage.http import BlobURL, HttpClient, HttpOptions, redact
+
+if TYPE_CHECKING:
+    from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
 
 DIR, DOCKER, HTTP = "dir", "docker", "http"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -150,6 +156,146 @@ class RemoteOptions:
     cache: bool = True
     cache_dir: str | None = None
     cache_max_mib: int = DEFAULT_MAX_MIB
+    readahead_mib: int = 8  # most bytes fetched ahead of a sequential reader (0: none)
+
+
+class RemoteBlob:
+    """The BlobSource of one remote blob: fetch(offset, n) = one range request, plus
+    read-ahead, so that a reader decoding compressed bytes piece by piece waits for one round
+    trip, not one per piece.
+
+    - will_need(offset, end): the reader knows it will consume [offset, end) (a gzip read
+      from its resume point up to the point after its end): the next fetch in that range
+      asks for all of it at once;
+    - reading on (fetches that follow each other, past the hinted range) fetches ahead on
+      helper threads: windows of 2 MiB doubling up to
+      readahead_mib, at most AHEAD requests in flight, while less than two windows are
+      buffered ahead of the reader, so decoding overlaps the round trips; never past
+      read_limit() (the compressed end of the file being read, from the layer reader).
+    Bytes fetched ahead are held in memory unverified and handed to VerifiedBlob like any
+    fetch (which checks them before use); what the reader has passed is dropped."""
+
+    WINDOW0 = 2 << 20
+    AHEAD = 2
+    NEAR = 256 << 10  # a fetch this close to the last one's end counts as sequential
+
+    def __init__(self, url: BlobURL, readahead: int, pool: ThreadPoolExecutor | None) -> None:
+        self.url = url
+        self.digest = url.name
+        self.size = url.size
+        self.path = redact(url.url)
+        self._max = readahead
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._bufs: list[tuple[int, bytes]] = []  # (start, bytes): fetched, not yet verified
+        self._pending: list[tuple[int, int, Future[bytes]]] = []  # start, end, future
+        self._hint = (0, 0)
+        self._hint_end = 0  # the end of the last hint: reading past it is reading on
+        self._last_end = -1
+        self._window = 0
+        self._limit = url.size  # no read-ahead past this (the end of the file being read)
+
+    def __repr__(self) -> str:
+        return f"<RemoteBlob {self.digest} at {self.path}>"
+
+    def will_need(self, offset: int, end: int) -> None:
+        with self._lock:
+            self._hint = (offset, min(end, self.size))
+            self._hint_end = self._hint[1]
+
+    def read_limit(self, end: int) -> None:
+        with self._lock:
+            self._limit = min(max(end, 0), self.size)
+
+    def _from_bufs(self, offset: int, end: int) -> bytes | None:
+        for s, b in self._bufs:
+            if s <= offset and end <= s + len(b):
+                return b[offset - s:end - s]
+        return None
+
+    def _harvest(self, wait_for: int = -1) -> None:
+        """Move arrived read-ahead into the buffers (first waiting for the request that
+        covers offset wait_for, if any). Called with the lock released."""
+        with self._lock:
+            pending = list(self._pending)
+        for p in pending:
+            if p[0] <= wait_for < p[1]:
+                try:
+                    p[2].result()
+                except Exception:  # noqa: BLE001 - the synchronous fetch retries and reports
+                    pass
+        with self._lock:
+            for p in pending:
+                if p in self._pending and p[2].done():
+                    self._pending.remove(p)
+                    if p[2].exception() is None:
+                        self._keep(p[0], p[2].result())
+
+    def fetch(self, offset: int, n: int) -> bytes:
+        end = offset + n
+        if n <= 0:
+            return b""
+        with self._lock:
+            # reading on: right after the last fetch, and past what the reader said it needs
+            sequential = abs(offset - self._last_end) <= self.NEAR and end > self._hint_end
+            self._last_end = end
+            data = self._from_bufs(offset, end)
+        if data is None and self._pending:
+            self._harvest(offset)
+            with self._lock:
+                data = self._from_bufs(offset, end)
+        if data is None:
+            with self._lock:
+                hs, he = self._hint
+                want = end
+                if hs <= offset < he:
+                    want = max(want, he)
+                    self._hint = (0, 0)
+                if sequential and self._max:  # reading on, and nothing was fetched ahead:
+                    # one window now; _read_ahead asks for the next ones while it decodes
+                    want = max(want, min(offset + self.WINDOW0, self._limit))
+                    self._window = min(self._max, self.WINDOW0 * 2)
+                elif not sequential:
+                    self._window = 0
+                want = min(want, self.size)
+            got = self.url.fetch(offset, want - offset)
+            with self._lock:
+                if len(got) > n:
+                    self._keep(offset, got)
+            data = got[:n] if len(got) > n else got
+        self._read_ahead(end, sequential)
+        return data
+
+    def _keep(self, start: int, data: bytes) -> None:
+        self._bufs = [(s, b) for s, b in self._bufs if s + len(b) > self._last_end - self.NEAR]
+        self._bufs.append((start, data))
+        del self._bufs[:-(self.AHEAD + 2)]
+
+    def _read_ahead(self, end: int, sequential: bool) -> None:
+        if self._pool is None or not self._max or not sequential:
+            return
+        self._harvest()
+        with self._lock:
+            top = max([end] + [s + len(b) for s, b in self._bufs] + [p[1] for p in self._pending])
+            while len(self._pending) < self.AHEAD and top < self._limit:
+                window = max(self._window, self.WINDOW0)
+                if top - end > 2 * window:
+                    break  # enough is on its way
+                stop = min(self._limit, top + window)
+                self._window = min(self._max, window * 2)  # the next one is larger
+                self._pending.append((top, stop, self._pool.submit(self.url.fetch, top,
+                                                                   stop - top)))
+                top = stop
+
+    def discard(self) -> None:
+        """Forget bytes fetched ahead (they failed verification: fetch them again)."""
+        with self._lock:
+            self._bufs.clear()
+            self._pending.clear()
+            self._hint = (0, 0)
+
+    def close(self) -> None:
+        self.discard()
 
 
 class RemoteStore:
@@ -163,6 +309,8 @@ class RemoteStore:
         self.options = options or RemoteOptions()
         self.client = HttpClient(self.options.http)
         self.auth = RegistryAuth(self.client, ref.host, ref.repo, self.options.authfile)
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.cache: DiskSpanCache | None = None
         if self.options.cache and self.options.cache_max_mib > 0:
             self.cache = DiskSpanCache(self.options.cache_dir, self.options.cache_max_mib << 20)
@@ -183,5 +331,31 @@ class RemoteStore:
         """A fetcher of the blob's compressed bytes (unverified: see clipcy.storage.spans)."""
         return BlobURL(self.client, self.blob_url(digest), digest, size, self.auth)
 
+    def download(self, digest: str, size: int, dest: str | os.PathLike[str],
+                 piece: int = 8 << 20) -> None:
+        """The whole blob into dest, in ranges of `piece` bytes (verify re-indexes it, which
+        checks its digest)."""
+        src = self.source(digest, size)
+        with open(dest, "wb") as f:
+            for off in range(0, size, piece):
+                f.write(src.fetch(off, min(piece, size - off)))
+
+    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
+                  cache: SpanCache | None = None) -> VerifiedBlob:
+        """The verified reader of a layer blob (the clipcy.storage BlobStore protocol)."""
+        from clipcy.storage.spans import VerifiedBlob
+
+        digest, size = layer["digest"], layer["size"]
+        with self._lock:
+            if self._pool is None and self.options.readahead_mib > 0:
+                self._pool = ThreadPoolExecutor(4, thread_name_prefix="clipcy-readahead")
+        source = RemoteBlob(self.source(digest, size), self.options.readahead_mib << 20,
+                            self._pool)
+        return VerifiedBlob(source, spans, cache if cache is not None else self.cache, digest)
+
     def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()

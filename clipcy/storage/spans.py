@@ -227,7 +227,36 @@ class VerifiedBlob:
                 self._recent.popitem(last=False)
         return [got[i] for i in range(first, last + 1)]
 
+    def will_need(self, offset: int, end: int) -> None:
+        """A hint: the reader will soon consume [offset, end). A source that can (HTTP) then
+        fetches the whole span-aligned range in one request; others ignore it."""
+        hint = getattr(self.source, "will_need", None)
+        end = min(end, self.size)
+        if hint is not None and 0 <= offset < end:
+            t = self.table
+            hint(t.bounds(t.index(offset))[0], t.bounds(t.index(end - 1))[1])
+
+    def read_limit(self, end: int) -> None:
+        """A hint: reading on will not go past the compressed offset end (a source that reads
+        ahead stops there, at a span boundary)."""
+        limit = getattr(self.source, "read_limit", None)
+        end = min(end, self.size)
+        if limit is not None and end > 0:
+            limit(self.table.bounds(self.table.index(end - 1))[1])
+
     def _fetch(self, i: int, j: int, got: dict[int, bytes]) -> None:
+        try:
+            self._fetch_once(i, j, got)
+        except SpanChecksumError:
+            # bytes damaged in transit (a remote source): fetch them again, once; a blob
+            # that really changed fails the second time too
+            discard = getattr(self.source, "discard", None)
+            if discard is None:
+                raise
+            discard()
+            self._fetch_once(i, j, got)
+
+    def _fetch_once(self, i: int, j: int, got: dict[int, bytes]) -> None:
         t = self.table
         start, end = t.bounds(i)[0], t.bounds(j)[1]
         raw = self.source.fetch(start, end - start)
