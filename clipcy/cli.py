@@ -52,6 +52,56 @@ def _add_progress(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    """Where a reader finds the layer blobs, and how it reaches a remote store."""
+    g = p.add_argument_group("blob storage")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument(
+        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
+    )
+    where.add_argument(
+        "--storage",
+        metavar="REF",
+        help="read the blobs from REF instead of the archive's storage ref: a directory, "
+        "docker://HOST[:PORT]/REPO (a registry) or http(s)://BASE (blobs at BASE/sha256/HEX)",
+    )
+    g.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="registry credentials (auth.json); default: REGISTRY_AUTH_FILE, "
+        "$XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, "
+        "~/.docker/config.json",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain http for docker:// refs (default: https, except localhost and 127.0.0.1)",
+    )
+    g.add_argument(
+        "--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="seconds to open a connection (default 5)",
+    )
+    g.add_argument(
+        "--read-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="seconds without data before a request is retried (default 30)",
+    )
+    g.add_argument(
+        "--retries", type=int, default=5, metavar="N",
+        help="retries of a failed request (errors, 429, 5xx), with backoff (default 5)",
+    )
+    g.add_argument(
+        "--cache-dir", metavar="DIR",
+        help="on-disk cache of verified remote spans (default ~/.cache/clipcy/spans)",
+    )
+    g.add_argument(
+        "--cache-max-mib", type=int, default=1024, metavar="N",
+        help="bound of the span cache, least recently used spans go first (default 1024)",
+    )
+    g.add_argument(
+        "--no-cache", action="store_true", help="keep no on-disk cache of remote spans"
+    )
+
+
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     # Subcommands must not reset what `clipctl -v COMMAND` set: their defaults are SUPPRESS.
     p.add_argument(
@@ -292,9 +342,7 @@ def _cat(sub: Any) -> None:
     )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("path", metavar="PATH", help="symlinks are followed inside the image")
-    p.add_argument(
-        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
-    )
+    add_storage_options(p)
     p.set_defaults(func=_handler("cmd_cat"))
 
 
@@ -316,9 +364,7 @@ def _extract(sub: Any) -> None:
         metavar="DIR",
         help="destination directory (created if missing); nothing is written outside it",
     )
-    p.add_argument(
-        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
-    )
+    add_storage_options(p)
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_extract"))
 
@@ -332,9 +378,7 @@ def _verify(sub: Any) -> None:
         "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n",
     )
     p.add_argument("archive", metavar="FILE")
-    p.add_argument(
-        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
-    )
+    add_storage_options(p)
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_verify"))
 

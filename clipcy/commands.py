@@ -11,13 +11,16 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.progress import make_reporter
 from clipcy.reader import Archive, open_archive
+
+if TYPE_CHECKING:
+    from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy")
 _TYPE_CHAR = {DIR: "d", FILE: "-", SYMLINK: "l", CHAR: "c", BLOCK: "b", FIFO: "p"}
@@ -274,12 +277,36 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- cat / extract / verify ---------------------------------------------------------------
 
 
+def blob_ref(args: argparse.Namespace) -> str | None:
+    """--storage or --layout (they exclude each other), or None: the archive's ref."""
+    ref: str | None = getattr(args, "storage", None) or getattr(args, "layout", None)
+    return ref
+
+
+def remote_options(args: argparse.Namespace) -> RemoteOptions:
+    """The readers' --authfile, --insecure, timeouts, retries and span-cache options."""
+    from clipcy.storage.http import HttpOptions
+    from clipcy.storage.registry import RemoteOptions
+
+    if args.connect_timeout <= 0 or args.read_timeout <= 0:
+        raise ClipError("--connect-timeout and --read-timeout must be positive")
+    if args.retries < 0:
+        raise ClipError("--retries must be 0 or more")
+    if args.cache_max_mib < 0:
+        raise ClipError("--cache-max-mib must be 0 or more")
+    http = HttpOptions(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+                       tries=args.retries + 1)
+    return RemoteOptions(authfile=args.authfile, http=http, insecure=args.insecure,
+                         cache=not args.no_cache, cache_dir=args.cache_dir,
+                         cache_max_mib=args.cache_max_mib)
+
+
 def cmd_cat(args: argparse.Namespace) -> int:
     from clipcy.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
 
     with open_archive(args.archive) as arc:
         node = resolve_file(arc, args.path)
-        store = BlobStore(arc.metadata, arc.access, args.layout)
+        store = BlobStore(arc.metadata, arc.access, blob_ref(args), remote_options(args))
         try:
             read_piecewise(ArchiveFile(node, store), sys.stdout.buffer)
         finally:
@@ -295,7 +322,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     try:
         with open_archive(args.archive) as arc:
             files, nbytes = extract_archive(
-                arc, args.dest, args.paths, layout=args.layout, progress=reporter
+                arc, args.dest, args.paths, layout=blob_ref(args), remote=remote_options(args),
+                progress=reporter,
             )
         if reporter is not None:
             reporter("done", {"files": files, "bytes": nbytes})
@@ -317,7 +345,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "start",
                     {"layers": len(arc.layers), "bytes": sum(x["size"] for x in arc.layers)},
                 )
-            problems = verify_archive(arc, args.layout, reporter)
+            problems = verify_archive(arc, blob_ref(args), reporter, remote_options(args))
             if reporter is not None:
                 reporter("done", {"problems": len(problems)})
     finally:

@@ -220,10 +220,14 @@ def extract_archive(
     paths: Iterable[str] | None = None,
     *,
     layout: str | os.PathLike[str] | None = None,
+    remote: Any = None,
     progress: Any = None,
 ) -> tuple[int, int]:
-    """Extract into dest; returns (files written, bytes written)."""
-    store = BlobStore(arc.metadata, arc.access, layout)
+    """Extract into dest; returns (files written, bytes written). layout: a storage ref
+    overriding the archive's (default: what open_archive was given); remote: RemoteOptions."""
+    store = BlobStore(arc.metadata, arc.access,
+                      layout if layout is not None else getattr(arc, "_layout", None),
+                      remote if remote is not None else getattr(arc, "_remote", None))
     ex = Extractor(dest, store, progress)
     try:
         for node in select_nodes(arc, paths):

@@ -35,6 +35,7 @@ from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
     from clipcy.files import ArchiveFile
+    from clipcy.storage.registry import RemoteOptions
 
 __all__ = ["Archive", "open_archive", "normalize_path", "decode_block", "BLOCK_CACHE_BYTES"]
 
@@ -131,9 +132,18 @@ class Archive:
     """An open .clip archive. Use as a context manager or call close()."""
 
     def __init__(self, path: str | os.PathLike[str],
-                 layout: str | os.PathLike[str] | None = None) -> None:
+                 layout: str | os.PathLike[str] | None = None, *,
+                 storage: str | None = None, remote: RemoteOptions | None = None) -> None:
         self.name = os.fspath(path)
-        self._layout = layout  # where the layer blobs are, if not at the storage ref
+        if layout is not None and storage is not None:
+            raise ValueError("give layout or storage, not both")
+        if storage is not None:  # a bad ref fails here, before any read
+            from clipcy.storage.registry import parse_storage_ref
+
+            parse_storage_ref(storage)
+        # where the layer blobs are, if not at the recorded storage ref
+        self._layout = layout if layout is not None else storage
+        self._remote = remote
         self._store: Any = None
         self._lock = threading.Lock()
         # pread on a plain fd, not mmap: thread-safe without a shared file position, and a
@@ -501,7 +511,7 @@ class Archive:
         with self._lock:
             node = resolve_file(self, path)
             if self._store is None:
-                self._store = BlobStore(self.metadata, self.access, self._layout)
+                self._store = BlobStore(self.metadata, self.access, self._layout, self._remote)
         return ArchiveFile(node, self._store)
 
     def close(self) -> None:
@@ -528,9 +538,13 @@ class Archive:
 
 
 def open_archive(path: str | os.PathLike[str],
-                 layout: str | os.PathLike[str] | None = None) -> Archive:
+                 layout: str | os.PathLike[str] | None = None, *,
+                 storage: str | None = None, remote: RemoteOptions | None = None) -> Archive:
     """Open a .clip archive (cheap: reads the header, metadata and indexes only).
 
     layout: the OCI layout holding the layer blobs, when they are not at the archive's
-    recorded storage ref (only Archive.open() reads them)."""
-    return Archive(path, layout)
+    recorded storage ref; storage: any storage ref instead (a directory,
+    docker://HOST[:PORT]/REPO or http(s)://BASE); remote: how to reach a remote store
+    (clipcy.storage.registry.RemoteOptions: auth file, timeouts, retries, span cache).
+    Only Archive.open() reads blobs."""
+    return Archive(path, layout, storage=storage, remote=remote)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -32,41 +34,68 @@ def verify_archive(
     arc: Any,
     layout: str | os.PathLike[str] | None = None,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
+    remote: Any = None,
 ) -> list[str]:
     """Problems found (empty when everything holds)."""
+    try:
+        arc.verify()
+    except ClipError as e:
+        return [f"archive: {e}"]
+    store = BlobStore(arc.metadata, arc.access,
+                      layout if layout is not None else getattr(arc, "_layout", None),
+                      remote if remote is not None else getattr(arc, "_remote", None))
+    try:
+        return _verify(arc, store, progress)
+    finally:
+        store.close()
+
+
+@contextmanager
+def _blob_file(store: BlobStore, i: int) -> Iterator[Path]:
+    """The layer blob as a local file: in its layout, or (a remote store) downloaded into a
+    temp file for the time of its re-index (its digest is checked by that re-index)."""
+    if hasattr(store.store, "blob_path"):
+        yield Path(store.blob_path(i))
+        return
+    layer = store.layers[i]
+    with tempfile.TemporaryDirectory(prefix="clipcy-verify-") as tmp:
+        path = Path(tmp) / "blob"
+        download = getattr(store.store, "download")  # noqa: B009 - remote stores only
+        download(layer["digest"], layer["size"], path)
+        yield path
+
+
+def _verify(arc: Any, store: BlobStore,
+            progress: Callable[[str, dict[str, Any]], None] | None) -> list[str]:
     from clipcy.indexer import LayerResult, index_layer
     from clipcy.layout import LAYER_TYPES, LayerInfo
     from clipcy.merge import merge_layers
 
     problems: list[str] = []
-    try:
-        arc.verify()
-    except ClipError as e:
-        return [f"archive: {e}"]
-    store = BlobStore(arc.metadata, arc.access, layout)
     layers = arc.metadata.get("layers", [])
     stored = list(arc.walk())
     with_digests = any(n.digest for n in stored if n.type == FILE)
     results: list[LayerResult] = []
     for i, layer in enumerate(layers):
-        info = LayerInfo(
-            layer["digest"],
-            layer["size"],
-            layer["media_type"],
-            LAYER_TYPES.get(layer["media_type"], layer["compression"]),
-            layer["diff_id"],
-            Path(store.blob_path(i)),
-        )
         recorded = arc.access(i)
         try:
-            res = index_layer(
-                info,
-                i,
-                verify=True,
-                file_digests=with_digests,
-                span=recorded.span,
-                progress=progress,
-            )
+            with _blob_file(store, i) as blob:
+                info = LayerInfo(
+                    layer["digest"],
+                    layer["size"],
+                    layer["media_type"],
+                    LAYER_TYPES.get(layer["media_type"], layer["compression"]),
+                    layer["diff_id"],
+                    blob,
+                )
+                res = index_layer(
+                    info,
+                    i,
+                    verify=True,
+                    file_digests=with_digests,
+                    span=recorded.span,
+                    progress=progress,
+                )
         except ClipError as e:
             problems.append(f"layer {i}: {e}")
             continue
