@@ -1,0 +1,284 @@
+"""Remote reads over a loopback registry vs the same reads from the local layout directory.
+
+    python perf/remote.py --data /work/perfdata [--reads 200] [--out perf/RESULTS-remote.md]
+
+1. Starts Debian's docker-registry on 127.0.0.1 (filesystem storage in a temp dir), pushes
+   DATA/single (one ~250 MB gzip layer of a 500 MB tar) with skopeo --preserve-digests, and
+   indexes it with --storage-ref docker://127.0.0.1:PORT/single (default resume points).
+2. Cold random 64 KiB reads: for each of N seeded (file, offset) pairs, a fresh Archive (so
+   no decoder, span memo or connection is reused) and no span cache; one pread of 64 KiB
+   timed. Remote (registry), remote through a proxy adding 20 ms per request, and local
+   (the layout directory, page cache warm): median and p90 latency; requests and bytes
+   per read; bytes in units of the layer's mean compressed span between resume points.
+3. Sequential: the layer's largest files (128 MiB) read whole in 1 MiB reads, best of 3, remote and
+   local (and remote + 20 ms): MB/s and the ratio to local; requests per read.
+All ratios come from this one run. Writes a markdown report with machine, date and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import remoteserv as rs  # noqa: E402
+
+from clipcy import open_archive  # noqa: E402
+from clipcy.storage.registry import RemoteOptions  # noqa: E402
+
+READ = 64 << 10
+MiB = 1 << 20
+
+
+def _store(arc: Any) -> Any:
+    return arc._store.store  # the BlobStore's clipcy.storage store
+
+
+def _make_cold(arc: Any) -> None:
+    """Forget every decoded or fetched byte of the archive's open layer readers: parked
+    decoders, the verified-span memo, bytes fetched ahead. The store, its connections and
+    the decoded access data stay (a running reader's steady state)."""
+    for reader in arc._store._readers.values():
+        getattr(reader, "_parked", []).clear()
+        blob = reader.blob
+        blob._recent.clear()
+        discard = getattr(blob.source, "discard", None)
+        if discard is not None:
+            discard()
+
+
+def cold_reads(archive: Path, picks: list[tuple[bytes, int]], where: dict[str, Any],
+               fresh: bool = False) -> dict[str, Any]:
+    """Each pick: one 64 KiB pread with nothing of its data fetched or decoded before. fresh:
+    a new Archive per read (then the time includes opening the store and the layer reader:
+    decoding the layer's access data, connecting); else one Archive, warmed up, made cold
+    before each read."""
+    lat, reqs, nbytes = [], [], []
+    shared = None if fresh else open_archive(archive, **where)
+    try:
+        if shared is not None:
+            shared.open(picks[0][0]).pread(0, 1)  # store, reader, access data, connection
+        for path, off in picks:
+            arc = open_archive(archive, **where) if shared is None else shared
+            f = arc.open(path)
+            client = None
+            if shared is not None:
+                _make_cold(arc)
+                client = getattr(_store(arc), "client", None)
+            r0, b0 = (client.requests, client.bytes_received) if client is not None else (0, 0)
+            t0 = time.perf_counter()
+            data = f.pread(off, READ)
+            lat.append(time.perf_counter() - t0)
+            assert len(data) == min(READ, f.node.size - off)
+            client = getattr(_store(arc), "client", None)
+            if client is not None:
+                reqs.append(client.requests - r0)
+                nbytes.append(client.bytes_received - b0)
+            if shared is None:
+                arc.close()
+    finally:
+        if shared is not None:
+            shared.close()
+    lat.sort()
+    out = {"median": statistics.median(lat), "p90": lat[int(len(lat) * 0.9)],
+           "mean": statistics.fmean(lat)}
+    if reqs:
+        out.update(req=statistics.fmean(reqs), req_max=max(reqs),
+                   bytes=statistics.fmean(nbytes), bytes_max=max(nbytes))
+    return out
+
+
+def sequential(archive: Path, paths: list[bytes], where: dict[str, Any], tries: int = 3
+               ) -> dict[str, Any]:
+    """The files read whole in 1 MiB reads, one after the other; best of `tries`."""
+    best = None
+    reqs = 0
+    size = 0
+    for _ in range(tries):
+        with open_archive(archive, **where) as arc:
+            size = 0
+            t0 = time.perf_counter()
+            for path in paths:
+                f = arc.open(path)
+                size += f.node.size
+                while f.read(MiB):
+                    pass
+            dt = time.perf_counter() - t0
+            client = getattr(_store(arc), "client", None)
+            reqs = client.requests if client is not None else 0
+        best = dt if best is None else min(best, dt)
+    assert best is not None
+    return {"seconds": best, "mbs": size / best / 1e6, "req": reqs, "size": size}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--reads", type=int, default=200)
+    ap.add_argument("--delay-ms", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS-remote.md")
+    args = ap.parse_args()
+    layout = args.data / "single"
+    tmp = Path(tempfile.mkdtemp(prefix="clipcy-perf-remote-"))
+    reg = rs.Registry(tmp / "registry")
+    proxy = None
+    try:
+        t0 = time.perf_counter()
+        r = reg.push(layout, "latest", "single", "latest")
+        if r.returncode:
+            raise SystemExit(f"skopeo push failed: {r.stderr}")
+        push_s = time.perf_counter() - t0
+        archive = tmp / "single.clip"
+        subprocess.run([sys.executable, "-m", "clipcy", "index-layout", "--layout", str(layout),
+                        "--tag", "latest", "--out", str(archive), "--no-cache",
+                        "--storage-ref", f"docker://{reg.host}/single"], check=True)
+        proxy = rs.FaultProxy(reg.host)
+        proxy.delay = args.delay_ms / 1000
+        nocache = RemoteOptions(cache=False)
+        remote = {"remote": nocache}
+        delayed = {"storage": f"docker://127.0.0.1:{proxy.port}/single", "remote": nocache}
+        local = {"layout": str(layout)}
+
+        with open_archive(archive) as arc:
+            files = [n for n in arc.walk() if n.type == "file" and n.size >= READ]
+            acc = arc.access(0)
+            comps = sorted(p[0] for p in acc.points)
+            spans = [b - a for a, b in zip(comps, comps[1:], strict=False)]
+            mean_span = statistics.fmean(spans)
+            blob_size = arc.layers[0]["size"]
+            tar_size = sum(n.size for n in files)
+        rng = random.Random(2026)
+        weights = [n.size for n in files]
+        picks = []
+        for n in rng.choices(files, weights, k=args.reads):
+            picks.append((n.path, rng.randrange(0, n.size - READ + 1)))
+        seq_paths, seq_bytes = [], 0
+        for n in sorted(files, key=lambda n: -n.size):  # the largest files, 128 MiB of them
+            if seq_bytes >= 128 * MiB:
+                break
+            seq_paths.append(n.path)
+            seq_bytes += n.size
+
+        # warm the page cache and the registry's for the local and remote baselines alike
+        sequential(archive, seq_paths, local, tries=1)
+        res: dict[str, dict[str, Any]] = {}
+        res["local"] = cold_reads(archive, picks, local)
+        res["remote"] = cold_reads(archive, picks, remote)
+        res["delayed"] = cold_reads(archive, picks[: max(20, args.reads // 4)], delayed)
+        few = picks[: max(10, args.reads // 5)]
+        res["local-fresh"] = cold_reads(archive, few, local, fresh=True)
+        res["remote-fresh"] = cold_reads(archive, few, remote, fresh=True)
+        res["delayed-fresh"] = cold_reads(archive, few, delayed, fresh=True)
+        seq = {"local": sequential(archive, seq_paths[:1], local, tries=5),
+               "remote": sequential(archive, seq_paths[:1], remote, tries=5),
+               "delayed": sequential(archive, seq_paths[:1], delayed, tries=3)}
+        many = {"local": sequential(archive, seq_paths, local),
+                "remote": sequential(archive, seq_paths, remote),
+                "delayed": sequential(archive, seq_paths, delayed, tries=1)}
+    finally:
+        if proxy is not None:
+            proxy.close()
+        reg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    ms = 1000.0
+    lo, re_, de = res["local"], res["remote"], res["delayed"]
+    nd = len(picks[: max(20, args.reads // 4)])
+    nf = len(picks[: max(10, args.reads // 5)])
+    delay = f"{args.delay_ms:.0f} ms"
+
+    def row(label: str, r: dict[str, Any]) -> str:
+        extra = "| - | - | - |"
+        if "req" in r:
+            extra = (f"| {r['req']:.2f} ({r['req_max']}) | {r['bytes'] / 1024:.0f} KiB "
+                     f"| {r['bytes'] / mean_span:.2f} |")
+        return (f"| {label} | {r['median'] * ms:.2f} ms | {r['p90'] * ms:.2f} ms "
+                f"| {r['mean'] * ms:.2f} ms {extra}")
+
+    head = ["| source | median | p90 | mean | requests/read (max) | bytes/read "
+            "| compressed spans/read |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lo, re_, de = res["local"], res["remote"], res["delayed"]
+    lf, rf, df = res["local-fresh"], res["remote-fresh"], res["delayed-fresh"]
+    lines = [
+        "# Remote reads over a loopback registry (perf/remote.py)",
+        "",
+        f"Machine: {platform.node()} ({os.cpu_count()} cores, shared), Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"commit {commit}. Data: `{layout}` (one gzip layer, {blob_size / 1e6:.0f} MB "
+        f"compressed, {tar_size / 1e6:.0f} MB in files >= 64 KiB); pushed with skopeo in "
+        f"{push_s:.1f} s to Debian's docker-registry 2.8 on 127.0.0.1 (filesystem storage). "
+        f"Resume points: {len(comps)} (default spacing), mean compressed span between them "
+        f"{mean_span / 1024:.0f} KiB; span checksums every 64 KiB. No span cache (cold). "
+        f"\"+{delay}\" goes through tests/remoteserv.py's FaultProxy with {delay} of delay per "
+        "request. The local baseline reads the layout directory (page cache warm) in the "
+        "same run.",
+        "",
+        f"## Cold random 64 KiB reads ({args.reads} seeded picks, offsets weighted by size)",
+        "",
+        "One open archive per source, warmed up by one read; before each timed read its "
+        "parked decoders, verified-span memo and read-ahead bytes are dropped, so every read "
+        "starts from a resume point with nothing fetched (a running reader's steady state: "
+        "connection pooled, access data decoded).",
+        "",
+        *head,
+        row("local directory (baseline)", lo),
+        row("registry", re_),
+        row(f"registry + {delay}/request ({nd} picks)", de),
+        "",
+        f"Registry minus local: median **{(re_['median'] - lo['median']) * ms:+.2f} ms**, mean "
+        f"{(re_['mean'] - lo['mean']) * ms:+.2f} ms (target <= +5 ms). With {delay} added per "
+        f"request: median minus local {(de['median'] - lo['median']) * ms:+.2f} ms = "
+        f"{(de['median'] - lo['median']) / (args.delay_ms / 1000):.2f} round trips.",
+        "",
+        f"First read of a freshly opened archive ({nf} picks: includes opening the store, "
+        "decoding the layer's access data and, remote, connecting):",
+        "",
+        *head,
+        row("local directory (baseline)", lf),
+        row("registry", rf),
+        row(f"registry + {delay}/request", df),
+        "",
+        f"## Sequential read of the largest file ({seq['local']['size'] / MiB:.0f} MiB, whole, "
+        "1 MiB reads, a fresh archive each run)",
+        "",
+        "| source | best time | MB/s | ratio to local | requests |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    def seq_rows(d: dict[str, dict[str, Any]], n_local: int, n_remote: int, n_delayed: int
+                 ) -> list[str]:
+        out = []
+        for key, label in (("local", f"local directory (baseline, best of {n_local})"),
+                           ("remote", f"registry (best of {n_remote})"),
+                           ("delayed", f"registry + {delay}/request (best of {n_delayed})")):
+            s = d[key]
+            out.append(f"| {label} | {s['seconds']:.2f} s | {s['mbs']:.0f} "
+                       f"| {s['mbs'] / d['local']['mbs']:.2f}x | {s['req'] or '-'} |")
+        return out
+
+    lines += seq_rows(seq, 5, 5, 3)
+    lines += ["", f"## Sequential reads of the {len(seq_paths)} largest files "
+              f"({many['local']['size'] / MiB:.0f} MiB), one after the other", "",
+              "| source | best time | MB/s | ratio to local | requests |",
+              "| --- | --- | --- | --- | --- |", *seq_rows(many, 3, 3, 1), ""]
+    text = "\n".join(lines)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
