@@ -10,7 +10,8 @@ The integrator drives every indexer the same way::
     access = ix.access()                    # LayerAccess: span + points, or frames
     ix.total_in, ix.total_out
 
-gzip runs in the compiled clipcy._checkpoint (zlib C API, GIL released while inflating); zstd
+gzip runs in the compiled clipcy._checkpoint (zlib's C API, served by zlib-ng when its wheel is
+installed: clipcy._inflate; GIL released while inflating); zstd
 is walked here header by header (python-zstandard decompresses runs of whole blocks, zero-copy);
 plain passes bytes through.
 """
