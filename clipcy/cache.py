@@ -9,6 +9,16 @@ its tar entries, resume points, uncompressed size, diff_id and (if asked) file d
   its payload) is ignored and rewritten.
 - Bounded: after a write, the least recently used entries are removed until the directory is
   under its size limit (reads refresh an entry's mtime).
+- A hit must prove the blob is the one that was verified (issue 12): the entry is keyed by
+  the descriptor's digest, but the file at the blob path may have changed since. After a
+  blob's sha256 was checked, its stat fingerprint (st_dev, st_ino, size, mtime_ns, ctime_ns,
+  as git's index) is kept in a small sidecar file; a later hit whose blob stats the same is
+  trusted, any other hit re-hashes the blob (sha256, ~1/8 of the cost of indexing it:
+  perf/RESULTS-integrity.md) and fails with a digest mismatch when it differs. Changing a
+  file updates its ctime, which no user call can set back, so restoring the mtime with
+  utime does not fool it. A fingerprint is recorded only if the file's ctime is more than
+  RACY_NS before the verification started ("racy git"): a write during or right after the
+  read, in the same timestamp tick, could otherwise leave the fingerprint unchanged.
 - An entry is written while its layer streams (batches of tar entries, then a trailer record),
   so it never needs the whole layer's entries in memory: MAGIC, a version byte, records of
   (u32 length, marshal data), and a sha256 of everything before it. Only clipcy reads them
@@ -18,6 +28,7 @@ its tar entries, resume points, uncompressed size, diff_id and (if asked) file d
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import marshal
 import os
@@ -40,6 +51,22 @@ VERSION = 6  # 6: span checksums in the access data
 _LEN = struct.Struct("<I")
 # zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes
+RACY_NS = 1_000_000_000  # a file changed this close to its verification gets no fingerprint
+Fingerprint = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, mtime_ns, ctime_ns
+
+
+def fingerprint(st: os.stat_result) -> Fingerprint:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def trusted_fingerprint(before: os.stat_result, after: os.stat_result,
+                        started_ns: int) -> Fingerprint | None:
+    """The fingerprint of a file read and verified between two fstats, or None when it cannot
+    vouch for the bytes: the file changed while read, or changed too recently (racy)."""
+    fp = fingerprint(before)
+    if fp != fingerprint(after) or before.st_ctime_ns >= started_ns - RACY_NS:
+        return None
+    return fp
 
 
 def default_cache_dir() -> Path:
@@ -240,6 +267,29 @@ class LayerCache:
         obj["encoded"] = EncodedAccess(*enc) if enc is not None else None
         return obj
 
+    def _fp_path(self, key: str, dev: int, ino: int) -> Path:
+        return self.dir / f"{hashlib.sha256(key.encode()).hexdigest()}-{dev:x}-{ino:x}.fp"
+
+    def remember(self, key: str, fp: Fingerprint) -> None:
+        """Record that the blob with this stat fingerprint was verified for entry key."""
+        body = json.dumps({"key": key, "fingerprint": list(fp)}).encode()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            os.replace(tmp, self._fp_path(key, fp[0], fp[1]))
+        except OSError as e:
+            log.warning("cannot write the layer cache in %s: %s", self.dir, e.strerror or e)
+
+    def vouches(self, key: str, st: os.stat_result) -> bool:
+        """Whether a blob with this stat was verified for entry key (its fingerprint)."""
+        try:
+            rec = json.loads(self._fp_path(key, st.st_dev, st.st_ino).read_bytes())
+            return bool(rec["key"] == key and tuple(rec["fingerprint"]) == fingerprint(st))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def writer(self, key: str) -> CacheWriter | None:
         """A writer for one layer's entry, or None when the directory cannot be written."""
         try:
@@ -270,3 +320,9 @@ class LayerCache:
                 total -= size
             except OSError:
                 pass
+        try:  # fingerprints of entries that are gone
+            for fp in self.dir.glob("*.fp"):
+                if not (self.dir / (fp.name.split("-")[0] + ".layer")).exists():
+                    fp.unlink(missing_ok=True)
+        except OSError:
+            pass

@@ -23,7 +23,7 @@ from typing import Any
 
 from clipcy import __version__
 from clipcy.access import LayerAccess
-from clipcy.cache import LayerCache
+from clipcy.cache import Fingerprint, LayerCache, trusted_fingerprint
 from clipcy.digests import FileHasher
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.format import EncodedAccess
@@ -62,6 +62,7 @@ class LayerResult:
     file_digests: dict[int, bytes] | None = None  # data offset -> sha256 of the content
     entry_count: int = 0
     encoded: EncodedAccess | None = None  # the access frame, once made (on the worker)
+    fingerprint: Fingerprint | None = None  # the blob's stat when its digest was checked
 
 
 @dataclass(slots=True)
@@ -107,8 +108,10 @@ def index_layer(
 
     t0 = time.perf_counter()
     cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
+    started = time.time_ns()
     # a regular file of the descriptor's size inside the layout, or refused unread
     f = open_blob(info.path, info.size, f"layer blob {info.digest}")
+    before = after = os.fstat(f.fileno())  # the layer cache's fingerprint (cache.py)
     # every read is bounded by the descriptor's size (+1 byte: a blob that grew is noticed)
     left = info.size + 1
 
@@ -197,6 +200,7 @@ def index_layer(
             raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
         finally:
             pipe.close()
+        after = os.fstat(f.fileno())
     if read != info.size:
         raise DigestMismatchError(
             f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
@@ -242,7 +246,37 @@ def index_layer(
         seconds,
         hasher.digests if hasher is not None else None,
         count,
+        fingerprint=trusted_fingerprint(before, after, started) if verify else None,
     )
+
+
+def _rehash(info: LayerInfo, index: int) -> Fingerprint | None:
+    """Check a blob's size and sha256 against its descriptor (a layer cache hit that its stat
+    fingerprint does not vouch for); returns the fingerprint to remember, if any."""
+    import hashlib
+
+    where = f"layer {index} ({info.digest})"
+    started = time.time_ns()
+    f = open_blob(info.path, info.size, f"layer blob {info.digest}")
+    h = hashlib.sha256()
+    read = 0
+    with f:
+        before = os.fstat(f.fileno())
+        try:
+            while read <= info.size and (chunk := f.read(min(READ_CHUNK, info.size + 1 - read))):
+                h.update(chunk)
+                read += len(chunk)
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
+        after = os.fstat(f.fileno())
+    if read != info.size:
+        raise DigestMismatchError(
+            f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+            f" than the descriptor's {info.size} bytes"
+        )
+    if "sha256:" + h.hexdigest() != info.digest:
+        raise DigestMismatchError(f"{where}: blob digest is sha256:{h.hexdigest()}")
+    return trusted_fingerprint(before, after, started)
 
 
 def _access_for_writer(res: LayerResult) -> LayerAccess | EncodedAccess:
@@ -274,10 +308,20 @@ def _from_cache(
     hit = cache.get(key)
     if hit is None:
         return None
-    stat_blob(info.path, info.size, f"layer blob {info.digest}")
-    if verify and hit["diff_id"] != info.diff_id:
-        return None
-    log.debug("layer %d (%s): from the layer cache", index, info.digest)
+    st = stat_blob(info.path, info.size, f"layer blob {info.digest}")
+    how = "size only (--no-verify)"
+    if verify:
+        if hit["diff_id"] != info.diff_id:
+            return None
+        # the entry is for this digest; is the file still the blob that was verified?
+        if cache.vouches(key, st):
+            how = "stat fingerprint"
+        else:
+            fp = _rehash(info, index)
+            if fp is not None:
+                cache.remember(key, fp)
+            how = "blob re-hashed"
+    log.debug("layer %d (%s): from the layer cache (%s)", index, info.digest, how)
     return LayerResult(
         index,
         hit["entries"],
@@ -471,6 +515,8 @@ def create_index_only_archive_from_oci_layout(
                         res.file_digests,
                         res.encoded,
                     )
+                    if res.fingerprint is not None and cache is not None:
+                        cache.remember(key, res.fingerprint)
         finally:
             if i == 0:
                 offer(None)  # the end of layer 0's stream

@@ -222,7 +222,8 @@ def test_progress_bar_on_a_tty(tmp_path: Path) -> None:
 
 
 def test_layer_cache_skips_known_layers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A second run takes cached layers without reading their blobs (proved by breaking one)."""
+    """A second run takes cached layers without streaming them, but only for blobs that are
+    still the verified ones (issue 12: a same-size change is a digest mismatch)."""
     layout = tmp_path / "sample"
     shutil.copytree(SAMPLE, layout)
     cache = tmp_path / "cache"
@@ -230,18 +231,27 @@ def test_layer_cache_skips_known_layers(tmp_path: Path, capsys: pytest.CaptureFi
     base = ["index-layout", "--layout", str(layout), "--tag", "latest", "--cache-dir", str(cache)]
     assert clipctl([*base, "--out", str(a)]) == 0
     assert len(list(cache.glob("*.layer"))) == 3
+    capsys.readouterr()
+    assert clipctl(["-vv", *base, "--out", str(b)]) == 0
+    assert capsys.readouterr().err.count(": from the layer cache (") == 3
+    assert a.read_bytes() == b.read_bytes()
     with open_archive(a) as arc:
         digest = arc.layers[0]["digest"]
     blob = layout / "blobs" / "sha256" / digest[7:]
-    blob.write_bytes(bytes(blob.stat().st_size))  # same size, wrong bytes: cache must win
-    assert clipctl([*base, "--out", str(b)]) == 0
-    assert a.read_bytes() == b.read_bytes()
-    assert clipctl([*base, "--out", str(b), "--no-cache"]) == 1  # without it: caught
+    good = blob.read_bytes()
+    blob.write_bytes(bytes(len(good)))  # same size, wrong bytes: the cache must not vouch
+    b.unlink()
+    assert clipctl([*base, "--out", str(b)]) == 1
+    assert "layer 0 (" + digest + "): blob digest is sha256:" in capsys.readouterr().err
+    assert not b.exists()
+    assert clipctl([*base, "--out", str(b), "--no-cache"]) == 1  # the same verdict
+    blob.write_bytes(good)
     capsys.readouterr()
     for entry in cache.glob("*.layer"):  # a corrupt entry is ignored, not trusted
         entry.write_bytes(entry.read_bytes()[:-10] + bytes(10))
-    assert clipctl([*base, "--out", str(b)]) == 1
-    assert "layer 0" in capsys.readouterr().err
+    assert clipctl(["-vv", *base, "--out", str(b)]) == 0
+    assert "from the layer cache" not in capsys.readouterr().err
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_version_mentions_core(capsys: pytest.CaptureFixture[str]) -> None:

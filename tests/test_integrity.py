@@ -184,3 +184,90 @@ def test_blob_of_other_size_or_kind_is_refused(
     blob.mkdir()
     r = _clipctl("cat", str(arc), "/small.txt")
     assert r.returncode == 1 and b"is not a regular file" in r.stderr
+
+
+# -- the layer cache cannot be fooled (issue 12, case 1) ------------------------------------
+
+
+def _index_cli(layout: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    return _clipctl("index-layout", "--layout", str(layout), "--out", str(out), *extra)
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True])
+def test_cache_hit_on_a_changed_blob_is_a_digest_mismatch(tmp_path: Path,
+                                                          restore_mtime: bool) -> None:
+    layout, _, blob = make_layout(tmp_path, "gzip")
+    first = tmp_path / "first.clip"
+    assert _index_cli(layout, first).returncode == 0  # fills the (default) layer cache
+    st = blob.stat()
+    flip_middle(blob, 1)
+    if restore_mtime:
+        import os
+
+        os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert blob.stat().st_mtime_ns == st.st_mtime_ns
+    assert blob.stat().st_size == st.st_size
+    out = tmp_path / "second.clip"
+    r = _index_cli(layout, out)
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("clipctl: error: layer 0 (sha256:")
+    assert "blob digest is sha256:" in err
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+    # without the cache: the same verdict
+    r2 = _index_cli(layout, out, "--no-cache")
+    assert r2.returncode == 1 and "blob digest is sha256:" in r2.stderr.decode()
+
+
+def test_cache_hit_trusts_a_fingerprint_or_rehashes(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import os
+    import time
+
+    layout, _, blob = make_layout(tmp_path, "gzip")
+    cache = tmp_path / "cache"
+    arcs = [tmp_path / f"{i}.clip" for i in range(4)]
+    # just written: too recent for a fingerprint (racy), so a hit re-hashes the blob
+    create_index_only_archive_from_oci_layout(layout, "latest", arcs[0], cache_dir=cache)
+    with caplog.at_level(logging.DEBUG, logger="clipcy"):
+        create_index_only_archive_from_oci_layout(layout, "latest", arcs[1], cache_dir=cache)
+    assert "from the layer cache (blob re-hashed)" in caplog.text
+    # once the blob is older than the racy window, the re-hash leaves a fingerprint ...
+    old = time.time_ns() - 10 * 10**9
+    os.utime(blob, ns=(old, old))  # (ctime is now: wait out the racy window)
+    time.sleep(1.2)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="clipcy"):
+        create_index_only_archive_from_oci_layout(layout, "latest", arcs[2], cache_dir=cache)
+        create_index_only_archive_from_oci_layout(layout, "latest", arcs[3], cache_dir=cache)
+    assert caplog.text.count("from the layer cache (blob re-hashed)") == 1
+    assert caplog.text.count("from the layer cache (stat fingerprint)") == 1
+    assert len({a.read_bytes() for a in arcs}) == 1
+    # ... which any change of the file's ctime voids (here: a same-bytes rewrite)
+    blob.write_bytes(blob.read_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="clipcy"):
+        create_index_only_archive_from_oci_layout(layout, "latest", arcs[0], cache_dir=cache)
+    assert "from the layer cache (blob re-hashed)" in caplog.text
+
+
+def test_two_runs_share_one_cache_dir(tmp_path: Path) -> None:
+    """Two index-layout processes at once on one cache directory (cold, then warm): both
+    succeed with the same archive, and the cache holds only whole entries."""
+    layout, _, _ = make_layout(tmp_path, "gzip")
+    cache = tmp_path / "cache"
+    for rnd in range(2):
+        outs = [tmp_path / f"r{rnd}-{i}.clip" for i in range(2)]
+        procs = [subprocess.Popen([sys.executable, "-I", "-m", "clipcy", "index-layout",
+                                   "--layout", str(layout), "--out", str(o), "--cache-dir",
+                                   str(cache)], stderr=subprocess.PIPE) for o in outs]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
+        assert outs[0].read_bytes() == outs[1].read_bytes()
+        assert [p.name for p in cache.iterdir() if p.name.startswith(".tmp")] == []
+        assert len(list(cache.glob("*.layer"))) == 1
+    with open_archive(tmp_path / "r1-0.clip") as a:
+        assert a.open("/small.txt").read() == b"hello, integrity\n"
