@@ -130,13 +130,13 @@ class _Reader:
         data: bytes = self.blob.pread(offset, n)
         return data
 
-    def reading(self, offset: int, end: int) -> None:
+    def reading(self, offset: int, end: int, on: bool = False) -> None:
         """A hint: a file's reader is in [offset, end) of the uncompressed stream and may
-        read on up to end; a remote blob then fetches ahead no further than the compressed
-        bytes that end needs."""
+        read up to end (`on`: it reads in order); a remote blob then fetches ahead (only if
+        `on`) no further than the compressed bytes that end needs."""
         limit = getattr(self.blob, "read_limit", None)
         if limit is not None:
-            limit(self._compressed_end(end))
+            limit(self._compressed_end(end), on)
 
     def _compressed_end(self, end: int) -> int:
         """The compressed offset that reading the uncompressed stream up to end needs."""

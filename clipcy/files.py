@@ -97,6 +97,7 @@ class ArchiveFile(io.RawIOBase):
         self.name = node.path.decode("utf-8", "surrogateescape")
         self._store = store
         self._pos = 0
+        self._next = -1  # where the last pread ended: a pread there reads on
         self._size = node.size
         # sparse: logical starts, and where each run's bytes lie in the layer stream
         self._runs: list[tuple[int, int, int]] | None = None
@@ -159,8 +160,12 @@ class ArchiveFile(io.RawIOBase):
         reader = self._store.reader(node.layer)
         if self._runs is None:
             reading = getattr(reader, "reading", None)
-            if reading is not None:  # read-ahead (remote blobs) stops at the file's end
-                reading(node.offset + pos, node.offset + self._size)
+            if reading is not None:
+                # remote blobs read ahead for a file read in order (or from its start in
+                # large pieces, as cat and extract do), and never past the file's end
+                on = pos == self._next or (pos == 0 and n >= READ_PIECE)
+                reading(node.offset + pos, node.offset + self._size, on)
+            self._next = pos + n
             data: bytes = reader.pread(node.offset + pos, n)
             if len(data) != n:
                 raise BlobError(

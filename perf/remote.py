@@ -10,8 +10,8 @@
    timed. Remote (registry), remote through a proxy adding 20 ms per request, and local
    (the layout directory, page cache warm): median and p90 latency; requests and bytes
    per read; bytes in units of the layer's mean compressed span between resume points.
-3. Sequential: the layer's largest files (128 MiB) read whole in 1 MiB reads, best of 3, remote and
-   local (and remote + 20 ms): MB/s and the ratio to local; requests per read.
+3. Sequential: the layer's largest file, then its largest files (128 MiB), read whole in
+   1 MiB reads; runs of local, remote and remote + 20 ms interleaved; median and best.
 All ratios come from this one run. Writes a markdown report with machine, date and commit.
 """
 
@@ -38,6 +38,8 @@ from clipcy import open_archive  # noqa: E402
 from clipcy.storage.registry import RemoteOptions  # noqa: E402
 
 READ = 64 << 10
+SEQ_HEAD = ("| source | runs | median time | MB/s (median) | ratio to local (median) "
+            "| ratio to local (best) | requests |")
 MiB = 1 << 20
 
 
@@ -99,27 +101,39 @@ def cold_reads(archive: Path, picks: list[tuple[bytes, int]], where: dict[str, A
     return out
 
 
-def sequential(archive: Path, paths: list[bytes], where: dict[str, Any], tries: int = 3
-               ) -> dict[str, Any]:
-    """The files read whole in 1 MiB reads, one after the other; best of `tries`."""
-    best = None
-    reqs = 0
-    size = 0
-    for _ in range(tries):
-        with open_archive(archive, **where) as arc:
-            size = 0
-            t0 = time.perf_counter()
-            for path in paths:
-                f = arc.open(path)
-                size += f.node.size
-                while f.read(MiB):
-                    pass
-            dt = time.perf_counter() - t0
-            client = getattr(_store(arc), "client", None)
-            reqs = client.requests if client is not None else 0
-        best = dt if best is None else min(best, dt)
-    assert best is not None
-    return {"seconds": best, "mbs": size / best / 1e6, "req": reqs, "size": size}
+def sequential_once(archive: Path, paths: list[bytes], where: dict[str, Any]
+                    ) -> tuple[float, int, int]:
+    """The files read whole in 1 MiB reads, one after the other: (seconds, requests, bytes)."""
+    with open_archive(archive, **where) as arc:
+        size = 0
+        t0 = time.perf_counter()
+        for path in paths:
+            f = arc.open(path)
+            size += f.node.size
+            while f.read(MiB):
+                pass
+        dt = time.perf_counter() - t0
+        client = getattr(_store(arc), "client", None)
+        return dt, (client.requests if client is not None else 0), size
+
+
+def sequential(archive: Path, paths: list[bytes], wheres: dict[str, dict[str, Any]],
+               runs: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Runs of each source interleaved (local, remote, delayed, local, ...), so that the
+    machine's drift hits them alike; median and best of each."""
+    times: dict[str, list[float]] = {k: [] for k in wheres}
+    out: dict[str, dict[str, Any]] = {}
+    for r in range(max(runs.values())):
+        for key, where in wheres.items():
+            if r < runs[key]:
+                dt, reqs, size = sequential_once(archive, paths, where)
+                times[key].append(dt)
+                out[key] = {"req": reqs, "size": size}
+    for key, ts in times.items():
+        out[key].update(seconds=statistics.median(ts), best=min(ts), runs=len(ts),
+                        mbs=out[key]["size"] / statistics.median(ts) / 1e6,
+                        best_mbs=out[key]["size"] / min(ts) / 1e6)
+    return out
 
 
 def main() -> int:
@@ -171,7 +185,7 @@ def main() -> int:
             seq_bytes += n.size
 
         # warm the page cache and the registry's for the local and remote baselines alike
-        sequential(archive, seq_paths, local, tries=1)
+        sequential_once(archive, seq_paths, local)
         res: dict[str, dict[str, Any]] = {}
         res["local"] = cold_reads(archive, picks, local)
         res["remote"] = cold_reads(archive, picks, remote)
@@ -180,12 +194,10 @@ def main() -> int:
         res["local-fresh"] = cold_reads(archive, few, local, fresh=True)
         res["remote-fresh"] = cold_reads(archive, few, remote, fresh=True)
         res["delayed-fresh"] = cold_reads(archive, few, delayed, fresh=True)
-        seq = {"local": sequential(archive, seq_paths[:1], local, tries=5),
-               "remote": sequential(archive, seq_paths[:1], remote, tries=5),
-               "delayed": sequential(archive, seq_paths[:1], delayed, tries=3)}
-        many = {"local": sequential(archive, seq_paths, local),
-                "remote": sequential(archive, seq_paths, remote),
-                "delayed": sequential(archive, seq_paths, delayed, tries=1)}
+        wheres = {"local": local, "remote": remote, "delayed": delayed}
+        seq = sequential(archive, seq_paths[:1], wheres,
+                         {"local": 9, "remote": 9, "delayed": 5})
+        many = sequential(archive, seq_paths, wheres, {"local": 5, "remote": 5, "delayed": 3})
     finally:
         if proxy is not None:
             proxy.close()
@@ -252,28 +264,26 @@ def main() -> int:
         row(f"registry + {delay}/request", df),
         "",
         f"## Sequential read of the largest file ({seq['local']['size'] / MiB:.0f} MiB, whole, "
-        "1 MiB reads, a fresh archive each run)",
+        "1 MiB reads, a fresh archive each run, sources interleaved)",
         "",
-        "| source | best time | MB/s | ratio to local | requests |",
-        "| --- | --- | --- | --- | --- |",
+        SEQ_HEAD,
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
 
-    def seq_rows(d: dict[str, dict[str, Any]], n_local: int, n_remote: int, n_delayed: int
-                 ) -> list[str]:
+    def seq_rows(d: dict[str, dict[str, Any]]) -> list[str]:
         out = []
-        for key, label in (("local", f"local directory (baseline, best of {n_local})"),
-                           ("remote", f"registry (best of {n_remote})"),
-                           ("delayed", f"registry + {delay}/request (best of {n_delayed})")):
+        for key, label in (("local", "local directory (baseline)"), ("remote", "registry"),
+                           ("delayed", f"registry + {delay}/request")):
             s = d[key]
-            out.append(f"| {label} | {s['seconds']:.2f} s | {s['mbs']:.0f} "
-                       f"| {s['mbs'] / d['local']['mbs']:.2f}x | {s['req'] or '-'} |")
+            out.append(f"| {label} | {s['runs']} | {s['seconds']:.3f} s | {s['mbs']:.0f} "
+                       f"| {s['mbs'] / d['local']['mbs']:.2f}x "
+                       f"| {s['best_mbs'] / d['local']['best_mbs']:.2f}x | {s['req'] or '-'} |")
         return out
 
-    lines += seq_rows(seq, 5, 5, 3)
+    lines += seq_rows(seq)
     lines += ["", f"## Sequential reads of the {len(seq_paths)} largest files "
               f"({many['local']['size'] / MiB:.0f} MiB), one after the other", "",
-              "| source | best time | MB/s | ratio to local | requests |",
-              "| --- | --- | --- | --- | --- |", *seq_rows(many, 3, 3, 1), ""]
+              SEQ_HEAD, "| --- | --- | --- | --- | --- | --- | --- |", *seq_rows(many), ""]
     text = "\n".join(lines)
     args.out.write_text(text)
     print(text)

@@ -91,6 +91,10 @@ class DiskSpanCache:
             self.hits += 1
         return data
 
+    def has(self, digest: str, offset: int, length: int) -> bool:
+        """Whether an entry exists (unchecked: get() checks it)."""
+        return self._path(digest, offset, length).exists()
+
     def put(self, digest: str, offset: int, data: bytes) -> None:
         """Store a span that the caller has verified. Errors (a full disk) only log."""
         if self.max_bytes <= 0 or len(data) > self.max_bytes // 4:

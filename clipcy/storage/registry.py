@@ -17,6 +17,7 @@ import os
 import re
 import threading
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -167,8 +168,8 @@ class RemoteBlob:
     - will_need(offset, end): the reader knows it will consume [offset, end) (a gzip read
       from its resume point up to the point after its end): the next fetch in that range
       asks for all of it at once;
-    - reading on (fetches that follow each other, past the hinted range) fetches ahead on
-      helper threads: windows of 2 MiB doubling up to
+    - reading on (the file's reader says it reads in order, or fetches follow each other
+      past the hinted range) fetches ahead on helper threads: windows of 2 MiB doubling up to
       readahead_mib, at most AHEAD requests in flight, while less than two windows are
       buffered ahead of the reader, so decoding overlaps the round trips; never past
       read_limit() (the compressed end of the file being read, from the layer reader).
@@ -179,8 +180,10 @@ class RemoteBlob:
     AHEAD = 2
     NEAR = 256 << 10  # a fetch this close to the last one's end counts as sequential
 
-    def __init__(self, url: BlobURL, readahead: int, pool: ThreadPoolExecutor | None) -> None:
+    def __init__(self, url: BlobURL, readahead: int, pool: ThreadPoolExecutor | None,
+                 cached: Callable[[int], bool] | None = None) -> None:
         self.url = url
+        self._cached = cached  # whether the span at an offset is in the disk cache
         self.digest = url.name
         self.size = url.size
         self.path = redact(url.url)
@@ -194,6 +197,7 @@ class RemoteBlob:
         self._last_end = -1
         self._window = 0
         self._limit = url.size  # no read-ahead past this (the end of the file being read)
+        self._on = False  # the file's reader reads in order: read ahead from the first fetch
 
     def __repr__(self) -> str:
         return f"<RemoteBlob {self.digest} at {self.path}>"
@@ -203,9 +207,10 @@ class RemoteBlob:
             self._hint = (offset, min(end, self.size))
             self._hint_end = self._hint[1]
 
-    def read_limit(self, end: int) -> None:
+    def read_limit(self, end: int, on: bool = False) -> None:
         with self._lock:
             self._limit = min(max(end, 0), self.size)
+            self._on = on
 
     def _from_bufs(self, offset: int, end: int) -> bytes | None:
         for s, b in self._bufs:
@@ -258,12 +263,14 @@ class RemoteBlob:
                 elif not sequential:
                     self._window = 0
                 want = min(want, self.size)
+            if self._on:  # the next windows travel while this one does
+                self._read_ahead(want, True)
             got = self.url.fetch(offset, want - offset)
             with self._lock:
                 if len(got) > n:
                     self._keep(offset, got)
             data = got[:n] if len(got) > n else got
-        self._read_ahead(end, sequential)
+        self._read_ahead(end, sequential or self._on)
         return data
 
     def _keep(self, start: int, data: bytes) -> None:
@@ -281,6 +288,8 @@ class RemoteBlob:
                 window = max(self._window, self.WINDOW0)
                 if top - end > 2 * window:
                     break  # enough is on its way
+                if self._cached is not None and self._cached(top):
+                    break  # the reader will find it on disk
                 stop = min(self._limit, top + window)
                 self._window = min(self._max, window * 2)  # the next one is larger
                 self._pending.append((top, stop, self._pool.submit(self.url.fetch, top,
@@ -349,8 +358,16 @@ class RemoteStore:
         with self._lock:
             if self._pool is None and self.options.readahead_mib > 0:
                 self._pool = ThreadPoolExecutor(4, thread_name_prefix="clipcy-readahead")
+        cached = None
+        if self.cache is not None:
+            disk = self.cache
+
+            def cached(off: int) -> bool:
+                s, e = spans.bounds(spans.index(off))
+                return disk.has(digest, s, e - s)
+
         source = RemoteBlob(self.source(digest, size), self.options.readahead_mib << 20,
-                            self._pool)
+                            self._pool, cached)
         return VerifiedBlob(source, spans, cache if cache is not None else self.cache, digest)
 
     def close(self) -> None:

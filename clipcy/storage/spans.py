@@ -236,13 +236,13 @@ class VerifiedBlob:
             t = self.table
             hint(t.bounds(t.index(offset))[0], t.bounds(t.index(end - 1))[1])
 
-    def read_limit(self, end: int) -> None:
-        """A hint: reading on will not go past the compressed offset end (a source that reads
-        ahead stops there, at a span boundary)."""
+    def read_limit(self, end: int, on: bool = False) -> None:
+        """A hint: reading will not go past the compressed offset end, and (`on`) goes on in
+        order; a source that reads ahead (HTTP) then does, up to there (a span boundary)."""
         limit = getattr(self.source, "read_limit", None)
         end = min(end, self.size)
         if limit is not None and end > 0:
-            limit(self.table.bounds(self.table.index(end - 1))[1])
+            limit(self.table.bounds(self.table.index(end - 1))[1], on)
 
     def _fetch(self, i: int, j: int, got: dict[int, bytes]) -> None:
         try:
