@@ -7,7 +7,8 @@
 For each data set, each command runs --runs times, interleaved (A B C A B C ...) so drift on
 this shared machine hits all alike; the table gives the median wall time as MB/s of
 uncompressed layer bytes, the ratio to the bare zlib loop (or `zstd -dc` for zstd layers),
-and the peak RSS of the process (from wait4's rusage).
+the median CPU time (user + sys of the process and its threads: what a shared machine's load
+distorts less than wall time) and the peak RSS of the process (both from wait4's rusage).
 
 Commands:
   clipctl            clipctl index-layout (compiled core, verification and resume points on)
@@ -42,10 +43,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 CLIPCTL = [PY, "-I", "-m", "clipcy"]  # -I: the installed clipcy, never ./clipcy
+CPU_LOG: list[float] = []  # user + sys seconds of each command run
 
 
 def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes) of one command, output discarded."""
+    """(wall seconds, peak RSS bytes) of one command, output discarded; its CPU seconds are
+    appended to CPU_LOG."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -60,6 +63,7 @@ def run(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float,
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{err}")
+    CPU_LOG.append(usage.ru_utime + usage.ru_stime)
     return wall, usage.ru_maxrss * 1024
 
 
@@ -127,12 +131,14 @@ def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, o
         cmds = commands(layout, Path(t), with_py)
         times: dict[str, list[float]] = {k: [] for k in cmds}
         rss: dict[str, int] = {k: 0 for k in cmds}
+        cpu: dict[str, list[float]] = {k: [] for k in cmds}
         run(next(iter(cmds.values())))  # warm-up: the blobs into the page cache
         for _ in range(runs):
             for k, c in cmds.items():
                 wall, peak = run(c)
                 times[k].append(wall)
                 rss[k] = max(rss[k], peak)
+                cpu[k].append(CPU_LOG[-1])
     base_key = "zlib-loop" if "zlib-loop" in cmds else "zstd -dc"
     base = statistics.median(times[base_key])
     rows = []
@@ -146,6 +152,7 @@ def bench(name: str, layout: Path, runs: int, with_py: bool) -> list[dict[str, o
                 "mb_s": total / 1e6 / med,
                 "ratio": base / med,
                 "rss_mb": rss[k] / 2**20,
+                "cpu": statistics.median(cpu[k]),
                 "bytes": total,
             }
         )
@@ -186,9 +193,9 @@ def bench_cache(data: Path, runs: int) -> list[str]:
     c, w = statistics.median(cold), statistics.median(warm)
     return [
         f"| multi-newtop (top layer new, 3 of 4 layers cached) | cold (--no-cache) | {c:.2f} "
-        f"| | 1.00 | |",
+        f"| | 1.00 | | |",
         f"| multi-newtop (top layer new, 3 of 4 layers cached) | layer cache | {w:.2f} | | "
-        f"{c / w:.1f} (vs cold) | |",
+        f"{c / w:.1f} (vs cold) | | |",
     ]
 
 
@@ -224,7 +231,8 @@ def bench_lookup(layout: Path, runs: int = 9) -> list[str]:
             nodes = int(res[2])
     return [
         f"| {layout.name} ({nodes} nodes) | open_archive + one lookup, fresh process | "
-        f"{statistics.median(lookups):.2f} ms | | | (import {statistics.median(imports):.0f} ms) |"
+        f"{statistics.median(lookups):.2f} ms | | | | "
+        f"(import {statistics.median(imports):.0f} ms) |"
     ]
 
 
@@ -260,8 +268,8 @@ def main() -> None:
     lines = [
         f"Machine: {machine()}",
         "",
-        "| data | command | median s | MB/s (uncompressed) | × baseline | peak RSS MB |",
-        "|---|---|---|---|---|---|",
+        "| data | command | median s | MB/s (uncompressed) | × baseline | CPU s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in args.sets:
         layout = args.data / name
@@ -273,7 +281,7 @@ def main() -> None:
             label = f"{name} ({r['bytes'] / 1e6:.0f} MB, {nodes} nodes)"
             lines.append(
                 f"| {label} | {r['command']} | {r['seconds']:.2f} | {r['mb_s']:.0f} | "
-                f"{r['ratio']:.2f} | {r['rss_mb']:.0f} |"
+                f"{r['ratio']:.2f} | {r['cpu']:.2f} | {r['rss_mb']:.0f} |"
             )
             print(lines[-1], flush=True)
     if "small" in args.sets and (args.data / "small" / "index.json").exists():
