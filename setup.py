@@ -1,6 +1,8 @@
 """Build the compiled core. Everything else is declared in pyproject.toml."""
 
 import os
+import shutil
+import subprocess
 
 from build_manpages import build_manpages, get_build_py_cmd, get_install_cmd
 from Cython.Build import cythonize
@@ -11,6 +13,29 @@ debug = bool(os.environ.get("CLIPCY_DEBUG_BUILD"))
 
 ZLIB = {"libraries": ["z"], "define_macros": [("ZLIB_CONST", None)]}
 
+
+
+def _fuse3() -> dict[str, list]:
+    """Compiler flags of libfuse3 (libfuse3-dev), or {} to build without the mount."""
+    if shutil.which("pkg-config") is None:
+        return {}
+    try:
+        out = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
+                             capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    inc = [f[2:] for f in out if f.startswith("-I")]
+    if not any(os.path.exists(os.path.join(d, "fuse_lowlevel.h")) for d in inc):
+        return {}
+    return {
+        "include_dirs": inc,
+        "libraries": [f[2:] for f in out if f.startswith("-l")],
+        "define_macros": [("FUSE_USE_VERSION", "312"), ("_FILE_OFFSET_BITS", "64")],
+    }
+
+
+FUSE3 = _fuse3()
+
 EXTENSIONS = [
     Extension("clipcy._tarparse", ["clipcy/_tarparse.pyx"]),
     Extension("clipcy._checkpoint", ["clipcy/_checkpoint.pyx"], **ZLIB),
@@ -19,6 +44,12 @@ EXTENSIONS = [
     Extension("clipcy._nodeblock", ["clipcy/_nodeblock.pyx"]),
     Extension("clipcy._merge", ["clipcy/_merge.pyx"]),
 ]
+# `clipctl mount` needs libfuse3: built only where its headers are (Debian libfuse3-dev);
+# elsewhere clipcy installs without it and `clipctl mount` names the packages to install.
+if FUSE3:
+    EXTENSIONS.append(Extension("clipcy.fusemount._fuse", ["clipcy/fusemount/_fuse.pyx"], **FUSE3))
+else:
+    print("clipcy: libfuse3 headers not found (pkg-config fuse3): building without mount")
 
 setup(
     ext_modules=cythonize(

@@ -5,6 +5,8 @@ Public API (imports are lazy so that `import clipcy` stays cheap):
 - walk_tar(source): the entries of one plain, gzip or zstd tar stream.
 - create_index_only_archive_from_oci_layout(layout_dir, tag, archive_path, ...)
 - open_archive(path): an Archive with .metadata, .lookup(), .listdir(), .walk(), .layers.
+- mount(archive, mountpoint, ...): the archive as a read-only FUSE filesystem (a context
+  manager; needs libfuse3, see docs/API.md).
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ __all__ = [
     "walk_tar",
     "create_index_only_archive_from_oci_layout",
     "open_archive",
+    "mount",
 ]
 
 _LAZY = {
     "walk_tar": "clipcy.tarparse",
     "create_index_only_archive_from_oci_layout": "clipcy.indexer",
     "open_archive": "clipcy.reader",
+    "mount": "clipcy.fusemount",
 }
 
 if TYPE_CHECKING:
+    from clipcy.fusemount import mount
     from clipcy.indexer import create_index_only_archive_from_oci_layout
     from clipcy.reader import open_archive
     from clipcy.tarparse import walk_tar

@@ -383,6 +383,47 @@ def _verify(sub: Any) -> None:
     p.set_defaults(func=_handler("cmd_verify"))
 
 
+@_command
+def _mount(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "mount",
+        "mount an archive as a read-only FUSE filesystem, files read lazily from the blobs",
+        "  clipctl mount img.clip /mnt/img\n"
+        "  clipctl mount img.clip /mnt/img --layout ./img -o allow_other\n"
+        "  clipctl mount -f img.clip /mnt/img      # in the foreground, until Ctrl-C\n",
+    )
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument(
+        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
+    )
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="serve in the foreground until unmounted or SIGINT/SIGTERM (default: "
+                   "return once the mount is ready and serve in the background)")
+    p.add_argument("--cache-mib", type=int, default=64, metavar="N",
+                   help="decompressed-span cache in MiB (default: 64)")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
+                   help="FUSE mount options, e.g. allow_other (the mount is always ro)")
+    p.add_argument("--log", metavar="FILE",
+                   help="the background process's log (default: a file in $XDG_RUNTIME_DIR or "
+                   "/tmp, named on stderr)")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=_handler("cmd_mount"))
+
+
+@_command
+def _umount(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "umount",
+        "unmount an archive mounted by clipctl mount",
+        "  clipctl umount /mnt/img\n",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(func=_handler("cmd_umount"))
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     from clipcy.logs import setup_logging
 

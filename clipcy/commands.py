@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import stat as statmod
 import sys
 import tempfile
@@ -396,4 +397,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
         if args.out:
             print(f"kept {out}")
+    return 0
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from clipcy.fusemount import service
+
+    if args.foreground or args.ready_fd is not None:
+        return service.serve(args.archive, args.mountpoint, args.layout, args.cache_mib,
+                             args.options, args.ready_fd)
+    proc, log_path = service.start(args.archive, args.mountpoint, args.layout, args.cache_mib,
+                                   args.options, args.log)
+    print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {proc.pid}, log "
+          f"{log_path}); unmount with: clipctl umount {args.mountpoint}", file=sys.stderr)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from clipcy.errors import MountError
+    from clipcy.fusemount import service
+
+    mp = args.mountpoint
+    if not os.path.isdir(mp):
+        raise MountError(f"mountpoint {mp} does not exist or is not a directory")
+    if not service.is_mounted(mp, service.FSTYPE):
+        raise MountError(f"{mp} is not a clipcy mount")
+    service.unmount(mp)
     return 0

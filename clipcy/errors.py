@@ -86,3 +86,9 @@ class RemoteAuthError(RemoteError):
 class SpanChecksumError(BlobError):
     """Compressed bytes of a layer blob do not match the archive's span checksum: the blob
     changed after indexing (or a store served other bytes). Names the blob and the offset."""
+
+
+# -- mounts ------------------------------------------------------------------------------
+class MountError(ClipError, OSError):
+    """An archive cannot be mounted (mount point, archive, libfuse or /dev/fuse), or
+    unmounted."""

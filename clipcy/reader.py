@@ -262,6 +262,7 @@ class Archive:
         if nblocks > (len(idx) - pos) // F.BLOCK_ENTRY.size:
             raise _Corrupt(f"node index claims {nblocks} blocks in {len(idx)} bytes")
         firsts: list[bytes] = []
+        starts: list[int] = []  # position of each block's first record
         entries: list[tuple[int, int, int, int, int]] = []
         total = 0
         end_prev = 0
@@ -280,6 +281,7 @@ class Archive:
             if firsts and first <= firsts[-1]:
                 raise _Corrupt(f"node index entry {i}: first paths out of order")
             end_prev = off + clen
+            starts.append(total)
             total += n
             firsts.append(first)
             entries.append((off, clen, rawlen, n, crc))
@@ -287,6 +289,7 @@ class Archive:
             raise _Corrupt("node index is inconsistent with its node count")
         self.node_count: int = count
         self._firsts = firsts
+        self._starts = starts
         self._blocks = entries
 
     def _parse_access_index(self, idx: bytes) -> None:
@@ -513,6 +516,63 @@ class Archive:
             if self._store is None:
                 self._store = BlobStore(self.metadata, self.access, self._layout, self._remote)
         return ArchiveFile(node, self._store)
+
+    def layer_reader(self, layer: int) -> Any:
+        """The shared reader of layer `layer`'s uncompressed stream (pread(offset, n))."""
+        from clipcy.files import BlobStore
+
+        with self._lock:
+            if self._store is None:
+                self._store = BlobStore(self.metadata, self.access, self._layout)
+            store = self._store
+        return store.reader(layer)
+
+    # -- records by position (the mount's node ids are positions + 1) -----------------------
+    def _locate(self, path: bytes) -> tuple[int, Record] | None:
+        """(position in path order, record) of the node at exactly path, or None."""
+        b = bisect.bisect_right(self._firsts, path) - 1
+        if b < 0:
+            return None
+        blk = self._block(b)
+        i = blk.bisect_left(path)
+        if i == blk.count or blk.path(i) != path:
+            return None
+        return self._starts[b] + i, blk.record(i)
+
+    def _record_at(self, pos: int) -> Record:
+        """The record at position pos (0 = the root); IndexError when out of range."""
+        starts = self._starts
+        if not 0 <= pos < self.node_count:
+            raise IndexError(f"node position {pos} out of range")
+        b = bisect.bisect_right(starts, pos) - 1
+        return self._block(b).record(pos - starts[b])
+
+    def _children(self, path: bytes) -> list[tuple[bytes, int, Record]]:
+        """(name, position, record) of each child of the directory at path, sorted by name."""
+        prefix = path if path == b"/" else path + b"/"
+        cut = len(prefix)
+        starts = self._starts
+        out: list[tuple[bytes, int, Record]] = []
+        b, i = self._seek(prefix + b"\0" if path == b"/" else prefix)
+        nblocks = len(self._blocks)
+        while b < nblocks:
+            blk = self._block(b)
+            while i < blk.count:
+                q = blk.path(i)
+                if not q.startswith(prefix):
+                    return out
+                if q.find(b"/", cut) < 0:
+                    out.append((q[cut:], starts[b] + i, blk.record(i)))
+                    i += 1
+                    continue
+                nb, ni = self._seek(q[:q.find(b"/", cut)] + b"0")  # skip the child's subtree
+                if nb != b:
+                    b, i = nb, ni
+                    break
+                i = ni
+            else:
+                b, i = b + 1, 0
+        return out
 
     def close(self) -> None:
         if self._store is not None:

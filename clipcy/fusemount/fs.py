@@ -1,0 +1,179 @@
+"""The filesystem the FUSE binding serves: an open Archive seen through node ids.
+
+A node id is the node's position in the archive's path order plus one (the root, position 0,
+is FUSE's root id 1), so nothing is allocated per lookup and forget has nothing to free: the
+id gives the record through the decoded block cache, the record gives the path. st_ino is the
+archive's inode number (hardlinks share it); the kernel keeps one inode per path.
+
+Open files and directories get a handle (fh): a file's data location, or a directory's full
+listing with each child's record (readdirplus hands the kernel every child's attributes).
+File bytes come from the span cache (spans.py) over the layer readers.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import threading
+from typing import Any
+
+from clipcy.errors import ClipError
+from clipcy.fusemount.spans import SpanCache
+from clipcy.nodeblock import Record
+from clipcy.reader import Archive
+
+log = logging.getLogger("clipcy.mount")
+
+__all__ = ["ImageFS"]
+
+# record fields (clipcy.nodeblock.Record = Node's fields in order)
+_PATH, _TYPE, _SIZE, _LINK, _XATTRS, _LAYER, _OFFSET, _SPARSE = 0, 1, 7, 8, 11, 14, 15, 16
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, "")
+
+
+class _File:
+    """An open regular file: where its bytes are."""
+
+    __slots__ = ("layer", "offset", "size", "runs", "path")
+
+    def __init__(self, rec: Record) -> None:
+        self.path: bytes = rec[_PATH]
+        self.layer: int = rec[_LAYER]
+        self.offset: int = rec[_OFFSET]
+        self.size: int = rec[_SIZE]
+        self.runs: list[tuple[int, int, int]] | None = None  # (logical, length, data offset)
+        if rec[_SPARSE] is not None:
+            self.runs, data = [], self.offset
+            for off, length in rec[_SPARSE]:
+                self.runs.append((off, length, data))
+                data += length
+
+
+class ImageFS:
+    """The callbacks' Python half (clipcy.fusemount._fuse calls these with the GIL)."""
+
+    def __init__(self, arc: Archive, cache_bytes: int) -> None:
+        self.arc = arc
+        self.spans = SpanCache(arc.layer_reader, cache_bytes)
+        self._handles: dict[int, Any] = {}
+        self._ids = itertools.count(1)
+        self._failed: set[int] = set()  # layers whose failure was logged already
+        self._lock = threading.Lock()
+        self.image_bytes = sum(int(la.get("uncompressed_size") or la.get("size") or 0)
+                               for la in arc.layers)
+
+    # -- names and attributes ---------------------------------------------------------------
+    def record(self, nodeid: int) -> Record:
+        try:
+            return self.arc._record_at(nodeid - 1)
+        except IndexError:
+            raise _err(errno.ENOENT) from None
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, Record] | None:
+        base = self.record(parent)[_PATH]
+        hit = self.arc._locate((base if base != b"/" else b"") + b"/" + name)
+        if hit is None:
+            return None
+        return hit[0] + 1, hit[1]
+
+    def readlink(self, nodeid: int) -> bytes:
+        rec = self.record(nodeid)
+        if rec[_TYPE] != "symlink":
+            raise _err(errno.EINVAL)
+        target: bytes = rec[_LINK]
+        return target
+
+    def getxattr(self, nodeid: int, name: bytes) -> bytes | None:
+        xattrs = self.record(nodeid)[_XATTRS]
+        if not xattrs:
+            return None
+        key = name.decode("utf-8", "surrogateescape")
+        for k, v in xattrs:
+            if k == key:
+                value: bytes = v
+                return value
+        return None
+
+    def listxattr(self, nodeid: int) -> bytes:
+        return b"".join(k.encode("utf-8", "surrogateescape") + b"\0"
+                        for k, _ in self.record(nodeid)[_XATTRS])
+
+    def statfs(self) -> tuple[int, int]:
+        return self.image_bytes, self.arc.node_count
+
+    # -- handles ----------------------------------------------------------------------------
+    def _handle(self, obj: Any) -> int:
+        fh = next(self._ids)
+        self._handles[fh] = obj
+        return fh
+
+    def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    def opendir(self, nodeid: int) -> int:
+        rec = self.record(nodeid)
+        if rec[_TYPE] != "dir":
+            raise _err(errno.ENOTDIR)
+        path = rec[_PATH]
+        parent = self.arc._locate(path.rpartition(b"/")[0] or b"/")
+        entries: list[tuple[bytes, int, Record]] = [
+            (b".", 0, rec), (b"..", 0, parent[1] if parent is not None else rec)]
+        entries += [(name, pos + 1, r) for name, pos, r in self.arc._children(path)]
+        return self._handle(entries)
+
+    def listing(self, fh: int) -> list[tuple[bytes, int, Record]]:
+        entries: list[tuple[bytes, int, Record]] = self._handles[fh]
+        return entries
+
+    def open(self, nodeid: int) -> int:
+        rec = self.record(nodeid)
+        if rec[_TYPE] != "file":
+            raise _err(errno.EISDIR if rec[_TYPE] == "dir" else errno.EINVAL)
+        return self._handle(_File(rec))
+
+    # -- data -------------------------------------------------------------------------------
+    def read(self, fh: int, size: int, off: int) -> bytes:
+        f: _File = self._handles[fh]
+        n = min(size, f.size - off)
+        if n <= 0:
+            return b""
+        try:
+            if f.runs is None:
+                data = self.spans.read(f.layer, f.offset + off, n)
+            else:
+                data = self._read_sparse(f, off, n)
+        except (ClipError, OSError) as e:
+            self._log_failure(f, e)
+            raise _err(errno.EIO) from None
+        if len(data) != n:
+            self._log_failure(f, ClipError(f"layer {f.layer} ended early"))
+            raise _err(errno.EIO)
+        return data
+
+    def _read_sparse(self, f: _File, off: int, n: int) -> bytes:
+        assert f.runs is not None
+        out = bytearray(n)  # holes read as zeros
+        end = off + n
+        for lo_run, length, data in f.runs:
+            lo, hi = max(lo_run, off), min(lo_run + length, end)
+            if hi > lo:
+                chunk = self.spans.read(f.layer, data + (lo - lo_run), hi - lo)
+                if len(chunk) != hi - lo:
+                    raise ClipError(f"layer {f.layer} ended early")
+                out[lo - off:hi - off] = chunk
+        return bytes(out)
+
+    def _log_failure(self, f: _File, e: BaseException) -> None:
+        """One log line per failing layer, naming its blob (the read answers EIO)."""
+        with self._lock:
+            if f.layer in self._failed:
+                return
+            self._failed.add(f.layer)
+        layers = self.arc.layers
+        digest = layers[f.layer].get("digest", "?") if 0 <= f.layer < len(layers) else "?"
+        log.error("reading %s: layer blob %s: %s (reads of this layer return EIO)",
+                  f.path.decode("utf-8", "replace"), digest, e)

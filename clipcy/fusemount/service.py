@@ -1,0 +1,240 @@
+"""Mounting: checks, the serving process, background start, unmount.
+
+serve() is the mount process itself (`clipctl mount -f`): it checks everything, mounts, writes
+"ok" (or the one-line error) to the ready pipe, then answers requests on libfuse's worker
+threads until the filesystem is unmounted: by `clipctl umount`, by SIGINT/SIGTERM, or by
+anyone's umount. start() runs that process detached (the CLI without -f, and clipcy.mount())
+and returns once it reports the mount ready, or raises its error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from clipcy.errors import MountError
+
+if TYPE_CHECKING:
+    from clipcy.fusemount._fuse import Session
+    from clipcy.fusemount.fs import ImageFS
+    from clipcy.reader import Archive
+
+log = logging.getLogger("clipcy.mount")
+
+__all__ = ["DEFAULT_CACHE_MIB", "serve", "start", "unmount", "is_mounted", "default_log_path"]
+
+# the decompressed-span cache (perf/RESULTS-mount.md: a sequential read needs a few spans,
+# a container start's files fit in a few MiB; 64 MiB keeps the process within its budget)
+DEFAULT_CACHE_MIB = 64
+FSTYPE = "fuse.clipcy"
+THREADS = 16
+MISSING_LIBFUSE = ("clipctl mount needs libfuse3: install the Debian packages fuse3 and "
+                   "libfuse3-dev (apt-get install fuse3 libfuse3-dev), then reinstall clipcy "
+                   "(pip install --force-reinstall --no-deps clipcy)")
+
+
+def _mountinfo() -> list[tuple[str, str]]:
+    """(mount point, fs type) of every mount this process sees."""
+    out: list[tuple[str, str]] = []
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) >= 5 and right:
+            mp = fields[4].encode().decode("unicode_escape").encode("latin-1").decode(
+                "utf-8", "surrogateescape")  # octal escapes (\040) back to the name
+            out.append((mp, right.split()[0]))
+    return out
+
+
+def is_mounted(mountpoint: str | os.PathLike[str], fstype: str | None = None) -> bool:
+    mp = os.path.realpath(mountpoint)
+    return any(m == mp and (fstype is None or t == fstype) for m, t in _mountinfo())
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    """The absolute mount point, or MountError naming what is wrong with it."""
+    if not os.path.lexists(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} does not exist")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint) or is_mounted(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is already a mount point")
+    return os.path.realpath(mountpoint)
+
+
+def binding() -> ModuleType:
+    """The compiled libfuse3 binding, or MountError naming the packages to install."""
+    try:
+        from clipcy.fusemount import _fuse
+    except ImportError:  # not built (no libfuse3-dev at install) or libfuse3.so missing
+        raise MountError(MISSING_LIBFUSE) from None
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("no /dev/fuse: load the fuse kernel module (modprobe fuse), or give "
+                         "the container the device (--device /dev/fuse)")
+    return _fuse
+
+
+def default_log_path(mountpoint: str) -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    tag = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:12]
+    return os.path.join(base, f"clipcy-mount-{os.getuid()}-{tag}.log")
+
+
+def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
+    """The kernel caps FUSE readahead at its bdi default (128 KiB): raise it (root only)."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kib))
+    except OSError as e:
+        log.info("readahead left at the kernel default: %s", e)
+
+
+def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
+    """Unmount a FUSE filesystem: umount2 as root, fusermount3 -u otherwise."""
+    mp = os.fspath(mountpoint)
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        if libc.umount2(os.fsencode(mp), 2 if lazy else 0) == 0:  # 2: MNT_DETACH
+            return
+        err = ctypes.get_errno()
+        raise MountError(f"cannot unmount {mp}: {os.strerror(err)}")
+    tool = shutil.which("fusermount3")
+    if tool is None:
+        raise MountError("cannot unmount: fusermount3 not found (Debian package fuse3)")
+    r = subprocess.run([tool, "-u"] + (["-z"] if lazy else []) + [mp], capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise MountError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}")
+
+
+def serve(archive: str, mountpoint: str, layout: str | None = None,
+          cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
+          ready_fd: int | None = None) -> int:
+    """Mount and serve until unmounted. Errors before the mount is ready: MountError (and,
+    with ready_fd, the message on that pipe)."""
+    try:
+        session, arc, fs = _prepare(archive, mountpoint, layout, cache_mib, options)
+    except MountError as e:
+        if ready_fd is not None:
+            os.write(ready_fd, f"error {e}\n".encode())
+            os.close(ready_fd)
+        raise
+    mp = session.mountpoint
+    stop = threading.Event()
+    done = threading.Event()
+
+    def loop() -> None:
+        try:
+            session.serve(THREADS)
+        finally:
+            done.set()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if not stop.is_set():
+            stop.set()
+            log.info("signal %d: unmounting %s", signum, mp)
+            try:
+                unmount(mp, lazy=True)
+            except MountError as e:
+                log.error("%s", e)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    worker = threading.Thread(target=loop, name="clipcy-fuse", daemon=True)
+    worker.start()
+    _raise_readahead(mp)
+    log.info("serving %s on %s", archive, mp)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok\n")
+        os.close(ready_fd)
+    while not done.wait(0.5):  # wake now and then so that signal handlers run
+        pass
+    session.close_after_unmount(is_mounted(mp, FSTYPE))
+    arc.close()
+    log.info("unmounted %s", mp)
+    return 0
+
+
+def _prepare(archive: str, mountpoint: str, layout: str | None, cache_mib: int,
+             options: Sequence[str]) -> tuple[Session, Archive, ImageFS]:
+    from clipcy.errors import ClipError
+
+    fuse = binding()
+    mp = check_mountpoint(mountpoint)
+    if cache_mib < 0:
+        raise MountError(f"--cache-mib must be >= 0, not {cache_mib}")
+    from clipcy.fusemount.fs import ImageFS
+    from clipcy.reader import open_archive
+
+    try:
+        arc = open_archive(archive, layout)
+    except ClipError as e:
+        raise MountError(str(e)) from None
+    fs = ImageFS(arc, cache_mib << 20)
+    name = os.path.abspath(archive).replace(",", "_").replace("\\", "_")
+    opts = ["ro", "default_permissions", f"fsname=clipcy:{name}", "subtype=clipcy"]
+    opts += [o for opt in options for o in opt.split(",") if o]
+    try:
+        session: Session = fuse.Session(fs, mp, ["-o", ",".join(opts)], xattrs=True)
+        session.mount()
+    except OSError as e:
+        arc.close()
+        raise MountError(str(e)) from None
+    return session, arc, fs
+
+
+def start(archive: str, mountpoint: str, layout: str | None = None,
+          cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
+          log_path: str | None = None,
+          timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+    """Run the mount process in the background; (the process, its log) once the mount is
+    ready."""
+    log_path = log_path or default_log_path(mountpoint)
+    rfd, wfd = os.pipe()
+    cmd = [sys.executable, "-m", "clipcy", "mount", "-f", "--ready-fd", str(wfd),
+           "--cache-mib", str(cache_mib), archive, mountpoint]
+    if layout is not None:
+        cmd += ["--layout", layout]
+    for o in options:
+        cmd += ["-o", o]
+    try:
+        logf = open(log_path, "ab")
+    except OSError as e:
+        os.close(rfd)
+        os.close(wfd)
+        raise MountError(f"cannot open the log file {log_path}: {e.strerror or e}") from None
+    with logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                pass_fds=(wfd,), start_new_session=True)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as ready:
+        answer = ready.readline().decode("utf-8", "replace").strip()
+    if answer == "ok":
+        return proc, log_path
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    if answer.startswith("error "):
+        raise MountError(answer[6:])
+    raise MountError(f"the mount process exited with status {rc} before the mount was ready "
+                     f"(log: {log_path})")

@@ -1,0 +1,334 @@
+"""clipctl mount / umount and clipcy.mount(): the image through a read-only FUSE filesystem.
+
+Every layout of ../shared/corpus is mounted and walked by tree.py (lstat, sha256 of every
+file, xattrs, hardlink groups) against the expected trees of an independent unpacker; programs
+run from mounts (a static busybox, a dynamically linked bash with its libraries) made by
+tests/data/mount/make-exec-layouts.sh with umoci. Needs FUSE (/dev/fuse, the compiled binding)
+and root; skips cleanly otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import clipcy
+from clipcy.fusemount import available
+from clipcy.fusemount.service import is_mounted, unmount
+from clipcy.reader import open_archive
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = ROOT.parent / "shared" / "corpus" / "expected"
+MAKE_EXEC = ROOT / "tests" / "data" / "mount" / "make-exec-layouts.sh"
+
+pytestmark = [
+    pytest.mark.skipif(not available(), reason="FUSE unavailable (no /dev/fuse or binding)"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the mount tests run as root (CI does)"),
+]
+
+
+def clipctl(*args: str, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-I", "-m", "clipcy", *args], capture_output=True,
+                       text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture
+def mnt(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory to mount on; unmounted (lazily) if a test left it mounted."""
+    d = tmp_path / "mnt"
+    d.mkdir()
+    yield d
+    for _ in range(3):
+        if not is_mounted(d):
+            break
+        unmount(d, lazy=True)
+
+
+def _index(layout: Path, out: Path, *extra: str) -> Path:
+    clipctl("index-layout", "--layout", str(layout), "--out", str(out), *extra)
+    return out
+
+
+def _tree_jsonl(corpus_dir: Path, root: Path, out: Path) -> Path:
+    r = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(root)],
+                       capture_output=True, check=True)
+    out.write_bytes(r.stdout)
+    return out
+
+
+def _cases() -> list[tuple[str, str, str | None]]:
+    import urllib.parse
+
+    cases = []
+    for path in sorted(EXPECTED.glob("*.jsonl")) if EXPECTED.is_dir() else []:
+        parts = path.name[: -len(".jsonl")].split("@")
+        platform = parts[2].replace("-", "/") if len(parts) > 2 else None
+        cases.append((parts[0], urllib.parse.unquote(parts[1]), platform))
+    return cases
+
+
+@pytest.mark.parametrize("layout,tag,platform", _cases(),
+                         ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()])
+def test_mounted_tree_matches_expected(corpus: Path, corpus_dir: Path, tmp_path: Path,
+                                       mnt: Path, layout: str, tag: str,
+                                       platform: str | None) -> None:
+    import urllib.parse
+
+    extra = ["--tag", tag] + (["--platform", platform] if platform else [])
+    archive = _index(corpus / layout, tmp_path / "img.clip", *extra)
+    clipctl("mount", str(archive), str(mnt))
+    try:
+        actual = _tree_jsonl(corpus_dir, mnt, tmp_path / "actual.jsonl")
+    finally:
+        clipctl("umount", str(mnt))
+    name = f"{layout}@{urllib.parse.quote(tag, safe='')}"
+    if platform:
+        name += "@" + platform.replace("/", "-")
+    r = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
+                        str(EXPECTED / f"{name}.jsonl"), str(actual)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    assert not is_mounted(mnt)
+
+
+@pytest.fixture(scope="module")
+def exec_layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for tool in ("umoci", "ldd"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"making the program layouts needs {tool}")
+    if not Path("/bin/busybox").is_file() or not Path("/bin/bash").is_file():
+        pytest.skip("needs /bin/busybox (busybox-static) and /bin/bash")
+    out = tmp_path_factory.mktemp("exec")
+    subprocess.run([str(MAKE_EXEC), str(out)], check=True, capture_output=True)
+    return out
+
+
+def test_busybox_container_start(exec_layouts: Path, tmp_path: Path, mnt: Path) -> None:
+    archive = _index(exec_layouts / "busybox", tmp_path / "bb.clip")
+    want = {}
+    with open_archive(archive) as a:
+        for p in ("/etc/hello", "/data/random.bin", "/data/sub/numbers.txt"):
+            want[p] = hashlib.sha256(a.open(p).read()).hexdigest()
+    with clipcy.mount(archive, mnt):
+        script = ("busybox ls -ln / /data/sub; busybox cat /etc/hello; "
+                  "busybox sha256sum /etc/hello /data/random.bin /data/sub/numbers.txt; "
+                  "busybox stat -c '%a %u %s' /data/sub/numbers.txt")
+        r = subprocess.run(["chroot", str(mnt), "/bin/busybox", "sh", "-c", script],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert "hello from the image" in r.stdout
+    for p, digest in want.items():
+        assert f"{digest}  {p}" in r.stdout
+    assert "4755 0 108894" in r.stdout
+    assert not is_mounted(mnt)
+
+
+def test_dynamically_linked_bash_runs_from_the_mount(exec_layouts: Path, tmp_path: Path,
+                                                     mnt: Path) -> None:
+    archive = _index(exec_layouts / "bash", tmp_path / "bash.clip")
+    with clipcy.mount(archive, mnt):
+        r = subprocess.run(["chroot", str(mnt), "/bin/bash", "/etc/greet.sh"],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("bash ") and r.stdout.endswith(" read 2 lines\n")
+
+
+@pytest.fixture(scope="module")
+def big_archive(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _index(corpus / "big", tmp_path_factory.mktemp("big") / "big.clip")
+
+
+def test_concurrent_random_reads_are_exact(big_archive: Path, mnt: Path) -> None:
+    with open_archive(big_archive) as a:
+        files = [n for n in a.walk() if n.type == "file" and n.size]
+        content = {n.path: a.open(n.path).read() for n in files}
+    errors: list[str] = []
+    with clipcy.mount(big_archive, mnt, cache_mib=1):  # a small cache: evictions too
+
+        def reader(seed: int) -> None:
+            rnd = random.Random(seed)
+            for _ in range(150):
+                n = rnd.choice(files)
+                want = content[n.path]
+                off = rnd.randrange(len(want))
+                ln = rnd.choice((1, 4096, 65536, 300000))
+                with open(os.path.join(mnt, n.path.decode("utf-8", "surrogateescape")[1:]),
+                          "rb", buffering=0) as f:
+                    got = os.pread(f.fileno(), ln, off)
+                if got != want[off:off + ln]:
+                    errors.append(f"{n.path!r} at {off}+{ln}")
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def test_metadata_statfs_and_erofs(big_archive: Path, mnt: Path) -> None:
+    with open_archive(big_archive) as a:
+        nodes = list(a.walk())
+        count = a.node_count
+    f = next(n for n in nodes if n.type == "file" and n.size)
+    d = next(n for n in nodes if n.type == "dir" and n.path != b"/")
+    with clipcy.mount(big_archive, mnt):
+        p = mnt / os.fsdecode(f.path[1:])
+        st = os.lstat(p)
+        assert (st.st_ino, st.st_size, st.st_mtime_ns) == (
+            f.ino, f.size, f.mtime_sec * 10**9 + f.mtime_nsec)
+        assert st.st_blocks == (f.size + 511) // 512 and st.st_nlink == f.nlink
+        assert os.lstat(mnt).st_ino == 1
+        assert sorted(os.listdir(mnt / os.fsdecode(d.path[1:]))) == sorted(
+            os.fsdecode(n) for n in open_archive(big_archive).listdir(d.path))
+        sv = os.statvfs(mnt)
+        assert sv.f_files == count and sv.f_blocks > 0
+        for op in (lambda: open(p, "ab"), lambda: os.mkdir(mnt / "new"),
+                   lambda: os.unlink(p), lambda: os.chmod(p, 0o600),
+                   lambda: os.setxattr(p, "user.x", b"1"), lambda: os.rename(p, mnt / "x"),
+                   lambda: os.symlink("a", mnt / "l"), lambda: os.truncate(p, 0)):
+            with pytest.raises(OSError) as ei:
+                op()
+            assert ei.value.errno == errno.EROFS
+        with pytest.raises(FileNotFoundError):
+            os.lstat(mnt / "no-such-name")
+        with pytest.raises(FileNotFoundError):  # the cached miss answers the same
+            os.lstat(mnt / "no-such-name")
+
+
+def test_missing_blob_gives_eio_and_one_log_line(corpus: Path, tmp_path: Path,
+                                                  mnt: Path) -> None:
+    layout = tmp_path / "layout"
+    shutil.copytree(corpus / "basic", layout)
+    archive = _index(layout, tmp_path / "img.clip", "--tag", "latest")
+    with open_archive(archive) as a:
+        files = [n for n in a.walk() if n.type == "file" and n.size]
+        digest = a.layers[files[0].layer]["digest"]
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        if blob.name == digest.split(":")[1]:
+            blob.unlink()
+    log = tmp_path / "mount.log"
+    clipctl("mount", str(archive), str(mnt), "--log", str(log))
+    try:
+        victims = [n for n in files if a.layers[n.layer]["digest"] == digest][:3]
+        for n in victims:
+            with pytest.raises(OSError) as ei:
+                (mnt / os.fsdecode(n.path[1:])).read_bytes()
+            assert ei.value.errno == errno.EIO
+        assert sorted(os.listdir(mnt))  # still up
+    finally:
+        clipctl("umount", str(mnt))
+    lines = [ln for ln in log.read_text().splitlines() if digest in ln]
+    assert len(lines) == 1, log.read_text()
+
+
+def test_overlayfs_on_top(big_archive: Path, tmp_path: Path, mnt: Path) -> None:
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for d in (upper, work, merged):
+        d.mkdir()
+    with open_archive(big_archive) as a:
+        f = next(n for n in a.walk() if n.type == "file" and n.size)
+        data = a.open(f.path).read()
+    with clipcy.mount(big_archive, mnt):
+        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={mnt},upperdir={upper},workdir={work}", str(merged)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"overlayfs unavailable here: {r.stderr.strip()}")
+        try:
+            target = merged / os.fsdecode(f.path[1:])
+            assert target.read_bytes() == data
+            target.write_bytes(b"changed")  # copy-up into upperdir
+            (merged / "new-file").write_text("new")
+            assert target.read_bytes() == b"changed"
+            assert (upper / os.fsdecode(f.path[1:])).read_bytes() == b"changed"
+            assert (mnt / os.fsdecode(f.path[1:])).read_bytes() == data  # lower unchanged
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_foreground_mount_ends_on_signal(big_archive: Path, mnt: Path, sig: int) -> None:
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "clipcy", "mount", "-f",
+                             str(big_archive), str(mnt)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.02)
+        assert os.listdir(mnt)
+        proc.send_signal(sig)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not is_mounted(mnt)
+
+
+def test_umount_and_python_api(big_archive: Path, mnt: Path) -> None:
+    m = clipcy.mount(big_archive, mnt, options=["allow_other"])
+    try:
+        assert is_mounted(mnt) and os.listdir(mnt)
+        assert Path(m.log_path).exists()
+    finally:
+        m.unmount()
+    assert not is_mounted(mnt)
+    with pytest.raises(ProcessLookupError):
+        os.kill(m.pid, 0)  # the serving process is gone
+    r = clipctl("mount", str(big_archive), str(mnt))
+    assert "clipctl umount" in r.stderr
+    clipctl("umount", str(mnt))
+    assert not is_mounted(mnt)
+
+
+def _error(*args: str) -> str:
+    r = clipctl(*args, check=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clipctl: error: "), r.stderr
+    return lines[0]
+
+
+def test_errors_are_one_line(big_archive: Path, tmp_path: Path, mnt: Path) -> None:
+    a = str(big_archive)
+    assert "does not exist" in _error("mount", a, str(tmp_path / "nope"))
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in _error("mount", a, str(tmp_path / "file"))
+    assert "cannot open archive" in _error("mount", str(tmp_path / "none.clip"), str(mnt))
+    bad = tmp_path / "bad.clip"
+    bad.write_bytes(big_archive.read_bytes()[:-100])  # truncated
+    assert "corrupt archive" in _error("mount", str(bad), str(mnt))
+    assert "option" in _error("mount", a, str(mnt), "-o", "no_such_option")
+    assert "not a clipcy mount" in _error("umount", str(mnt))
+    assert not is_mounted(mnt)
+    for fg in ([], ["-f"]):
+        clipctl("mount", a, str(mnt))
+        try:
+            assert "already a mount point" in _error("mount", *fg, a, str(mnt))
+        finally:
+            clipctl("umount", str(mnt))
+    # no libfuse binding / no /dev/fuse: simulated in a child interpreter
+    for hide, want in (("sys.modules['clipcy.fusemount._fuse'] = None", "libfuse3-dev"),
+                       ("os.path.exists = lambda p, e=os.path.exists: p != '/dev/fuse' and e(p)",
+                        "no /dev/fuse")):
+        code = (f"import os, sys; {hide}\nfrom clipcy.cli import main\n"
+                f"sys.exit(main(['mount', '-f', {a!r}, {str(mnt)!r}]))")
+        r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and want in r.stderr, r.stderr
+    assert not is_mounted(mnt)
