@@ -170,7 +170,8 @@ def bench_lookups(arc: Path) -> list[str]:
     res = {}
     for pure in ("", "1"):
         env = dict(os.environ, CLIPCY_PUREPYTHON=pure)
-        out = run(sys.executable, "-I", "-c", LOOKUP_CODE, str(arc), env=env).stdout.decode().split()
+        out = run(sys.executable, "-I", "-c", LOOKUP_CODE, str(arc), env=env).stdout.split()
+        out = [x.decode() for x in out]
         res[out[0]] = [float(x) for x in out[1:]]
     c, p = res["cython"], res["python"]
     rows.append(f"| warm random `Archive.lookup()` | {c[0]:.1f} us | {p[0]:.1f} us | "
