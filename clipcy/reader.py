@@ -509,23 +509,23 @@ class Archive:
     def open(self, path: str | bytes) -> ArchiveFile:
         """A read-only binary file object for the regular file at path (symlinks followed
         inside the image), reading lazily from the layer blobs. Thread-safe across files."""
-        from clipcy.files import ArchiveFile, BlobStore, resolve_file
+        from clipcy.files import ArchiveFile, resolve_file
 
         with self._lock:
             node = resolve_file(self, path)
-            if self._store is None:
-                self._store = BlobStore(self.metadata, self.access, self._layout, self._remote)
-        return ArchiveFile(node, self._store)
+        return ArchiveFile(node, self._blob_store())
 
-    def layer_reader(self, layer: int) -> Any:
-        """The shared reader of layer `layer`'s uncompressed stream (pread(offset, n))."""
+    def _blob_store(self) -> Any:
         from clipcy.files import BlobStore
 
         with self._lock:
             if self._store is None:
-                self._store = BlobStore(self.metadata, self.access, self._layout)
-            store = self._store
-        return store.reader(layer)
+                self._store = BlobStore(self.metadata, self.access, self._layout, self._remote)
+            return self._store
+
+    def layer_reader(self, layer: int) -> Any:
+        """The shared reader of layer `layer`'s uncompressed stream (pread(offset, n))."""
+        return self._blob_store().reader(layer)
 
     # -- records by position (the mount's node ids are positions + 1) -----------------------
     def _locate(self, path: bytes) -> tuple[int, Record] | None:
