@@ -391,13 +391,11 @@ def _mount(sub: Any) -> None:
         "mount an archive as a read-only FUSE filesystem, files read lazily from the blobs",
         "  clipctl mount img.clip /mnt/img\n"
         "  clipctl mount img.clip /mnt/img --layout ./img -o allow_other\n"
+        "  clipctl mount img.clip /mnt/img --storage docker://registry.example/app\n"
         "  clipctl mount -f img.clip /mnt/img      # in the foreground, until Ctrl-C\n",
     )
     p.add_argument("archive", metavar="ARCHIVE")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
-    p.add_argument(
-        "--layout", metavar="DIR", help="where the blobs are (default: the archive's storage ref)"
-    )
     p.add_argument("-f", "--foreground", action="store_true",
                    help="serve in the foreground until unmounted or SIGINT/SIGTERM (default: "
                    "return once the mount is ready and serve in the background)")
@@ -409,6 +407,7 @@ def _mount(sub: Any) -> None:
                    help="the background process's log (default: a file in $XDG_RUNTIME_DIR or "
                    "/tmp, named on stderr)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    add_storage_options(p)
     p.set_defaults(func=_handler("cmd_mount"))
 
 

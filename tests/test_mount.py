@@ -332,3 +332,30 @@ def test_errors_are_one_line(big_archive: Path, tmp_path: Path, mnt: Path) -> No
         r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
         assert r.returncode == 1 and r.stderr.count("\n") == 1 and want in r.stderr, r.stderr
     assert not is_mounted(mnt)
+
+
+def test_mount_from_a_registry(exec_layouts: Path, tmp_path: Path, mnt: Path) -> None:
+    """The busybox image's blobs only in a real registry (docker-registry, pushed with
+    skopeo); --storage docker://...: the container starts from the mount."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import remoteserv as rs
+
+    if not rs.have_tools():
+        pytest.skip("docker-registry/skopeo absent")
+    reg = rs.Registry(tmp_path / "registry")
+    try:
+        r = reg.push(exec_layouts / "busybox", "latest", "bb", "latest")
+        assert r.returncode == 0, r.stderr
+        archive = _index(exec_layouts / "busybox", tmp_path / "bb.clip", "--storage-ref",
+                         f"docker://{reg.host}/bb")
+        clipctl("mount", str(archive), str(mnt), "--no-cache", "--retries", "1")
+        try:
+            r2 = subprocess.run(["chroot", str(mnt), "/bin/busybox", "sh", "-c",
+                                 "busybox cat /etc/hello; busybox wc -l /data/sub/numbers.txt"],
+                                capture_output=True, text=True, timeout=60)
+        finally:
+            clipctl("umount", str(mnt))
+        assert r2.returncode == 0, r2.stderr
+        assert r2.stdout == "hello from the image\n20000 /data/sub/numbers.txt\n"
+    finally:
+        reg.stop()

@@ -60,14 +60,20 @@ class Mount:
 
 
 def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
-          layout: str | os.PathLike[str] | None = None, cache_mib: int = DEFAULT_CACHE_MIB,
-          options: Sequence[str] = (), log_path: str | None = None) -> Mount:
+          layout: str | os.PathLike[str] | None = None, storage: str | None = None,
+          cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
+          log_path: str | None = None) -> Mount:
     """Mount archive read-only at mountpoint (returns once the tree is visible).
 
-    layout: where the layer blobs are when not at the archive's storage ref; cache_mib: the
+    layout: the directory of the layer blobs when not at the archive's storage ref; storage:
+    any storage ref instead (docker://HOST/REPO, http(s)://BASE, a directory); cache_mib: the
     decompressed-span cache; options: FUSE -o options (e.g. "allow_other"). Raises
     MountError (a ClipError) with a one-line message when it cannot mount."""
-    proc, log = start(os.fspath(archive), os.fspath(mountpoint),
-                      None if layout is None else os.fspath(layout), cache_mib, options,
+    where: list[str] = []
+    if layout is not None:
+        where += ["--layout", os.fspath(layout)]
+    if storage is not None:
+        where += ["--storage", storage]
+    proc, log = start(os.fspath(archive), os.fspath(mountpoint), where, cache_mib, options,
                       log_path)
     return Mount(proc, os.path.realpath(mountpoint), log)

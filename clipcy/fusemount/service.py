@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from clipcy.fusemount._fuse import Session
     from clipcy.fusemount.fs import ImageFS
     from clipcy.reader import Archive
+    from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy.mount")
 
@@ -125,13 +126,13 @@ def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
         raise MountError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}")
 
 
-def serve(archive: str, mountpoint: str, layout: str | None = None,
+def serve(archive: str, mountpoint: str, storage: str | None = None,
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
-          ready_fd: int | None = None) -> int:
+          ready_fd: int | None = None, remote: RemoteOptions | None = None) -> int:
     """Mount and serve until unmounted. Errors before the mount is ready: MountError (and,
     with ready_fd, the message on that pipe)."""
     try:
-        session, arc, fs = _prepare(archive, mountpoint, layout, cache_mib, options)
+        session, arc, fs = _prepare(archive, mountpoint, storage, cache_mib, options, remote)
     except MountError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"error {e}\n".encode())
@@ -173,8 +174,9 @@ def serve(archive: str, mountpoint: str, layout: str | None = None,
     return 0
 
 
-def _prepare(archive: str, mountpoint: str, layout: str | None, cache_mib: int,
-             options: Sequence[str]) -> tuple[Session, Archive, ImageFS]:
+def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
+             options: Sequence[str],
+             remote: RemoteOptions | None) -> tuple[Session, Archive, ImageFS]:
     from clipcy.errors import ClipError
 
     fuse = binding()
@@ -185,7 +187,7 @@ def _prepare(archive: str, mountpoint: str, layout: str | None, cache_mib: int,
     from clipcy.reader import open_archive
 
     try:
-        arc = open_archive(archive, layout)
+        arc = open_archive(archive, storage=storage, remote=remote)
     except ClipError as e:
         raise MountError(str(e)) from None
     fs = ImageFS(arc, cache_mib << 20)
@@ -201,7 +203,7 @@ def _prepare(archive: str, mountpoint: str, layout: str | None, cache_mib: int,
     return session, arc, fs
 
 
-def start(archive: str, mountpoint: str, layout: str | None = None,
+def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           log_path: str | None = None,
           timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
@@ -211,8 +213,7 @@ def start(archive: str, mountpoint: str, layout: str | None = None,
     rfd, wfd = os.pipe()
     cmd = [sys.executable, "-m", "clipcy", "mount", "-f", "--ready-fd", str(wfd),
            "--cache-mib", str(cache_mib), archive, mountpoint]
-    if layout is not None:
-        cmd += ["--layout", layout]
+    cmd += list(storage_argv)  # --layout, --storage and the remote options
     for o in options:
         cmd += ["-o", o]
     try:
