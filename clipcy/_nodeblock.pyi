@@ -9,6 +9,7 @@ __all__ = ["Corrupt", "NodeBlock", "decode_block"]
 class NodeBlock:
     count: int
     nbytes: int
+    flags: int
 
     def __init__(self, raw: bytes, count: int, first: bytes) -> None: ...
     def path(self, i: int) -> bytes: ...

@@ -107,7 +107,8 @@ cdef inline uint64_t _unzig(uint64_t z) noexcept:
 
 
 cdef class NodeBlock:
-    """A validated node block: path(i), record(i), bisect_left(key), count, nbytes."""
+    """A validated node block: path(i), record(i), bisect_left(key), count, nbytes, flags
+    (every record's flags or-ed: F_XATTR set when some record has xattrs)."""
 
     cdef bytes _raw
     cdef char *_paths
@@ -115,6 +116,7 @@ cdef class NodeBlock:
     cdef State *_st
     cdef readonly Py_ssize_t count
     cdef readonly Py_ssize_t nbytes
+    cdef readonly unsigned long long flags
 
     def __cinit__(self) -> None:
         self._paths = NULL
@@ -184,6 +186,7 @@ cdef class NodeBlock:
             _uv(&c, &flags)
             if flags & ~_KNOWN or flags & _TYPE_MASK > 5:
                 raise Corrupt(f"bad record flags {<object>flags:#x} for {self._path(i)!r}")
+            self.flags |= flags
             _uv(&c, &v)  # mode
             _uv(&c, &v)  # uid
             _uv(&c, &v)  # gid

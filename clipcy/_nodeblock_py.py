@@ -60,6 +60,13 @@ def take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
 
 def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[Record]]:
     """Decode a block's records (docs/FORMAT.md "Node records") into paths and field tuples."""
+    paths, recs, _ = _decode(raw, count, first)
+    return paths, recs
+
+
+def _decode(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[Record], int]:
+    """decode_block(), and every record's flags or-ed."""
+    seen = 0
     paths: list[bytes] = []
     recs: list[Record] = []
     uv_ = uv
@@ -82,6 +89,7 @@ def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], lis
             flags, pos = uv_(raw, pos)
             if flags & ~F.KNOWN_RECORD_FLAGS or flags & F.TYPE_MASK > 5:
                 raise Corrupt(f"bad record flags {flags:#x} for {path!r}")
+            seen |= flags
             mode, pos = uv_(raw, pos)
             uid, pos = uv_(raw, pos)
             gid, pos = uv_(raw, pos)
@@ -157,17 +165,18 @@ def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], lis
         raise Corrupt(f"records run past the end of the block ({len(raw)} bytes)") from None
     if pos != len(raw):
         raise Corrupt(f"{len(raw) - pos} stray bytes after {count} records")
-    return paths, recs
+    return paths, recs, seen
 
 
 class NodeBlock:
     """A validated, decoded node block (see the module docstring)."""
 
-    __slots__ = ("count", "nbytes", "_paths", "_recs")
+    __slots__ = ("count", "nbytes", "flags", "_paths", "_recs")
 
     def __init__(self, raw: bytes, count: int, first: bytes) -> None:
-        self._paths, self._recs = decode_block(raw, count, first)
+        self._paths, self._recs, flags = _decode(raw, count, first)
         self.count: int = len(self._paths)
+        self.flags: int = flags  # every record's flags or-ed
         # the tuples, their int objects and the paths (sys.getsizeof of a sample record:
         # an estimate, exact enough for a cache budget)
         per = sys.getsizeof(self._recs[0]) + 8 * 32 if self._recs else 0

@@ -35,7 +35,10 @@ CLIPCTL = [sys.executable, "-I", "-m", "clipcy"]
 
 
 def run(*cmd: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(cmd), check=True, capture_output=True, **kw)  # type: ignore
+    r = subprocess.run(list(cmd), capture_output=True, **kw)  # type: ignore[call-overload]
+    if r.returncode:
+        sys.exit(f"perf/mount.py: {' '.join(cmd)}: {r.stderr.decode(errors='replace')}")
+    return r  # type: ignore[no-any-return]
 
 
 def best(fn: Callable[[], float], k: int) -> float:
@@ -100,10 +103,13 @@ def status_kb(pid: int, field: str) -> int:
 
 # -- setup ------------------------------------------------------------------------------------
 def prepare(data: Path, work: Path) -> dict[str, Path]:
+    from clipcy.format import FORMAT_MAJOR
+
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
+    v = f"v{FORMAT_MAJOR}"
     for name in ("small", "single", "multi"):
-        arc = work / f"{name}.clip"
+        arc = work / f"{name}-{v}.clip"
         if not arc.exists():
             run(*CLIPCTL, "index-layout", "--layout", str(data / name), "--out", str(arc),
                 "--no-cache")
@@ -121,7 +127,7 @@ def prepare(data: Path, work: Path) -> dict[str, Path]:
             dst.write(src.read(160 << 20))
         run("umoci", "repack", "--image", f"{big}:latest", str(bundle))
         shutil.rmtree(bundle)
-    out["bigfile"] = work / "bigfile.clip"
+    out["bigfile"] = work / f"bigfile-{v}.clip"
     if not out["bigfile"].exists():
         run(*CLIPCTL, "index-layout", "--layout", str(big), "--out", str(out["bigfile"]))
     out["bigfile_layout"] = big
@@ -129,7 +135,7 @@ def prepare(data: Path, work: Path) -> dict[str, Path]:
     if not (ex / "bash" / "index.json").exists():
         shutil.rmtree(ex, ignore_errors=True)
         run(str(ROOT / "tests" / "data" / "mount" / "make-exec-layouts.sh"), str(ex))
-    out["bash"] = work / "bash.clip"
+    out["bash"] = work / f"bash-{v}.clip"
     if not out["bash"].exists():
         run(*CLIPCTL, "index-layout", "--layout", str(ex / "bash"), "--out", str(out["bash"]))
     for name in ("small", "bash"):
@@ -201,15 +207,15 @@ def bench_ready(arc: Path, mnt: Path) -> list[str]:
 
 def bench_walk(arc: Path, tree: Path, mnt: Path) -> list[str]:
     walk_lstat(str(tree))  # the extracted tree's dentries and inodes in the kernel's cache
-    base = best(lambda: timed(lambda: walk_lstat(str(tree))), 3)
-    colds, warms, n = [], [], 0
-    for _ in range(3):
+    colds, warms, bases, n = [], [], [], 0
+    for _ in range(3):  # interleaved with the baseline: the same load on a shared machine
+        bases.append(timed(lambda: walk_lstat(str(tree))))
         with mounted(arc, mnt):
             t = time.perf_counter()
             n = walk_lstat(str(mnt))
             colds.append(time.perf_counter() - t)
             warms.append(timed(lambda: walk_lstat(str(mnt))))
-    cold, warm = min(colds), min(warms)
+    cold, warm, base = min(colds), min(warms), min(bases)
     return [
         f"| lstat walk of {n} nodes, cold (fresh mount), best of 3 | {cold:.2f} s | extracted "
         f"tree (warm): {base:.2f} s | {cold / base:.2f}x | <= 5x |",
@@ -240,7 +246,8 @@ def bench_sequential(arc: Path, layout: Path, mnt: Path) -> list[str]:
                     d.decompress(chunk)
         return timed(go)
 
-    m, c, z = best(via_mount, 3), best(via_cat, 3), best(inflate, 3)
+    runs = [(via_mount(), via_cat(), inflate()) for _ in range(3)]  # interleaved: same load
+    m, c, z = (min(r[i] for r in runs) for i in range(3))
     mb = size / 1e6
     return [
         f"| sequential read of a 160 MB file (1 MiB reads, fresh mount), best of 3 | "

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipcy import _nodeblock_py, _writer_py
+from clipcy import format as F
 from clipcy._select import PUREPYTHON
 from clipcy.node import Node
 from clipcy.reader import open_archive
@@ -83,6 +84,8 @@ def _check_same(raw: bytes, count: int, first: bytes) -> Any:
     if not isinstance(results[0], tuple) or results[0][0] != "Corrupt":
         for impl in IMPLS:
             assert _block_api(impl, raw, count, first) == results[0]
+        flags = {impl.NodeBlock(raw, count, first).flags for impl in IMPLS}
+        assert len(flags) == 1, flags  # the or of the stored flags, alike
     return results[0]
 
 
@@ -96,6 +99,10 @@ def test_blocks_decode_back_to_the_nodes(nodes: list[Node], max_nodes: int) -> N
         got += [Node(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
                      dict(r[11]), r[12], r[13], r[14], r[15], r[16], r[17]) for r in recs]
     assert got == nodes
+    if any(n.xattrs for n in nodes):
+        assert any(impl.NodeBlock(raw, count, first).flags & F.F_XATTR
+                   for first, count, raw in _writer_py.encode_blocks(nodes, max_nodes=max_nodes)
+                   for impl in IMPLS[:1])
 
 
 @SETTINGS

@@ -195,6 +195,10 @@ cdef dict _TYPE_INDEX = {"dir": 0, "file": 1, "symlink": 2, "char": 3, "block": 
 
 # libfuse's messages (unknown options, mount failures): the last one is kept for the error
 # we raise; once serving, they also go to stderr (the log).
+# False once the image is known to hold no xattr at all: getxattr/listxattr then answer
+# ENOSYS without the GIL, and the kernel stops asking (no round trip per exec or open).
+cdef bint _xattrs = True
+
 cdef char _last_log[1024]
 cdef bint _log_to_stderr = False
 
@@ -532,6 +536,9 @@ cdef void _getxattr_g(fuse_req_t req, fuse_ino_t ino, const char *name,
 
 cdef void _getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
                     size_t size) noexcept nogil:
+    if not _xattrs:
+        fuse_reply_err(req, ENOSYS)
+        return
     with gil:
         _getxattr_g(req, ino, name, size)
 
@@ -555,6 +562,9 @@ cdef void _listxattr_g(fuse_req_t req, fuse_ino_t ino, size_t size) noexcept:
 
 
 cdef void _listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) noexcept nogil:
+    if not _xattrs:
+        fuse_reply_err(req, ENOSYS)
+        return
     with gil:
         _listxattr_g(req, ino, size)
 
@@ -617,15 +627,6 @@ cdef void _create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mo
     fuse_reply_err(req, EROFS)
 
 
-cdef void _getxattr_nosys(fuse_req_t req, fuse_ino_t ino, const char *name,
-                          size_t size) noexcept nogil:
-    fuse_reply_err(req, ENOSYS)  # the kernel stops asking: no xattr round trips at all
-
-
-cdef void _listxattr_nosys(fuse_req_t req, fuse_ino_t ino, size_t size) noexcept nogil:
-    fuse_reply_err(req, ENOSYS)
-
-
 cdef class Session:
     """One FUSE session: Session(fs, mountpoint, options); mount(); serve(threads); close()."""
 
@@ -639,7 +640,7 @@ cdef class Session:
         self.se = NULL
         self.mounted = False
 
-    def __init__(self, fs: object, mountpoint: str, options: list, xattrs: bool = True) -> None:
+    def __init__(self, fs: object, mountpoint: str, options: list) -> None:
         self.fs = fs
         self.mountpoint = mountpoint
         memset(&self.ops, 0, sizeof(self.ops))
@@ -657,12 +658,8 @@ cdef class Session:
         self.ops.readdirplus = _readdirplus
         self.ops.releasedir = _releasedir
         self.ops.statfs = _statfs
-        if xattrs:
-            self.ops.getxattr = _getxattr
-            self.ops.listxattr = _listxattr
-        else:
-            self.ops.getxattr = _getxattr_nosys
-            self.ops.listxattr = _listxattr_nosys
+        self.ops.getxattr = _getxattr
+        self.ops.listxattr = _listxattr
         self.ops.access = _access
         self.ops.setattr = _setattr
         self.ops.mknod = _mknod
@@ -697,6 +694,11 @@ cdef class Session:
             raise OSError(f"cannot mount on {self.mountpoint}: "
                           f"{last_libfuse_message() or 'fuse_session_mount failed'}")
         self.mounted = True
+
+    def set_xattrs(self, bint enabled) -> None:
+        """False: the image has no xattrs; answer ENOSYS so that the kernel stops asking."""
+        global _xattrs
+        _xattrs = enabled
 
     def fd(self) -> int:
         return fuse_session_fd(self.se)

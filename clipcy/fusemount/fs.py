@@ -16,9 +16,11 @@ import errno
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from clipcy.errors import ClipError
+from clipcy.format import F_XATTR
 from clipcy.fusemount.spans import SpanCache
 from clipcy.nodeblock import Record
 from clipcy.reader import Archive
@@ -65,6 +67,23 @@ class ImageFS:
         self._lock = threading.Lock()
         self.image_bytes = sum(int(la.get("uncompressed_size") or la.get("size") or 0)
                                for la in arc.layers)
+
+    def warm(self, set_xattrs: Callable[[bool], None]) -> None:
+        """Background start-up work: import and open the blob store (the first read need not
+        wait for it), decode every node block while they fit in the block cache (each is
+        decoded once anyway), and turn xattrs off when no record has one."""
+        try:
+            self.arc._blob_store()
+            flags, nblocks = 0, len(self.arc._blocks)
+            for b in range(nblocks):
+                flags |= self.arc._block(b).flags
+                if self.arc.block_cache_info()[0] < b + 1:
+                    return  # they do not all fit: keep the rest for real lookups
+            if not flags & F_XATTR:
+                set_xattrs(False)
+                log.info("no xattrs in the image: getxattr answers ENOSYS")
+        except Exception as e:  # noqa: BLE001 - warming is best effort; requests report errors
+            log.info("warm-up stopped: %s", e)
 
     # -- names and attributes ---------------------------------------------------------------
     def record(self, nodeid: int) -> Record:

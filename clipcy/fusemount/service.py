@@ -166,6 +166,10 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
+    # after "ready": load the blob store and decode the node blocks while the first requests
+    # come in; an image without xattrs then answers getxattr with ENOSYS
+    threading.Thread(target=fs.warm, args=(session.set_xattrs,), name="clipcy-warm",
+                     daemon=True).start()
     while not done.wait(0.5):  # wake now and then so that signal handlers run
         pass
     session.close_after_unmount(is_mounted(mp, FSTYPE))
@@ -195,7 +199,7 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     opts = ["ro", "default_permissions", f"fsname=clipcy:{name}", "subtype=clipcy"]
     opts += [o for opt in options for o in opt.split(",") if o]
     try:
-        session: Session = fuse.Session(fs, mp, ["-o", ",".join(opts)], xattrs=True)
+        session: Session = fuse.Session(fs, mp, ["-o", ",".join(opts)])
         session.mount()
     except OSError as e:
         arc.close()
