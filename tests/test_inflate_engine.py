@@ -88,8 +88,9 @@ def blobs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_default_engine_is_zlib_ng_when_installed(tmp_path: Path) -> None:
     """pip install brings the zlib-ng wheel (a dependency): then it is the default."""
+    default = {k: v for k, v in os.environ.items() if k != "CLIPCY_INFLATE"}
     out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=default).stdout
     line = next(x for x in out.splitlines() if x.startswith("inflate: "))
     assert line.startswith("inflate: zlib-ng 2." if HAVE_ZLIB_NG else "inflate: zlib 1.")
     forced = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
@@ -143,3 +144,4 @@ def test_archives_identical_and_readable_across_engines(
                               str(tmp_path / "zlib-ng.clip"), "/data/b.bin"], cwd=tmp_path,
                              check=True, capture_output=True, env=_env(engine)).stdout
         assert got == payload[::-1]
+
