@@ -39,7 +39,8 @@ from clipcy.storage.registry import RemoteOptions  # noqa: E402
 
 READ = 64 << 10
 SEQ_HEAD = ("| source | runs | median time | MB/s (median) | ratio to local (median) "
-            "| ratio to local (best) | requests |")
+            "| ratio to local (best) | requests | reader CPU | registry CPU |")
+SEQ_RULE = "| --- " * 9 + "|"
 MiB = 1 << 20
 
 
@@ -101,11 +102,25 @@ def cold_reads(archive: Path, picks: list[tuple[bytes, int]], where: dict[str, A
     return out
 
 
+REGISTRY_PID = 0
+
+
+def _cpu_of(pid: int) -> float:
+    """utime + stime of a process, in seconds (0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sequential_once(archive: Path, paths: list[bytes], where: dict[str, Any]
-                    ) -> tuple[float, int, int]:
-    """The files read whole in 1 MiB reads, one after the other: (seconds, requests, bytes)."""
+                    ) -> tuple[float, int, int, float, float]:
+    """The files read whole in 1 MiB reads, one after the other: (seconds, requests, bytes,
+    CPU seconds of this process, CPU seconds of the registry)."""
     with open_archive(archive, **where) as arc:
         size = 0
+        c0, r0 = time.process_time(), _cpu_of(REGISTRY_PID)
         t0 = time.perf_counter()
         for path in paths:
             f = arc.open(path)
@@ -113,8 +128,9 @@ def sequential_once(archive: Path, paths: list[bytes], where: dict[str, Any]
             while f.read(MiB):
                 pass
         dt = time.perf_counter() - t0
+        cpu, reg_cpu = time.process_time() - c0, _cpu_of(REGISTRY_PID) - r0
         client = getattr(_store(arc), "client", None)
-        return dt, (client.requests if client is not None else 0), size
+        return dt, (client.requests if client is not None else 0), size, cpu, reg_cpu
 
 
 def sequential(archive: Path, paths: list[bytes], wheres: dict[str, dict[str, Any]],
@@ -122,17 +138,21 @@ def sequential(archive: Path, paths: list[bytes], wheres: dict[str, dict[str, An
     """Runs of each source interleaved (local, remote, delayed, local, ...), so that the
     machine's drift hits them alike; median and best of each."""
     times: dict[str, list[float]] = {k: [] for k in wheres}
+    cpus: dict[str, list[tuple[float, float]]] = {}
     out: dict[str, dict[str, Any]] = {}
     for r in range(max(runs.values())):
         for key, where in wheres.items():
             if r < runs[key]:
-                dt, reqs, size = sequential_once(archive, paths, where)
+                dt, reqs, size, cpu, reg_cpu = sequential_once(archive, paths, where)
                 times[key].append(dt)
+                cpus.setdefault(key, []).append((cpu, reg_cpu))
                 out[key] = {"req": reqs, "size": size}
     for key, ts in times.items():
         out[key].update(seconds=statistics.median(ts), best=min(ts), runs=len(ts),
                         mbs=out[key]["size"] / statistics.median(ts) / 1e6,
-                        best_mbs=out[key]["size"] / min(ts) / 1e6)
+                        best_mbs=out[key]["size"] / min(ts) / 1e6,
+                        cpu=statistics.median(c for c, _ in cpus[key]),
+                        reg_cpu=statistics.median(r for _, r in cpus[key]))
     return out
 
 
@@ -146,6 +166,8 @@ def main() -> int:
     layout = args.data / "single"
     tmp = Path(tempfile.mkdtemp(prefix="clipcy-perf-remote-"))
     reg = rs.Registry(tmp / "registry")
+    global REGISTRY_PID
+    REGISTRY_PID = reg.proc.pid
     proxy = None
     try:
         t0 = time.perf_counter()
@@ -221,7 +243,7 @@ def main() -> int:
                 f"| {r['mean'] * ms:.2f} ms {extra}")
 
     head = ["| source | median | p90 | mean | requests/read (max) | bytes/read "
-            "| compressed spans/read |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| compressed spans/read |", "| --- " * 7 + "|"]
     lo, re_, de = res["local"], res["remote"], res["delayed"]
     lf, rf, df = res["local-fresh"], res["remote-fresh"], res["delayed-fresh"]
     lines = [
@@ -267,7 +289,7 @@ def main() -> int:
         "1 MiB reads, a fresh archive each run, sources interleaved)",
         "",
         SEQ_HEAD,
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        SEQ_RULE,
     ]
 
     def seq_rows(d: dict[str, dict[str, Any]]) -> list[str]:
@@ -277,13 +299,14 @@ def main() -> int:
             s = d[key]
             out.append(f"| {label} | {s['runs']} | {s['seconds']:.3f} s | {s['mbs']:.0f} "
                        f"| {s['mbs'] / d['local']['mbs']:.2f}x "
-                       f"| {s['best_mbs'] / d['local']['best_mbs']:.2f}x | {s['req'] or '-'} |")
+                       f"| {s['best_mbs'] / d['local']['best_mbs']:.2f}x | {s['req'] or '-'} "
+                       f"| {s['cpu']:.3f} s | {s['reg_cpu']:.2f} s |")
         return out
 
     lines += seq_rows(seq)
     lines += ["", f"## Sequential reads of the {len(seq_paths)} largest files "
               f"({many['local']['size'] / MiB:.0f} MiB), one after the other", "",
-              SEQ_HEAD, "| --- | --- | --- | --- | --- | --- | --- |", *seq_rows(many), ""]
+              SEQ_HEAD, SEQ_RULE, *seq_rows(many), ""]
     text = "\n".join(lines)
     args.out.write_text(text)
     print(text)

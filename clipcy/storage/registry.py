@@ -274,7 +274,8 @@ class RemoteBlob:
         return data
 
     def _keep(self, start: int, data: bytes) -> None:
-        self._bufs = [(s, b) for s, b in self._bufs if s + len(b) > self._last_end - self.NEAR]
+        lo, hi = self._last_end - self.NEAR, self._last_end + 4 * max(self._max, self.WINDOW0)
+        self._bufs = [(s, b) for s, b in self._bufs if s + len(b) > lo and s < hi]
         self._bufs.append((start, data))
         del self._bufs[:-(self.AHEAD + 2)]
 
@@ -283,7 +284,14 @@ class RemoteBlob:
             return
         self._harvest()
         with self._lock:
-            top = max([end] + [s + len(b) for s, b in self._bufs] + [p[1] for p in self._pending])
+            far = 4 * max(self._max, self.WINDOW0)  # read-ahead left behind elsewhere: forget
+            self._pending = [p for p in self._pending
+                             if end - self.NEAR < p[1] and p[0] < end + far]
+            top = end  # the end of what is fetched or on its way, contiguous from end
+            for s, e in sorted([(s, s + len(b)) for s, b in self._bufs]
+                               + [(p[0], p[1]) for p in self._pending]):
+                if s <= top < e:
+                    top = e
             while len(self._pending) < self.AHEAD and top < self._limit:
                 window = max(self._window, self.WINDOW0)
                 if top - end > 2 * window:
