@@ -168,7 +168,7 @@ def main() -> int:
     reg = rs.Registry(tmp / "registry")
     global REGISTRY_PID
     REGISTRY_PID = reg.proc.pid
-    proxy = None
+    proxy: subprocess.Popen[str] | None = None
     try:
         t0 = time.perf_counter()
         r = reg.push(layout, "latest", "single", "latest")
@@ -179,11 +179,16 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "clipcy", "index-layout", "--layout", str(layout),
                         "--tag", "latest", "--out", str(archive), "--no-cache",
                         "--storage-ref", f"docker://{reg.host}/single"], check=True)
-        proxy = rs.FaultProxy(reg.host)
-        proxy.delay = args.delay_ms / 1000
+        # the delaying proxy runs in its own process: its threads must not take the GIL
+        # from the reader being measured
+        proxy = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "remoteserv.py"),
+                                  "proxy", reg.host, str(args.delay_ms)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proxy.stdout is not None
+        proxy_port = int(proxy.stdout.readline())
         nocache = RemoteOptions(cache=False)
         remote = {"remote": nocache}
-        delayed = {"storage": f"docker://127.0.0.1:{proxy.port}/single", "remote": nocache}
+        delayed = {"storage": f"docker://127.0.0.1:{proxy_port}/single", "remote": nocache}
         local = {"layout": str(layout)}
 
         with open_archive(archive) as arc:
@@ -222,7 +227,7 @@ def main() -> int:
         many = sequential(archive, seq_paths, wheres, {"local": 5, "remote": 5, "delayed": 3})
     finally:
         if proxy is not None:
-            proxy.close()
+            proxy.communicate("", timeout=30)
         reg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -256,9 +261,9 @@ def main() -> int:
         f"{push_s:.1f} s to Debian's docker-registry 2.8 on 127.0.0.1 (filesystem storage). "
         f"Resume points: {len(comps)} (default spacing), mean compressed span between them "
         f"{mean_span / 1024:.0f} KiB; span checksums every 64 KiB. No span cache (cold). "
-        f"\"+{delay}\" goes through tests/remoteserv.py's FaultProxy with {delay} of delay per "
-        "request. The local baseline reads the layout directory (page cache warm) in the "
-        "same run.",
+        f"\"+{delay}\" goes through tests/remoteserv.py's FaultProxy (its own process) with "
+        f"{delay} of delay per request. The local baseline reads the layout directory (page "
+        "cache warm) in the same run.",
         "",
         f"## Cold random 64 KiB reads ({args.reads} seeded picks, offsets weighted by size)",
         "",

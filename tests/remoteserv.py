@@ -395,3 +395,22 @@ class FaultProxy:
         for s in (self.server, self.target):
             s.shutdown()
             s.server_close()
+
+
+def main() -> None:
+    """`python tests/remoteserv.py proxy UPSTREAM DELAY_MS`: a FaultProxy in its own process
+    (perf/remote.py: so that its Python threads do not share the reader's GIL); prints its
+    port, serves until stdin closes."""
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "proxy":
+        raise SystemExit(main.__doc__)
+    p = FaultProxy(sys.argv[2])
+    p.delay = float(sys.argv[3]) / 1000
+    print(p.port, flush=True)
+    sys.stdin.read()
+    p.close()
+
+
+if __name__ == "__main__":
+    main()
