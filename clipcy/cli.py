@@ -239,8 +239,9 @@ def _index_layout(sub: Any) -> None:
     p.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="layer cache: layers indexed before (same blob digest) are not read "
-        "again (default: $XDG_CACHE_HOME/clipcy/layers or ~/.cache/clipcy/layers)",
+        help="layer cache: layers indexed before (same blob digest) are not streamed "
+        "again, once the blob is proved the verified one (stat fingerprint, else a re-hash) "
+        "(default: $XDG_CACHE_HOME/clipcy/layers or ~/.cache/clipcy/layers)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not use the layer cache")
     p.add_argument(
