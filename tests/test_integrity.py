@@ -271,3 +271,44 @@ def test_two_runs_share_one_cache_dir(tmp_path: Path) -> None:
         assert len(list(cache.glob("*.layer"))) == 1
     with open_archive(tmp_path / "r1-0.clip") as a:
         assert a.open("/small.txt").read() == b"hello, integrity\n"
+
+
+# -- the mount: EIO and one log line, never other bytes ------------------------------------
+
+
+def _fuse_ok() -> bool:
+    try:
+        from clipcy.fusemount import available
+    except ImportError:
+        return False
+    return bool(available()) and __import__("os").geteuid() == 0
+
+
+@pytest.mark.skipif(not _fuse_ok(), reason="needs FUSE and root (CI has both)")
+def test_mount_read_of_a_changed_blob_is_eio(tmp_path: Path) -> None:
+    import errno
+    import os
+
+    from clipcy.fusemount.service import is_mounted, unmount
+
+    layout, files, blob = make_layout(tmp_path, "gzip")
+    arc = tmp_path / "img.clip"
+    create_index_only_archive_from_oci_layout(layout, "latest", arc, checkpoint_span=256 << 10)
+    flip_middle(blob)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    r = _clipctl("mount", str(arc), str(mnt), "--log", str(log))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert (mnt / "small.txt").read_bytes() == files["small.txt"]  # its spans are intact
+        with pytest.raises(OSError) as e:
+            (mnt / "big.bin").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert sorted(os.listdir(mnt)) == ["big.bin", "small.txt", "tail.txt"]  # still up
+    finally:
+        _clipctl("umount", str(mnt))
+        if is_mounted(mnt):
+            unmount(mnt, lazy=True)
+    lines = [ln for ln in log.read_text().splitlines() if "span checksum mismatch" in ln]
+    assert len(lines) == 1 and "sha256:" + blob.name in lines[0], log.read_text()
