@@ -344,6 +344,14 @@ def test_token_auth_with_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         # anonymous pull is refused by the issuer
         with pytest.raises(RemoteAuthError, match="requires authentication"):
             _store(ref).source(digest, size).fetch(0, 10)
+        # ... until it hands out anonymous pull tokens (a public repository)
+        issuer.anonymous_pull = True
+        issuer.requests = 0
+        anon = _store(ref)
+        assert anon.source(digest, size).fetch(0, 10) == data[:10]
+        assert anon.source(digest, size).fetch(10, 10) == data[10:20]
+        assert issuer.requests == 1 and anon.auth.token_fetches == 1
+        issuer.anonymous_pull = False
         authfile = str(_authfile(tmp_path, reg.host))
         st = _store(ref, authfile=authfile)
         src = st.source(digest, size)
