@@ -361,12 +361,12 @@ def test_token_auth_with_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert issuer.requests == 1  # cached per scope
         # the registry stops accepting the token (its exp passes) while the client still
         # believes it valid: the first 401 refreshes it
-        issuer.lifetime = 2.0
+        issuer.lifetime = 4.0
         st2 = _store(ref, authfile=authfile)
         src2 = st2.source(digest, size)
         issuer.requests = 0
         assert src2.fetch(0, 10) == data[:10]
-        time.sleep(3.5)
+        time.sleep(5.5)
         assert src2.fetch(10, 10) == data[10:20]
         assert issuer.requests == 2
         # a short expires_in: the client refreshes before using a stale token
