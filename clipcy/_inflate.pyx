@@ -14,8 +14,8 @@ Resume points do not depend on the engine: a deflate block boundary is a propert
 compressed stream, Z_BLOCK reports each one in both libraries, and the window is the
 output before it. Archives are byte-identical either way (tests/test_inflate_engine.py).
 
-CLIPCY_INFLATE=zlib forces zlib (for comparisons); CLIPCY_INFLATE=zlib-ng requires zlib-ng
-(ImportError otherwise); unset or "auto" takes zlib-ng when it is there.
+CLIPCY_INFLATE=zlib forces zlib (for comparisons); unset or "auto" takes zlib-ng when it is
+there; CLIPCY_INFLATE=zlib-ng does too, and logs a warning saying why when it is not.
 """
 
 from libc.string cimport strncmp
@@ -31,6 +31,7 @@ from clipcy._zlib cimport inflateReset as z_inflateReset
 from clipcy._zlib cimport inflateReset2 as z_inflateReset2
 from clipcy._zlib cimport inflateSetDictionary as z_inflateSetDictionary
 
+import logging
 import os
 
 ctypedef int (*init2_f)(z_stream *, int) noexcept nogil
@@ -139,13 +140,16 @@ cdef str _use_zlib_ng():
 def _choose():
     choice = os.environ.get("CLIPCY_INFLATE", "auto")
     _use_zlib()
+    if choice not in ("auto", "zlib", "zlib-ng", ""):
+        logging.getLogger("clipcy").warning(
+            "CLIPCY_INFLATE=%s is not auto, zlib or zlib-ng; using auto", choice)
     if choice == "zlib":
         return "zlib", zlibVersion().decode("ascii")
     try:
         return "zlib-ng", _use_zlib_ng()
-    except ImportError:
-        if choice == "zlib-ng":
-            raise
+    except ImportError as e:
+        if choice == "zlib-ng":  # asked for: say why it is not there (never a traceback)
+            logging.getLogger("clipcy").warning("CLIPCY_INFLATE=zlib-ng: %s; using zlib", e)
         _use_zlib()
         return "zlib", zlibVersion().decode("ascii")
 

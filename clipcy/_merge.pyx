@@ -340,14 +340,28 @@ cdef _apply_entries(Tree tree, list entries, object layer, dict digests, dict aw
     """Put entries into the tree in order, releasing each from the list once applied."""
     cdef Py_ssize_t i
     cdef bytes path, target
-    cdef Inode inode
+    cdef Inode inode, pnode
+    cdef dict paths = tree.paths
     for i in range(len(entries)):
         e = entries[i]
         entries[i] = None
         path = clean_path(e.name)
         if _is_whiteout_name(path):
             continue  # whiteouts never appear in the tree
-        path = tree.resolve_parent(path)
+        pnode = paths.get(_parent(path))
+        if pnode is None or pnode.type != _DIR:
+            pnode = None
+            path = tree.resolve_parent(path)
+        elif e.type != _HARDLINK and path != _ROOT and path not in paths:
+            # the common case, as put() would do it: a new path in an existing directory
+            # (resolve_parent() returns such a path unchanged, ensure_parents() its parent)
+            inode = _inode_from_entry(e, layer, digests)
+            if awaiting is not None and inode.type is _FILE:
+                awaiting[inode.offset] = inode
+            paths[path] = inode
+            inode.links += 1
+            pnode.children.add(path)
+            continue
         if e.type == _HARDLINK:
             target = tree.resolve_parent(clean_path(e.linkname))
             inode = tree.paths.get(target)

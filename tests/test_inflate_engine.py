@@ -145,3 +145,12 @@ def test_archives_identical_and_readable_across_engines(
                              check=True, capture_output=True, env=_env(engine)).stdout
         assert got == payload[::-1]
 
+
+def test_unknown_engine_value_warns_and_works(tmp_path: Path) -> None:
+    """A bad CLIPCY_INFLATE is one warning line, never a traceback; the default engine runs."""
+    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
+                         capture_output=True, text=True, env=_env("isal"))
+    assert out.returncode == 0, out.stderr
+    assert "CLIPCY_INFLATE=isal is not auto, zlib or zlib-ng" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert ("inflate: zlib-ng" if HAVE_ZLIB_NG else "inflate: zlib") in out.stdout
