@@ -430,10 +430,45 @@ def _setup_logging(args: argparse.Namespace) -> None:
     setup_logging(verbose=getattr(args, "verbose", 0), quiet=getattr(args, "quiet", False))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs (temp
+    files removed, workers stopped) instead of the process dying where it stands."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _handle_sigterm() -> Callable[[], None]:
+    """Install the SIGTERM handler; returns what puts the old one back."""
+    import signal
+    import threading
+
+    # only in the main thread, and not over a handler or an ignore someone else set up
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        return lambda: None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    restore = _handle_sigterm()
+    try:
+        return _run(args)
+    finally:
+        restore()
+
+
+def _run(args: argparse.Namespace) -> int:
     from clipcy.errors import ClipError
 
     try:
@@ -446,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports a process killed by it
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

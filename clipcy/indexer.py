@@ -9,6 +9,7 @@ archive is written atomically (temp file in the target directory, fsync, rename)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from clipcy.packing import PackedAccess, WindowPacker
 log = logging.getLogger("clipcy")
 
 READ_CHUNK = 1 << 20
+_RUNS = itertools.count()  # numbers each run's worker threads
 STREAM_DEPTH = 64  # batches of layer-0 entries in flight to the merging thread
 
 
@@ -95,11 +97,13 @@ def index_layer(
     on_entries: Callable[[list[Any]], None] | None = None,
     keep_entries: bool = True,
     limits: Limits = DEFAULT_LIMITS,
+    abort: threading.Event | None = None,
 ) -> LayerResult:
     """Stream one layer blob: check its digest and diff_id, parse its tar, record access.
 
     on_entries gets each batch of entries as it is parsed (their data may not have streamed
     yet); with keep_entries=False the result holds no entries (the callback had them all).
+    Once `abort` is set (the run failed or was interrupted), the next chunk raises ClipError.
     """
     from clipcy._checkpoint import GzipIndexer
     from clipcy.blobindex import make_indexer
@@ -180,6 +184,8 @@ def index_layer(
                     packed.extend(packer.pack(gz.drain_points()))
                 if progress is not None:
                     progress("layer-progress", {"layer": index, "bytes": read})
+                if abort is not None and abort.is_set():
+                    raise ClipError("indexing aborted")
                 chunk = read_some()
                 read += len(chunk)
                 if read > info.size:
@@ -499,6 +505,7 @@ def create_index_only_archive_from_oci_layout(
                         on_entries=_fan_out(sinks),
                         keep_entries=i != 0,
                         limits=limits,
+                        abort=abort,
                     )
                 except BaseException:
                     if writer is not None:
@@ -553,21 +560,34 @@ def create_index_only_archive_from_oci_layout(
             )
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
+    prefix = f"clipcy-layer-{next(_RUNS)}"
     with step("index and merge layers"):
-        with ThreadPoolExecutor(n_workers, thread_name_prefix="clipcy-layer") as pool:
-            futures = [pool.submit(run, i) for i in range(len(image.layers))]
-            try:
-                if futures:
-                    while (batch := stream0.get()) is not None:
-                        apply_stream(tree, batch, 0, awaiting if file_digests else None)
+        try:
+            with ThreadPoolExecutor(n_workers, thread_name_prefix=prefix) as pool:
+                futures: list[Future[LayerResult]] = []
+                try:
+                    # submitted inside the try: an interrupt between two submits must still
+                    # set `abort`, or a started layer-0 worker waits forever to hand over
+                    for i in range(len(image.layers)):
+                        futures.append(pool.submit(run, i))
+                    if futures:
+                        while (batch := stream0.get()) is not None:
+                            apply_stream(tree, batch, 0, awaiting if file_digests else None)
+                            check_nodes()
+                    for fut in futures:
+                        merge(fut.result())
                         check_nodes()
-                for fut in futures:
-                    merge(fut.result())
-                    check_nodes()
-            finally:
-                abort.set()
-                for fut in futures:
-                    fut.cancel()
+                finally:
+                    abort.set()
+                    for fut in futures:
+                        fut.cancel()
+        finally:
+            # An interrupt inside pool.submit() can leave a started worker the pool does not
+            # know of (and so does not join): wait for it too, so that no worker still runs
+            # (and writes) once this call has returned or raised. They stop at `abort`.
+            for t in threading.enumerate():
+                if t.name.startswith(prefix + "_"):
+                    t.join()
     storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
     source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
     metadata = build_metadata(image, results, storage, source)

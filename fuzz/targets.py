@@ -1,0 +1,291 @@
+"""atheris fuzz targets for clipcy's parsers of untrusted bytes.
+
+    python fuzz/targets.py TARGET [libFuzzer flags] [CORPUS_DIR ...]
+
+(fuzz/run.py seeds the corpora from the tests' data and picks the flags; use that.)
+
+Targets (each one function of the fuzzer's bytes):
+  tar         the compiled tar parser and its pure-Python twin on the same stream, fed in
+              pieces of a fuzzed size: same entries, or the same exception class and message
+  archive     a .clip archive: open, walk, lookup, listdir, read every file (blobs from the
+              shipped sample layout), verify
+  checkpoint  the gzip resume-point indexer (clipcy._checkpoint): output equal to zlib's; every
+              recorded point resumes to the same bytes; fuzzed points/windows fail cleanly
+  layout      OCI layout resolution: a fuzzed index.json, image index, manifest or config (its
+              descriptor digests made to match), fuzzed tag/platform/reference strings
+
+"Clean" means a ClipError subclass (clipcy/errors.py). Anything else (another exception, a
+crash, a hang past -timeout, memory past -rss_limit_mb) is a finding: fuzz/run.py keeps the
+input under fuzz/artifacts/ and tests/test_fuzz_regressions.py replays what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import atheris
+
+with atheris.instrument_imports():
+    import clipcy._tarparse_py as tar_py
+    from clipcy import reader as _reader  # noqa: F401  (instrumented for coverage)
+    from clipcy.errors import ClipError
+    from clipcy.layout import Layout, parse_layout_ref, resolve
+
+from importlib import resources
+
+import clipcy._checkpoint as checkpoint
+import clipcy._tarparse as tar_c
+
+SAMPLE = Path(str(resources.files("clipcy") / "sample"))
+TMP = Path(tempfile.mkdtemp(prefix="clipcy-fuzz-"))
+MAX_READ = 1 << 20  # bytes read per file by the archive target
+
+
+# ---------------------------------------------------------------------------------------
+# tar: both parsers agree
+
+
+def _parse(mod: Any, data: bytes, piece: int, limits: dict[str, int]) -> tuple[Any, ...]:
+    p = mod.TarParser(**limits)
+    out: list[Any] = []
+    try:
+        for i in range(0, len(data), piece):
+            out += [e.as_tuple() for e in p.feed(data[i : i + piece])]
+        p.close()
+    except ClipError as e:
+        # (the entries of the failing feed() are not returned: which ones came before the
+        # error depends on where the pieces end, so only the error is compared)
+        return ("error", type(e).__name__, str(e))
+    return ("ok", out)
+
+
+def tar(data: bytes) -> None:
+    if len(data) < 2:
+        return
+    piece = data[0] * 37 + 1
+    small = data[1] & 1  # half the runs with small limits, to reach the limit paths
+    limits = (
+        dict(
+            max_header=2048,
+            max_path=300,
+            max_link=200,
+            max_depth=8,
+            max_xattrs=3,
+            max_xattr_size=64,
+        )
+        if small
+        else {}
+    )
+    body = data[2:]
+    whole = _parse(tar_c, body, max(len(body), 1), limits)
+    split = _parse(tar_py, body, piece, limits)
+    if whole != split:
+        raise AssertionError(f"parsers disagree:\ncompiled {whole!r}\ntwin {split!r}")
+    if _parse(tar_c, body, piece, limits) != whole:
+        raise AssertionError("the compiled parser depends on how the stream is split")
+
+
+# ---------------------------------------------------------------------------------------
+# archive: open, lookup, walk, read, verify
+
+
+def archive(data: bytes) -> None:
+    from clipcy.reader import open_archive
+
+    path = TMP / "fuzz.clip"
+    path.write_bytes(data)
+    try:
+        with open_archive(path, layout=SAMPLE) as arc:
+            _ = arc.metadata, arc.node_count, arc.format_version
+            for i in range(min(arc.layer_count, 64)):
+                arc.access(i)
+            for n, node in enumerate(arc.walk()):
+                if n > 10_000:
+                    break
+                again = arc.lookup(node.path)
+                if again is None or again.path != node.path:
+                    raise AssertionError(f"walk gave {node.path!r}, lookup {again!r}")
+                if node.type == "dir":
+                    arc.listdir(node.path)
+                elif node.type == "file":
+                    with arc.open(node.path) as f:
+                        got = f.read(MAX_READ)
+                    if len(got) != min(node.size, MAX_READ):
+                        raise AssertionError(f"read {len(got)} of {node.size} bytes")
+            arc.lookup(b"/no/such/path")
+            arc.verify()
+    except ClipError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoint: the gzip indexer against zlib, and resuming at its points
+
+
+def _zlib_members(data: bytes) -> bytes | None:
+    """What zlib makes of a (multi-member) gzip stream; None when it refuses it."""
+    out = []
+    rest = data
+    try:
+        while rest:
+            d = zlib.decompressobj(31)
+            out.append(d.decompress(rest))
+            if not d.eof:
+                return None
+            rest = d.unused_data
+    except zlib.error:
+        return None
+    return b"".join(out)
+
+
+def checkpoint_target(data: bytes) -> None:
+    if len(data) < 3:
+        return
+    span = (data[0] + 1) * 512
+    piece = data[1] * 61 + 1
+    mode = data[2] & 3
+    blob = data[3:]
+    if mode == 3:  # fuzzed resume parameters on fuzzed bytes: a clean error or bytes
+        fdp = atheris.FuzzedDataProvider(blob)
+        off = fdp.ConsumeIntInRange(0, 1 << 16)
+        bits = fdp.ConsumeIntInRange(0, 8)
+        window = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 40000))
+        skip = fdp.ConsumeIntInRange(0, 1 << 16)
+        n = fdp.ConsumeIntInRange(0, 1 << 16)
+        rest = fdp.ConsumeBytes(1 << 20)
+        fd = _tmpfd(rest)
+        try:
+            out = checkpoint.gzip_read(fd, off, bits, window, skip, n)
+            if len(out) > n:
+                raise AssertionError(f"gzip_read returned {len(out)} > {n} bytes")
+        except (ClipError, ValueError):
+            pass
+        finally:
+            os.close(fd)
+        return
+    if mode == 2:  # mostly-valid input: a real gzip stream of the fuzzed bytes
+        blob = zlib.compress(blob, 6, wbits=31) * ((data[2] >> 2 & 1) + 1)
+    ix = checkpoint.GzipIndexer(span, 0)
+    out = []
+    try:
+        for i in range(0, len(blob), piece):
+            out += [bytes(b) for b in ix.feed(blob[i : i + piece])]
+        ix.finish()
+    except ClipError:
+        return
+    got = b"".join(out)
+    want = _zlib_members(blob)
+    if want is not None and got != want:
+        raise AssertionError("GzipIndexer output differs from zlib's")
+    fd = _tmpfd(blob)
+    try:
+        for comp_off, bits, out_off, window in ix.points[:32]:
+            n = min(len(got) - out_off, 4096)
+            if n <= 0:
+                continue
+            again = checkpoint.gzip_read(fd, comp_off, bits, window, 0, n)
+            if again != got[out_off : out_off + n]:
+                raise AssertionError(f"resuming at {comp_off}/{bits} gives other bytes")
+    finally:
+        os.close(fd)
+
+
+def _tmpfd(data: bytes) -> int:
+    path = TMP / "blob"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY)
+
+
+# ---------------------------------------------------------------------------------------
+# layout: index.json, image index, manifest, config
+
+
+def _sample_docs() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    index = json.loads((SAMPLE / "index.json").read_bytes())
+    mdesc = index["manifests"][0]
+    manifest = json.loads(_blob(SAMPLE, mdesc["digest"]))
+    config = json.loads(_blob(SAMPLE, manifest["config"]["digest"]))
+    return index, manifest, config
+
+
+def _blob(root: Path, digest: str) -> bytes:
+    return (root / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+
+
+def _put(root: Path, data: bytes) -> dict[str, Any]:
+    d = hashlib.sha256(data).hexdigest()
+    (root / "blobs" / "sha256" / d).write_bytes(data)
+    return {"digest": "sha256:" + d, "size": len(data)}
+
+
+def layout(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    which = fdp.ConsumeIntInRange(0, 4)
+    tag = fdp.ConsumeUnicodeNoSurrogates(12) if fdp.ConsumeBool() else None
+    plat = fdp.ConsumeUnicodeNoSurrogates(20) if fdp.ConsumeBool() else None
+    ref = fdp.ConsumeUnicodeNoSurrogates(40)
+    doc = fdp.ConsumeBytes(1 << 20)
+    try:
+        parse_layout_ref(ref, tag)
+    except ClipError:
+        pass
+    root = TMP / "layout"
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    shutil.copy(SAMPLE / "oci-layout", root / "oci-layout")
+    index, manifest, config = _sample_docs()
+    for layer in manifest["layers"]:  # layers are located, not read, by resolve()
+        (root / "blobs" / "sha256" / layer["digest"].split(":")[1]).write_bytes(b"")
+    mtype = "application/vnd.oci.image.manifest.v1+json"
+    if which == 0:  # index.json itself
+        (root / "index.json").write_bytes(doc)
+    else:
+        if which == 1:  # the config
+            cdesc = _put(root, doc)
+            manifest = dict(manifest, config=dict(manifest["config"], **cdesc))
+            top = dict(_put(root, json.dumps(manifest).encode()), mediaType=mtype)
+        elif which == 2:  # the manifest
+            _put(root, json.dumps(config).encode())
+            top = dict(_put(root, doc), mediaType=mtype)
+        else:  # an image index (3) or a manifest whose media type is left to be guessed (4)
+            _put(root, json.dumps(config).encode())
+            _put(root, json.dumps(manifest).encode())
+            top = _put(root, doc)
+            if which == 3:
+                top["mediaType"] = "application/vnd.oci.image.index.v1+json"
+        top["annotations"] = {"org.opencontainers.image.ref.name": "latest"}
+        (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [top]}))
+    try:
+        lay = Layout(root)
+        image = resolve(lay, tag, None, plat)
+        for info in image.layers:
+            if not str(info.path).startswith(str(root / "blobs")):
+                raise AssertionError(f"layer path {info.path} outside the layout")
+    except ClipError:
+        pass
+
+
+TARGETS = {"tar": tar, "archive": archive, "checkpoint": checkpoint_target, "layout": layout}
+
+
+def main() -> None:
+    name = sys.argv[1]
+    target = TARGETS[name]
+    # coverage feedback from every Python function loaded (clipcy's pure parts, the twins,
+    # these targets); the compiled modules are not instrumented
+    atheris.instrument_all()
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
