@@ -29,7 +29,11 @@ class TarHeaderError(TarError):
 
 
 class TarLimitError(TarError):
-    """An extended header is larger than the configured limit."""
+    """A tar entry breaks one of the limits (clipcy/limits.py): the message names it."""
+
+
+class LimitError(ClipError, ValueError):
+    """An input is larger than one of the limits of clipcy/limits.py (the message names it)."""
 
 
 # -- compression -------------------------------------------------------------------------

@@ -13,11 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from clipcy import format as _format
-from clipcy.errors import ClipError
-
-
-class LimitError(ClipError, ValueError):
-    """An input is larger than one of the limits (the message names it)."""
+from clipcy.errors import ClipError, LimitError
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +48,8 @@ def exceeded(name: str, limit: int, what: str) -> str:
 
 DEFAULT = Limits()
 NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+__all__ = ["ARCHIVE_SECTIONS", "DEFAULT", "NAMES", "LimitError", "Limits", "exceeded",
+           "parse_overrides"]
 
 # Sections of a .clip archive, checked by the reader before it decompresses them.
 ARCHIVE_SECTIONS = {
