@@ -1,6 +1,6 @@
 """Run a fuzz target (fuzz/targets.py) for as long as asked, with seeded corpora.
 
-    python fuzz/run.py TARGET --seconds N       # tar, archive, checkpoint, layout, or all
+    python fuzz/run.py TARGET --seconds N       # tar, merge, archive, checkpoint, layout, all
     python fuzz/run.py all --seconds 20         # what .ci/run does (a smoke run of each)
     python fuzz/run.py TARGET --replay FILE...  # run inputs once (a finding, a regression)
 
@@ -28,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = ROOT / "tests" / "data"
-TARGETS = ("tar", "archive", "checkpoint", "layout")
+TARGETS = ("tar", "merge", "archive", "checkpoint", "layout")
 
 
 def _sample() -> Path:
@@ -75,6 +75,8 @@ def seeds(target: str) -> list[bytes]:
     """Seed inputs in each target's own encoding (see fuzz/targets.py)."""
     if target == "tar":
         return [b"\x07\x00" + t for t in _tars()] + [b"\x01\x01" + t for t in _tars()[:4]]
+    if target == "merge":
+        return [bytes((i * 7 + j) % 256 for j in range(400)) for i in range(24)]  # provider bytes
     if target == "archive":
         return _archives()
     if target == "checkpoint":

@@ -7,6 +7,9 @@
 Targets (each one function of the fuzzer's bytes):
   tar         the compiled tar parser and its pure-Python twin on the same stream, fed in
               pieces of a fuzzed size: same entries, or the same exception class and message
+  merge       the compiled overlay merge and its twin on 1-3 fuzzed layers of entries whose
+              paths collide (whiteouts, opaque dirs, '..', hardlinks, symlinked parents):
+              equal trees, or the same exception class and message
   archive     a .clip archive: open, walk, lookup, listdir, read every file (blobs from the
               shipped sample layout), verify
   checkpoint  the gzip resume-point indexer (clipcy._checkpoint): output equal to zlib's; every
@@ -23,26 +26,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
 import zlib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import atheris
 
 with atheris.instrument_imports():
+    import clipcy._merge_py as merge_py
     import clipcy._tarparse_py as tar_py
     from clipcy import reader as _reader  # noqa: F401  (instrumented for coverage)
     from clipcy.errors import ClipError
     from clipcy.layout import Layout, parse_layout_ref, resolve
 
-from importlib import resources
+import clipcy._checkpoint as checkpoint  # noqa: E402  (compiled: not instrumented)
+import clipcy._merge as merge_c  # noqa: E402
+import clipcy._tarparse as tar_c  # noqa: E402
 
-import clipcy._checkpoint as checkpoint
-import clipcy._tarparse as tar_c
+logging.getLogger("clipcy").setLevel(logging.CRITICAL)  # the merge's warnings: not findings
 
 SAMPLE = Path(str(resources.files("clipcy") / "sample"))
 TMP = Path(tempfile.mkdtemp(prefix="clipcy-fuzz-"))
@@ -91,6 +98,61 @@ def tar(data: bytes) -> None:
         raise AssertionError(f"parsers disagree:\ncompiled {whole!r}\ntwin {split!r}")
     if _parse(tar_c, body, piece, limits) != whole:
         raise AssertionError("the compiled parser depends on how the stream is split")
+
+
+# ---------------------------------------------------------------------------------------
+# merge: the compiled overlay merge and its twin agree on the tree
+
+
+# Path pieces that collide on purpose: whiteouts, opaque markers, dot-dot, empty components.
+_PARTS = (b"a", b"b", b"c", b".wh.a", b".wh.b", b".wh..wh..opq", b"..", b".", b"", b".wh..wh.plnk")
+_KINDS = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
+
+
+class _Entry:
+    """What the merge reads of a tar entry (clipcy.merge.Entry)."""
+
+    def __init__(self, fdp: Any, kind: str) -> None:
+        self.type = kind
+        self.name = _fuzz_path(fdp)
+        self.linkname = _fuzz_path(fdp) if kind in ("symlink", "hardlink") else b""
+        self.mode = fdp.ConsumeIntInRange(0, 0o7777)
+        self.uid = fdp.ConsumeIntInRange(0, 70000)
+        self.gid = fdp.ConsumeIntInRange(0, 70000)
+        self.size = fdp.ConsumeIntInRange(0, 1 << 20) if kind == "file" else 0
+        self.mtime = fdp.ConsumeIntInRange(-(1 << 34), 1 << 34) + fdp.ConsumeIntInRange(0, 9) / 10
+        self.devmajor = self.devminor = 0
+        self.xattrs = {"user.x": b"1"} if fdp.ConsumeBool() else {}
+        self.offset = fdp.ConsumeIntInRange(0, 1 << 30)
+        self.sparse = None
+
+
+def _fuzz_path(fdp: Any) -> bytes:
+    parts = [
+        _PARTS[fdp.ConsumeIntInRange(0, len(_PARTS) - 1)]
+        for _ in range(fdp.ConsumeIntInRange(1, 4))
+    ]
+    return (b"/" if fdp.ConsumeBool() else b"") + b"/".join(parts)
+
+
+def merge(data: bytes) -> None:
+    fdp = atheris.FuzzedDataProvider(data)
+    layers = []
+    for _ in range(fdp.ConsumeIntInRange(1, 3)):
+        layers.append(
+            [
+                _Entry(fdp, _KINDS[fdp.ConsumeIntInRange(0, len(_KINDS) - 1)])
+                for _ in range(fdp.ConsumeIntInRange(0, 12))
+            ]
+        )
+    results = []
+    for mod in (merge_c, merge_py):
+        try:  # fresh lists: apply_layer consumes them
+            results.append(("ok", mod.merge_layers([list(x) for x in layers])))
+        except ClipError as e:
+            results.append(("error", type(e).__name__, str(e)))
+    if results[0] != results[1]:
+        raise AssertionError(f"merges disagree:\ncompiled {results[0]!r}\ntwin {results[1]!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +336,13 @@ def layout(data: bytes) -> None:
         pass
 
 
-TARGETS = {"tar": tar, "archive": archive, "checkpoint": checkpoint_target, "layout": layout}
+TARGETS = {
+    "tar": tar,
+    "merge": merge,
+    "archive": archive,
+    "checkpoint": checkpoint_target,
+    "layout": layout,
+}
 
 
 def main() -> None:
