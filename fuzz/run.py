@@ -4,12 +4,13 @@
     python fuzz/run.py all --seconds 20         # what .ci/run does (a smoke run of each)
     python fuzz/run.py TARGET --replay FILE...  # run inputs once (a finding, a regression)
 
-Corpora live in fuzz/corpus/TARGET (not committed), seeded on each run from the tests' data
-(tests/data tars and gzip/zstd streams, the golden archive, archives index-layout makes of
-the shipped sample, the sample's JSON documents). Findings (crashes, foreign exceptions,
-hangs past --timeout, memory past --rss-mib) are written to fuzz/artifacts/ and make the run
-exit non-zero. The fuzzer runs under `nice`; it needs atheris (pip install atheris, or the
-`fuzz` extra) and the compiled core.
+Corpora live in WORKDIR/corpus/TARGET (--workdir, default $XDG_CACHE_HOME/clipcy/fuzz: out
+of the source tree, which the fuzzer would otherwise keep changing), seeded on each run from
+the tests' data (tests/data tars and gzip/zstd streams, the golden archive, archives
+index-layout makes of the shipped sample, the sample's JSON documents). Findings (crashes,
+foreign exceptions, hangs past --timeout, memory past --rss-mib) are written to
+WORKDIR/artifacts/ and make the run exit non-zero. The fuzzer runs under `nice`; it needs
+atheris (pip install atheris, or the `fuzz` extra) and the compiled core.
 """
 
 from __future__ import annotations
@@ -104,8 +105,13 @@ def seeds(target: str) -> list[bytes]:
     raise SystemExit(f"unknown target {target}")
 
 
+def _default_workdir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(cache) / "clipcy" / "fuzz"
+
+
 def _write_seeds(target: str, corpus: Path) -> Path:
-    seed_dir = HERE / "corpus" / (target + ".seeds")
+    seed_dir = corpus.parent / (target + ".seeds")
     seed_dir.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(seeds(target)):
         (seed_dir / f"seed-{i:03d}").write_bytes(s)
@@ -113,11 +119,11 @@ def _write_seeds(target: str, corpus: Path) -> Path:
     return seed_dir
 
 
-def run(target: str, seconds: int, timeout: int, rss_mib: int, jobs: int) -> int:
-    corpus = HERE / "corpus" / target
+def run(target: str, seconds: int, timeout: int, rss_mib: int, jobs: int, work: Path) -> int:
+    corpus = work / "corpus" / target
     seed_dir = _write_seeds(target, corpus)
-    artifacts = HERE / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    artifacts = work / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
     cmd = [
         "nice",
         "-n",
@@ -135,7 +141,6 @@ def run(target: str, seconds: int, timeout: int, rss_mib: int, jobs: int) -> int
         str(seed_dir),
     ]
     if jobs > 1:
-        cmd[4:4] = []
         cmd += [f"-jobs={jobs}", f"-workers={jobs}"]
     t0 = time.monotonic()
     cpu0 = os.times()
@@ -163,13 +168,21 @@ def main() -> int:
     ap.add_argument("--rss-mib", type=int, default=2048, help="memory one process may use")
     ap.add_argument("--jobs", type=int, default=1, help="parallel fuzzing processes")
     ap.add_argument("--replay", nargs="+", metavar="FILE", help="run these inputs once")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=_default_workdir(),
+        help="corpora and findings (default: $XDG_CACHE_HOME/clipcy/fuzz)",
+    )
     args = ap.parse_args()
     targets = TARGETS if args.target == "all" else (args.target,)
     if args.replay:
         return max(replay(t, args.replay) for t in targets)
     worst = 0
     for t in targets:
-        worst = max(worst, run(t, args.seconds, args.timeout, args.rss_mib, args.jobs))
+        worst = max(
+            worst, run(t, args.seconds, args.timeout, args.rss_mib, args.jobs, args.workdir)
+        )
     return worst
 
 

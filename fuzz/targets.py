@@ -19,7 +19,7 @@ Targets (each one function of the fuzzer's bytes):
 
 "Clean" means a ClipError subclass (clipcy/errors.py). Anything else (another exception, a
 crash, a hang past -timeout, memory past -rss_limit_mb) is a finding: fuzz/run.py keeps the
-input under fuzz/artifacts/ and tests/test_fuzz_regressions.py replays what was found.
+input (WORKDIR/artifacts/); each finding becomes a regression test in tests/.
 """
 
 from __future__ import annotations
