@@ -266,3 +266,46 @@ def test_two_runs_same_out(hostile: Any, tmp_path: Path) -> None:
         assert out.read_bytes() in refs.values()
         assert [p.name for p in out.parent.iterdir()] == ["x.clip"]
         time.sleep(0.01)
+
+
+def test_interrupt_between_submits_does_not_hang(
+    hostile: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the SIGTERM test once hit: an interrupt inside pool.submit(), after layer 0's
+    worker started. The call must raise promptly, with no layer worker left running."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from clipcy import indexer
+
+    layout = _many_entries_layout(tmp_path / "layout", hostile, 2, 20_000)
+
+    class Pool(ThreadPoolExecutor):
+        calls = 0
+
+        def submit(self, *a: Any, **kw: Any) -> Any:
+            Pool.calls += 1
+            if Pool.calls == 2:
+                time.sleep(0.2)  # layer 0's worker is streaming into the full hand-over queue
+                raise KeyboardInterrupt
+            return super().submit(*a, **kw)
+
+    monkeypatch.setattr(indexer, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(indexer, "STREAM_DEPTH", 1)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            indexer.create_index_only_archive_from_oci_layout(
+                layout, "latest", tmp_path / "x.clip", cache_dir=None
+            )
+        except BaseException as e:  # noqa: BLE001 -- recorded for the assertion
+            outcome.append(e)
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "index-layout hung after an interrupt between submits"
+    assert outcome and isinstance(outcome[0], KeyboardInterrupt), outcome
+    assert not [x for x in threading.enumerate() if x.name.startswith("clipcy-layer")]
+    assert not (tmp_path / "x.clip").exists()
