@@ -400,30 +400,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage_argv(args: argparse.Namespace) -> list[str]:
-    """The blob-storage options again, for the background mount process."""
-    argv = []
-    for opt in ("layout", "storage", "authfile", "connect_timeout", "read_timeout", "retries",
-                "cache_dir", "cache_max_mib"):
-        value = getattr(args, opt, None)
-        if value is not None:
-            argv += ["--" + opt.replace("_", "-"), str(value)]
-    for flag in ("insecure", "no_cache"):
-        if getattr(args, flag, False):
-            argv.append("--" + flag.replace("_", "-"))
-    return argv
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
     from clipcy.fusemount import service
 
     if args.foreground or args.ready_fd is not None:
         return service.serve(args.archive, args.mountpoint, blob_ref(args), args.cache_mib,
                              args.options, args.ready_fd, remote_options(args))
-    remote_options(args)  # bad values fail here, before the background process starts
-    proc, log_path = service.start(args.archive, args.mountpoint, _storage_argv(args),
-                                   args.cache_mib, args.options, args.log)
-    print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {proc.pid}, log "
+    pid, log_path = service.fork_and_serve(args.archive, args.mountpoint, blob_ref(args),
+                                           args.cache_mib, args.options, remote_options(args),
+                                           args.log)
+    print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {pid}, log "
           f"{log_path}); unmount with: clipctl umount {args.mountpoint}", file=sys.stderr)
     return 0
 

@@ -207,6 +207,50 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     return session, arc, fs
 
 
+def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
+                   cache_mib: int, options: Sequence[str], remote: RemoteOptions | None,
+                   log_path: str | None) -> tuple[int, str]:
+    """`clipctl mount` without -f: fork (this process has no threads yet, and the child
+    needs no second interpreter start), serve in the child, return (its pid, its log) once
+    the mount is ready; the child's one-line error otherwise."""
+    log_path = log_path or default_log_path(mountpoint)
+    try:
+        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise MountError(f"cannot open the log file {log_path}: {e.strerror or e}") from None
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the mount process
+        rc = 1
+        try:
+            os.close(rfd)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(logfd, 1)
+            os.dup2(logfd, 2)
+            rc = serve(archive, mountpoint, storage, cache_mib, options, wfd, remote)
+        except MountError:
+            rc = 1  # already on the ready pipe
+        except BaseException as e:  # noqa: BLE001 - the child must never return to the CLI
+            log.error("mount process failed: %s", e, exc_info=True)
+        finally:
+            os._exit(rc)
+    os.close(wfd)
+    os.close(logfd)
+    with os.fdopen(rfd, "rb") as ready:
+        answer = ready.readline().decode("utf-8", "replace").strip()
+    if answer == "ok":
+        return pid, log_path
+    _, status = os.waitpid(pid, 0)
+    if answer.startswith("error "):
+        raise MountError(answer[6:])
+    raise MountError(f"the mount process exited with status {os.waitstatus_to_exitcode(status)}"
+                     f" before the mount was ready (log: {log_path})")
+
+
 def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           log_path: str | None = None,
