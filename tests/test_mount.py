@@ -102,7 +102,7 @@ def test_mounted_tree_matches_expected(corpus: Path, corpus_dir: Path, tmp_path:
         name += "@" + platform.replace("/", "-")
     r = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
                         str(EXPECTED / f"{name}.jsonl"), str(actual)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, errors="replace")
     assert r.returncode == 0, r.stdout
     assert not is_mounted(mnt)
 

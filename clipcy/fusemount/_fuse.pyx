@@ -150,6 +150,8 @@ cdef extern from "fuse_lowlevel.h" nogil:
         FUSE_CAP_PARALLEL_DIROPS
         FUSE_CAP_AUTO_INVAL_DATA
         FUSE_CAP_ASYNC_READ
+        FUSE_CAP_NO_OPEN_SUPPORT
+        FUSE_CAP_NO_OPENDIR_SUPPORT
     int fuse_reply_err(fuse_req_t req, int err)
     void fuse_reply_none(fuse_req_t req)
     int fuse_reply_entry(fuse_req_t req, const fuse_entry_param *e)
@@ -198,6 +200,10 @@ cdef dict _TYPE_INDEX = {"dir": 0, "file": 1, "symlink": 2, "char": 3, "block": 
 # False once the image is known to hold no xattr at all: getxattr/listxattr then answer
 # ENOSYS without the GIL, and the kernel stops asking (no round trip per exec or open).
 cdef bint _xattrs = True
+# the kernel accepts ENOSYS for open / opendir (FUSE_CAP_NO_OPEN(DIR)_SUPPORT, Linux 3.19 /
+# 5.1): set at init from what it offers
+cdef bint _no_open = False
+cdef bint _no_opendir = False
 
 cdef char _last_log[1024]
 cdef bint _log_to_stderr = False
@@ -275,6 +281,9 @@ cdef void _init(void *userdata, fuse_conn_info *conn) noexcept nogil:
                             | FUSE_CAP_PARALLEL_DIROPS | FUSE_CAP_ASYNC_READ)
     want &= ~(FUSE_CAP_READDIRPLUS_AUTO | FUSE_CAP_AUTO_INVAL_DATA)
     conn.want = want
+    global _no_open, _no_opendir
+    _no_open = (conn.capable & FUSE_CAP_NO_OPEN_SUPPORT) != 0
+    _no_opendir = (conn.capable & FUSE_CAP_NO_OPENDIR_SUPPORT) != 0
     conn.max_readahead = 1 << 20
     # above the kernel's default of 12: asynchronous readahead stops at 75% of it
     conn.max_background = 64
@@ -346,26 +355,18 @@ cdef void _readlink(fuse_req_t req, fuse_ino_t ino) noexcept nogil:
         _readlink_g(req, ino)
 
 
-cdef void _open_g(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept:
-    cdef int err = 0
+cdef void _open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
     if fi.flags & 3:  # O_WRONLY or O_RDWR
         fuse_reply_err(req, EROFS)
-        return
-    try:
-        fi.fh = _session(req).fs.open(ino)
-    except BaseException as ex:
-        err = _errno_of(ex)
-    if err:
-        fuse_reply_err(req, err)
-        return
-    fi.keep_cache = 1  # the content never changes: keep pages across opens
-    fi.noflush = 1
-    fuse_reply_open(req, fi)
-
-
-cdef void _open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
-    with gil:
-        _open_g(req, ino, fi)
+    elif _no_open:
+        # the kernel then opens files itself, never sends open/release again, and keeps
+        # their pages (FOPEN_KEEP_CACHE is its default): no round trip per open
+        fuse_reply_err(req, ENOSYS)
+    else:
+        fi.keep_cache = 1  # the content never changes: keep pages across opens
+        fi.noflush = 1
+        fi.fh = 0  # reads find the file by its node id
+        fuse_reply_open(req, fi)
 
 
 cdef void _read_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
@@ -374,7 +375,7 @@ cdef void _read_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
     cdef const char *p = NULL
     cdef size_t n = 0
     try:
-        data = _session(req).fs.read(fi.fh, size, off)
+        data = _session(req).fs.read(ino, size, off)
         p = PyBytes_AS_STRING(data)
         n = PyBytes_GET_SIZE(data)
         with nogil:  # `data` stays referenced until the reply is written
@@ -391,36 +392,18 @@ cdef void _read(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
         _read_g(req, ino, size, off, fi)
 
 
-cdef void _release_g(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept:
-    try:
-        _session(req).fs.release(fi.fh)
-    except BaseException as ex:
-        _errno_of(ex)
+cdef void _release(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
     fuse_reply_err(req, 0)
 
 
-cdef void _release(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
-    with gil:
-        _release_g(req, ino, fi)
-
-
-cdef void _opendir_g(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept:
-    cdef int err = 0
-    try:
-        fi.fh = _session(req).fs.opendir(ino)
-    except BaseException as ex:
-        err = _errno_of(ex)
-    if err:
-        fuse_reply_err(req, err)
+cdef void _opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
+    if _no_opendir:  # as _open: the kernel then caches listings (FOPEN_CACHE_DIR) by itself
+        fuse_reply_err(req, ENOSYS)
         return
+    fi.fh = 0
     fi.keep_cache = 1
     fi.cache_readdir = 1  # the kernel keeps the listing: later readdirs do not reach us
     fuse_reply_open(req, fi)
-
-
-cdef void _opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
-    with gil:
-        _opendir_g(req, ino, fi)
 
 
 cdef void _readdir_any_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
@@ -434,7 +417,7 @@ cdef void _readdir_any_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
         fuse_reply_err(req, EIO)
         return
     try:
-        entries = _session(req).fs.listing(fi.fh)
+        entries = _session(req).fs.listing(ino)
         for i in range(off, len(entries)):
             name, nodeid, rec = entries[i]
             if plus:
@@ -476,17 +459,8 @@ cdef void _readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
     _readdir_any(req, ino, size, off, fi, True)
 
 
-cdef void _releasedir_g(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept:
-    try:
-        _session(req).fs.release(fi.fh)
-    except BaseException as ex:
-        _errno_of(ex)
-    fuse_reply_err(req, 0)
-
-
 cdef void _releasedir(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
-    with gil:
-        _releasedir_g(req, ino, fi)
+    fuse_reply_err(req, 0)
 
 
 cdef void _statfs_g(fuse_req_t req, fuse_ino_t ino) noexcept:

@@ -5,19 +5,20 @@ is FUSE's root id 1), so nothing is allocated per lookup and forget has nothing 
 id gives the record through the decoded block cache, the record gives the path. st_ino is the
 archive's inode number (hardlinks share it); the kernel keeps one inode per path.
 
-Open files and directories get a handle (fh): a file's data location, or a directory's full
-listing with each child's record (readdirplus hands the kernel every child's attributes).
-File bytes come from the span cache (spans.py) over the layer readers.
+open and opendir answer ENOSYS where the kernel allows it (it then opens by itself, keeps
+pages and listings cached, and sends no open/release at all), so reads and readdirs name the
+node id: a directory's listing (with each child's record: readdirplus hands the kernel every
+child's attributes) and a file's data location are kept in small LRUs. File bytes come from
+the span cache (spans.py) over the layer readers.
 """
 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
 
 from clipcy.errors import ClipError
 from clipcy.format import F_XATTR
@@ -28,6 +29,9 @@ from clipcy.reader import Archive
 log = logging.getLogger("clipcy.mount")
 
 __all__ = ["ImageFS"]
+
+LISTINGS = 16  # directory listings kept while the kernel reads them in pieces
+FILES = 256  # files whose data location (sparse runs) is kept for their reads
 
 # record fields (clipcy.nodeblock.Record = Node's fields in order)
 _PATH, _TYPE, _SIZE, _LINK, _XATTRS, _LAYER, _OFFSET, _SPARSE = 0, 1, 7, 8, 11, 14, 15, 16
@@ -61,8 +65,8 @@ class ImageFS:
     def __init__(self, arc: Archive, cache_bytes: int) -> None:
         self.arc = arc
         self.spans = SpanCache(arc.layer_reader, cache_bytes)
-        self._handles: dict[int, Any] = {}
-        self._ids = itertools.count(1)
+        self._listings: OrderedDict[int, list[tuple[bytes, int, Record]]] = OrderedDict()
+        self._files: OrderedDict[int, _File] = OrderedDict()
         self._failed: set[int] = set()  # layers whose failure was logged already
         self._lock = threading.Lock()
         self.image_bytes = sum(int(la.get("uncompressed_size") or la.get("size") or 0)
@@ -124,16 +128,15 @@ class ImageFS:
     def statfs(self) -> tuple[int, int]:
         return self.image_bytes, self.arc.node_count
 
-    # -- handles ----------------------------------------------------------------------------
-    def _handle(self, obj: Any) -> int:
-        fh = next(self._ids)
-        self._handles[fh] = obj
-        return fh
-
-    def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
-
-    def opendir(self, nodeid: int) -> int:
+    # -- directories and files, by node id (open/opendir are the kernel's: no handles) -----
+    def listing(self, nodeid: int) -> list[tuple[bytes, int, Record]]:
+        """".", ".." and every child (name, node id, record), kept for a few directories: the
+        kernel asks in pieces, then caches the listing itself."""
+        with self._lock:
+            hit = self._listings.get(nodeid)
+            if hit is not None:
+                self._listings.move_to_end(nodeid)
+                return hit
         rec = self.record(nodeid)
         if rec[_TYPE] != "dir":
             raise _err(errno.ENOTDIR)
@@ -142,21 +145,31 @@ class ImageFS:
         entries: list[tuple[bytes, int, Record]] = [
             (b".", 0, rec), (b"..", 0, parent[1] if parent is not None else rec)]
         entries += [(name, pos + 1, r) for name, pos, r in self.arc._children(path)]
-        return self._handle(entries)
-
-    def listing(self, fh: int) -> list[tuple[bytes, int, Record]]:
-        entries: list[tuple[bytes, int, Record]] = self._handles[fh]
+        with self._lock:
+            self._listings[nodeid] = entries
+            if len(self._listings) > LISTINGS:
+                self._listings.popitem(last=False)
         return entries
 
-    def open(self, nodeid: int) -> int:
+    def _file(self, nodeid: int) -> _File:
+        with self._lock:
+            f = self._files.get(nodeid)
+            if f is not None:
+                self._files.move_to_end(nodeid)
+                return f
         rec = self.record(nodeid)
         if rec[_TYPE] != "file":
             raise _err(errno.EISDIR if rec[_TYPE] == "dir" else errno.EINVAL)
-        return self._handle(_File(rec))
+        f = _File(rec)
+        with self._lock:
+            self._files[nodeid] = f
+            if len(self._files) > FILES:
+                self._files.popitem(last=False)
+        return f
 
     # -- data -------------------------------------------------------------------------------
-    def read(self, fh: int, size: int, off: int) -> bytes:
-        f: _File = self._handles[fh]
+    def read(self, nodeid: int, size: int, off: int) -> bytes:
+        f = self._file(nodeid)
         n = min(size, f.size - off)
         if n <= 0:
             return b""
