@@ -127,14 +127,13 @@ def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
 
 
 def _bound_malloc() -> None:
-    """glibc keeps freed memory per thread arena (up to 8 per core) and raises its mmap
-    threshold after large frees: with 16 threads handing out 256 KiB spans, RSS then grows far
-    past the span cache. Two arenas and a fixed 128 KiB threshold (large buffers mmapped and
-    returned) keep the process near its budget."""
+    """glibc keeps freed memory per thread arena (up to 8 per core): with 16 threads handing
+    out 256 KiB spans, RSS grows past the span cache. Two arenas keep the process near its
+    budget. (A fixed mmap threshold did too, but halved sequential reads: an mmap and 64 page
+    faults per span; perf/RESULTS.md.)"""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         libc.mallopt(-8, 2)  # M_ARENA_MAX
-        libc.mallopt(-3, 128 << 10)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
