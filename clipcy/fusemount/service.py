@@ -264,6 +264,9 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
                      f" before the mount was ready (log: {log_path})")
 
 
+_CHILD = "import sys; del sys.path[0]; from clipcy.cli import main; sys.exit(main())"
+
+
 def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           log_path: str | None = None,
@@ -272,7 +275,10 @@ def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
     ready."""
     log_path = log_path or default_log_path(mountpoint)
     rfd, wfd = os.pipe()
-    cmd = [sys.executable, "-m", "clipcy", "mount", "-f", "--ready-fd", str(wfd),
+    # Not `python -m clipcy`: that puts the working directory first on sys.path, so a mount
+    # started from a source checkout would import ./clipcy (no compiled modules) instead of
+    # the installed package. The child drops that entry before importing anything.
+    cmd = [sys.executable, "-c", _CHILD, "mount", "-f", "--ready-fd", str(wfd),
            "--cache-mib", str(cache_mib), archive, mountpoint]
     cmd += list(storage_argv)  # --layout, --storage and the remote options
     for o in options:
