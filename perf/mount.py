@@ -417,7 +417,10 @@ def main() -> None:
         "|---|---:|---:|---:|---|",
     ]
     if not args.only:
-        args.out.write_text("\n".join(head + rows) + "\n")
+        # the hand-written analysis below the table survives a new run
+        old = args.out.read_text() if args.out.exists() else ""
+        notes = old[old.find("\n## "):] if "\n## " in old else ""
+        args.out.write_text("\n".join(head + rows) + "\n" + notes)
 
 
 if __name__ == "__main__":
