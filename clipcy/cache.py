@@ -47,7 +47,7 @@ from clipcy.storage.spans import SpanTable
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPCYLC"
-VERSION = 6  # 6: span checksums in the access data
+VERSION = 7  # 6: span checksums in the access data; 7: 16-byte span digests
 _LEN = struct.Struct("<I")
 # zstandard contexts are not thread-safe: each writer and each get() makes its own.
 DEFAULT_LIMIT = 2 << 30  # bytes

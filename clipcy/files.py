@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ArchivePathError, BlobError, ClipError
-from clipcy.format import CHECKSUM_BLAKE3
+from clipcy.format import CHECKSUM_WRITTEN
 from clipcy.node import FILE, SYMLINK, Node
 from clipcy.pathwalk import follow_symlinks
 from clipcy.storage.spans import SpanTable
@@ -71,7 +71,7 @@ class BlobStore:
                     raise BlobError(f"the archive has no span checksums for layer blob "
                                     f"{desc['digest']}: re-run index-layout")
                 spans = access.spans if access.spans is not None else SpanTable(
-                    CHECKSUM_BLAKE3, [], b"")
+                    CHECKSUM_WRITTEN, [], b"")
                 blob = self.store.open_blob(desc, spans)
                 r = self._readers[layer] = open_layer_reader(blob, access)
             return r

@@ -12,6 +12,7 @@ import blake3
 import pytest
 
 from clipcy.errors import BlobError, SpanChecksumError
+from clipcy.format import CHECKSUM_BLAKE3, CHECKSUM_BLAKE3_128
 from clipcy.storage.local import LocalBlob, LocalStore, open_file
 from clipcy.storage.spans import SPAN_SIZE, SpanHasher, SpanTable, VerifiedBlob, hash_file
 
@@ -64,8 +65,23 @@ def test_hasher_cuts_a_grid_whatever_the_pieces() -> None:
     t = whole.table()
     assert t == pieces.table()
     assert t.lengths == [SPAN_SIZE] * 5 + [1234] and t.size == len(data)
-    assert t.digest(5) == blake3.blake3(data[5 * SPAN_SIZE:]).digest()
+    assert t.kind == CHECKSUM_BLAKE3_128
+    assert t.digest(5) == blake3.blake3(data[5 * SPAN_SIZE:]).digest(length=16)
     assert SpanHasher().table().count == 0
+
+
+def test_full_length_blake3_tables_are_read_too() -> None:
+    """Kind 1 (32-byte digests) stays readable; a flipped byte is still refused."""
+    data = blob_bytes(3 * SPAN_SIZE + 5)
+    cuts = [(i, min(i + SPAN_SIZE, len(data))) for i in range(0, len(data), SPAN_SIZE)]
+    table = SpanTable(CHECKSUM_BLAKE3, [b - a for a, b in cuts],
+                      b"".join(blake3.blake3(data[a:b]).digest() for a, b in cuts))
+    assert table.problem() == "" and len(table.digest(3)) == 32
+    assert VerifiedBlob(Source(data), table).pread(10, 2 * SPAN_SIZE) == data[10:2 * SPAN_SIZE + 10]
+    src = Source(data)
+    src.data[SPAN_SIZE] ^= 0x40
+    with pytest.raises(SpanChecksumError):
+        VerifiedBlob(src, table).pread(SPAN_SIZE, 1)
 
 
 def test_reads_fetch_each_run_of_missing_spans_once() -> None:

@@ -29,26 +29,28 @@ from typing import Protocol
 import blake3
 
 from clipcy.errors import BlobError, SpanChecksumError
-from clipcy.format import CHECKSUM_BLAKE3, CHECKSUM_DIGEST_SIZES, SPAN_SIZE
+from clipcy.format import CHECKSUM_DIGEST_SIZES, CHECKSUM_NONE, CHECKSUM_WRITTEN, SPAN_SIZE
 
-DIGEST_SIZE = CHECKSUM_DIGEST_SIZES[CHECKSUM_BLAKE3]
+DIGEST_SIZE = CHECKSUM_DIGEST_SIZES[CHECKSUM_WRITTEN]  # what index-layout records
 RECENT_SPANS = 8  # verified spans kept per blob, so that unaligned sequential reads do not
 # fetch and hash the span they share twice
 
 
-def span_digest(data: bytes | memoryview) -> bytes:
-    return blake3.blake3(data).digest()
+def span_digest(data: bytes | memoryview, size: int = DIGEST_SIZE) -> bytes:
+    """BLAKE3 of data, its first `size` output bytes (32: the full default digest)."""
+    return blake3.blake3(data).digest(length=size)
 
 
 class SpanTable:
     """The spans of one blob: lengths (consecutive from offset 0) and their digests."""
 
-    __slots__ = ("kind", "lengths", "digests", "_ends")
+    __slots__ = ("kind", "lengths", "digests", "digest_size", "_ends")
 
     def __init__(self, kind: int, lengths: Sequence[int], digests: bytes) -> None:
         self.kind = kind
         self.lengths = list(lengths)
         self.digests = digests
+        self.digest_size = CHECKSUM_DIGEST_SIZES.get(kind, 0)
         self._ends: list[int] | None = None
 
     def __repr__(self) -> str:
@@ -84,13 +86,14 @@ class SpanTable:
         return bisect.bisect_right(self.ends, offset)
 
     def digest(self, i: int) -> bytes:
-        return self.digests[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]
+        size = self.digest_size
+        return self.digests[i * size:(i + 1) * size]
 
     def problem(self) -> str:
         """Why the table is unusable, or ""."""
-        if self.kind != CHECKSUM_BLAKE3:
+        if self.kind == CHECKSUM_NONE or self.kind not in CHECKSUM_DIGEST_SIZES:
             return f"unknown checksum kind {self.kind}"
-        if len(self.digests) != DIGEST_SIZE * len(self.lengths):
+        if len(self.digests) != self.digest_size * len(self.lengths):
             return f"{len(self.digests)} digest bytes for {len(self.lengths)} spans"
         if any(n <= 0 for n in self.lengths):
             return "a span is empty"
@@ -119,7 +122,7 @@ class SpanHasher:
                 self._close()
 
     def _close(self) -> None:
-        self._digests.append(self._h.digest())
+        self._digests.append(self._h.digest(length=DIGEST_SIZE))
         self._lengths.append(self._fill)
         self._h = blake3.blake3()
         self._fill = 0
@@ -127,7 +130,7 @@ class SpanHasher:
     def table(self) -> SpanTable:
         if self._fill:
             self._close()
-        return SpanTable(CHECKSUM_BLAKE3, self._lengths, b"".join(self._digests))
+        return SpanTable(CHECKSUM_WRITTEN, self._lengths, b"".join(self._digests))
 
 
 class BlobSource(Protocol):
@@ -207,7 +210,8 @@ class VerifiedBlob:
                 if i not in got:
                     start, end = t.bounds(i)
                     b = self._cache.get(self.digest, start, end - start)
-                    if b is not None and len(b) == end - start and span_digest(b) == t.digest(i):
+                    if (b is not None and len(b) == end - start
+                            and span_digest(b, t.digest_size) == t.digest(i)):
                         got[i] = b
         i = first
         while i <= last:  # each run of missing spans: one fetch
@@ -268,7 +272,7 @@ class VerifiedBlob:
         for k in range(i, j + 1):
             s, e = t.bounds(k)
             piece = view[s - start:e - start]
-            if span_digest(piece) != t.digest(k):
+            if span_digest(piece, t.digest_size) != t.digest(k):
                 raise SpanChecksumError(
                     f"layer blob {self.digest} has changed: span checksum mismatch at "
                     f"compressed offset {s} ({e - s} bytes)")

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from clipcy.access import LayerAccess
+from clipcy.format import CHECKSUM_WRITTEN
 from clipcy.node import Node
-from clipcy.storage.spans import CHECKSUM_BLAKE3, SpanTable, span_digest
+from clipcy.storage.spans import SpanTable, span_digest
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden.clip"
@@ -89,7 +90,7 @@ def golden_input() -> tuple[dict[str, Any], list[Node], list[LayerAccess]]:
                           size=i, layer=i % 3, offset=10_000 + 512 * i, ino=ino))
     # span checksums: BLAKE3 of fixed stand-in bytes (the golden blobs do not exist); the
     # plain layer has none (kind 0), which a writer stores and a reader refuses to read from
-    spans = [SpanTable(CHECKSUM_BLAKE3, lengths, b"".join(
+    spans = [SpanTable(CHECKSUM_WRITTEN, lengths, b"".join(
         span_digest(b"golden %d %d" % (layer, k)) for k in range(len(lengths))))
         for layer, lengths in ((0, [1000]), (1, [1024, 976]))]
     access = [
