@@ -40,3 +40,11 @@ def index(layout: Path, tag: str, out: Path) -> int:
         return 1
     print(summary.node_count, summary.archive_size)
     return 0
+
+
+def mounted_names(archive: Path, mountpoint: Path) -> list[str]:
+    from clipcy.fusemount import Mount
+
+    with clipcy.mount(archive, mountpoint, cache_mib=32, options=["allow_other"]) as m:
+        assert isinstance(m, Mount)
+        return sorted(p.name for p in Path(m.mountpoint).iterdir())
