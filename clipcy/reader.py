@@ -430,32 +430,7 @@ class Archive:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
         if r[1] != "dir":
             raise ArchivePathError(f"not a directory in archive: {os.fsdecode(p)}")
-        prefix = p if p == b"/" else p + b"/"
-        cut = len(prefix)
-        names: list[bytes] = []
-        b, i = self._seek(prefix + b"\0" if p == b"/" else prefix)
-        nblocks = len(self._blocks)
-        while b < nblocks:
-            blk = self._block(b)
-            while i < blk.count:
-                q = blk.path(i)
-                if not q.startswith(prefix):
-                    return names
-                slash = q.find(b"/", cut)
-                if slash < 0:
-                    names.append(q[cut:])
-                    i += 1
-                    continue
-                # inside a child's subtree: all of q[:slash] + b"/..." sorts before
-                # q[:slash] + b"0" ('0' is '/' + 1), so jump there
-                nb, ni = self._seek(q[:slash] + b"0")
-                if nb != b:
-                    b, i = nb, ni
-                    break
-                i = ni
-            else:
-                b, i = b + 1, 0
-        return names
+        return [name for name, _, _ in self._child_positions(p)]
 
     def walk(self, prefix: str | bytes = b"/") -> Iterator[Node]:
         """Every node of the subtree at prefix (prefix included), in path-byte order."""
@@ -547,12 +522,10 @@ class Archive:
         b = bisect.bisect_right(starts, pos) - 1
         return self._block(b).record(pos - starts[b])
 
-    def _children(self, path: bytes) -> list[tuple[bytes, int, Record]]:
-        """(name, position, record) of each child of the directory at path, sorted by name."""
+    def _child_positions(self, path: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """(name, block, index in block) of each child of the directory at path, by name."""
         prefix = path if path == b"/" else path + b"/"
         cut = len(prefix)
-        starts = self._starts
-        out: list[tuple[bytes, int, Record]] = []
         b, i = self._seek(prefix + b"\0" if path == b"/" else prefix)
         nblocks = len(self._blocks)
         while b < nblocks:
@@ -560,19 +533,27 @@ class Archive:
             while i < blk.count:
                 q = blk.path(i)
                 if not q.startswith(prefix):
-                    return out
-                if q.find(b"/", cut) < 0:
-                    out.append((q[cut:], starts[b] + i, blk.record(i)))
+                    return
+                slash = q.find(b"/", cut)
+                if slash < 0:
+                    yield q[cut:], b, i
                     i += 1
                     continue
-                nb, ni = self._seek(q[:q.find(b"/", cut)] + b"0")  # skip the child's subtree
+                # inside a child's subtree: all of q[:slash] + b"/..." sorts before
+                # q[:slash] + b"0" ('0' is '/' + 1), so jump there
+                nb, ni = self._seek(q[:slash] + b"0")
                 if nb != b:
                     b, i = nb, ni
                     break
                 i = ni
             else:
                 b, i = b + 1, 0
-        return out
+
+    def _children(self, path: bytes) -> list[tuple[bytes, int, Record]]:
+        """(name, position, record) of each child of the directory at path, sorted by name."""
+        starts = self._starts
+        return [(name, starts[b] + i, self._block(b).record(i))
+                for name, b, i in self._child_positions(path)]
 
     def close(self) -> None:
         if self._store is not None:
