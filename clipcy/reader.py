@@ -393,14 +393,8 @@ class Archive:
     def _record(self, path: bytes) -> Record | None:
         if self._fd is None:
             raise ArchiveError(f"archive {self.name} is closed")
-        b = bisect.bisect_right(self._firsts, path) - 1
-        if b < 0:
-            return None
-        blk = self._block(b)
-        i = blk.bisect_left(path)
-        if i == blk.count or blk.path(i) != path:
-            return None
-        return blk.record(i)
+        found = self._locate(path)
+        return None if found is None else found[1]
 
     def lookup(self, path: str | bytes) -> Node | None:
         """The node at exactly this path (no symlink following), or None."""
