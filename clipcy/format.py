@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
@@ -190,6 +191,17 @@ def uvarint(v: int) -> bytes:
     return bytes(out)
 
 
+def _compress_blocks(cctx: zstandard.ZstdCompressor, raws: list[bytes]) -> list[bytes]:
+    """One zstd frame per node block. python-zstandard's C backend compresses a batch on
+    several threads without the GIL (the 150k-node layer's 300 blocks: 0.08 s -> 0.04 s on
+    two cores, issue 13); each frame is the same bytes compress() makes of it alone."""
+    threads = min(2, os.cpu_count() or 1)
+    if threads > 1 and len(raws) > 1 and hasattr(cctx, "multi_compress_to_buffer"):
+        batch = cctx.multi_compress_to_buffer(raws, threads=threads)
+        return [batch[i].tobytes() for i in range(len(batch))]  # exact-size copies
+    return [_exact(cctx.compress(raw)) for raw in raws]
+
+
 def assemble(meta_json: bytes, node_count: int,
              blocks: Sequence[tuple[bytes, int, bytes]],
              access_payloads: Sequence[bytes | EncodedAccess]) -> bytes:
@@ -203,12 +215,13 @@ def assemble(meta_json: bytes, node_count: int,
     _check_raw("metadata", meta_json, MAX_METADATA_RAW)
     metadata = U64.pack(len(meta_json)) + _exact(cctx.compress(meta_json))
 
+    for first, _, raw in blocks:
+        _check_raw(f"node block starting at {first!r}", raw, MAX_BLOCK_RAW)
+    frames = _compress_blocks(cctx, [raw for _, _, raw in blocks])
     index = [NODE_INDEX_HEAD.pack(node_count, len(blocks))]
     data: list[bytes] = []
     pos = 0
-    for first, count, raw in blocks:
-        _check_raw(f"node block starting at {first!r}", raw, MAX_BLOCK_RAW)
-        frame = _exact(cctx.compress(raw))
+    for (first, count, raw), frame in zip(blocks, frames):
         index.append(BLOCK_ENTRY.pack(pos, len(frame), len(raw), count, zlib.crc32(frame),
                                       len(first)))
         index.append(first)

@@ -397,6 +397,19 @@ def test_large_listdir_skips_subtrees(tmp_path: Path) -> None:
         assert len(list(a.walk("/d/007"))) == 6
 
 
+def test_block_frames_same_bytes_on_one_or_more_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # node blocks are compressed as a batch on two threads when there are two cores: the
+    # archive must be the bytes a one-core machine makes (reproducible output)
+    nodes = [Node(b"/", "dir", 0o755, 0, 0, 0)]
+    nodes += [Node(b"/f%05d" % i, "file", 0o644, i, i % 7, i * 3) for i in range(3000)]
+    blocks = _writer_py.encode_blocks(nodes, 100, 1 << 30)
+    assert len(blocks) == 31  # 3001 nodes, 100 a block
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    threaded = F.assemble(b"{}", len(nodes), blocks, [])
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert F.assemble(b"{}", len(nodes), blocks, []) == threaded
+
+
 def test_closed_and_missing(tmp_path: Path, golden_archive: Path) -> None:
     a = open_archive(golden_archive)
     a.close()
