@@ -255,6 +255,9 @@ class FaultProxy:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # what real servers do (Go's net/http, nginx): without it the body's first
+            # small write waits for the client's delayed ACK of the headers (up to 40 ms)
+            disable_nagle_algorithm = True
 
             def log_message(self, *a: Any) -> None:
                 pass
