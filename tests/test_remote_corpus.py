@@ -354,6 +354,32 @@ def test_cold_random_read_is_one_request(pushed: Pushed, proxy: rs.FaultProxy,
         assert proxy.blob_requests() - before <= 2 + size // (4 << 20)
 
 
+def _starts(proxy: rs.FaultProxy, since: int = 0) -> list[int]:
+    """The first byte of each blob range request the proxy saw, in order."""
+    return [int(rng[len("bytes="):].split("-")[0]) for p, rng, _ in proxy.log[since:]
+            if "/blobs/" in p and rng]
+
+
+def test_first_request_is_the_readers_own(pushed: Pushed, proxy: rs.FaultProxy) -> None:
+    """A fresh archive reading a file whole: the request the reader waits for (from the
+    resume point) goes first; read-ahead is asked for once the blob's URL is resolved, and
+    does not queue ahead of it (fetches take turns until then)."""
+    import hashlib
+
+    from clipcy import open_archive
+    from clipcy.storage.registry import RemoteOptions
+
+    path, rec = _biggest("basic@latest")
+    with open_archive(pushed.archives["basic@latest"], remote=RemoteOptions(cache=False),
+                      storage=f"docker://127.0.0.1:{proxy.port}/basic") as arc:
+        with arc.open(path) as f:  # in 1 MiB reads, as cat and extract do
+            data = b"".join(iter(lambda: f.read(1 << 20), b""))
+    assert hashlib.sha256(data).hexdigest() == rec["sha256"]
+    starts = _starts(proxy)
+    assert len(starts) >= 2, starts  # the file is read with read-ahead
+    assert starts[0] == min(starts), starts
+
+
 @pytest.mark.parametrize("case", ["basic@latest", "zstd@latest"])
 def test_verify_through_registry(pushed: Pushed, tmp_path: Path, case: str) -> None:
     """verify downloads each blob (checked by its digest while re-indexed) and compares."""

@@ -235,6 +235,13 @@ class BlobURL:
     def __repr__(self) -> str:
         return f"<BlobURL {self.name} at {redact(self.url)}>"
 
+    @property
+    def resolved(self) -> bool:
+        """Whether fetches go straight to a known URL (no redirect left to resolve): until
+        then they take turns, so that a redirect is resolved once."""
+        with self._lock:
+            return self._direct or self._location is not None
+
     def _fail(self, why: str) -> RemoteError:
         return RemoteError(f"cannot read blob {self.name} from {redact(self.url)}: {why}")
 
@@ -261,7 +268,9 @@ class BlobURL:
                     with self._resolve_lock:
                         with self._lock:
                             location, direct = self._location, self._direct
-                        data = self._attempt(location or self.url, offset, n)
+                        if location is None and not direct:
+                            return self._attempt(self.url, offset, n)
+                    continue  # resolved while this one waited: go without the lock
                 return data
             except _Redirect:
                 hops += 1

@@ -263,7 +263,9 @@ class RemoteBlob:
                 elif not sequential:
                     self._window = 0
                 want = min(want, self.size)
-            if self._on:  # the next windows travel while this one does
+            if self._on and self.url.resolved:  # the next windows travel while this one
+                # does (not before the blob's URL is resolved: they would take their turn
+                # first, and the reader would wait for them)
                 self._read_ahead(want, True)
             got = self.url.fetch(offset, want - offset)
             with self._lock:
