@@ -37,12 +37,12 @@ def _fuse3() -> dict[str, list]:
 FUSE3 = _fuse3()
 
 EXTENSIONS = [
-    Extension("clipcy._tarparse", ["clipcy/_tarparse.pyx"]),
-    Extension("clipcy._checkpoint", ["clipcy/_checkpoint.pyx"], **ZLIB),
-    Extension("clipcy._inflate", ["clipcy/_inflate.pyx"], **ZLIB),
-    Extension("clipcy._writer", ["clipcy/_writer.pyx"]),
-    Extension("clipcy._nodeblock", ["clipcy/_nodeblock.pyx"]),
-    Extension("clipcy._merge", ["clipcy/_merge.pyx"]),
+    Extension("clipcy.tar._tarparse", ["clipcy/tar/_tarparse.pyx"]),
+    Extension("clipcy.layers._checkpoint", ["clipcy/layers/_checkpoint.pyx"], **ZLIB),
+    Extension("clipcy.layers._inflate", ["clipcy/layers/_inflate.pyx"], **ZLIB),
+    Extension("clipcy.archive._writer", ["clipcy/archive/_writer.pyx"]),
+    Extension("clipcy.archive._nodeblock", ["clipcy/archive/_nodeblock.pyx"]),
+    Extension("clipcy.image._merge", ["clipcy/image/_merge.pyx"]),
 ]
 # `clipctl mount` needs libfuse3: built only where its headers are (Debian libfuse3-dev);
 # elsewhere clipcy installs without it and `clipctl mount` names the packages to install.

@@ -24,17 +24,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "walk_tar": "clipcy.tarparse",
-    "create_index_only_archive_from_oci_layout": "clipcy.indexer",
-    "open_archive": "clipcy.reader",
+    "walk_tar": "clipcy.tar.tarparse",
+    "create_index_only_archive_from_oci_layout": "clipcy.image.indexer",
+    "open_archive": "clipcy.archive.reader",
     "mount": "clipcy.fusemount",
 }
 
 if TYPE_CHECKING:
+    from clipcy.archive.reader import open_archive
     from clipcy.fusemount import mount
-    from clipcy.indexer import create_index_only_archive_from_oci_layout
-    from clipcy.reader import open_archive
-    from clipcy.tarparse import walk_tar
+    from clipcy.image.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.tar.tarparse import walk_tar
 
 
 def __getattr__(name: str) -> Any:

@@ -14,11 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipcy.archive.reader import Archive, open_archive
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.progress import make_reporter
-from clipcy.reader import Archive, open_archive
 
 if TYPE_CHECKING:
     from clipcy.storage.registry import RemoteOptions
@@ -52,8 +52,8 @@ def human(n: float) -> str:
 
 
 def cmd_index_layout(args: argparse.Namespace) -> int:
-    from clipcy.cache import default_cache_dir
-    from clipcy.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.image.cache import default_cache_dir
+    from clipcy.image.indexer import create_index_only_archive_from_oci_layout
     from clipcy.limits import parse_overrides
 
     if args.workers is not None and args.workers < 1:
@@ -303,7 +303,7 @@ def remote_options(args: argparse.Namespace) -> RemoteOptions:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from clipcy.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
+    from clipcy.archive.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
 
     with open_archive(args.archive) as arc:
         node = resolve_file(arc, args.path)
@@ -371,7 +371,7 @@ def sample_layout() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clipcy.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.image.indexer import create_index_only_archive_from_oci_layout
 
     layout = sample_layout()
     with tempfile.TemporaryDirectory(prefix="clipcy-demo-") as tmp:

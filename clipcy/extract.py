@@ -15,8 +15,8 @@ import stat
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from clipcy.archive.files import ArchiveFile, BlobStore
 from clipcy.errors import ArchivePathError, ClipError
-from clipcy.files import ArchiveFile, BlobStore
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 
 log = logging.getLogger("clipcy")

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clipcy import format as _format
+from clipcy.archive import format as _format
 from clipcy.errors import ClipError, LimitError
 
 

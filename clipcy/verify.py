@@ -17,10 +17,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from clipcy.archive.files import ArchiveFile, BlobStore
 from clipcy.errors import ClipError
-from clipcy.files import ArchiveFile, BlobStore
+from clipcy.layers.packing import same_access
 from clipcy.node import FILE, Node
-from clipcy.packing import same_access
 
 # Every Node field but the path (the key), ino (numbering) and digest (compared separately).
 _NODE_FIELDS = tuple(f.name for f in fields(Node) if f.name not in ("path", "ino", "digest"))
@@ -67,9 +67,9 @@ def _blob_file(store: BlobStore, i: int) -> Iterator[Path]:
 
 def _verify(arc: Any, store: BlobStore,
             progress: Callable[[str, dict[str, Any]], None] | None) -> list[str]:
-    from clipcy.indexer import LayerResult, index_layer
-    from clipcy.layout import LAYER_TYPES, LayerInfo
-    from clipcy.merge import merge_layers
+    from clipcy.image.indexer import LayerResult, index_layer
+    from clipcy.image.layout import LAYER_TYPES, LayerInfo
+    from clipcy.image.merge import merge_layers
 
     problems: list[str] = []
     layers = arc.metadata.get("layers", [])

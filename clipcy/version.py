@@ -6,14 +6,14 @@ from clipcy import __version__
 
 
 def core_implementation() -> str:
-    from clipcy import tarparse
+    from clipcy.tar import tarparse
 
     return str(tarparse.IMPLEMENTATION)
 
 
 def inflate_engine() -> str:
     """The library that inflates gzip layers: zlib-ng (from the zlib-ng wheel) or zlib."""
-    from clipcy import _inflate
+    from clipcy.layers import _inflate
 
     if _inflate.NAME != "zlib-ng":
         return _inflate.engine()

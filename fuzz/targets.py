@@ -12,7 +12,8 @@ Targets (each one function of the fuzzer's bytes):
               equal trees, or the same exception class and message
   archive     a .clip archive: open, walk, lookup, listdir, read every file (blobs from the
               shipped sample layout), verify
-  checkpoint  the gzip resume-point indexer (clipcy._checkpoint): output equal to zlib's; every
+  checkpoint  the gzip resume-point indexer (clipcy.layers._checkpoint): output equal to
+              zlib's; every
               recorded point resumes to the same bytes; fuzzed points/windows fail cleanly
   layout      OCI layout resolution: a fuzzed index.json, image index, manifest or config (its
               descriptor digests made to match), fuzzed tag/platform/reference strings
@@ -39,15 +40,15 @@ from typing import Any
 import atheris
 
 with atheris.instrument_imports():
-    import clipcy._merge_py as merge_py
-    import clipcy._tarparse_py as tar_py
-    from clipcy import reader as _reader  # noqa: F401  (instrumented for coverage)
+    import clipcy.image._merge_py as merge_py
+    import clipcy.tar._tarparse_py as tar_py
+    from clipcy.archive import reader as _reader  # noqa: F401  (instrumented for coverage)
     from clipcy.errors import ClipError
-    from clipcy.layout import Layout, parse_layout_ref, resolve
+    from clipcy.image.layout import Layout, parse_layout_ref, resolve
 
-import clipcy._checkpoint as checkpoint  # noqa: E402  (compiled: not instrumented)
-import clipcy._merge as merge_c  # noqa: E402
-import clipcy._tarparse as tar_c  # noqa: E402
+import clipcy.image._merge as merge_c  # noqa: E402
+import clipcy.layers._checkpoint as checkpoint  # noqa: E402  (compiled: not instrumented)
+import clipcy.tar._tarparse as tar_c  # noqa: E402
 
 logging.getLogger("clipcy").setLevel(logging.CRITICAL)  # the merge's warnings: not findings
 
@@ -110,7 +111,7 @@ _KINDS = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
 
 class _Entry:
-    """What the merge reads of a tar entry (clipcy.merge.Entry)."""
+    """What the merge reads of a tar entry (clipcy.image.merge.Entry)."""
 
     def __init__(self, fdp: Any, kind: str) -> None:
         self.type = kind
@@ -160,7 +161,7 @@ def merge(data: bytes) -> None:
 
 
 def archive(data: bytes) -> None:
-    from clipcy.reader import open_archive
+    from clipcy.archive.reader import open_archive
 
     path = TMP / "fuzz.clip"
     path.write_bytes(data)

@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipcy import _writer, _writer_py
-from clipcy.access import LayerAccess
+from clipcy.archive import _writer, _writer_py
+from clipcy.archive.reader import open_archive
+from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
-from clipcy.reader import open_archive
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -170,7 +170,7 @@ def make_access(rng: random.Random) -> list[LayerAccess]:
 LOOKUP = """
 import sys, time
 t0 = time.perf_counter()
-from clipcy.reader import open_archive
+from clipcy.archive.reader import open_archive
 t1 = time.perf_counter()
 a = open_archive(sys.argv[1])
 n = a.lookup(sys.argv[2])
@@ -282,7 +282,7 @@ def main() -> None:
          f"{times['cython_records'] * 1e3:.0f} / {times['python_records'] * 1e3:.0f} ms "
          f"({times['python_records'] / times['cython_records']:.1f}x)"),
         ("byte-identical output", "yes"),
-        ("fresh process: import clipcy.reader (median of 9)",
+        ("fresh process: import clipcy.archive.reader (median of 9)",
          f"{statistics.median(imports):.1f} ms"),
         ("fresh process: open_archive + one lookup (median of 9)",
          f"{statistics.median(opens):.2f} ms (min {min(opens):.2f}, max {max(opens):.2f})"),

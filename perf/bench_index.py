@@ -206,7 +206,7 @@ def bench_cache(data: Path, runs: int) -> list[str]:
 LOOKUP = """
 import sys, time
 t0 = time.perf_counter()
-from clipcy.reader import open_archive
+from clipcy.archive.reader import open_archive
 t1 = time.perf_counter()
 arc = open_archive(sys.argv[1])
 node = arc.lookup(sys.argv[2])

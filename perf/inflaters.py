@@ -52,7 +52,7 @@ print(total)
 
 INDEXER = """
 import sys
-from clipcy._checkpoint import GzipIndexer
+from clipcy.layers._checkpoint import GzipIndexer
 total = 0
 for path in sys.argv[1:]:
     ix = GzipIndexer(1 << 20)

@@ -38,12 +38,13 @@ from typing import Any
 import blake3
 import xxhash
 
-from clipcy import blobread, create_index_only_archive_from_oci_layout, open_archive
-from clipcy import hashpipe as hashpipe_mod
-from clipcy.cache import LayerCache, fingerprint
+from clipcy import create_index_only_archive_from_oci_layout, open_archive
+from clipcy.archive.writer import encode_archive
+from clipcy.image import hashpipe as hashpipe_mod
+from clipcy.image.cache import LayerCache, fingerprint
+from clipcy.layers import blobread
 from clipcy.storage.local import LocalBlob
 from clipcy.storage.spans import SpanHasher, SpanTable, VerifiedBlob, hash_file
-from clipcy.writer import encode_archive
 
 HERE = Path(__file__).resolve().parent
 KiB, MiB = 1 << 10, 1 << 20
@@ -194,8 +195,8 @@ def archive_size(arc_path: Path) -> tuple[int, int, int]:
 
 
 def cache_hit(layout: Path, blob: Path, layer: dict[str, Any], repeat: int) -> list[str]:
-    from clipcy.indexer import _rehash
-    from clipcy.layout import LayerInfo
+    from clipcy.image.indexer import _rehash
+    from clipcy.image.layout import LayerInfo
 
     info = LayerInfo(layer["digest"], layer["size"], layer["mediaType"], "gzip", "", blob)
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,7 +225,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--reads", type=int, default=150)
     args = ap.parse_args()
-    from clipcy.writer import IMPLEMENTATION
+    from clipcy.archive.writer import IMPLEMENTATION
 
     if IMPLEMENTATION != "cython":
         sys.exit("perf/integrity.py times the compiled core: unset CLIPCY_PUREPYTHON")

@@ -1,4 +1,4 @@
-"""Lazy-read benchmark: gzip resume points (clipcy._checkpoint) on a >= 100 MB gzip layer.
+"""Lazy-read benchmark: gzip resume points (clipcy.layers._checkpoint) on a >= 100 MB gzip layer.
 
     python perf/lazy.py [--size-mib 192] [--out perf/RESULTS-lazy.md]
 
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import zstandard
 
-from clipcy import blobread
-from clipcy._checkpoint import GzipIndexer, gzip_read
-from clipcy.access import GZIP, LayerAccess
-from clipcy.blobindex import DEFAULT_SPAN
-from clipcy.blobread import open_layer_reader
+from clipcy.layers import blobread
+from clipcy.layers._checkpoint import GzipIndexer, gzip_read
+from clipcy.layers.access import GZIP, LayerAccess
+from clipcy.layers.blobindex import DEFAULT_SPAN
+from clipcy.layers.blobread import open_layer_reader
 from clipcy.storage.local import open_file
 from clipcy.storage.spans import hash_file
 

@@ -103,7 +103,7 @@ def status_kb(pid: int, field: str) -> int:
 
 # -- setup ------------------------------------------------------------------------------------
 def prepare(data: Path, work: Path) -> dict[str, Path]:
-    from clipcy.format import FORMAT_MAJOR
+    from clipcy.archive.format import FORMAT_MAJOR
 
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
@@ -150,8 +150,8 @@ def prepare(data: Path, work: Path) -> dict[str, Path]:
 # -- the figures --------------------------------------------------------------------------------
 LOOKUP_CODE = r"""
 import random, sys, time
-from clipcy.reader import open_archive
-from clipcy import nodeblock
+from clipcy.archive.reader import open_archive
+from clipcy.archive import nodeblock
 a = open_archive(sys.argv[1])
 paths = [n.path for n in a.walk()]
 random.Random(1).shuffle(paths)
@@ -258,7 +258,7 @@ def bench_sequential(arc: Path, layout: Path, mnt: Path) -> list[str]:
 
 
 def bench_random(arc: Path, mnt: Path, samples: int = 300) -> list[str]:
-    from clipcy.reader import open_archive
+    from clipcy.archive.reader import open_archive
 
     with open_archive(arc) as a:
         files = [(n.path, n.size) for n in a.walk() if n.type == "file" and n.size >= 8192]
@@ -381,7 +381,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "RESULTS-mount.md")
     ap.add_argument("--only", nargs="*", default=None)
     args = ap.parse_args()
-    from clipcy import nodeblock
+    from clipcy.archive import nodeblock
 
     if nodeblock.IMPLEMENTATION != "cython":
         sys.exit("perf/mount.py: the compiled clipcy is not in use")

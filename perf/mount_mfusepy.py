@@ -16,8 +16,8 @@ from typing import Any
 
 import mfusepy  # type: ignore[import-not-found]
 
+from clipcy.archive.reader import open_archive
 from clipcy.fusemount.spans import SpanCache
-from clipcy.reader import open_archive
 
 _IFMT = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
          "char": stat.S_IFCHR, "block": stat.S_IFBLK, "fifo": stat.S_IFIFO}

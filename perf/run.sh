@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-perf/data}
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import clipcy._tarparse" 2>/dev/null; then
+if ! "$PY" -c "import clipcy.tar._tarparse" 2>/dev/null; then
     python3 -m venv perf/.venv
     perf/.venv/bin/python -m pip install -q --upgrade pip
     perf/.venv/bin/python -m pip install -q . ratarmount   # ratarmount: a baseline row

@@ -142,11 +142,11 @@ def machine() -> str:
 
 
 def run(tar: Path, repeat: int) -> list[str]:
-    from clipcy import _tarparse_py, tarparse
-    from clipcy.tarparse import IMPLEMENTATION, walk_tar
+    from clipcy.tar import _tarparse_py, tarparse
+    from clipcy.tar.tarparse import IMPLEMENTATION, walk_tar
 
     try:
-        from clipcy import _tarparse as compiled
+        from clipcy.tar import _tarparse as compiled
     except ImportError:
         compiled = None
     gz = gz_of(tar)

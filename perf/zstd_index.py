@@ -37,7 +37,7 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clipcy.blobindex import ZstdIndexer  # noqa: E402
+from clipcy.layers.blobindex import ZstdIndexer  # noqa: E402
 
 OLD_COMMIT = "17984b0"  # last commit with the block-by-block ZstdIndexer
 BIG = Path("/work/perfdata/zstd")
@@ -59,10 +59,10 @@ def zstd_blobs(layout: Path) -> list[Path]:
 
 
 def load_old() -> Any:
-    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:clipcy/blobindex.py"], cwd=ROOT,
+    src = subprocess.run(["git", "show", f"{OLD_COMMIT}:clipcy/layers/blobindex.py"], cwd=ROOT,
                          check=True, capture_output=True, text=True).stdout
     mod = types.ModuleType("blobindex_old")
-    exec(compile(src, f"{OLD_COMMIT}:clipcy/blobindex.py", "exec"), mod.__dict__)
+    exec(compile(src, f"{OLD_COMMIT}:clipcy/layers/blobindex.py", "exec"), mod.__dict__)
     return mod.ZstdIndexer
 
 
@@ -142,7 +142,7 @@ def machine() -> str:
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "clipcy/blobindex.py"], cwd=ROOT,
+    dirty = subprocess.run(["git", "status", "--porcelain", "clipcy/layers/blobindex.py"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return head + (" + uncommitted blobindex.py" if dirty else "")
 

@@ -30,9 +30,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     pkg = Path(clipcy.__file__).resolve().parent
     if pkg != ROOT / "clipcy" or os.environ.get("CLIPCY_ALLOW_STALE"):
         return  # a regular install: nothing in the checkout is used
-    sources = list(pkg.glob("*.pxd"))
-    for so in pkg.glob("_*.*.so"):
-        pyx = pkg / (so.name.split(".")[0] + ".pyx")
+    sources = list(pkg.rglob("*.pxd"))
+    for so in pkg.rglob("_*.*.so"):
+        pyx = so.parent / (so.name.split(".")[0] + ".pyx")
         newest = max([p.stat().st_mtime for p in sources + [pyx] if p.exists()], default=0)
         if newest > so.stat().st_mtime:
             pytest.exit(

@@ -1,4 +1,4 @@
-"""Random-access layer readers (clipcy.blobread) over real layer blobs.
+"""Random-access layer readers (clipcy.layers.blobread) over real layer blobs.
 
 The corpus layouts are built by ../shared/corpus/make-layouts.sh (fixture `corpus`); the
 other blobs are made here by gzip/pigz/zstd from a seeded payload. Every read is compared
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from clipcy import blobread
-from clipcy.access import GZIP, PLAIN, ZSTD, LayerAccess
-from clipcy.blobindex import DEFAULT_SPAN, make_indexer
 from clipcy.errors import BlobError, ClipError, CompressionError
+from clipcy.layers import blobread
+from clipcy.layers.access import GZIP, PLAIN, ZSTD, LayerAccess
+from clipcy.layers.blobindex import DEFAULT_SPAN, make_indexer
 from clipcy.storage.local import open_file
 from clipcy.storage.spans import SpanTable, hash_file
 
-pytest.importorskip("clipcy._checkpoint")  # compiled even under CLIPCY_PUREPYTHON
+pytest.importorskip("clipcy.layers._checkpoint")  # compiled even under CLIPCY_PUREPYTHON
 
 
 def open_layer_reader(path: Path, access: LayerAccess,

@@ -15,7 +15,8 @@ import clipcy
 from clipcy._select import PUREPYTHON
 
 COMPILED = (
-    "clipcy._tarparse", "clipcy._checkpoint", "clipcy._inflate", "clipcy._writer", "clipcy._merge"
+    "clipcy.tar._tarparse", "clipcy.layers._checkpoint", "clipcy.layers._inflate",
+    "clipcy.archive._writer", "clipcy.image._merge",
 )
 
 
@@ -31,8 +32,9 @@ def test_compiled_module_in_use(name: str) -> None:
 
 @pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
 def test_selectors_pick_cython() -> None:
-    from clipcy import merge, tarparse, writer
-
+    from clipcy.archive import writer
+    from clipcy.image import merge
+    from clipcy.tar import tarparse
     assert tarparse.IMPLEMENTATION == "cython", clipcy.__file__
     assert writer.IMPLEMENTATION == "cython", clipcy.__file__
     assert merge.IMPLEMENTATION == "cython", clipcy.__file__
@@ -52,7 +54,8 @@ def _run(code: str, tmp_path: Path, **env: str) -> str:
 
 def test_env_var_forces_twin(tmp_path: Path) -> None:
     code = (
-        "from clipcy import merge, tarparse, writer; "
+        "from clipcy.image import merge; from clipcy.tar import tarparse; "
+        "from clipcy.archive import writer; "
         "print(tarparse.IMPLEMENTATION, writer.IMPLEMENTATION, merge.IMPLEMENTATION)"
     )
     assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python python"

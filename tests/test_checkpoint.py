@@ -1,4 +1,5 @@
-"""Indexers (clipcy._checkpoint.GzipIndexer, blobindex.ZstdIndexer/PlainIndexer) and gzip_read.
+"""Indexers (clipcy.layers._checkpoint.GzipIndexer, blobindex.ZstdIndexer/PlainIndexer) and
+gzip_read.
 
 Every compressed fixture is made here by the real tools (gzip, pigz, zstd, pzstd) from a
 seeded payload, and every result is compared with a full decompression by zlib / zstd.
@@ -20,12 +21,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipcy.access import GZIP, PLAIN, ZSTD
-from clipcy.blobindex import BLOCK_MAX as BLOCK
-from clipcy.blobindex import DEFAULT_SPAN, OUT_PIECE, ZstdIndexer, make_indexer
 from clipcy.errors import ClipError, CompressionError
+from clipcy.layers.access import GZIP, PLAIN, ZSTD
+from clipcy.layers.blobindex import BLOCK_MAX as BLOCK
+from clipcy.layers.blobindex import DEFAULT_SPAN, OUT_PIECE, ZstdIndexer, make_indexer
 
-_checkpoint = pytest.importorskip("clipcy._checkpoint")  # compiled even under PUREPYTHON
+_checkpoint = pytest.importorskip("clipcy.layers._checkpoint")  # compiled even under PUREPYTHON
 GzipIndexer = _checkpoint.GzipIndexer
 gzip_read = _checkpoint.gzip_read
 

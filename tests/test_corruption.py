@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from clipcy import format as F
+from clipcy.archive import format as F
+from clipcy.archive.reader import open_archive
 from clipcy.errors import ArchiveError, ClipError
-from clipcy.reader import open_archive
 
 _MADE: dict[str, Any] = {}
 

@@ -1,6 +1,7 @@
 """The .clip format: golden archive, both writers byte-identical, round trips, corruption.
 
-Covers clipcy.writer (and both implementations directly), clipcy.format and clipcy.reader.
+Covers clipcy.archive.writer (and both implementations directly), clipcy.archive.format and
+clipcy.archive.reader.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipcy import _writer_py
-from clipcy import format as F
 from clipcy._select import PUREPYTHON
-from clipcy.access import LayerAccess
+from clipcy.archive import _writer_py
+from clipcy.archive import format as F
+from clipcy.archive.reader import normalize_path, open_archive
+from clipcy.archive.writer import IMPLEMENTATION, encode_archive
 from clipcy.errors import ArchiveError, ArchivePathError, ArchiveWriteError
+from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
-from clipcy.reader import normalize_path, open_archive
-from clipcy.writer import IMPLEMENTATION, encode_archive
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "data" / "golden"
 
@@ -51,7 +52,7 @@ def _compiled() -> ModuleType | None:
     if PUREPYTHON:
         return None
     try:
-        from clipcy import _writer
+        from clipcy.archive import _writer
     except ImportError:
         return None
     file = _writer.__file__ or ""
@@ -82,7 +83,7 @@ def _assemble(mod: ModuleType, metadata: dict[str, Any], nodes: Sequence[Node],
 def test_public_writer_reproduces_golden() -> None:
     assert encode_archive(*golden.golden_input()) == GOLDEN_BYTES, (
         f"{IMPLEMENTATION} writer no longer reproduces tests/data/golden/golden.clip: if the "
-        "format changed on purpose, bump clipcy/format.py + docs/FORMAT.md and regenerate")
+        "format changed on purpose, bump clipcy/archive/format.py + docs/FORMAT.md and regenerate")
 
 
 @pytest.mark.parametrize("mod", WRITERS)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clipcy.reader import open_archive
+from clipcy.archive.reader import open_archive
 
 _spec = importlib.util.spec_from_file_location(
     "clipcy_tests_make", Path(__file__).parent / "hostile" / "make.py"

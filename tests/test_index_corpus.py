@@ -117,7 +117,7 @@ def test_multiarch_default_platform_is_host(corpus: Path, tmp_path: Path) -> Non
     import platform as host
 
     from clipcy import create_index_only_archive_from_oci_layout, open_archive
-    from clipcy.layout import Platform
+    from clipcy.image.layout import Platform
 
     if host.machine() not in ("x86_64", "aarch64"):
         pytest.skip("the corpus has amd64 and arm64 images only")

@@ -1,4 +1,4 @@
-"""The inflate engine (clipcy/_inflate.pyx): zlib-ng when its wheel is installed, else zlib.
+"""The inflate engine (clipcy/layers/_inflate.pyx): zlib-ng when its wheel is installed, else zlib.
 
 Resume points are deflate block boundaries of the compressed stream, so they must not depend
 on the engine: the same points, windows and archive bytes from both, and archives written
@@ -25,8 +25,8 @@ ENGINES = ["zlib", "zlib-ng"]
 # points and output of GzipIndexer over each blob given on the command line, as one digest
 _POINTS = """
 import hashlib, sys
-from clipcy import _inflate
-from clipcy._checkpoint import GzipIndexer
+from clipcy.layers import _inflate
+from clipcy.layers._checkpoint import GzipIndexer
 print(_inflate.NAME)
 for path in sys.argv[1:]:
     data = open(path, "rb").read()

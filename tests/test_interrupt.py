@@ -276,7 +276,7 @@ def test_interrupt_between_submits_does_not_hang(
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from clipcy import indexer
+    from clipcy.image import indexer
 
     layout = _many_entries_layout(tmp_path / "layout", hostile, 2, 20_000)
 

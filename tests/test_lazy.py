@@ -224,11 +224,11 @@ def test_tar_slip_contained(tmp_path: Path, layout_factory: Any, tar_factory: An
 def test_hostile_tree_under_symlink_refused(tmp_path: Path) -> None:
     """A tree with a node under a symlink: the writer refuses to encode it, and the extractor
     (defence in depth, e.g. for archives written by other tools) refuses to write through it."""
+    from clipcy.archive.files import BlobStore
+    from clipcy.archive.writer import encode_archive
     from clipcy.errors import ClipError
     from clipcy.extract import Extractor
-    from clipcy.files import BlobStore
     from clipcy.node import Node
-    from clipcy.writer import encode_archive
 
     outside = tmp_path / "outside"
     outside.mkdir()

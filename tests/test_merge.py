@@ -7,14 +7,14 @@ from types import ModuleType
 
 import pytest
 
-from clipcy import _merge_py
 from clipcy._select import PUREPYTHON
-from clipcy.layout import LayoutError, Platform, parse_layout_ref
+from clipcy.image import _merge_py
+from clipcy.image.layout import LayoutError, Platform, parse_layout_ref
 from clipcy.node import Node
 
 IMPLS: list[ModuleType] = [_merge_py]
 if not PUREPYTHON:
-    from clipcy import _merge
+    from clipcy.image import _merge
 
     IMPLS.insert(0, _merge)
 

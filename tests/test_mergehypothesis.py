@@ -1,5 +1,5 @@
-"""Property tests: the compiled merge (clipcy._merge) and its pure-Python twin
-(clipcy._merge_py) give equal Node lists, the same log lines and the same errors for any
+"""Property tests: the compiled merge (clipcy.image._merge) and its pure-Python twin
+(clipcy.image._merge_py) give equal Node lists, the same log lines and the same errors for any
 layers, including whiteouts, opaque dirs, replacements, hardlinks, symlinked parents, loops,
 odd names ('.', '..', '//') and odd mtimes."""
 
@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipcy import _merge_py
 from clipcy._select import PUREPYTHON
+from clipcy.image import _merge_py
 
 if PUREPYTHON:
     pytest.skip("compares the compiled merge with its twin", allow_module_level=True)
-from clipcy import _merge  # noqa: E402
+from clipcy.image import _merge  # noqa: E402
 
 SETTINGS = settings(
     max_examples=200,

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 import clipcy
+from clipcy.archive.reader import open_archive
 from clipcy.fusemount import available
 from clipcy.fusemount.service import is_mounted, unmount
-from clipcy.reader import open_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ROOT.parent / "shared" / "corpus" / "expected"

@@ -1,4 +1,4 @@
-"""Node block decoding: the compiled clipcy._nodeblock against its pure twin.
+"""Node block decoding: the compiled clipcy.archive._nodeblock against its pure twin.
 
 Blocks come from both writers (trees of many shapes); then bytes are flipped, cut and
 inserted, and both decoders must give the same records or the same Corrupt message. The
@@ -17,16 +17,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipcy import _nodeblock_py, _writer_py
-from clipcy import format as F
 from clipcy._select import PUREPYTHON
+from clipcy.archive import _nodeblock_py, _writer_py
+from clipcy.archive import format as F
+from clipcy.archive.reader import open_archive
+from clipcy.archive.writer import encode_archive
 from clipcy.node import Node
-from clipcy.reader import open_archive
-from clipcy.writer import encode_archive
 
 IMPLS: list[ModuleType] = [_nodeblock_py]
 if not PUREPYTHON:
-    from clipcy import _nodeblock
+    from clipcy.archive import _nodeblock
 
     IMPLS.insert(0, _nodeblock)
 

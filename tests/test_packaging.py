@@ -92,10 +92,13 @@ def test_build_sdist_and_wheel_then_install_sdist_in_fresh_venv(tmp_path: Path) 
     (sdist,) = dist.glob("clipcy-*.tar.gz")
     (wheel,) = dist.glob("clipcy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("clipcy/_tarparse.") and n.endswith(".so") for n in names)
+    for mod in ("tar/_tarparse", "layers/_checkpoint", "layers/_inflate", "archive/_writer",
+                "archive/_nodeblock", "image/_merge"):  # every compiled module, with its stub
+        assert any(n.startswith(f"clipcy/{mod}.") and n.endswith(".so") for n in names), mod
+        assert f"clipcy/{mod}.pyi" in names, mod
     assert not [n for n in names if n.endswith((".pyx", ".pxd", ".c"))]
     assert any(n.endswith("share/man/man1/clipctl.1") for n in names)
-    assert "clipcy/py.typed" in names and "clipcy/_tarparse.pyi" in names
+    assert "clipcy/py.typed" in names
     assert any(n.startswith("clipcy/sample/blobs/sha256/") for n in names)
     # the sdist in a fresh venv: build deps come from the registry, nothing from this venv
     env_dir = tmp_path / "venv"

@@ -6,10 +6,10 @@ import tracemalloc
 from pathlib import Path
 
 from clipcy import create_index_only_archive_from_oci_layout, open_archive
-from clipcy.indexer import index_layer
-from clipcy.layout import Layout, resolve
-from clipcy.packing import PackedAccess, same_access
-from clipcy.writer import encode_archive
+from clipcy.archive.writer import encode_archive
+from clipcy.image.indexer import index_layer
+from clipcy.image.layout import Layout, resolve
+from clipcy.layers.packing import PackedAccess, same_access
 
 
 def test_archive_equals_the_writer_on_raw_windows(corpus: Path, tmp_path: Path) -> None:

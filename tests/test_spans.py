@@ -11,8 +11,8 @@ from pathlib import Path
 import blake3
 import pytest
 
+from clipcy.archive.format import CHECKSUM_BLAKE3, CHECKSUM_BLAKE3_128
 from clipcy.errors import BlobError, SpanChecksumError
-from clipcy.format import CHECKSUM_BLAKE3, CHECKSUM_BLAKE3_128
 from clipcy.storage.local import LocalBlob, LocalStore, open_file
 from clipcy.storage.spans import SPAN_SIZE, SpanHasher, SpanTable, VerifiedBlob, hash_file
 

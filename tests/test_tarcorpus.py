@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from clipcy import tarparse
 from clipcy._select import PUREPYTHON
 from clipcy.errors import TarError, TarHeaderError, TarLimitError
+from clipcy.tar import tarparse
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 TARS = sorted(p.stem for p in (CORPUS / "expected" / "tars").glob("*.jsonl"))
@@ -27,10 +27,10 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "cython":
         if PUREPYTHON:
             pytest.skip("CLIPCY_PUREPYTHON is set")
-        from clipcy import _tarparse
+        from clipcy.tar import _tarparse
 
         return _tarparse
-    from clipcy import _tarparse_py
+    from clipcy.tar import _tarparse_py
 
     return _tarparse_py
 
@@ -313,7 +313,7 @@ def test_twins_agree_on_peers_and_tars(corpus: Path, corpus_dir: Path) -> None:
         pytest.skip("CLIPCY_PUREPYTHON is set")
     import random
 
-    from clipcy import _tarparse, _tarparse_py
+    from clipcy.tar import _tarparse, _tarparse_py
 
     def outcome(mod: ModuleType, data: bytes, seed: int) -> object:
         p = mod.TarParser()

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from clipcy import _tarparse_py
 from clipcy._select import PUREPYTHON
 from clipcy.errors import TarError
+from clipcy.tar import _tarparse_py
 
 IMPLS: list[ModuleType] = [_tarparse_py]
 if not PUREPYTHON:
-    from clipcy import _tarparse
+    from clipcy.tar import _tarparse
 
     IMPLS.insert(0, _tarparse)
 

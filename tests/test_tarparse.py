@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import io
 import random
 import struct
@@ -15,7 +16,6 @@ from typing import Any
 import pytest
 import zstandard
 
-from clipcy import streams, tarparse
 from clipcy._select import PUREPYTHON
 from clipcy.errors import (
     CompressionError,
@@ -25,6 +25,7 @@ from clipcy.errors import (
     TarLimitError,
     TarTruncatedError,
 )
+from clipcy.tar import streams, tarparse
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURES = sorted(p.name for p in DATA.glob("*.tar"))
@@ -36,10 +37,10 @@ def impl(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "cython":
         if PUREPYTHON:
             pytest.skip("CLIPCY_PUREPYTHON is set")
-        from clipcy import _tarparse
+        from clipcy.tar import _tarparse
 
         return _tarparse
-    from clipcy import _tarparse_py
+    from clipcy.tar import _tarparse_py
 
     return _tarparse_py
 
@@ -364,7 +365,7 @@ def _limit_error(impl: ModuleType, data: bytes, **limits: int) -> str:
 def test_entry_limits_same_message_in_both_parsers(impl: ModuleType) -> None:
     """path_length, link_length, path_depth, xattrs_per_entry, xattr_size (clipcy/limits.py):
     the twins raise the same one-line message naming the limit; at the limit, no error."""
-    from clipcy import _tarparse_py
+    from clipcy.tar import _tarparse_py
 
     long = _pax_archive({}, name="n" * 5000, fmt=tarfile.GNU_FORMAT)
     msg = "tar entry name of 5000 bytes at offset 0 exceeds the limit path_length=4096"
@@ -460,7 +461,7 @@ def test_feed_keeps_no_reference(impl: ModuleType) -> None:
 def test_twins_agree_on_fixtures() -> None:
     if PUREPYTHON:
         pytest.skip("CLIPCY_PUREPYTHON is set")
-    from clipcy import _tarparse, _tarparse_py
+    from clipcy.tar import _tarparse, _tarparse_py
 
     for name in FIXTURES:
         data = (DATA / name).read_bytes()
@@ -468,10 +469,11 @@ def test_twins_agree_on_fixtures() -> None:
 
 
 def test_truncation_everywhere_twins_agree() -> None:
-    from clipcy import _tarparse_py
+    from clipcy.tar import _tarparse_py
 
     impls = (
-        [_tarparse_py] if PUREPYTHON else [_tarparse_py, __import__("clipcy._tarparse")._tarparse]
+        [_tarparse_py] if PUREPYTHON
+        else [_tarparse_py, importlib.import_module("clipcy.tar._tarparse")]
     )
     data = (DATA / "long-posix.tar").read_bytes()
     end = len(data.rstrip(b"\x00"))

@@ -235,7 +235,7 @@ cdef int _errno_of(object e) noexcept:
 
 
 cdef int _fill_stat(stat *st, tuple rec) except -1:
-    """struct stat from a node record (clipcy.nodeblock.Record)."""
+    """struct stat from a node record (clipcy.archive.nodeblock.Record)."""
     cdef int t = _TYPE_INDEX[rec[1]]
     cdef int64_t size = 0
     memset(st, 0, sizeof(stat))

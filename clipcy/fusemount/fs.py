@@ -20,11 +20,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from clipcy.archive.format import F_XATTR
+from clipcy.archive.nodeblock import Record
+from clipcy.archive.reader import Archive
 from clipcy.errors import ClipError
-from clipcy.format import F_XATTR
 from clipcy.fusemount.spans import SpanCache
-from clipcy.nodeblock import Record
-from clipcy.reader import Archive
 
 log = logging.getLogger("clipcy.mount")
 
@@ -33,7 +33,7 @@ __all__ = ["ImageFS"]
 LISTINGS = 16  # directory listings kept while the kernel reads them in pieces
 FILES = 256  # files whose data location (sparse runs) is kept for their reads
 
-# record fields (clipcy.nodeblock.Record = Node's fields in order)
+# record fields (clipcy.archive.nodeblock.Record = Node's fields in order)
 _PATH, _TYPE, _SIZE, _LINK, _XATTRS, _LAYER, _OFFSET, _SPARSE = 0, 1, 7, 8, 11, 14, 15, 16
 
 

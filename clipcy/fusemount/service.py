@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 from clipcy.errors import MountError
 
 if TYPE_CHECKING:
+    from clipcy.archive.reader import Archive
     from clipcy.fusemount._fuse import Session
     from clipcy.fusemount.fs import ImageFS
-    from clipcy.reader import Archive
     from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy.mount")
@@ -200,8 +200,8 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     mp = check_mountpoint(mountpoint)
     if cache_mib < 0:
         raise MountError(f"--cache-mib must be >= 0, not {cache_mib}")
+    from clipcy.archive.reader import open_archive
     from clipcy.fusemount.fs import ImageFS
-    from clipcy.reader import open_archive
 
     try:
         arc = open_archive(archive, storage=storage, remote=remote)

@@ -7,7 +7,7 @@
 A BlobStore turns a layer descriptor ({"digest", "size", ...}) and the archive's span
 checksums of that blob into a VerifiedBlob: every byte it returns belongs to a span whose
 BLAKE3 digest matched the archive (clipcy.storage.spans). The decompressing readers
-(clipcy.blobread) take their compressed input only from a VerifiedBlob.
+(clipcy.layers.blobread) take their compressed input only from a VerifiedBlob.
 
 A store for another transport implements BlobSource.fetch(offset, n) (one call per run of
 adjacent spans, so HTTP can ask for one Range) and may pass a SpanCache to VerifiedBlob so

@@ -78,7 +78,7 @@ class LocalStore:
         return f"<LocalStore {str(self.root)!r}>"
 
     def blob_path(self, digest: str) -> Path:
-        from clipcy.layout import parse_digest
+        from clipcy.image.layout import parse_digest
 
         alg, hexpart = parse_digest(digest, "layer")
         return self.root / "blobs" / alg / hexpart

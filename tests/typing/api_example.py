@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import clipcy
+from clipcy.archive.reader import Archive
 from clipcy.errors import ClipError
 from clipcy.node import Node
-from clipcy.reader import Archive
-from clipcy.tarparse import TarEntry
+from clipcy.tar.tarparse import TarEntry
 
 
 def largest_files(archive: Path, n: int = 5) -> list[tuple[int, bytes]]:

@@ -5,7 +5,7 @@
 tests/test_format.py imports golden_input() from this file, checks that today's writers
 reproduce golden.clip byte for byte and that the reader decodes it back to the same input.
 Regenerate (and say why in the commit) only when the format changes on purpose; then update
-docs/FORMAT.md and clipcy/format.py in the same commit.
+docs/FORMAT.md and clipcy/archive/format.py in the same commit.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clipcy.access import LayerAccess
-from clipcy.format import CHECKSUM_WRITTEN
+from clipcy.archive.format import CHECKSUM_WRITTEN
+from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
 from clipcy.storage.spans import SpanTable, span_digest
 
@@ -104,7 +104,7 @@ def golden_input() -> tuple[dict[str, Any], list[Node], list[LayerAccess]]:
 
 
 def main() -> None:
-    from clipcy.writer import encode_archive
+    from clipcy.archive.writer import encode_archive
 
     data = encode_archive(*golden_input())
     GOLDEN.write_bytes(data)

@@ -1,0 +1,226 @@
+"""Reading a regular file of an archive lazily from the original layer blobs.
+
+An ArchiveFile is a read-only binary file object (read, readinto, seek, tell). Its bytes come
+from a LayerReader (blobread.py) that resumes decompression at the nearest recorded point.
+Each ArchiveFile has its own position; the readers are shared and thread-safe, so different
+threads can read different files (or the same one through separate ArchiveFiles) at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clipcy.archive.format import CHECKSUM_WRITTEN
+from clipcy.errors import ArchivePathError, BlobError, ClipError
+from clipcy.node import FILE, SYMLINK, Node
+from clipcy.pathwalk import follow_symlinks
+from clipcy.storage.spans import SpanTable
+
+if TYPE_CHECKING:
+    from clipcy.archive.reader import Archive
+
+READ_PIECE = 1 << 20
+
+
+class BlobStore:
+    """The layer readers of one archive: blobs from the store of its storage ref (or of a
+    layout given at open time, clipcy.storage.open_store), each read verified against the
+    archive's span checksums."""
+
+    def __init__(
+        self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None,
+        remote: Any = None,
+    ) -> None:
+        """layout: a storage ref (a layout directory, docker://..., http(s)://...) that
+        overrides the archive's; remote: a clipcy.storage.registry.RemoteOptions."""
+        from clipcy.storage import open_store
+
+        self.store = open_store(layout if layout is not None else metadata.get("storage_ref"),
+                                remote)
+        self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
+        self._access = access  # callable: layer index -> LayerAccess
+        self._readers: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """The layout directory (local stores only)."""
+        return Path(getattr(self.store, "root", ""))
+
+    def blob_path(self, layer: int) -> Path:
+        """Where layer's blob is (local stores only)."""
+        path: Path = self.store.blob_path(self.layers[layer]["digest"])  # type: ignore[attr-defined]
+        return path
+
+    def reader(self, layer: int) -> Any:
+        with self._lock:
+            r = self._readers.get(layer)
+            if r is None:
+                from clipcy.layers.blobread import open_layer_reader
+
+                if not 0 <= layer < len(self.layers):
+                    raise ClipError(f"corrupt archive: file refers to layer {layer}")
+                desc = self.layers[layer]
+                access = self._access(layer)
+                if access.spans is None and desc["size"]:
+                    raise BlobError(f"the archive has no span checksums for layer blob "
+                                    f"{desc['digest']}: re-run index-layout")
+                spans = access.spans if access.spans is not None else SpanTable(
+                    CHECKSUM_WRITTEN, [], b"")
+                blob = self.store.open_blob(desc, spans)
+                r = self._readers[layer] = open_layer_reader(blob, access)
+            return r
+
+    def close(self) -> None:
+        with self._lock:
+            for r in self._readers.values():
+                close = getattr(r, "close", None)
+                if close is not None:
+                    close()
+            self._readers.clear()
+            self.store.close()
+
+
+class ArchiveFile(io.RawIOBase):
+    """A regular file of the image, read lazily. Sparse holes read as zeros."""
+
+    def __init__(self, node: Node, store: BlobStore) -> None:
+        super().__init__()
+        if node.type != FILE:
+            raise ArchivePathError(f"not a regular file: {node.path.decode(errors='replace')}")
+        self.node = node
+        self.name = node.path.decode("utf-8", "surrogateescape")
+        self._store = store
+        self._pos = 0
+        self._next = -1  # where the last pread ended: a pread there reads on
+        self._size = node.size
+        # sparse: logical starts, and where each run's bytes lie in the layer stream
+        self._runs: list[tuple[int, int, int]] | None = None
+        if node.sparse is not None:
+            data = node.offset
+            self._runs = []
+            for off, length in node.sparse:
+                self._runs.append((off, length, data))
+                data += length
+            self._starts = [r[0] for r in self._runs]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}")
+        if pos < 0:
+            raise ValueError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.pread(self._pos, len(view))
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self._size - self._pos)
+        data = self.pread(self._pos, size)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def pread(self, pos: int, n: int) -> bytes:
+        """n bytes at logical offset pos (fewer only at end of file); no position change."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        n = max(0, min(n, self._size - pos))
+        if n == 0:
+            return b""
+        node = self.node
+        reader = self._store.reader(node.layer)
+        if self._runs is None:
+            reading = getattr(reader, "reading", None)
+            if reading is not None:
+                # remote blobs read ahead for a file read in order (or from its start in
+                # large pieces, as cat and extract do), and never past the file's end
+                on = pos == self._next or (pos == 0 and n >= READ_PIECE)
+                reading(node.offset + pos, node.offset + self._size, on)
+            self._next = pos + n
+            data: bytes = reader.pread(node.offset + pos, n)
+            if len(data) != n:
+                raise BlobError(
+                    f"layer blob {self._store.layers[node.layer]['digest']} ended "
+                    f"early reading {self.name}"
+                )
+            return data
+        return self._pread_sparse(reader, pos, n)
+
+    def _pread_sparse(self, reader: Any, pos: int, n: int) -> bytes:
+        assert self._runs is not None
+        out = bytearray(n)  # holes stay zero
+        end = pos + n
+        i = max(0, bisect.bisect_right(self._starts, pos) - 1)
+        while i < len(self._runs):
+            off, length, data = self._runs[i]
+            if off >= end:
+                break
+            lo, hi = max(off, pos), min(off + length, end)
+            if hi > lo:
+                chunk = reader.pread(data + (lo - off), hi - lo)
+                if len(chunk) != hi - lo:
+                    raise BlobError(f"layer blob ended early reading {self.name}")
+                out[lo - pos : hi - pos] = chunk
+            i += 1
+        return bytes(out)
+
+
+def resolve_file(arc: Archive, path: str | bytes) -> Node:
+    """The regular file at path, following symlinks (within the image) like open(2) would."""
+    raw = os.fsencode(path)
+
+    def target_of(p: bytes) -> bytes | None:
+        node = arc.lookup(p)
+        if node is None:
+            raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
+        return node.linkname if node.type == SYMLINK else None
+
+    resolved, complete = follow_symlinks(raw, target_of)
+    if not complete:
+        raise ArchivePathError(f"too many levels of symbolic links: {os.fsdecode(raw)}")
+    node = arc.lookup(resolved)
+    if node is None:
+        raise ArchivePathError(f"no such path in archive: {os.fsdecode(raw)}")
+    if node.type != FILE:
+        raise ArchivePathError(f"not a regular file: {os.fsdecode(raw)} ({node.type})")
+    return node
+
+
+def read_piecewise(f: ArchiveFile, sink: Any, piece: int = READ_PIECE) -> int:
+    """Copy a whole ArchiveFile into sink.write in bounded pieces; returns the byte count."""
+    total = 0
+    while True:
+        data = f.read(piece)
+        if not data:
+            return total
+        sink.write(data)
+        total += len(data)

@@ -1,0 +1,618 @@
+"""index-layout: a local OCI image layout into an index-only .clip archive.
+
+Each layer blob is streamed once: the compressed bytes are hashed (descriptor digest), fed
+to an indexer that decompresses them and records resume points (blobindex.py), the output is
+hashed (diff_id) and parsed (tarparse.TarParser). Layers run in parallel threads: inflate,
+zstd and sha256 release the GIL. The merged tree and the metadata go to the writer, and the
+archive is written atomically (temp file in the target directory, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from clipcy import __version__
+from clipcy.archive.format import EncodedAccess
+from clipcy.errors import BlobError, ClipError, DigestMismatchError
+from clipcy.image.cache import Fingerprint, LayerCache, trusted_fingerprint
+from clipcy.image.digests import FileHasher
+from clipcy.image.hashpipe import HashPipe
+from clipcy.image.layout import (
+    LayerInfo,
+    Layout,
+    ResolvedImage,
+    open_blob,
+    parse_layout_ref,
+    resolve,
+    stat_blob,
+)
+from clipcy.layers.access import LayerAccess
+from clipcy.layers.packing import PackedAccess, WindowPacker
+from clipcy.limits import DEFAULT as DEFAULT_LIMITS
+from clipcy.limits import LimitError, Limits, exceeded
+from clipcy.logs import step
+
+log = logging.getLogger("clipcy")
+
+READ_CHUNK = 1 << 20
+_RUNS = itertools.count()  # numbers each run's worker threads
+STREAM_DEPTH = 64  # batches of layer-0 entries in flight to the merging thread
+
+
+@dataclass(slots=True)
+class LayerResult:
+    """One layer after streaming: its entries, resume points and measured digests."""
+
+    index: int
+    entries: list[Any]
+    access: LayerAccess | PackedAccess
+    compression: str
+    uncompressed_size: int
+    diff_id: str | None
+    seconds: float
+    file_digests: dict[int, bytes] | None = None  # data offset -> sha256 of the content
+    entry_count: int = 0
+    encoded: EncodedAccess | None = None  # the access frame, once made (on the worker)
+    fingerprint: Fingerprint | None = None  # the blob's stat when its digest was checked
+
+
+@dataclass(slots=True)
+class IndexSummary:
+    archive: str
+    manifest_digest: str
+    layer_count: int
+    node_count: int
+    bytes_indexed: int  # uncompressed layer bytes
+    image_size: int  # compressed layer bytes
+    archive_size: int
+    seconds: float
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+ProgressFn = Callable[[str, dict[str, Any]], None]
+
+
+def index_layer(
+    info: LayerInfo,
+    index: int,
+    *,
+    verify: bool = True,
+    file_digests: bool = False,
+    span: int | None = None,
+    progress: ProgressFn | None = None,
+    on_entries: Callable[[list[Any]], None] | None = None,
+    keep_entries: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    abort: threading.Event | None = None,
+) -> LayerResult:
+    """Stream one layer blob: check its digest and diff_id, parse its tar, record access.
+
+    on_entries gets each batch of entries as it is parsed (their data may not have streamed
+    yet); with keep_entries=False the result holds no entries (the callback had them all).
+    Once `abort` is set (the run failed or was interrupted), the next chunk raises ClipError.
+    """
+    from clipcy.layers._checkpoint import GzipIndexer
+    from clipcy.layers.blobindex import make_indexer
+    from clipcy.tar.streams import detect
+    from clipcy.tar.tarparse import TarParser
+
+    t0 = time.perf_counter()
+    cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
+    started = time.time_ns()
+    # a regular file of the descriptor's size inside the layout, or refused unread
+    f = open_blob(info.path, info.size, f"layer blob {info.digest}")
+    before = after = os.fstat(f.fileno())  # the layer cache's fingerprint (cache.py)
+    # every read is bounded by the descriptor's size (+1 byte: a blob that grew is noticed)
+    left = info.size + 1
+
+    def read_some() -> bytes:
+        nonlocal left
+        data = f.read(min(READ_CHUNK, left)) if left > 0 else b""
+        left -= len(data)
+        return data
+
+    with f:
+        try:
+            head = read_some()
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
+        kind = detect(head)
+        if kind != info.announced:
+            log.warning(
+                "layer %d (%s): media type %s says %s but the blob is %s; using %s",
+                index,
+                info.digest,
+                info.media_type,
+                info.announced,
+                kind,
+                kind,
+            )
+        indexer = make_indexer(kind) if span is None else make_indexer(kind, span=span)
+        parser = TarParser(
+            limits.pax_header, limits.path_length, limits.link_length, limits.path_depth,
+            limits.xattrs_per_entry, limits.xattr_size,
+        )
+        max_entries = limits.entries_per_layer
+        hasher = FileHasher() if file_digests else None
+        pos = 0  # uncompressed offset of the next output piece
+        entries: list[Any] = []
+        count = 0
+        # stream 0: the blob (sha256 if verify, and always its span checksums), 1: the tar
+        pipe = HashPipe(2 if verify else 0)
+        # gzip: windows are compressed as soon as they are final (packing.py)
+        gz = indexer if isinstance(indexer, GzipIndexer) else None
+        packer = WindowPacker()
+        packed: list[Any] = []
+        read = len(head)
+        chunk = head
+        where = f"layer {index} ({info.digest})"
+        try:
+            while chunk:
+                pipe.update(0, chunk)
+                for out in indexer.feed(chunk):
+                    if verify:
+                        pipe.update(1, out)
+                    new = parser.feed(out)
+                    count += len(new)
+                    if count > max_entries:
+                        raise LimitError(
+                            exceeded("entries_per_layer", max_entries, "its tar")
+                        )
+                    if keep_entries:
+                        entries.extend(new)
+                    if on_entries is not None and new:
+                        on_entries(new)
+                    if hasher is not None:
+                        hasher.add(new)
+                        hasher.feed(out, pos)
+                    pos += len(out)
+                if gz is not None and gz.total_out >= gz.min_points_layer:
+                    packed.extend(packer.pack(gz.drain_points()))
+                if progress is not None:
+                    progress("layer-progress", {"layer": index, "bytes": read})
+                if abort is not None and abort.is_set():
+                    raise ClipError("indexing aborted")
+                chunk = read_some()
+                read += len(chunk)
+                if read > info.size:
+                    break  # longer than its descriptor: no need to read the rest
+            if read == info.size:
+                indexer.finish()
+                parser.close()
+        except ClipError as e:
+            if verify:
+                # A corrupt stream is most often a changed blob: say so when the digest agrees.
+                while rest := read_some():
+                    pipe.update(0, rest)
+                actual = "sha256:" + pipe.hexdigests()[0]
+                if actual != info.digest:
+                    raise DigestMismatchError(f"{where}: blob digest is {actual} ({e})") from e
+            raise type(e)(f"{where}: {e}") from e
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
+        finally:
+            pipe.close()
+        after = os.fstat(f.fileno())
+    if read != info.size:
+        raise DigestMismatchError(
+            f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+            f" than the descriptor's {info.size} bytes"
+        )
+    spans = pipe.spans()
+    if verify:
+        blob_hex, tar_hex = pipe.hexdigests()
+        if "sha256:" + blob_hex != info.digest:
+            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}")
+        diff_id: str | None = "sha256:" + tar_hex
+        if diff_id != info.diff_id:
+            raise DigestMismatchError(
+                f"{where}: uncompressed digest {diff_id} differs from "
+                f"the config's diff_id {info.diff_id}"
+            )
+    else:
+        diff_id = None
+    seconds = time.perf_counter() - t0
+    log.debug(
+        "%s: %d entries, %d -> %d bytes, %s, %.3f s (CPU: %.3f s decompress+parse, %.3f s hash)",
+        where,
+        count,
+        indexer.total_in,
+        indexer.total_out,
+        kind,
+        seconds,
+        time.thread_time() - cpu0,
+        pipe.cpu_seconds,
+    )
+    access: LayerAccess | PackedAccess = indexer.access()
+    access.spans = spans
+    if gz is not None:
+        access = PackedAccess(access.kind, access.span, packed + packer.pack(access.points),
+                              spans=spans)
+    return LayerResult(
+        index,
+        entries,
+        access,
+        kind,
+        indexer.total_out,
+        diff_id,
+        seconds,
+        hasher.digests if hasher is not None else None,
+        count,
+        fingerprint=trusted_fingerprint(before, after, started) if verify else None,
+    )
+
+
+def _rehash(info: LayerInfo, index: int) -> Fingerprint | None:
+    """Check a blob's size and sha256 against its descriptor (a layer cache hit that its stat
+    fingerprint does not vouch for); returns the fingerprint to remember, if any."""
+    import hashlib
+
+    where = f"layer {index} ({info.digest})"
+    started = time.time_ns()
+    f = open_blob(info.path, info.size, f"layer blob {info.digest}")
+    h = hashlib.sha256()
+    read = 0
+    with f:
+        before = os.fstat(f.fileno())
+        try:
+            while read <= info.size and (chunk := f.read(min(READ_CHUNK, info.size + 1 - read))):
+                h.update(chunk)
+                read += len(chunk)
+        except OSError as e:
+            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
+        after = os.fstat(f.fileno())
+    if read != info.size:
+        raise DigestMismatchError(
+            f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
+            f" than the descriptor's {info.size} bytes"
+        )
+    if "sha256:" + h.hexdigest() != info.digest:
+        raise DigestMismatchError(f"{where}: blob digest is sha256:{h.hexdigest()}")
+    return trusted_fingerprint(before, after, started)
+
+
+def _access_for_writer(res: LayerResult) -> LayerAccess | EncodedAccess:
+    if res.encoded is not None:
+        return res.encoded
+    if isinstance(res.access, PackedAccess):
+        return res.access.encoded(res.index)
+    return res.access
+
+
+def _fan_out(sinks: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], None] | None:
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def both(batch: list[Any]) -> None:
+        for sink in sinks:
+            sink(batch)
+
+    return both
+
+
+def _from_cache(
+    cache: LayerCache | None, key: str, info: LayerInfo, index: int, verify: bool
+) -> LayerResult | None:
+    if cache is None:
+        return None
+    hit = cache.get(key)
+    if hit is None:
+        return None
+    st = stat_blob(info.path, info.size, f"layer blob {info.digest}")
+    how = "size only (--no-verify)"
+    if verify:
+        if hit["diff_id"] != info.diff_id:
+            return None
+        # the entry is for this digest; is the file still the blob that was verified?
+        if cache.vouches(key, st):
+            how = "stat fingerprint"
+        else:
+            fp = _rehash(info, index)
+            if fp is not None:
+                cache.remember(key, fp)
+            how = "blob re-hashed"
+    log.debug("layer %d (%s): from the layer cache (%s)", index, info.digest, how)
+    return LayerResult(
+        index,
+        hit["entries"],
+        hit["access"],
+        hit["compression"],
+        hit["uncompressed_size"],
+        hit["diff_id"],
+        0.0,
+        hit["file_digests"],
+        len(hit["entries"]),
+        hit["encoded"],
+    )
+
+
+def build_metadata(
+    image: ResolvedImage, results: Sequence[LayerResult], storage_ref: str, source_ref: str
+) -> dict[str, Any]:
+    layers = []
+    for info, res in zip(image.layers, results, strict=True):
+        layers.append(
+            {
+                "digest": info.digest,
+                "size": info.size,
+                "media_type": info.media_type,
+                "compression": res.compression,
+                "diff_id": info.diff_id,
+                "uncompressed_size": res.uncompressed_size,
+            }
+        )
+    return {
+        "clipcy_format": "index-only",
+        "created_by": f"clipcy {__version__}",
+        "source_ref": source_ref,
+        "storage_ref": storage_ref,
+        "tag": image.tag,
+        "manifest_digest": image.manifest_digest,
+        "manifest_media_type": image.manifest_media_type,
+        "config_digest": image.config_digest,
+        "config": image.config,
+        "platform": str(image.platform) if image.platform else None,
+        "layers": layers,
+        "image_size": sum(info.size for info in image.layers),
+    }
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to path through a temp file in the same directory, fsync and rename."""
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise ClipError(f"failed to create {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise ClipError(f"failed to write {path}: {e.strerror or e}") from e
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass  # some file systems cannot fsync a directory; the rename is done
+
+
+def create_index_only_archive_from_oci_layout(
+    layout_dir: str | os.PathLike[str],
+    tag: str | None,
+    archive_path: str | os.PathLike[str],
+    *,
+    platform: str | None = None,
+    storage_ref: str | None = None,
+    verify: bool = True,
+    digest: str | None = None,
+    workers: int | None = None,
+    file_digests: bool = False,
+    checkpoint_span: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> IndexSummary:
+    """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
+
+    `layout_dir` may also be a reference: "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:...".
+    `cache_dir`: a layer cache (cache.py) keyed by blob digest; layers found there are not
+    streamed again (their blob's size is checked, its digest was checked when cached).
+    Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
+    written and an existing file at archive_path is untouched.
+    """
+    from clipcy.archive.writer import encode_archive
+    from clipcy.image.merge import Tree, apply_layer, apply_stream, iter_nodes
+
+    t0 = time.perf_counter()
+    if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
+        from clipcy.storage.registry import parse_storage_ref
+
+        parse_storage_ref(storage_ref)
+    ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
+    out = Path(archive_path)
+    with step("resolve layout"):
+        layout = Layout(ref.path, limits)
+        image = resolve(layout, ref.tag, ref.digest, platform)
+    log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
+    emit = progress or (lambda event, data: None)
+    emit(
+        "start",
+        {
+            "manifest": image.manifest_digest,
+            "layers": len(image.layers),
+            "bytes": sum(x.size for x in image.layers),
+        },
+    )
+
+    # cached layers were checked against the default limits only
+    use_cache = cache_dir is not None and limits == DEFAULT_LIMITS
+    cache = LayerCache(cache_dir) if use_cache and cache_dir is not None else None
+    tree = Tree()
+    # Layer 0 streams its entries straight into the tree, on this thread, while a worker
+    # inflates it: it has no lower layer, so its whiteouts change nothing and tar order is
+    # the merge order. Its entries are never all held at once.
+    stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
+    abort = threading.Event()
+    awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
+
+    def offer(item: list[Any] | None) -> bool:
+        """Hand item to the merging thread; False once the run was aborted."""
+        while not abort.is_set():
+            try:
+                stream0.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def to_main(batch: list[Any]) -> None:
+        # a copy: the merge empties its list while the file hasher still reads the batch
+        if not offer(list(batch)):
+            raise ClipError("indexing aborted")
+
+    def run(i: int) -> LayerResult:
+        info = image.layers[i]
+        emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
+        key = LayerCache.key(info.digest, checkpoint_span, file_digests)
+        try:
+            res = _from_cache(cache, key, info, i, verify)
+            if res is None:
+                writer = cache.writer(key) if cache is not None and verify else None
+                sinks: list[Callable[[list[Any]], None]] = []
+                if writer is not None:
+                    sinks.append(writer.add)
+                if i == 0:
+                    sinks.append(to_main)
+                try:
+                    res = index_layer(
+                        info,
+                        i,
+                        verify=verify,
+                        file_digests=file_digests,
+                        span=checkpoint_span,
+                        progress=progress,
+                        on_entries=_fan_out(sinks),
+                        keep_entries=i != 0,
+                        limits=limits,
+                        abort=abort,
+                    )
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
+                if isinstance(res.access, PackedAccess):  # compress on this worker thread
+                    res.encoded = res.access.encoded(i)
+                if writer is not None:
+                    writer.commit(
+                        res.access,
+                        res.compression,
+                        res.uncompressed_size,
+                        res.diff_id,
+                        res.file_digests,
+                        res.encoded,
+                    )
+                    if res.fingerprint is not None and cache is not None:
+                        cache.remember(key, res.fingerprint)
+        finally:
+            if i == 0:
+                offer(None)  # the end of layer 0's stream
+        emit(
+            "layer-done",
+            {
+                "layer": i,
+                "digest": info.digest,
+                "seconds": round(res.seconds, 6),
+                "uncompressed": res.uncompressed_size,
+                "entries": res.entry_count,
+            },
+        )
+        return res
+
+    results: list[LayerResult] = []
+
+    def merge(res: LayerResult) -> None:
+        # Layers are merged in order as they complete, on this thread, while the workers
+        # inflate later layers (the GIL is free then); each layer's entries are dropped at once.
+        if res.index == 0 and not res.entries:  # streamed: only the digests are left to set
+            for offset, inode in awaiting.items():
+                inode.digest = (res.file_digests or {}).get(offset, b"")
+            awaiting.clear()
+        else:
+            apply_layer(tree, res.entries, res.index, res.file_digests if file_digests else None)
+        res.entries = []
+        results.append(res)
+
+    def check_nodes() -> None:
+        if len(tree.paths) > limits.nodes_per_image:
+            raise LimitError(
+                exceeded("nodes_per_image", limits.nodes_per_image, "the merged tree")
+            )
+
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
+    prefix = f"clipcy-layer-{next(_RUNS)}"
+    with step("index and merge layers"):
+        try:
+            with ThreadPoolExecutor(n_workers, thread_name_prefix=prefix) as pool:
+                futures: list[Future[LayerResult]] = []
+                try:
+                    # submitted inside the try: an interrupt between two submits must still
+                    # set `abort`, or a started layer-0 worker waits forever to hand over
+                    for i in range(len(image.layers)):
+                        futures.append(pool.submit(run, i))
+                    if futures:
+                        while (batch := stream0.get()) is not None:
+                            apply_stream(tree, batch, 0, awaiting if file_digests else None)
+                            check_nodes()
+                    for fut in futures:
+                        merge(fut.result())
+                        check_nodes()
+                finally:
+                    abort.set()
+                    for fut in futures:
+                        fut.cancel()
+        finally:
+            # An interrupt inside pool.submit() can leave a started worker the pool does not
+            # know of (and so does not join): wait for it too, so that no worker still runs
+            # (and writes) once this call has returned or raised. They stop at `abort`.
+            for t in threading.enumerate():
+                if t.name.startswith(prefix + "_"):
+                    t.join()
+    storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
+    source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
+    metadata = build_metadata(image, results, storage, source)
+    # paths by type (hardlinks count once per path): inspect then needs no walk of the tree
+    node_types: dict[str, int] = {}
+    for inode in tree.paths.values():
+        node_types[inode.type] = node_types.get(inode.type, 0) + 1
+    metadata["node_counts"] = dict(sorted(node_types.items()))
+    count = sum(node_types.values())
+    with step("sort the tree and encode the archive"):
+        access = [_access_for_writer(r) for r in results]
+        # Nodes stream into the writer: no list of every Node is ever held
+        data = encode_archive(metadata, iter_nodes(tree), access)
+    with step("write archive"):
+        write_atomic(out, data)
+    summary = IndexSummary(
+        archive=str(out),
+        manifest_digest=image.manifest_digest,
+        layer_count=len(results),
+        node_count=count,
+        bytes_indexed=sum(r.uncompressed_size for r in results),
+        image_size=metadata["image_size"],
+        archive_size=len(data),
+        seconds=time.perf_counter() - t0,
+        layers=metadata["layers"],
+    )
+    emit("done", summary.as_dict())
+    return summary
