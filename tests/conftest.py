@@ -11,6 +11,7 @@ from typing import Any
 # (unless built in place), so drop it and import the installed package instead.
 _ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != _ROOT]
+sys.path.insert(0, str(_ROOT / "tests"))  # shared helpers: samples.py, remoteserv.py
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

@@ -18,6 +18,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from samples import payload
 
 from clipcy.errors import BlobError, ClipError, CompressionError
 from clipcy.layers import blobread
@@ -34,22 +35,6 @@ def open_layer_reader(path: Path, access: LayerAccess,
     """A reader of the blob file at path; its span checksums are those of the file as it is
     now unless given (the tests of the decoders' own checks need the file trusted)."""
     return blobread.open_layer_reader(open_file(path, spans or hash_file(path)), access)
-
-
-def payload(seed: int, size: int) -> bytes:
-    rnd = random.Random(seed)
-    words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10)))
-             for _ in range(3000)]
-    parts: list[bytes] = []
-    total = 0
-    while total < size:
-        if rnd.random() < 0.3:
-            part = rnd.randbytes(rnd.randint(100, 40000))
-        else:
-            part = b" ".join(rnd.choices(words, k=rnd.randint(50, 6000))) + b"\n"
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)[:size]
 
 
 def detect(head: bytes) -> str:

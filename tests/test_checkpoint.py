@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from samples import payload as make_payload
 
 from clipcy.errors import ClipError, CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD
@@ -31,23 +32,6 @@ GzipIndexer = _checkpoint.GzipIndexer
 gzip_read = _checkpoint.gzip_read
 
 SPAN = 64 << 10  # small: many points, most of them not byte-aligned
-
-
-def make_payload(seed: int, size: int) -> bytes:
-    """Deterministic mix of word text and random bytes (both compress very differently)."""
-    rnd = random.Random(seed)
-    words = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 10)))
-             for _ in range(3000)]
-    parts: list[bytes] = []
-    total = 0
-    while total < size:
-        if rnd.random() < 0.3:
-            part = rnd.randbytes(rnd.randint(100, 40000))
-        else:
-            part = b" ".join(rnd.choices(words, k=rnd.randint(50, 6000))) + b"\n"
-        parts.append(part)
-        total += len(part)
-    return b"".join(parts)[:size]
 
 
 def run(cmd: str, cwd: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import ModuleType
 
 import pytest
+from samples import E
 
 from clipcy._select import PUREPYTHON
 from clipcy.image import _merge_py
@@ -23,23 +23,6 @@ if not PUREPYTHON:
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     """Each overlay test runs on the compiled merge and on its pure-Python twin."""
     return request.param  # type: ignore[no-any-return]
-
-
-@dataclass
-class E:
-    name: bytes
-    type: str = "file"
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    mtime: float = 1.0
-    linkname: bytes = b""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    offset: int = 0
-    sparse: object = None
 
 
 def D(name: bytes, **kw: object) -> E:

@@ -6,13 +6,13 @@ odd names ('.', '..', '//') and odd mtimes."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from samples import E
 
 from clipcy._select import PUREPYTHON
 from clipcy.image import _merge_py
@@ -26,23 +26,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-@dataclass
-class E:
-    name: bytes
-    type: str = "file"
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    size: int = 0
-    mtime: float = 1.0
-    linkname: bytes = b""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] = field(default_factory=dict)
-    offset: int = 0
-    sparse: Any = None
 
 
 # few components, so paths collide, replace and shadow each other
