@@ -28,6 +28,7 @@ import clipcy
 from clipcy.archive.reader import open_archive
 from clipcy.fusemount import available
 from clipcy.fusemount.service import is_mounted, unmount
+from clipcy.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ROOT.parent / "shared" / "corpus" / "expected"
@@ -192,6 +193,45 @@ def test_concurrent_random_reads_are_exact(big_archive: Path, mnt: Path) -> None
         for t in threads:
             t.join()
     assert errors == []
+
+
+def test_large_reads_are_exact(big_archive: Path, mnt: Path) -> None:
+    """Reads larger than a span and than the kernel's largest request (1 MiB), on fresh
+    mounts (no page cache): 1 MiB sequential reads (read ahead by the span helper), one read
+    of a whole file, and reads that start inside a span and end inside another; each reply
+    is several cached spans handed to the kernel as one iovec."""
+    from clipcy.fusemount.spans import SPAN
+
+    with open_archive(big_archive) as a:
+        large = sorted((n for n in a.walk() if n.type == "file"), key=lambda n: n.size)[-4:]
+        content = {n.path: a.open(n.path).read() for n in large}
+    assert min(len(c) for c in content.values()) > (1 << 20) + SPAN
+
+    def path(n: Node) -> str:
+        return os.path.join(mnt, n.path.decode("utf-8", "surrogateescape")[1:])
+
+    with clipcy.mount(big_archive, mnt):
+        for n in large:
+            with open(path(n), "rb", buffering=0) as f:
+                got = b"".join(iter(lambda: f.read(1 << 20), b""))
+            assert got == content[n.path], n.path
+    with clipcy.mount(big_archive, mnt):
+        for n in large:
+            fd = os.open(path(n), os.O_RDONLY)
+            try:
+                assert os.read(fd, n.size + 4096) == content[n.path], n.path
+            finally:
+                os.close(fd)
+    with clipcy.mount(big_archive, mnt):
+        for i, n in enumerate(large):
+            off, ln = SPAN // 2 + 4095 * i + 1, 2 * SPAN + 3 + i
+            fd = os.open(path(n), os.O_RDONLY)
+            try:
+                assert os.pread(fd, ln, off) == content[n.path][off:off + ln], n.path
+                tail = n.size - 7
+                assert os.pread(fd, 1 << 20, tail) == content[n.path][tail:], n.path
+            finally:
+                os.close(fd)
 
 
 def test_metadata_statfs_and_erofs(big_archive: Path, mnt: Path) -> None:

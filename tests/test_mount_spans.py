@@ -1,13 +1,17 @@
 """The mount's decompressed-span cache (clipcy.fusemount.spans) over real layer readers.
 
 A sequential read in small requests decompresses each span once; concurrent readers of one
-span wait for a single decompression; the cache stays within its byte budget; bytes are
-exact. Runs without FUSE (the cache is plain Python over Archive.layer_reader).
+span wait for a single decompression; a sequential reader has the helper thread inflate the
+spans ahead of it, never past the file's end or the layer stream's, and leaves only a few
+spans behind it (spans read out of order stay); parts() hands out the
+cached spans themselves; the cache stays within its byte budget; bytes are exact. Runs
+without FUSE (the cache is plain Python over Archive.layer_reader).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ from typing import Any
 import pytest
 
 from clipcy import create_index_only_archive_from_oci_layout, open_archive
-from clipcy.fusemount.spans import SpanCache
+from clipcy.fusemount.spans import AHEAD, BEHIND, SpanCache
 
 
 class Counting:
@@ -56,16 +60,40 @@ def test_sequential_small_requests_decompress_each_span_once(sample: Path) -> No
         counter = Counting(arc.layer_reader(node.layer))
         span = 512
         cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
-        got = b"".join(cache.read(node.layer, node.offset + off, min(100, node.size - off))
-                       for off in range(0, node.size, 100))
+        end = node.offset + node.size  # as the mount passes it: read-ahead stops there
+        held = []
+        got = b""
+        for off in range(0, node.size, 100):
+            got += cache.read(node.layer, node.offset + off, min(100, node.size - off), end)
+            held.append(cache.held)
         assert got == want
         spans = (node.offset + node.size - 1) // span - node.offset // span + 1
-        # once per span, not once per 100-byte request (plus at most the one read ahead)
+        # once per span, not once per 100-byte request, and none past the file's end
         assert len(set(counter.offsets)) == counter.calls
-        assert spans <= counter.calls <= spans + 1
+        assert counter.calls == spans
+        # a stream keeps the spans read ahead and BEHIND spans behind the reader, not the
+        # whole file (the kernel has its pages): the budget would hold 2048 spans
+        assert spans > 4 * (AHEAD + BEHIND)
+        assert max(held) <= (AHEAD + BEHIND + 2) * span
+
+
+def test_spans_read_out_of_order_stay_cached(sample: Path) -> None:
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        want = arc.open(node.path).read()
+        counter = Counting(arc.layer_reader(node.layer))
+        span = 512
+        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        end = node.offset + node.size
+        first, last = node.offset // span, (end - 1) // span
+        for k in reversed(range(first, last + 1)):  # not a stream: nothing is dropped
+            lo = max(k * span, node.offset)
+            got = cache.read(node.layer, lo, min((k + 1) * span, end) - lo, end)
+            assert got == want[lo - node.offset:lo - node.offset + len(got)]
         calls = counter.calls
-        again = cache.read(node.layer, node.offset, node.size)
-        assert again == want and counter.calls == calls
+        assert calls == last - first + 1
+        assert cache.read(node.layer, node.offset, node.size) == want
+        assert counter.calls == calls and cache.held == calls * span
 
 
 def test_concurrent_readers_share_one_decompression(sample: Path) -> None:
@@ -74,22 +102,23 @@ def test_concurrent_readers_share_one_decompression(sample: Path) -> None:
         want = arc.open(node.path).read()
         counter = Counting(arc.layer_reader(node.layer))
         cache = SpanCache(lambda layer: counter, budget=1 << 20, span=256)
+        n = (BEHIND - 2) * 256  # the request of 8 threads at once, fewer spans than BEHIND
         results: list[bytes] = []
         barrier = threading.Barrier(8)
 
         def read() -> None:
             barrier.wait()
-            results.append(cache.read(node.layer, node.offset, node.size))
+            results.append(cache.read(node.layer, node.offset, n, node.offset + n))
 
         threads = [threading.Thread(target=read) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert results == [want] * 8
-        spans = (node.offset + node.size - 1) // 256 - node.offset // 256 + 1
+        assert results == [want[:n]] * 8
+        spans = (node.offset + n - 1) // 256 - node.offset // 256 + 1
         assert len(set(counter.offsets)) == counter.calls  # no span twice
-        assert spans <= counter.calls <= spans + 1
+        assert counter.calls == spans
 
 
 def test_budget_bounds_the_cache(sample: Path) -> None:
@@ -103,3 +132,74 @@ def test_budget_bounds_the_cache(sample: Path) -> None:
         n = files[0]
         assert cache.read(n.layer, n.offset, n.size) == arc.open(n.path).read()
         assert cache.held == 0
+
+
+def _wait_for(cond: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_read_ahead_runs_ahead_of_a_sequential_reader_up_to_the_file_end(sample: Path) -> None:
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        want = arc.open(node.path).read()
+        counter = Counting(arc.layer_reader(node.layer))
+        span = 256
+        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        end = node.offset + node.size
+        first, last = node.offset // span, (end - 1) // span
+        assert last - first > AHEAD + 2
+        got = cache.read(node.layer, node.offset, 2 * span, end)
+        upto = (node.offset + 2 * span - 1) // span  # spans first..upto, in order
+        # sequential: the helper inflates the next AHEAD spans before anyone asks for them
+        ahead = {k * span for k in range(upto + 1, upto + 1 + AHEAD)}
+        assert _wait_for(lambda: ahead <= set(counter.offsets)), sorted(counter.offsets)
+        pos = node.offset + len(got)
+        while pos < end:  # the rest in 1000-byte requests
+            got += cache.read(node.layer, pos, min(1000, end - pos), end)
+            pos = node.offset + len(got)
+        assert got == want
+        time.sleep(0.05)  # a helper still running would read past the end now
+        assert len(set(counter.offsets)) == counter.calls == last - first + 1
+        assert max(counter.offsets) == last * span  # none past the file's last span
+        assert cache.hits >= AHEAD  # the reader found the spans read ahead
+
+
+def test_read_ahead_stops_at_the_layer_stream_end(sample: Path) -> None:
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        counter = Counting(arc.layer_reader(node.layer))
+        span = 256
+        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        whole = arc.layer_reader(node.layer).pread(0, 1 << 30)  # the layer's whole stream
+        start = (len(whole) // span - 4) * span
+        got = b""
+        for pos in range(start, len(whole) + 3 * span, 100):  # no file end given
+            got += cache.read(node.layer, pos, 100)
+        assert got == whole[start:]
+        time.sleep(0.05)
+        # each span once, and the end of the stream (an empty span) found once, not again
+        # by every later read-ahead
+        assert len(set(counter.offsets)) == counter.calls
+        assert max(counter.offsets) <= len(whole)
+
+
+def test_parts_are_the_cached_spans(sample: Path) -> None:
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        want = arc.open(node.path).read()
+        cache = SpanCache(arc.layer_reader, budget=1 << 20, span=4096)
+        off, n = 5000, 3 * 4096 + 123  # starts inside a span, ends inside the fourth
+        parts = cache.parts(node.layer, node.offset + off, n, node.offset + node.size)
+        assert len(parts) >= 4 and sum(p[2] for p in parts) == n
+        assert b"".join(d[lo:lo + ln] for d, lo, ln in parts) == want[off:off + n]
+        for data, _, _ in parts:  # the cache's own objects, not copies
+            k = next(k for (layer, k), v in cache._lru.items() if v is data)
+            assert len(data) == 4096 and k >= 0
+        assert cache.read(node.layer, node.offset + off, n) == want[off:off + n]
+        # past the end of the layer stream: nothing
+        assert cache.parts(node.layer, 1 << 30, 10) == []

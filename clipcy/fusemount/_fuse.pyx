@@ -5,7 +5,8 @@ Session(fs, mountpoint, options) mounts, serve() runs fuse_session_loop_mt (the 
 waits without the GIL; libfuse's worker threads take the GIL only inside a callback). Each
 callback asks the Python filesystem object (clipcy.fusemount.fs.ImageFS) for Python values and
 turns them into libfuse's C structs here: stat from a node record, directory entries with
-their attributes (readdirplus), file bytes (replied without the GIL). Every write operation
+their attributes (readdirplus), file bytes (pieces of the span cache replied as one iovec,
+without the GIL). Every write operation
 answers EROFS. Exceptions: OSError -> its errno; anything else -> EIO and a log line.
 """
 
@@ -51,6 +52,11 @@ cdef extern from "<sys/stat.h>" nogil:
         timespec st_mtim
         timespec st_atim
         timespec st_ctim
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
 
 cdef extern from "<sys/sysmacros.h>" nogil:
     dev_t makedev(unsigned int major, unsigned int minor)
@@ -159,6 +165,7 @@ cdef extern from "fuse_lowlevel.h" nogil:
     int fuse_reply_readlink(fuse_req_t req, const char *link)
     int fuse_reply_open(fuse_req_t req, const fuse_file_info *fi)
     int fuse_reply_buf(fuse_req_t req, const char *buf, size_t size)
+    int fuse_reply_iov(fuse_req_t req, const iovec *iov, int count)
     int fuse_reply_statfs(fuse_req_t req, const statvfs *stbuf)
     int fuse_reply_xattr(fuse_req_t req, size_t count)
     size_t fuse_add_direntry(fuse_req_t req, char *buf, size_t bufsize, const char *name,
@@ -371,17 +378,33 @@ cdef void _open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nog
 
 cdef void _read_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
                 fuse_file_info *fi) noexcept:
+    # the pieces of cached spans go to the kernel as one iovec: no join or slice here, and
+    # the GIL is released while the kernel copies them into the page cache
     cdef int err = 0
-    cdef const char *p = NULL
-    cdef size_t n = 0
+    cdef iovec[8] local
+    cdef iovec *iov = local
+    cdef Py_ssize_t count = 0, i, start, length
+    cdef object data
     try:
-        data = _session(req).fs.read(ino, size, off)
-        p = PyBytes_AS_STRING(data)
-        n = PyBytes_GET_SIZE(data)
-        with nogil:  # `data` stays referenced until the reply is written
-            fuse_reply_buf(req, p, n)
+        parts = _session(req).fs.read_parts(ino, size, off)
+        count = len(parts)
+        if count > 8:
+            iov = <iovec *>malloc(count * sizeof(iovec))
+            if iov == NULL:
+                raise MemoryError()
+        for i in range(count):
+            data, start, length = parts[i]
+            if (type(data) is not bytes or start < 0 or length < 0
+                    or start + length > PyBytes_GET_SIZE(data)):
+                raise ValueError(f"bad read piece {i}: {type(data).__name__} [{start}:+{length}]")
+            iov[i].iov_base = PyBytes_AS_STRING(data) + start
+            iov[i].iov_len = <size_t>length
+        with nogil:  # `parts` holds the bytes until the reply is written
+            fuse_reply_iov(req, iov, <int>count)
     except BaseException as ex:
         err = _errno_of(ex)
+    if iov != local:
+        free(iov)
     if err:
         fuse_reply_err(req, err)
 

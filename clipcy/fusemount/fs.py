@@ -169,22 +169,32 @@ class ImageFS:
 
     # -- data -------------------------------------------------------------------------------
     def read(self, nodeid: int, size: int, off: int) -> bytes:
+        """Up to size bytes of the file at off (fewer only at its end)."""
+        parts = self.read_parts(nodeid, size, off)
+        if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(parts[0][0]):
+            return parts[0][0]
+        return b"".join([memoryview(data)[lo:lo + n] for data, lo, n in parts])
+
+    def read_parts(self, nodeid: int, size: int, off: int) -> list[tuple[bytes, int, int]]:
+        """read() as (bytes, start, length) pieces of the span cache, not joined: the binding
+        replies with them as one iovec (no copy in this process)."""
         f = self._file(nodeid)
         n = min(size, f.size - off)
         if n <= 0:
-            return b""
+            return []
         try:
             if f.runs is None:
-                data = self.spans.read(f.layer, f.offset + off, n)
+                parts = self.spans.parts(f.layer, f.offset + off, n, f.offset + f.size)
             else:
                 data = self._read_sparse(f, off, n)
+                parts = [(data, 0, len(data))]
         except (ClipError, OSError) as e:
             self._log_failure(f, e)
             raise _err(errno.EIO) from None
-        if len(data) != n:
+        if sum([p[2] for p in parts]) != n:
             self._log_failure(f, ClipError(f"layer {f.layer} ended early"))
             raise _err(errno.EIO)
-        return data
+        return parts
 
     def _read_sparse(self, f: _File, off: int, n: int) -> bytes:
         assert f.runs is not None
@@ -193,7 +203,8 @@ class ImageFS:
         for lo_run, length, data in f.runs:
             lo, hi = max(lo_run, off), min(lo_run + length, end)
             if hi > lo:
-                chunk = self.spans.read(f.layer, data + (lo - lo_run), hi - lo)
+                chunk = self.spans.read(f.layer, data + (lo - lo_run), hi - lo,
+                                         data + length)
                 if len(chunk) != hi - lo:
                     raise ClipError(f"layer {f.layer} ended early")
                 out[lo - off:hi - off] = chunk

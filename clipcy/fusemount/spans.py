@@ -1,16 +1,21 @@
 """Decompressed spans of the layers' uncompressed streams, in an LRU bounded in bytes.
 
-A FUSE read asks for at most 128 KiB (the kernel's request size); decompressing from a resume
-point for each request would inflate the same bytes many times. So reads are served from
-SPAN-aligned spans of the uncompressed layer stream, each decompressed once through the layer
-reader (which resumes at the nearest recorded point and parks its decoder at the end of the
-read, so span k+1 continues where span k stopped) and kept while the budget allows.
+A FUSE read asks for at most 1 MiB (the kernel's largest request, 256 pages), often much less;
+decompressing from a resume point for each request would inflate the same bytes many times.
+So reads are served from SPAN-aligned spans of the uncompressed layer stream, each
+decompressed once through the layer reader (which resumes at the nearest recorded point and
+parks its decoder at the end of the read, so span k+1 continues where span k stopped) and kept
+while the budget allows. parts() hands out the cached spans themselves (with the start and
+length of the piece each contributes): the binding replies with them as one iovec, so the
+bytes are not copied in this process.
 
 Concurrent requests for one span wait for the thread decompressing it instead of repeating
 the work; a request for span k+1 while span k is being decompressed waits for it too, so the
 kernel's parallel readahead requests continue one decoder instead of starting several. Once
-a layer is read sequentially (span k right after k-1), a helper thread inflates span k+1
-while span k is handed to the kernel (when the budget holds a few spans).
+a layer is read sequentially (span k right after k-1), a helper thread keeps the next AHEAD
+spans inflated while the reader's spans are handed to the kernel (no further than the end of
+the file being read, and at most a quarter of the budget), so the decoder rarely waits for a
+request: the kernel reads ahead 1 MiB at a time, the helper 2 MiB beyond that.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 SPAN = 256 << 10
+AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
+BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
 
 __all__ = ["SPAN", "SpanCache"]
 
@@ -38,8 +45,10 @@ class SpanCache:
         self._busy: dict[tuple[int, int], threading.Event] = {}
         self._lock = threading.Lock()
         self._last: dict[int, int] = {}  # layer -> the span a reader produced last
+        self._ends: dict[int, int] = {}  # layer -> its last span, once a read found it
         self._ahead_done: set[tuple[int, int]] = set()  # read ahead, no reader yet
-        self._ahead: queue.SimpleQueue[tuple[int, int]] = queue.SimpleQueue()
+        self._streamed: set[tuple[int, int]] = set()  # made for a sequential reader
+        self._ahead: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
         self._helper: threading.Thread | None = None
         self.decompressed = 0  # bytes produced by the layer readers (for perf and tests)
         self.hits = 0
@@ -49,23 +58,46 @@ class SpanCache:
     def held(self) -> int:
         return self._held
 
-    def read(self, layer: int, offset: int, n: int) -> bytes:
-        """Up to n bytes at offset (fewer only where the layer stream ends)."""
-        span = self.span
-        first, last = offset // span, (offset + n - 1) // span
-        if first == last:
-            data = self._span(layer, first)
-            lo = offset - first * span
-            return data[lo:lo + n]
-        parts = [self._span(layer, k) for k in range(first, last + 1)]
-        joined = b"".join(parts)
-        lo = offset - first * span
-        return joined[lo:lo + n]
+    def read(self, layer: int, offset: int, n: int, end: int | None = None) -> bytes:
+        """Up to n bytes at offset (fewer only where the layer stream ends). `end`: where the
+        file being read ends in the layer stream (read-ahead stops there)."""
+        parts = self.parts(layer, offset, n, end)
+        if len(parts) == 1:
+            data, lo, length = parts[0]
+            return data if lo == 0 and length == len(data) else data[lo:lo + length]
+        return b"".join([memoryview(data)[lo:lo + length] for data, lo, length in parts])
 
-    def _span(self, layer: int, k: int, helper: bool = False) -> bytes:
+    def parts(self, layer: int, offset: int, n: int,
+              end: int | None = None) -> list[tuple[bytes, int, int]]:
+        """read() without its copy: (span, start, length) pieces of cached spans whose bytes,
+        in order, are read()'s (the FUSE binding hands them to the kernel as they are)."""
+        span = self.span
+        stop = (end - 1) // span if end is not None else None
+        out: list[tuple[bytes, int, int]] = []
+        k = offset // span
+        while n > 0:
+            data = self._span(layer, k, stop)
+            lo = offset - k * span
+            length = min(n, len(data) - lo)
+            if length <= 0:
+                break  # the layer stream ends before offset
+            out.append((data, lo, length))
+            offset += length
+            n -= length
+            if len(data) < span:
+                break  # ... or inside this span
+            k += 1
+        return out
+
+    def _span(self, layer: int, k: int, stop: int | None = None,
+              helper: bool = False) -> bytes:
         key = (layer, k)
         while True:
             with self._lock:
+                if k > self._ends.get(layer, k):
+                    return b""  # past the end of the layer stream (found by an earlier read)
+                if helper and k <= self._last.get(layer, -1):
+                    return b""  # a reader got past this span while the helper waited
                 data = self._lru.get(key)
                 if data is not None:
                     self._lru.move_to_end(key)
@@ -73,7 +105,8 @@ class SpanCache:
                     if key not in self._ahead_done:
                         return data
                     self._ahead_done.discard(key)  # a reader reached the span read ahead:
-                    self._last[layer] = k  # keep one span ahead of it
+                    self._last[layer] = k  # keep the helper ahead of it
+                    self._drop_behind(layer, k)
                     break
                 wait = self._busy.get(key) or self._busy.get((layer, k - 1))
                 if wait is None:
@@ -82,11 +115,12 @@ class SpanCache:
                     break
             wait.wait()  # another thread is producing this span (or the one before it)
         if data is not None:
-            self._prefetch(layer, k + 1)
+            self._prefetch(layer, k + 1, stop)
             return data
-        data = b""
+        data, read = b"", False
         try:
             data = bytes(self._reader(layer).pread(k * self.span, self.span))
+            read = True
         finally:
             with self._lock:
                 self.decompressed += len(data)
@@ -97,43 +131,76 @@ class SpanCache:
                         old, dropped = self._lru.popitem(last=False)
                         self._held -= len(dropped)
                         self._ahead_done.discard(old)
+                        self._streamed.discard(old)
                 del self._busy[key]
-                # sequential (span k right after k-1 on this layer): have the next span
+                if read and len(data) < self.span:  # the stream ends: read no further ahead
+                    self._ends[layer] = k if data else k - 1
+                # sequential (span k right after k-1 on this layer): have the next spans
                 # inflated on the helper thread while this one is copied to the kernel
                 ahead = (not helper and len(data) == self.span
                          and self._last.get(layer) == k - 1)
                 if helper:
                     self._ahead_done.add(key)
+                    self._streamed.add(key)
                 else:
                     self._last[layer] = k
+                    if ahead:
+                        self._streamed.add(key)
+                        self._drop_behind(layer, k)
             mine.set()
         if ahead:
-            self._prefetch(layer, k + 1)
+            self._prefetch(layer, k + 1, stop)
         return data
 
-    def _prefetch(self, layer: int, k: int) -> None:
-        if self.budget < 4 * self.span:
-            return  # no room to keep what the helper reads
+    def _drop_behind(self, layer: int, k: int) -> None:
+        """A sequential reader reached span k: forget the span BEHIND before it if it was made
+        for the stream. The kernel keeps the file's pages (keep_cache), so a streamed span is
+        rarely asked for again; dropping it keeps a long read from flushing the cache and lets
+        malloc hand its memory (mapped, warm) to the next span instead of faulting in new
+        pages for the whole budget (~2.5 us per 4 KiB page on the decoder's path). Called with
+        the lock held."""
+        old = (layer, k - BEHIND)
+        if old in self._streamed:
+            self._streamed.discard(old)
+            self._ahead_done.discard(old)
+            dropped = self._lru.pop(old, None)
+            if dropped is not None:
+                self._held -= len(dropped)
+
+    def _prefetch(self, layer: int, k: int, stop: int | None) -> None:
+        """Have the helper inflate spans k.. (up to AHEAD of them, none past `stop`)."""
+        depth = min(AHEAD, self.budget // (4 * self.span))  # a quarter of the budget at most
+        last = min(k + depth - 1, self._ends.get(layer, k + depth - 1))
+        if stop is not None:
+            last = min(last, stop)
+        if last < k:
+            return
         if self._helper is None:
             with self._lock:
                 if self._helper is None:
                     self._helper = threading.Thread(target=self._ahead_loop, daemon=True,
                                                     name="clipcy-span-ahead")
                     self._helper.start()
-        self._ahead.put((layer, k))
+        self._ahead.put((layer, k, last))
 
     def _ahead_loop(self) -> None:
         while True:
-            layer, k = self._ahead.get()
-            with self._lock:
-                if (layer, k) in self._lru or (layer, k) in self._busy:
-                    continue
-            try:
-                self._span(layer, k, helper=True)
-            except Exception:  # noqa: BLE001 - a reader that needs the span reports the error
-                pass
+            layer, first, last = self._ahead.get()
+            for k in range(first, last + 1):
+                with self._lock:
+                    if k <= self._last.get(layer, -1):
+                        continue  # a reader is past it already (a stale request)
+                    if (layer, k) in self._lru or (layer, k) in self._busy:
+                        continue
+                try:
+                    if len(self._span(layer, k, helper=True)) < self.span:
+                        break  # the layer stream ends here
+                except Exception:  # noqa: BLE001 - a reader that needs the span reports it
+                    break
 
     def clear(self) -> None:
         with self._lock:
             self._lru.clear()
+            self._ahead_done.clear()
+            self._streamed.clear()
             self._held = 0
