@@ -7,7 +7,7 @@ from clipcy.archive.format import EncodedAccess
 from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
 
-__all__ = ["encode_archive", "encode_blocks", "encode_access"]
+__all__ = ["encode_archive", "assemble_archive", "encode_blocks", "encode_access"]
 
 
 def encode_blocks(
@@ -20,5 +20,11 @@ def encode_access(i: int, a: LayerAccess) -> bytes: ...
 
 def encode_archive(
     metadata: dict[str, Any], nodes: Iterable[Node],
+    access: Sequence[LayerAccess | EncodedAccess]
+) -> bytes: ...
+
+
+def assemble_archive(
+    metadata: dict[str, Any], blocks: Sequence[tuple[bytes, int, bytes]],
     access: Sequence[LayerAccess | EncodedAccess]
 ) -> bytes: ...

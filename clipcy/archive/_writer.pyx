@@ -15,7 +15,7 @@ import operator
 from clipcy.archive import format as F
 from clipcy.errors import ArchiveWriteError
 
-__all__ = ["encode_archive", "encode_blocks", "encode_access"]
+__all__ = ["encode_archive", "assemble_archive", "encode_blocks", "encode_access"]
 
 cdef object _TYPE_CODES = F.TYPE_CODES
 cdef object _ACCESS_KIND_CODES = F.ACCESS_KIND_CODES
@@ -36,9 +36,6 @@ cdef uint64_t _MAX_I63 = (<uint64_t>1 << 63) - 1
 
 cdef class _Buf:
     """A growing byte buffer; varints and byte strings are appended without Python objects."""
-    cdef unsigned char *data
-    cdef Py_ssize_t n
-    cdef Py_ssize_t cap
 
     def __dealloc__(self):
         free(self.data)
@@ -59,7 +56,7 @@ cdef class _Buf:
         self.cap = cap
         return 0
 
-    cdef inline int uv(self, uint64_t v) except -1:
+    cdef int uv(self, uint64_t v) except -1:
         if self.n + 10 > self.cap:
             self.reserve(10)
         while v >= 0x80:
@@ -70,7 +67,7 @@ cdef class _Buf:
         self.n += 1
         return 0
 
-    cdef inline int byte(self, unsigned char c) except -1:
+    cdef int byte(self, unsigned char c) except -1:
         if self.n + 1 > self.cap:
             self.reserve(1)
         self.data[self.n] = c
@@ -180,54 +177,49 @@ cdef Py_ssize_t _shared_prefix(bytes a, bytes b) noexcept:
     return i
 
 
-cdef struct _Delta:
-    # a block's delta state, all 0 at the start of a block (docs/FORMAT.md "Node records")
-    uint64_t ino
-    uint64_t mtime       # the previous mtime's two's-complement bits
-    uint64_t data_end    # predicted offset: previous data end + one 512-byte tar header
-
-
-cdef int _record(_Buf out, object n, bytes path, Py_ssize_t shared, _Delta *st) except -1:
-    """Append one node record, updating the block's delta state."""
+cdef int _record(_Buf out, bytes path, Py_ssize_t shared, _Delta *st, object t,
+                 object mode_v, object uid_v, object gid_v, object mtime_sec, object mtime_nsec,
+                 object size_v, object linkname_v, object devmajor_v, object devminor_v,
+                 object xattrs, object ino_v, object nlink_v, object layer_v, object offset_v,
+                 object sparse, object digest_v) except -1:
+    """Append one node record (a Node's fields, in Node's order), updating the block's delta
+    state."""
     cdef object what = path
-    cdef object t = n.type
     cdef object code = _TYPE_CODES.get(t) if isinstance(t, str) else None
     cdef uint64_t mode, uid, gid, nsec, ino, nlink, size, layer, offset, devmajor, devminor
     cdef int64_t mtime, delta
     cdef uint64_t flags
-    cdef object v, sparse, xattrs, run, name, value
+    cdef object v, run, name, value
     cdef bytes linkname, digest, name_b, prev_name
     cdef list items
     if code is None:
         raise _bad(path, f"unknown type {t!r}")
-    mode = _u64(what, "mode", n.mode)
-    uid = _u64(what, "uid", n.uid)
-    gid = _u64(what, "gid", n.gid)
-    v = n.mtime_sec
+    mode = _u64(what, "mode", mode_v)
+    uid = _u64(what, "uid", uid_v)
+    gid = _u64(what, "gid", gid_v)
+    v = mtime_sec
     try:
         mtime = v if type(v) is int else operator.index(v)
     except (TypeError, OverflowError):
         raise _bad(path, f"mtime_sec {v!r} is not an integer in -2**63..2**63-1") from None
-    nsec = _u64(what, "mtime_nsec", n.mtime_nsec)
+    nsec = _u64(what, "mtime_nsec", mtime_nsec)
     if nsec >= 1000000000:
-        raise _bad(path, f"mtime_nsec {n.mtime_nsec!r} is not below 10**9")
-    ino = _u64(what, "ino", n.ino)
+        raise _bad(path, f"mtime_nsec {mtime_nsec!r} is not below 10**9")
+    ino = _u64(what, "ino", ino_v)
     if ino > _MAX_I63:
-        raise _bad(path, f"ino {n.ino!r} is not an integer in 0..2**63-1")
-    nlink = _u64(what, "nlink", n.nlink)
-    size = _u64(what, "size", n.size)
-    v = n.layer
+        raise _bad(path, f"ino {ino_v!r} is not an integer in 0..2**63-1")
+    nlink = _u64(what, "nlink", nlink_v)
+    size = _u64(what, "size", size_v)
+    v = layer_v
     try:
         layer = (v if type(v) is int else operator.index(v)) + 1
     except (TypeError, OverflowError):
         raise _bad(path, f"layer {v!r} is not an integer in -1..2**64-2") from None
-    offset = _u64(what, "offset", n.offset)
-    linkname = _blob(what, "linkname", n.linkname)
-    digest = _blob(what, "digest", n.digest)
-    devmajor = _u64(what, "devmajor", n.devmajor)
-    devminor = _u64(what, "devminor", n.devminor)
-    sparse = n.sparse
-    xattrs = n.xattrs
+    offset = _u64(what, "offset", offset_v)
+    linkname = _blob(what, "linkname", linkname_v)
+    digest = _blob(what, "digest", digest_v)
+    devmajor = _u64(what, "devmajor", devmajor_v)
+    devminor = _u64(what, "devminor", devminor_v)
     if not isinstance(xattrs, dict):
         raise _bad(path, f"xattrs is {type(xattrs).__name__}, not dict")
 
@@ -315,6 +307,56 @@ cdef int _record(_Buf out, object n, bytes path, Py_ssize_t shared, _Delta *st) 
     return 0
 
 
+cdef class BlockEncoder:
+    """Validates a tree given node by node in path order and encodes it into
+    (first path, count, raw records) blocks. A block closes after max_nodes records or once it
+    holds target_bytes (tests use small values to get many blocks from small trees; archives
+    always use the defaults). The compiled merge feeds it straight from its inodes
+    (clipcy.image._merge.encode_tree), without a Node per path."""
+
+    def __init__(self, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
+                 Py_ssize_t target_bytes=_BLOCK_TARGET_BYTES):
+        self.blocks = []
+        self.dirs = set()
+        self.out = _Buf()
+        self.count = 0
+        self.max_nodes = max_nodes
+        self.target_bytes = target_bytes
+        self.first = self.prev = b""
+        self.last = None
+
+    cdef int add(self, object path, object type, object mode, object uid, object gid,
+                 object mtime_sec, object mtime_nsec, object size, object linkname,
+                 object devmajor, object devminor, object xattrs, object ino, object nlink,
+                 object layer, object offset, object sparse, object digest) except -1:
+        cdef Py_ssize_t shared
+        cdef bytes p = _check_path(path, self.last, self.dirs)
+        if self.count == 0:
+            self.first = p
+            shared = 0
+            self.st.ino = self.st.mtime = self.st.data_end = 0
+        else:
+            shared = _shared_prefix(self.prev, p)
+        _record(self.out, p, shared, &self.st, type, mode, uid, gid, mtime_sec, mtime_nsec,
+                size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset, sparse,
+                digest)
+        if type == "dir":
+            self.dirs.add(p)
+        self.last = self.prev = p
+        self.count += 1
+        if self.count >= self.max_nodes or self.out.n >= self.target_bytes:
+            self.blocks.append((self.first, self.count, self.out.take()))
+            self.count = 0
+        return 0
+
+    cpdef list finish(self):
+        """The blocks (the last one closed here)."""
+        if self.count:
+            self.blocks.append((self.first, self.count, self.out.take()))
+            self.count = 0
+        return self.blocks
+
+
 def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
                   Py_ssize_t target_bytes=_BLOCK_TARGET_BYTES):
     """Validate the tree and encode it into (first path, count, raw records) blocks.
@@ -322,36 +364,12 @@ def encode_blocks(nodes, Py_ssize_t max_nodes=_BLOCK_MAX_NODES,
     A block closes after max_nodes records or once it holds target_bytes (tests use small
     values to get many blocks from small trees; archives always use the defaults).
     """
-    cdef list blocks = []
-    cdef set dirs = set()
-    cdef _Buf out = _Buf()
-    cdef Py_ssize_t count = 0
-    cdef Py_ssize_t shared
-    cdef bytes first = b""
-    cdef bytes prev = b""
-    cdef bytes last = None
-    cdef bytes path
-    cdef _Delta st
+    cdef BlockEncoder enc = BlockEncoder(max_nodes, target_bytes)
     for n in nodes:
-        path = _check_path(n.path, last, dirs)
-        if count == 0:
-            first = path
-            shared = 0
-            st.ino = st.mtime = st.data_end = 0
-        else:
-            shared = _shared_prefix(prev, path)
-        _record(out, n, path, shared, &st)
-        if n.type == "dir":
-            dirs.add(path)
-        last = path
-        prev = path
-        count += 1
-        if count >= max_nodes or out.n >= target_bytes:
-            blocks.append((first, count, out.take()))
-            count = 0
-    if count:
-        blocks.append((first, count, out.take()))
-    return blocks
+        enc.add(n.path, n.type, n.mode, n.uid, n.gid, n.mtime_sec, n.mtime_nsec, n.size,
+                n.linkname, n.devmajor, n.devminor, n.xattrs, n.ino, n.nlink, n.layer,
+                n.offset, n.sparse, n.digest)
+    return enc.finish()
 
 
 _FRAME_FIELDS = ("frame compressed offset", "frame compressed size",
@@ -397,12 +415,17 @@ def encode_access(Py_ssize_t i, a):
     return out.take()
 
 
-def encode_archive(metadata, nodes, access):
-    """The complete .clip archive for this tree, as bytes (reproducible)."""
+def assemble_archive(metadata, blocks, access):
+    """The complete .clip archive from node blocks already encoded (encode_blocks, or the
+    merge's encode_tree), as bytes (reproducible)."""
     meta = F.canonical_json(metadata)
-    blocks = encode_blocks(nodes)
     # an access item may come already encoded (format.EncodedAccess, from index-layout)
     payloads = [a if isinstance(a, F.EncodedAccess) else encode_access(i, a)
                 for i, a in enumerate(access)]
-    # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
     return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)
+
+
+def encode_archive(metadata, nodes, access):
+    """The complete .clip archive for this tree, as bytes (reproducible)."""
+    # nodes may be a one-pass iterable: the count comes from the blocks
+    return assemble_archive(metadata, encode_blocks(nodes), access)

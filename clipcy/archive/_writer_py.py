@@ -16,7 +16,7 @@ from clipcy.errors import ArchiveWriteError
 from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
 
-__all__ = ["encode_archive", "encode_blocks", "encode_access"]
+__all__ = ["encode_archive", "assemble_archive", "encode_blocks", "encode_access"]
 
 MAX_U64 = (1 << 64) - 1
 MAX_I63 = (1 << 63) - 1
@@ -292,13 +292,19 @@ def encode_access(i: int, a: LayerAccess) -> bytes:
     return bytes(out)
 
 
-def encode_archive(metadata: dict[str, Any], nodes: Iterable[Node],
-                   access: Sequence[LayerAccess | F.EncodedAccess]) -> bytes:
-    """The complete .clip archive for this tree, as bytes (reproducible)."""
+def assemble_archive(metadata: dict[str, Any], blocks: Sequence[tuple[bytes, int, bytes]],
+                     access: Sequence[LayerAccess | F.EncodedAccess]) -> bytes:
+    """The complete .clip archive from node blocks already encoded (encode_blocks, or the
+    merge's encode_tree), as bytes (reproducible)."""
     meta = F.canonical_json(metadata)
-    blocks = encode_blocks(nodes)
     # an access item may come already encoded (format.EncodedAccess, from index-layout)
     payloads = [a if isinstance(a, F.EncodedAccess) else encode_access(i, a)
                 for i, a in enumerate(access)]
-    # nodes may be a one-pass iterable (index-layout streams them): count from the blocks
     return F.assemble(meta, sum(b[1] for b in blocks), blocks, payloads)
+
+
+def encode_archive(metadata: dict[str, Any], nodes: Iterable[Node],
+                   access: Sequence[LayerAccess | F.EncodedAccess]) -> bytes:
+    """The complete .clip archive for this tree, as bytes (reproducible)."""
+    # nodes may be a one-pass iterable: the count comes from the blocks
+    return assemble_archive(metadata, encode_blocks(nodes), access)

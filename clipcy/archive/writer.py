@@ -1,6 +1,7 @@
 """Archive writer selector: the compiled clipcy.archive._writer, or its pure-Python twin.
 
-encode_archive(metadata, nodes, access) -> bytes: the whole .clip archive (docs/FORMAT.md).
+encode_archive(metadata, nodes, access) -> bytes: the whole .clip archive (docs/FORMAT.md);
+assemble_archive(metadata, blocks, access) the same from blocks already encoded.
 Both implementations produce byte-identical output and raise the same errors.
 """
 
@@ -17,5 +18,6 @@ else:
 
 IMPLEMENTATION: str = implementation(_impl)
 encode_archive = _impl.encode_archive
+assemble_archive = _impl.assemble_archive
 
-__all__ = ["IMPLEMENTATION", "encode_archive"]
+__all__ = ["IMPLEMENTATION", "assemble_archive", "encode_archive"]

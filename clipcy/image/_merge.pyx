@@ -13,6 +13,8 @@ from cpython.long cimport PyLong_FromDouble
 from libc.math cimport floor, isfinite, nearbyint
 from libc.string cimport memcmp, memcpy
 
+from clipcy.archive._writer cimport BlockEncoder
+
 import logging
 import posixpath
 
@@ -384,35 +386,52 @@ cdef _apply_entries(Tree tree, list entries, object layer, dict digests, dict aw
             tree.put(path, inode)
 
 
-def iter_nodes(Tree tree):
-    """The tree as Nodes in path-byte order, with inode numbers and link counts; empties the
-    tree as it goes (see the twin)."""
+cdef tuple _in_path_order(Tree tree):
+    """(paths, inodes) in path-byte order and each directory's count of subdirectories;
+    empties the tree."""
     cdef dict paths = tree.paths
     cdef list keys = sorted(paths)  # unique keys: the same order as the twin's sorted items
     cdef list inodes = [paths[k] for k in keys]
     tree.paths = {}
     paths = None
     cdef dict subdirs = {}
-    cdef Py_ssize_t i, n = len(keys)
+    cdef Py_ssize_t i
     cdef bytes path, parent
     cdef Inode inode
-    cdef long long next_ino = 0
-    for i in range(n):
+    for i in range(len(keys)):
         inode = inodes[i]
         if inode.type == _DIR:
             path = keys[i]
             if path != _ROOT:
                 parent = _parent(path)
                 subdirs[parent] = subdirs.get(parent, 0) + 1
+    return keys, inodes, subdirs
+
+
+cdef inline object _number(Inode inode, bytes path, dict subdirs, long long *next_ino):
+    """Number the inode at its first path (hardlinks share it); the path's link count."""
+    if not inode.ino:
+        next_ino[0] += 1
+        inode.ino = next_ino[0]
+    return 2 + subdirs.pop(path, 0) if inode.type == _DIR else inode.links
+
+
+def iter_nodes(Tree tree):
+    """The tree as Nodes in path-byte order, with inode numbers and link counts; empties the
+    tree as it goes (see the twin)."""
+    cdef list keys, inodes
+    cdef dict subdirs
+    keys, inodes, subdirs = _in_path_order(tree)
+    cdef Py_ssize_t i, n = len(keys)
+    cdef bytes path
+    cdef Inode inode
+    cdef long long next_ino = 0
     for i in range(n):
         path = keys[i]
         inode = inodes[i]
         keys[i] = None
         inodes[i] = None  # release the inode (unless a hardlink still holds it)
-        if not inode.ino:
-            next_ino += 1
-            inode.ino = next_ino
-        nlink = 2 + subdirs.pop(path, 0) if inode.type == _DIR else inode.links
+        nlink = _number(inode, path, subdirs, &next_ino)
         xattrs = dict(sorted(inode.xattrs.items())) if inode.xattrs else _NO_XATTRS
         yield _Node(
             path,
@@ -434,6 +453,32 @@ def iter_nodes(Tree tree):
             inode.sparse,
             inode.digest,
         )
+
+
+def encode_tree(Tree tree):
+    """The tree as the archive's node blocks: what the writer's encode_blocks makes of
+    iter_nodes(tree), byte for byte, with the records written straight from the inodes (no
+    Node per path: ~0.1 s of the 150k-node layer's 0.2 s serial tail, issue 13). Empties the
+    tree."""
+    cdef list keys, inodes
+    cdef dict subdirs
+    keys, inodes, subdirs = _in_path_order(tree)
+    cdef Py_ssize_t i, n = len(keys)
+    cdef bytes path
+    cdef Inode inode
+    cdef long long next_ino = 0
+    cdef BlockEncoder enc = BlockEncoder()
+    for i in range(n):
+        path = keys[i]
+        inode = inodes[i]
+        keys[i] = None
+        inodes[i] = None
+        nlink = _number(inode, path, subdirs, &next_ino)
+        enc.add(path, inode.type, inode.mode, inode.uid, inode.gid, inode.mtime_sec,
+                inode.mtime_nsec, inode.size, inode.linkname, inode.devmajor, inode.devminor,
+                inode.xattrs, inode.ino, nlink, inode.layer, inode.offset, inode.sparse,
+                inode.digest)
+    return enc.finish()
 
 
 def to_nodes(Tree tree):

@@ -373,6 +373,14 @@ def iter_nodes(tree: Tree) -> Iterator[Node]:
         )
 
 
+def encode_tree(tree: Tree) -> list[tuple[bytes, int, bytes]]:
+    """The tree as the archive's node blocks (empties the tree). The compiled twin writes
+    them straight from its inodes; here they are the writer's encoding of iter_nodes."""
+    from clipcy.archive import _writer_py
+
+    return _writer_py.encode_blocks(iter_nodes(tree))
+
+
 def to_nodes(tree: Tree) -> list[Node]:
     """iter_nodes as a list (empties the tree)."""
     return list(iter_nodes(tree))

@@ -431,8 +431,8 @@ def create_index_only_archive_from_oci_layout(
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
-    from clipcy.archive.writer import encode_archive
-    from clipcy.image.merge import Tree, apply_layer, apply_stream, iter_nodes
+    from clipcy.archive.writer import assemble_archive
+    from clipcy.image.merge import Tree, apply_layer, apply_stream, encode_tree
 
     t0 = time.perf_counter()
     if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
@@ -599,8 +599,8 @@ def create_index_only_archive_from_oci_layout(
     count = sum(node_types.values())
     with step("sort the tree and encode the archive"):
         access = [_access_for_writer(r) for r in results]
-        # Nodes stream into the writer: no list of every Node is ever held
-        data = encode_archive(metadata, iter_nodes(tree), access)
+        # the records are written straight from the tree: no Node (or list of them) is made
+        data = assemble_archive(metadata, encode_tree(tree), access)
     with step("write archive"):
         write_atomic(out, data)
     summary = IndexSummary(

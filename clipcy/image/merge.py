@@ -3,7 +3,7 @@
 Both apply the same rules (written down in clipcy/image/_merge_py.py), give equal Nodes, log the
 same lines and raise the same errors; tests/test_merge.py and tests/test_mergehypothesis.py
 run both. merge_layers(layers) -> list[Node]; Tree + apply_layer / apply_stream + iter_nodes
-for the indexer's streaming use.
+(or encode_tree, the node blocks straight from the tree) for the indexer's streaming use.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ Tree = _impl.Tree
 apply_layer = _impl.apply_layer
 apply_stream = _impl.apply_stream
 iter_nodes = _impl.iter_nodes
+encode_tree = _impl.encode_tree
 to_nodes = _impl.to_nodes
 merge_layers = _impl.merge_layers
 clean_path = _impl.clean_path
@@ -40,6 +41,7 @@ __all__ = [
     "apply_layer",
     "apply_stream",
     "clean_path",
+    "encode_tree",
     "iter_nodes",
     "merge_layers",
     "split_mtime",
