@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import runinfo
+
 from clipcy.archive import _writer, _writer_py
 from clipcy.archive.reader import open_archive
 from clipcy.layers.access import LayerAccess
@@ -253,16 +255,7 @@ def main() -> None:
         walk_ms = _median_ms(walk_all, 3)
         verify_ms = _median_ms(verify, 3)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    commit, cpu = runinfo.commit(), runinfo.cpu_model()
     n = len(nodes)
     hardlinked = sum(x.type == "file" and x.nlink > 1 for x in nodes)
     rows = [

@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import runinfo
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 CLIPCTL = [PY, "-I", "-m", "clipcy"]  # -I: the installed clipcy, never ./clipcy
@@ -241,20 +243,9 @@ def bench_lookup(layout: Path, runs: int = 9) -> list[str]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
     return (
-        f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Python "
-        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, commit {commit}"
+        f"{platform.node()}: {os.cpu_count()} cores, {runinfo.cpu_model()}, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d')}, commit {runinfo.commit()}"
     )
 
 

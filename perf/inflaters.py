@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import runinfo
+
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 
@@ -125,8 +127,7 @@ def main() -> None:
             cpus[k].append(c)
     bw, bc = min(walls["zlib loop"]), min(cpus["zlib loop"])
     size = sum(os.path.getsize(b) for b in blobs)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
+    commit = runinfo.commit()
     lines = [
         f"Data: {args.set} ({len(blobs)} gzip blob(s), {size / 1e6:.0f} MB compressed); best of "
         f"{args.runs} interleaved runs; {os.cpu_count()} cores; "

@@ -26,7 +26,6 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import runinfo
 import xxhash
 
 from clipcy import create_index_only_archive_from_oci_layout, open_archive
@@ -229,8 +229,7 @@ def main() -> int:
 
     if IMPLEMENTATION != "cython":
         sys.exit("perf/integrity.py times the compiled core: unset CLIPCY_PUREPYTHON")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=HERE).stdout.strip()
+    commit = runinfo.commit()
     lines = ["# Integrity costs: span checksums and the layer cache check (perf/integrity.py)",
              "", f"{platform.node()} ({os.cpu_count()} CPUs, shared), "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import runinfo
 import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,21 +128,11 @@ def make_runners(paths: list[Path], rep: int, old: Any
     return runners
 
 
-def machine() -> str:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+machine = runinfo.machine
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True).stdout.strip()
+    head = runinfo.commit()
     dirty = subprocess.run(["git", "status", "--porcelain", "clipcy/layers/blobindex.py"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return head + (" + uncommitted blobindex.py" if dirty else "")
