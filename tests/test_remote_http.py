@@ -329,6 +329,81 @@ def test_basic_auth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         reg.stop()
 
 
+HELPER = """#!{python}
+# stands in for docker-credential-pass/-secretservice: a store of host -> [user, secret]
+import json, sys
+assert sys.argv[1:] == ["get"], sys.argv
+host = sys.stdin.read().strip()
+creds = json.load(open({store!r})).get(host)
+if creds is None:
+    print("credentials not found in native keychain")
+    sys.exit(1)
+json.dump({{"ServerURL": host, "Username": creds[0], "Secret": creds[1]}}, sys.stdout)
+"""
+
+
+@needs_registry
+@needs_htpasswd
+def test_credential_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """~/.docker/config.json's credsStore and credHelpers run docker-credential-NAME get, as
+    Docker does, through the API and through `clipctl cat`."""
+    reg, proxy = _auth_registry(tmp_path)
+    proxy.close()
+    try:
+        digest, size, data = sample_layers()[0]
+        ref = f"docker://{reg.host}/sample"
+        home = tmp_path / "home"
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        store = tmp_path / "store.json"
+        store.write_text(json.dumps({reg.host: [USER, PASSWORD]}))
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        helper = bindir / "docker-credential-clipcytest"
+        helper.write_text(HELPER.format(python=sys.executable, store=str(store)))
+        helper.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+        docker = home / ".docker" / "config.json"
+        docker.parent.mkdir(parents=True)
+        # credsStore: the helper for every host (Docker leaves an empty auths entry)
+        docker.write_text(json.dumps({"credsStore": "clipcytest", "auths": {reg.host: {}}}))
+        assert _store(ref).source(digest, size).fetch(5, 50) == data[5:55]
+        # credHelpers names one for this host, and beats credsStore
+        docker.write_text(json.dumps({"credsStore": "absent",
+                                      "credHelpers": {reg.host: "clipcytest"}}))
+        assert _store(ref).source(digest, size).fetch(0, 9) == data[:9]
+        # through the command line
+        arc = tmp_path / "sample.clip"
+        r = subprocess.run([sys.executable, "-I", "-m", "clipcy", "-q", "index-layout",
+                            "--layout", str(SAMPLE), "--tag", "latest", "--out", str(arc),
+                            "--no-cache",
+                            "--storage-ref", ref], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        r = subprocess.run([sys.executable, "-I", "-m", "clipcy", "cat", str(arc),
+                            "/etc/os-release", "--no-cache"], capture_output=True, text=True)
+        assert r.returncode == 0 and "PRETTY_NAME" in r.stdout, r.stderr
+        # wrong secret from the helper: rejected, and the secret is in no message
+        store.write_text(json.dumps({reg.host: [USER, "wrong-" + PASSWORD]}))
+        with pytest.raises(RemoteAuthError, match="rejected the credentials") as ei:
+            _store(ref).source(digest, size).fetch(0, 10)
+        assert PASSWORD not in str(ei.value)
+        # nothing for this host in the helper: as if there were no credentials
+        store.write_text("{}")
+        with pytest.raises(RemoteAuthError, match="no credentials for it were found"):
+            _store(ref).source(digest, size).fetch(0, 10)
+        # a helper that is not installed, or that fails: one line naming it
+        docker.write_text(json.dumps({"credsStore": "absent"}))
+        with pytest.raises(RemoteAuthError, match="docker-credential-absent .* not installed"):
+            _store(ref).source(digest, size).fetch(0, 10)
+        helper.write_text("#!/bin/sh\necho 'keychain locked' >&2\nexit 3\n")
+        docker.write_text(json.dumps({"credHelpers": {reg.host: "clipcytest"}}))
+        with pytest.raises(RemoteAuthError, match="failed for .*: keychain locked"):
+            _store(ref).source(digest, size).fetch(0, 10)
+    finally:
+        reg.stop()
+
+
 @needs_registry
 def test_token_auth_with_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("cryptography")

@@ -5,7 +5,10 @@ that has an entry for it (the order of podman/skopeo, then Docker's file):
 `--authfile`, `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`,
 `~/.config/containers/auth.json`, `~/.docker/config.json`. Entries are `auths` keys (a host,
 a host:port, or Docker's `https://host/v1/` form) holding base64 `user:password` in `auth`.
-Credential helpers (`credsStore`, `credHelpers`) are not run.
+Credential helpers are run as Docker runs them: in a file that names one for the host
+(`credHelpers`) or for every host (`credsStore`), `docker-credential-NAME get` is given the
+host on stdin and answers `{"Username": ..., "Secret": ...}`; a helper that has nothing for
+the host sends the lookup on to the next file, one that is missing or fails is an error.
 
 A 401 with `WWW-Authenticate: Basic` makes every later request carry the Basic credentials;
 `Bearer realm=...,service=...,scope=...` fetches a token from the realm (anonymously, or with
@@ -24,6 +27,8 @@ import binascii
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -73,6 +78,59 @@ def _key_host(key: str) -> str:
     return k.split("/", 1)[0].lower()
 
 
+HELPER_TIMEOUT = 30.0  # seconds a credential helper may take (it may ask a keychain)
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _helper_for(doc: dict[str, object], host: str) -> str | None:
+    """The credential helper a Docker config names for host: credHelpers, then credsStore."""
+    helpers = doc.get("credHelpers")
+    if isinstance(helpers, dict):
+        for key, name in helpers.items():
+            if isinstance(key, str) and _key_host(key) == host and isinstance(name, str):
+                return name
+    store = doc.get("credsStore")
+    return store if isinstance(store, str) and store else None
+
+
+def run_helper(name: str, host: str, path: Path) -> Credentials | None:
+    """`docker-credential-NAME get` for host: its credentials, or None if it has none."""
+    where = f"credential helper docker-credential-{name} (named in {path})"
+    if not _HELPER_NAME.fullmatch(name):
+        raise RemoteAuthError(f"auth file {path}: {name!r} is not a credential helper name")
+    exe = shutil.which(f"docker-credential-{name}")
+    if exe is None:
+        raise RemoteAuthError(f"{where} is not installed (not found on PATH)")
+    try:
+        done = subprocess.run([exe, "get"], input=host.encode(), capture_output=True,
+                              timeout=HELPER_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise RemoteAuthError(f"{where} did not answer for {host} within "
+                              f"{HELPER_TIMEOUT:.0f} s") from None
+    except OSError as e:
+        raise RemoteAuthError(f"{where} cannot be run: {e.strerror}") from None
+    if done.returncode != 0:
+        said = (done.stdout or done.stderr).decode("utf-8", "replace").strip()
+        if "credentials not found" in said.lower():  # the helpers' protocol for "none"
+            return None
+        first = said.splitlines()[0][:200] if said else f"exit status {done.returncode}"
+        raise RemoteAuthError(f"{where} failed for {host}: {first}")
+    try:
+        answer = json.loads(done.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+        if not isinstance(user, str) or not isinstance(secret, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise RemoteAuthError(f"{where} answered for {host} with something other than "
+                              "{\"Username\": ..., \"Secret\": ...}") from None
+    if user == "<token>":
+        raise RemoteAuthError(f"{where} gave an identity token for {host}: clipcy does not "
+                              "support identity tokens yet; log in with a user name and password")
+    if not user or not secret:
+        return None
+    return Credentials(user, secret, f"{path} via docker-credential-{name}")
+
+
 def load_credentials(host: str, authfile: str | os.PathLike[str] | None = None
                      ) -> Credentials | None:
     """Credentials for host ("host" or "host:port") from the first auth file that has them.
@@ -98,7 +156,15 @@ def load_credentials(host: str, authfile: str | os.PathLike[str] | None = None
             doc = json.loads(text)
         except ValueError:
             raise RemoteAuthError(f"auth file {path} is not valid JSON") from None
-        auths = doc.get("auths") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict):
+            continue
+        helper = _helper_for(doc, want)
+        if helper is not None:
+            found = run_helper(helper, want, path)
+            if found is not None:
+                return found
+            continue
+        auths = doc.get("auths")
         if not isinstance(auths, dict):
             continue
         for key, entry in auths.items():
