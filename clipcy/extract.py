@@ -8,6 +8,7 @@ running as root; directory modes and times are set last, deepest first.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -21,6 +22,8 @@ from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 
 log = logging.getLogger("clipcy")
 COPY_PIECE = 1 << 20
+LOOKAHEAD_BYTES = 8 << 20  # a remote store is told about the next files up to this many bytes
+LOOKAHEAD_NODES = 256  # ... or this many nodes of the walk ahead of the one being extracted
 
 
 def safe_parts(path: bytes) -> list[bytes]:
@@ -45,6 +48,7 @@ class Extractor:
         self.progress = progress
         self.files = 0
         self.bytes = 0
+        self.upcoming: list[Node] = []  # the next regular files to extract (prefetch hints)
 
     def close(self) -> None:
         os.close(self.root_fd)
@@ -138,10 +142,17 @@ class Extractor:
         try:
             src = ArchiveFile(node, self.store)
             runs = node.sparse if node.sparse is not None else ((0, node.size),)
+            ahead = bool(self.upcoming)
             for off, length in runs:
                 pos = off
                 while pos < off + length:
                     data = src.pread(pos, min(COPY_PIECE, off + length - pos))
+                    if ahead:  # after this file's first read, which needs the connection
+                        # first: the next files' starts travel while this one is written
+                        ahead = False
+                        upcoming, self.upcoming = self.upcoming, []
+                        self.store.prefetch(n for n in upcoming if not (
+                            n.nlink > 1 and n.ino in self.first_path))  # (linked, not read)
                     os.pwrite(out, data, pos)
                     pos += len(data)
                     self.bytes += len(data)
@@ -229,8 +240,32 @@ def extract_archive(
                       layout if layout is not None else getattr(arc, "_layout", None),
                       remote if remote is not None else getattr(arc, "_remote", None))
     ex = Extractor(dest, store, progress)
+    walk = iter(select_nodes(arc, paths))
+    window: collections.deque[Node] = collections.deque()
+    ahead = 0  # bytes of the regular files in the window
+    lookahead = getattr(store.store, "prefetches", False)
     try:
-        for node in select_nodes(arc, paths):
+        while True:
+            # the walk order is known: a remote store learns of the next files (in
+            # batches, after each file's first read) and fetches them ahead
+            while lookahead and ahead < LOOKAHEAD_BYTES and len(window) < LOOKAHEAD_NODES:
+                following = next(walk, None)
+                if following is None:
+                    lookahead = False
+                    break
+                window.append(following)
+                if following.type == FILE and following.size:
+                    ahead += following.size
+                    ex.upcoming.append(following)
+            if window:
+                node = window.popleft()
+                if node.type == FILE and node.size:
+                    ahead -= node.size
+            else:
+                got = next(walk, None)
+                if got is None:
+                    break
+                node = got
             try:
                 ex.extract(node)
             except OSError as e:

@@ -380,6 +380,113 @@ def test_first_request_is_the_readers_own(pushed: Pushed, proxy: rs.FaultProxy) 
     assert starts[0] == min(starts), starts
 
 
+def _compressed_end(arc: Any, path: str) -> int:
+    """The span boundary at or after the compressed bytes that reading path whole needs."""
+    node = arc.stat(path)
+    reader = arc.layer_reader(node.layer)
+    spans = reader.blob.table
+    end = reader._compressed_end(node.offset + node.size)
+    return int(spans.bounds(spans.index(min(end, spans.size) - 1))[1])
+
+
+def _wait_requests(proxy: rs.FaultProxy, n: int) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while proxy.blob_requests() < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("case,path", [
+    ("basic@latest", "/usr/lib/libbig.so"),  # gzip
+    ("multimember@latest", None),  # gzip members
+])
+@pytest.mark.parametrize("fault", ["", "flip", "reset", "503"])
+def test_prefetch_is_used_and_checked(pushed: Pushed, proxy: rs.FaultProxy, case: str,
+                                      path: str | None, fault: str) -> None:
+    """A prefetched file start (the next file of an extract) is fetched on a helper thread
+    in one request that stops within the file's compressed end; the file's first read then
+    takes it without a request of its own; a fault on the prefetch (damaged bytes, a reset,
+    a 503) still gives exact bytes."""
+    import hashlib
+
+    from clipcy import open_archive
+    from clipcy.layers.blobread import PREFETCH_OUT
+    from clipcy.storage.http import HttpOptions
+    from clipcy.storage.registry import RemoteOptions
+
+    files = _expected_files(case)
+    path = path or max((p for p, r in files.items() if r["size"] <= PREFETCH_OUT),
+                       key=lambda p: files[p]["size"])
+    layout = case.split("@")[0]
+    opts = RemoteOptions(cache=False, http=HttpOptions(backoff=0.01, backoff_max=0.05))
+    with open_archive(pushed.archives[case], storage=f"docker://127.0.0.1:{proxy.port}/{layout}",
+                      remote=opts) as arc:
+        node = arc.stat(path)
+        other = max((n for n in arc.walk() if n.type == "file" and n.size
+                     and n.layer == node.layer and n.path != node.path),
+                    key=lambda n: abs(n.offset - node.offset))
+        with arc.open(other.path) as f:  # resolves the blob URL, as an extract's first
+            f.read(1)  # file does, far from the file to prefetch
+        end = _compressed_end(arc, path)
+        before = len(proxy.log)
+        if fault:
+            proxy.add(fault)
+        arc._blob_store().prefetch([node])
+        _wait_requests(proxy, before + 1)
+        first = _starts(proxy, before)
+        assert first, "no prefetch request"
+        rng = proxy.log[before][1]
+        assert int(rng.split("-")[1]) < end, (rng, end)  # never past the file's end
+        with arc.open(path) as f:
+            data = b"".join(iter(lambda: f.read(1 << 20), b""))
+        assert hashlib.sha256(data).hexdigest() == files[path]["sha256"]
+        if not fault:  # the read took the prefetched bytes: it asked only for what
+            # follows them, if anything (the decoder may read one piece further)
+            lo, hi = (int(x) for x in rng[len("bytes="):].split("-"))
+            for _, later, _ in proxy.log[before + 1:]:
+                a, b = (int(x) for x in later[len("bytes="):].split("-"))
+                assert b < lo or a > hi, (rng, later)
+
+
+def test_extract_several_files_reads_ahead_within_them(pushed: Pushed, proxy: rs.FaultProxy,
+                                                       tmp_path: Path) -> None:
+    """`clipctl extract` of chosen files tells the store the next files: every request ends
+    within the compressed bytes of the chosen files, and the files are exact; a fault that
+    persists is one line, and no file is left cut short."""
+    import hashlib
+
+    from clipcy import open_archive
+
+    case = "basic@latest"
+    files = _expected_files(case)
+    paths = sorted(files, key=lambda p: -files[p]["size"])[:4]
+    with open_archive(pushed.archives[case]) as arc:
+        ends = {arc.stat(p).layer: 0 for p in paths}
+        for p in paths:
+            layer = arc.stat(p).layer
+            ends[layer] = max(ends[layer], _compressed_end(arc, p))
+        digests = {layer["digest"]: i for i, layer in enumerate(arc.layers)}
+    out = tmp_path / "out"
+    r = clipctl("extract", str(pushed.archives[case]), *paths, "-C", str(out), "--storage",
+                f"docker://127.0.0.1:{proxy.port}/basic", "--no-cache", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr.decode()
+    for p in paths:
+        assert hashlib.sha256((out / p.lstrip("/")).read_bytes()).hexdigest() == \
+            files[p]["sha256"], p
+    for url, rng, _ in proxy.log:
+        layer = digests[url.rsplit("/", 1)[1]]
+        assert int(rng[len("bytes="):].split("-")[1]) < ends[layer], (url, rng)
+    proxy.always = "503"
+    out2 = tmp_path / "out2"
+    r = clipctl("extract", str(pushed.archives[case]), *paths, "-C", str(out2), "--storage",
+                f"docker://127.0.0.1:{proxy.port}/basic", "--no-cache", "--retries", "2",
+                cwd=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.startswith("clipctl: error: ") and err.count("\n") == 1, err
+    assert not [q for q in out2.rglob("*") if q.is_file()]
+
+
 @pytest.mark.parametrize("case", ["basic@latest", "zstd@latest"])
 def test_verify_through_registry(pushed: Pushed, tmp_path: Path, case: str) -> None:
     """verify downloads each blob (checked by its digest while re-indexed) and compares."""

@@ -12,6 +12,7 @@ import bisect
 import io
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,24 @@ class BlobStore:
                 blob = self.store.open_blob(desc, spans)
                 r = self._readers[layer] = open_layer_reader(blob, access)
             return r
+
+    def prefetch(self, nodes: Iterable[Node]) -> None:
+        """A hint: these regular files will be read from their start soon, in this order
+        (the next files of an extract). A remote store fetches the first compressed bytes of
+        each now, on helper threads (never past a file's end; verified when read like any
+        fetch); a local store ignores it."""
+        if not getattr(self.store, "prefetches", False):
+            return
+        for node in nodes:
+            if node.type != FILE or node.size <= 0:
+                continue
+            start = node.offset
+            stop = node.offset + (node.size if node.sparse is None
+                                  else sum(length for _, length in node.sparse))
+            reader = self.reader(node.layer)
+            hint = getattr(reader, "prefetch", None)
+            if hint is not None and stop > start:
+                hint(start, stop)
 
     def close(self) -> None:
         with self._lock:

@@ -49,6 +49,8 @@ FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole 
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
 GZIP_READ_CHUNK = 1 << 17  # the compressed piece GzipStream asks its source for (_checkpoint)
 CURSORS = 4  # per reader: decoders parked at the end of the last reads (gzip, large zstd frames)
+PREFETCH_OUT = 1 << 20  # prefetch(): the uncompressed bytes of a file's start to fetch ahead
+PREFETCH_MAX = 4 << 20  # ... and at most this many compressed bytes for them
 
 
 class LayerReader(Protocol):
@@ -144,6 +146,23 @@ class _Reader:
         """The compressed offset that reading the uncompressed stream up to end needs."""
         return end
 
+    def prefetch(self, offset: int, end: int) -> None:
+        """A hint: [offset, end) of the uncompressed stream (a file) will be read from its
+        start soon, e.g. the next file of an extract. A remote blob fetches the compressed
+        bytes of its first PREFETCH_OUT bytes now, on a helper thread; others ignore it.
+        Never past the compressed bytes that end needs."""
+        hint = getattr(self.blob, "prefetch", None)
+        if hint is None or not 0 <= offset < end:
+            return
+        lo, hi = self._compressed_range(offset, min(end, offset + PREFETCH_OUT))
+        hi = min(hi, lo + PREFETCH_MAX, self._compressed_end(end))
+        if lo < hi:
+            hint(lo, hi)
+
+    def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
+        """The compressed bytes a read of [offset, end) from nothing decoded consumes."""
+        return offset, end
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True
@@ -224,15 +243,26 @@ class GzipReader(_Reader):
 
     def _will_need(self, comp: int, bits: int, end: int) -> None:
         """Tell the blob which compressed bytes a read from the point at comp up to the
-        uncompressed offset end consumes at most: up to the first point at or after end, in
-        the decoder's READ_CHUNK pieces (a remote blob then asks for them in one request)."""
+        uncompressed offset end consumes at most (a remote blob then asks for them in one
+        request)."""
         hint = getattr(self.blob, "will_need", None)
-        if hint is None:
-            return
+        if hint is not None:
+            hint(*self._from_point(comp, bits, end))
+
+    def _from_point(self, comp: int, bits: int, end: int) -> tuple[int, int]:
+        """The compressed bytes that decoding from the point at comp up to the uncompressed
+        offset end consumes at most: up to the first point at or after end, in the
+        decoder's READ_CHUNK pieces."""
         k = bisect.bisect_left(self._starts, end)
         stop = self._points[k][0] + 1 if k < len(self._points) else self.blob_size
         chunks = -(-(stop - comp) // GZIP_READ_CHUNK)  # the decoder reads from comp on
-        hint(comp - 1 if bits else comp, min(self.blob_size, comp + chunks * GZIP_READ_CHUNK))
+        return comp - 1 if bits else comp, min(self.blob_size, comp + chunks * GZIP_READ_CHUNK)
+
+    def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
+        # from the point at or before offset: a decoder parked between that point and
+        # offset (the file before ended there) also reads only within this range
+        comp, bits, _, _ = self._points[bisect.bisect_right(self._starts, offset) - 1]
+        return self._from_point(comp, bits, end)
 
     def close(self) -> None:
         super().close()
@@ -292,6 +322,14 @@ class ZstdReader(_Reader):
             return 0
         comp, csize, _, _ = self._frames[min(i, len(self._frames) - 1)]
         return comp + csize
+
+    def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        j = max(i, bisect.bisect_left(self._starts, end) - 1)
+        if not self._frames:
+            return 0, 0
+        j = min(j, len(self._frames) - 1)
+        return self._frames[i][0], self._frames[j][0] + self._frames[j][1]
 
     def pread(self, offset: int, n: int) -> bytes:
         self._check(offset, n)

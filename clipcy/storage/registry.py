@@ -173,11 +173,19 @@ class RemoteBlob:
       readahead_mib, at most AHEAD requests in flight, while less than two windows are
       buffered ahead of the reader, so decoding overlaps the round trips; never past
       read_limit() (the compressed end of the file being read, from the layer reader).
+    - prefetch(offset, end): a reader will soon read there (the start of the next files of
+      an extract): fetched now on a helper thread, at most PREFETCH such ranges held (the
+      oldest forgotten), less what is already buffered or on its way; a fetch in the range
+      takes it over as its read-ahead, so the file's first read waits for no round trip.
     Bytes fetched ahead are held in memory unverified and handed to VerifiedBlob like any
-    fetch (which checks them before use); what the reader has passed is dropped."""
+    fetch (which checks them before use); what the reader has passed is dropped. A fetch
+    that the buffers cover in part asks only for the rest."""
 
     WINDOW0 = 2 << 20
     AHEAD = 2
+    PREFETCH = 4
+    BUFFERED = 32 << 20  # most bytes held fetched ahead and not yet reached
+    PREFETCH_REST = 1 << 20  # a prefetch whose start is already on its way: only a rest this big
     NEAR = 256 << 10  # a fetch this close to the last one's end counts as sequential
 
     def __init__(self, url: BlobURL, readahead: int, pool: ThreadPoolExecutor | None,
@@ -192,11 +200,13 @@ class RemoteBlob:
         self._lock = threading.Lock()
         self._bufs: list[tuple[int, bytes]] = []  # (start, bytes): fetched, not yet verified
         self._pending: list[tuple[int, int, Future[bytes]]] = []  # start, end, future
+        self._pre: list[tuple[int, int, Future[bytes]]] = []  # prefetches not yet reached
         self._hint = (0, 0)
         self._hint_end = 0  # the end of the last hint: reading past it is reading on
         self._last_end = -1
         self._window = 0
         self._limit = url.size  # no read-ahead past this (the end of the file being read)
+        self._then = 0  # ... or past this: the end of the next files, when they follow it
         self._on = False  # the file's reader reads in order: read ahead from the first fetch
 
     def __repr__(self) -> str:
@@ -212,19 +222,70 @@ class RemoteBlob:
             self._limit = min(max(end, 0), self.size)
             self._on = on
 
-    def _from_bufs(self, offset: int, end: int) -> bytes | None:
-        for s, b in self._bufs:
-            if s <= offset and end <= s + len(b):
-                return b[offset - s:end - s]
-        return None
+    def _from_bufs(self, offset: int, end: int) -> bytes:
+        """The longest run of bytes from offset (up to end) that the buffers hold."""
+        parts = []
+        pos = offset
+        while pos < end:
+            for s, b in self._bufs:
+                if s <= pos < s + len(b):
+                    piece = b[pos - s:min(end, s + len(b)) - s]
+                    parts.append(piece)
+                    pos += len(piece)
+                    break
+            else:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _harvest(self, wait_for: int = -1) -> None:
-        """Move arrived read-ahead into the buffers (first waiting for the request that
-        covers offset wait_for, if any). Called with the lock released."""
+    def prefetch(self, offset: int, end: int) -> None:
+        if self._pool is None or not self._max or not self.url.resolved:
+            return  # (unresolved: it would take its turn before the reader's own fetch)
+        end = min(end, self.size)
+        with self._lock:
+            if 0 <= self._last_end - self.NEAR <= offset <= self._limit + self.WINDOW0 or (
+                    0 <= self._last_end <= offset <= self._limit + self.WINDOW0):
+                # it follows what is being read: read-ahead goes on up to its end, in the
+                # usual windows (many small files: a few large requests, not one per file)
+                self._then = max(self._then, end)
+                return
+            top = offset  # skip what is buffered or on its way from offset on
+            for s, e in sorted([(s, s + len(b)) for s, b in self._bufs]
+                               + [(p[0], p[1]) for p in self._pending + self._pre]):
+                if s <= top < e:
+                    top = e
+        if top >= end or (top > offset and end - top < self.PREFETCH_REST):
+            return  # (a small rest: the reads will ask for it with their own bytes)
+        if self._cached is not None and self._cached(top):
+            return
+        with self._lock:
+            if len(self._pre) >= self.PREFETCH:
+                if not self._pre[0][2].done():
+                    return  # enough on its way: this file's reads will ask for it
+                del self._pre[0]  # arrived and not reached yet: the oldest goes
+            self._pre.append((top, end, self._pool.submit(self.url.fetch, top, end - top)))
+
+    def _stop(self) -> int:
+        """No read-ahead past this: the end of the file being read, or of the next files
+        when they follow it."""
+        return self._limit if self._then <= self._limit else self._then
+
+    def _next_start(self, pos: int) -> int:
+        """Where the first request on its way that starts after pos starts (or the size)."""
+        return min((p[0] for p in self._pending + self._pre if p[0] > pos), default=self.size)
+
+    def _adopt(self, offset: int, end: int) -> None:
+        """Prefetches that a fetch of [offset, end) reached become its read-ahead."""
+        for p in [p for p in self._pre if p[0] < end and offset < p[1]]:
+            self._pre.remove(p)
+            self._pending.append(p)
+
+    def _harvest(self, wait_lo: int = -1, wait_hi: int = -1) -> None:
+        """Move arrived read-ahead into the buffers (first waiting for the requests that
+        overlap [wait_lo, wait_hi), if any). Called with the lock released."""
         with self._lock:
             pending = list(self._pending)
         for p in pending:
-            if p[0] <= wait_for < p[1]:
+            if p[0] < wait_hi and wait_lo < p[1]:
                 try:
                     p[2].result()
                 except Exception:  # noqa: BLE001 - the synchronous fetch retries and reports
@@ -242,44 +303,55 @@ class RemoteBlob:
             return b""
         with self._lock:
             # reading on: right after the last fetch, and past what the reader said it needs
-            sequential = abs(offset - self._last_end) <= self.NEAR and end > self._hint_end
+            near = abs(offset - self._last_end) <= self.NEAR
+            sequential = near and end > self._hint_end
+            if not near:
+                self._then = 0  # the reader went elsewhere
             self._last_end = end
+            self._adopt(offset, end)
             data = self._from_bufs(offset, end)
-        if data is None and self._pending:
-            self._harvest(offset)
+        if len(data) < n and self._pending:
+            self._harvest(offset + len(data), end)
             with self._lock:
                 data = self._from_bufs(offset, end)
-        if data is None:
+        if len(data) < n:
+            head, start = data, offset + len(data)  # the rest: one request
             with self._lock:
                 hs, he = self._hint
                 want = end
-                if hs <= offset < he:
+                if hs <= start < he:
                     want = max(want, he)
                     self._hint = (0, 0)
                 if sequential and self._max:  # reading on, and nothing was fetched ahead:
                     # one window now; _read_ahead asks for the next ones while it decodes
-                    want = max(want, min(offset + self.WINDOW0, self._limit))
+                    want = max(want, min(start + self.WINDOW0, self._stop()))
                     self._window = min(self._max, self.WINDOW0 * 2)
                 elif not sequential:
                     self._window = 0
-                want = min(want, self.size)
+                # not into bytes already on their way (prefetches, read-ahead) past end
+                want = max(end, min(want, self.size, self._next_start(end - 1)))
             if self._on and self.url.resolved:  # the next windows travel while this one
                 # does (not before the blob's URL is resolved: they would take their turn
                 # first, and the reader would wait for them)
                 self._read_ahead(want, True)
-            got = self.url.fetch(offset, want - offset)
+            got = self.url.fetch(start, want - start)
             with self._lock:
-                if len(got) > n:
-                    self._keep(offset, got)
-            data = got[:n] if len(got) > n else got
-        self._read_ahead(end, sequential or self._on)
+                if len(got) > end - start:
+                    self._keep(start, got)
+            tail = got[:end - start] if len(got) > end - start else got
+            data = head + tail if head else tail
+        self._read_ahead(end, sequential or self._on or self._then > end)
         return data
 
     def _keep(self, start: int, data: bytes) -> None:
         lo, hi = self._last_end - self.NEAR, self._last_end + 4 * max(self._max, self.WINDOW0)
         self._bufs = [(s, b) for s, b in self._bufs if s + len(b) > lo and s < hi]
         self._bufs.append((start, data))
-        del self._bufs[:-(self.AHEAD + 2)]
+        # bounded by bytes, not count: many small prefetches must not push out read-ahead
+        # not yet reached (it would be fetched again)
+        held = sum(len(b) for _, b in self._bufs)
+        while held > self.BUFFERED and len(self._bufs) > 1:
+            held -= len(self._bufs.pop(0)[1])
 
     def _read_ahead(self, end: int, sequential: bool) -> None:
         if self._pool is None or not self._max or not sequential:
@@ -289,28 +361,37 @@ class RemoteBlob:
             far = 4 * max(self._max, self.WINDOW0)  # read-ahead left behind elsewhere: forget
             self._pending = [p for p in self._pending
                              if end - self.NEAR < p[1] and p[0] < end + far]
-            top = end  # the end of what is fetched or on its way, contiguous from end
-            for s, e in sorted([(s, s + len(b)) for s, b in self._bufs]
-                               + [(p[0], p[1]) for p in self._pending]):
-                if s <= top < e:
-                    top = e
-            while len(self._pending) < self.AHEAD and top < self._limit:
+            ranges = sorted([(s, s + len(b)) for s, b in self._bufs]
+                            + [(p[0], p[1]) for p in self._pending + self._pre])
+
+            def past(top: int) -> int:
+                """The end of what is fetched or on its way, contiguous from top."""
+                for s, e in ranges:
+                    if s <= top < e:
+                        top = e
+                return top
+
+            top = past(end)
+            limit = self._stop()
+            while len(self._pending) < self.AHEAD and top < limit:
                 window = max(self._window, self.WINDOW0)
                 if top - end > 2 * window:
                     break  # enough is on its way
                 if self._cached is not None and self._cached(top):
                     break  # the reader will find it on disk
-                stop = min(self._limit, top + window)
+                stop = min(limit, top + window, self._next_start(top))
                 self._window = min(self._max, window * 2)  # the next one is larger
                 self._pending.append((top, stop, self._pool.submit(self.url.fetch, top,
                                                                    stop - top)))
-                top = stop
+                ranges.append((top, stop))
+                top = past(stop)
 
     def discard(self) -> None:
         """Forget bytes fetched ahead (they failed verification: fetch them again)."""
         with self._lock:
             self._bufs.clear()
             self._pending.clear()
+            self._pre.clear()
             self._hint = (0, 0)
 
     def close(self) -> None:
@@ -320,6 +401,8 @@ class RemoteBlob:
 class RemoteStore:
     """Blob sources of a docker:// or http(s):// ref, sharing one connection pool, one
     authorizer and one span cache."""
+
+    prefetches = True  # its blobs fetch ahead on prefetch() hints (clipcy.files.BlobStore)
 
     def __init__(self, ref: StorageRef, options: RemoteOptions | None = None) -> None:
         if not ref.remote:
@@ -367,7 +450,9 @@ class RemoteStore:
         digest, size = layer["digest"], layer["size"]
         with self._lock:
             if self._pool is None and self.options.readahead_mib > 0:
-                self._pool = ThreadPoolExecutor(4, thread_name_prefix="clipcy-readahead")
+                # read-ahead (AHEAD per blob) and prefetches of the next files (PREFETCH)
+                self._pool = ThreadPoolExecutor(RemoteBlob.AHEAD + RemoteBlob.PREFETCH,
+                                                thread_name_prefix="clipcy-readahead")
         cached = None
         if self.cache is not None:
             disk = self.cache

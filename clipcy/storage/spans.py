@@ -240,6 +240,23 @@ class VerifiedBlob:
             t = self.table
             hint(t.bounds(t.index(offset))[0], t.bounds(t.index(end - 1))[1])
 
+    def prefetch(self, offset: int, end: int) -> None:
+        """A hint: a reader will soon consume [offset, end) (the start of the next file it
+        reads). A source that can (HTTP) fetches those spans now, on a helper thread, less
+        the leading ones already verified here; others ignore it. What is fetched goes
+        through the same checks as any fetch before it is used."""
+        hint = getattr(self.source, "prefetch", None)
+        end = min(end, self.size)
+        if hint is None or not 0 <= offset < end:
+            return
+        t = self.table
+        i, j = t.index(offset), t.index(end - 1)
+        with self._lock:
+            while i <= j and i in self._recent:
+                i += 1
+        if i <= j:
+            hint(t.bounds(i)[0], t.bounds(j)[1])
+
     def read_limit(self, end: int, on: bool = False) -> None:
         """A hint: reading will not go past the compressed offset end, and (`on`) goes on in
         order; a source that reads ahead (HTTP) then does, up to there (a span boundary)."""
