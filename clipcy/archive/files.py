@@ -46,6 +46,7 @@ class BlobStore:
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access  # callable: layer index -> LayerAccess
         self._readers: dict[int, Any] = {}
+        self._opening: dict[int, threading.Lock] = {}  # one per layer, made under _lock
         self._lock = threading.Lock()
 
     @property
@@ -59,7 +60,15 @@ class BlobStore:
         return path
 
     def reader(self, layer: int) -> Any:
+        r = self._readers.get(layer)
+        if r is not None:
+            return r
+        # Opening a reader decodes the layer's access data (~25 ms for a 500 MB layer): under
+        # a lock of its own, so readers of other layers (and of this one, once open) never
+        # wait for it (the mount opens every layer in the background at start).
         with self._lock:
+            opening = self._opening.setdefault(layer, threading.Lock())
+        with opening:
             r = self._readers.get(layer)
             if r is None:
                 from clipcy.layers.blobread import open_layer_reader
@@ -97,7 +106,7 @@ class BlobStore:
 
     def close(self) -> None:
         with self._lock:
-            for r in self._readers.values():
+            for r in list(self._readers.values()):  # reader() adds without _lock
                 close = getattr(r, "close", None)
                 if close is not None:
                     close()
