@@ -203,3 +203,56 @@ def test_parts_are_the_cached_spans(sample: Path) -> None:
         assert cache.read(node.layer, node.offset + off, n) == want[off:off + n]
         # past the end of the layer stream: nothing
         assert cache.parts(node.layer, 1 << 30, 10) == []
+
+
+class Slow(Counting):
+    """A layer reader that takes a while per span and records how many decode at once."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.running = 0
+        self.most = 0
+        self.started = threading.Event()
+
+    def pread(self, off: int, n: int) -> bytes:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.started.set()
+        time.sleep(0.02)
+        try:
+            return super().pread(off, n)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_a_request_ahead_of_a_running_decoder_waits_for_it(sample: Path) -> None:
+    """The kernel's next readahead request (span k) arrives while one decoder is still a few
+    spans before k: it waits for that decoder instead of starting a second one from a resume
+    point (which would inflate up to a resume interval again)."""
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        want = arc.open(node.path).read()
+        slow = Slow(arc.layer_reader(node.layer))
+        span = 4096
+        # room for 3 spans: below 4, no helper thread (two readers only)
+        cache = SpanCache(lambda layer: slow, budget=3 * span, span=span)
+        first = node.offset // span + 1
+        got: dict[str, bytes] = {}
+
+        def read(name: str, k: int, n: int) -> None:
+            got[name] = cache.read(node.layer, k * span, n * span)
+
+        a = threading.Thread(target=read, args=("a", first, 6))  # spans first..first+5
+        a.start()
+        assert slow.started.wait(10)
+        b = threading.Thread(target=read, args=("b", first + 3, 2))  # while a is at first
+        b.start()
+        a.join()
+        b.join()
+        lo = first * span - node.offset
+        assert got["a"] == want[lo:lo + 6 * span]
+        assert got["b"] == want[lo + 3 * span:lo + 5 * span]
+        assert slow.most == 1  # one decoder at a time
+        assert len(set(slow.offsets)) == slow.calls == 6

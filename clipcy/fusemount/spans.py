@@ -10,12 +10,14 @@ length of the piece each contributes): the binding replies with them as one iove
 bytes are not copied in this process.
 
 Concurrent requests for one span wait for the thread decompressing it instead of repeating
-the work; a request for span k+1 while span k is being decompressed waits for it too, so the
-kernel's parallel readahead requests continue one decoder instead of starting several. Once
-a layer is read sequentially (span k right after k-1), a helper thread keeps the next AHEAD
-spans inflated while the reader's spans are handed to the kernel (no further than the end of
-the file being read, and at most a quarter of the budget), so the decoder rarely waits for a
-request: the kernel reads ahead 1 MiB at a time, the helper 2 MiB beyond that.
+the work; a request for span k while one of the AHEAD spans before it is being decompressed
+waits for that too, so the kernel's parallel readahead requests and the helper continue one
+decoder instead of starting several. Once a layer is read sequentially (span k right after
+k-1), a helper thread keeps the next AHEAD spans inflated while the reader's spans are handed
+to the kernel (no further than the end of the file being read, and at most a quarter of the
+budget), so the decoder rarely waits for a request: the kernel reads ahead 1 MiB at a time,
+the helper 2 MiB beyond that. A sequential reader leaves BEHIND spans cached behind it and
+drops older ones it streamed (the kernel keeps the file's pages).
 """
 
 from __future__ import annotations
@@ -108,12 +110,19 @@ class SpanCache:
                     self._last[layer] = k  # keep the helper ahead of it
                     self._drop_behind(layer, k)
                     break
-                wait = self._busy.get(key) or self._busy.get((layer, k - 1))
+                wait = self._busy.get(key)
+                for j in range(k - 1, k - 1 - AHEAD, -1):
+                    if wait is not None:
+                        break
+                    # a decoder a few spans before k (the helper, or a reader ahead of this
+                    # one) continues to k: wait for it rather than start a second decoder
+                    # from a resume point (up to 1 MiB inflated again, on the same cores)
+                    wait = self._busy.get((layer, j))
                 if wait is None:
                     mine = self._busy[key] = threading.Event()
                     self.misses += 1
                     break
-            wait.wait()  # another thread is producing this span (or the one before it)
+            wait.wait()  # another thread is producing this span (or one before it)
         if data is not None:
             self._prefetch(layer, k + 1, stop)
             return data
