@@ -1,0 +1,90 @@
+"""A/B of the mount's sequential read across source trees, interleaved with `clipctl cat`.
+
+    python perf/mount_ab.py ARCHIVE MOUNTPOINT N name=TREE [name=TREE ...] [--file /big.bin]
+
+Each TREE is a clipcy source tree with its compiled modules built in place (a worktree, or
+`git archive REV | tar -x` plus the .so files of a build of REV); it runs as
+`PYTHONPATH=TREE python -m clipcy` from /tmp. Every round mounts ARCHIVE from each tree in
+turn (a fresh mount: no page cache), reads FILE in 1 MiB `read()`s, unmounts, then times
+`clipctl cat` of the same file (first tree). Prints the best of N per tree as a ratio to the
+best `cat` of the same run, and the mount process's CPU time per round. perf/RESULTS.md
+("Issue 10: the mount's sequential read") was measured with it on perf/mount.py's bigfile
+archive. Needs root and /dev/fuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+
+def clip(tree: str, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": tree}
+    r: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
+        [sys.executable, "-m", "clipcy", *args], env=env, cwd="/tmp", check=True, **kw)
+    return r
+
+
+def via_mount(tree: str, archive: str, mnt: str, path: str) -> tuple[float, int, int]:
+    """(seconds, bytes, CPU ms of the mount process) for one read on a fresh mount."""
+    r = clip(tree, "mount", archive, mnt, capture_output=True)
+    pid = int(r.stderr.decode().split("(pid ")[1].split(",")[0])
+    t = time.perf_counter()
+    total = 0
+    with open(os.path.join(mnt, path.lstrip("/")), "rb", buffering=0) as f:
+        while b := f.read(1 << 20):
+            total += len(b)
+    dt = time.perf_counter() - t
+    with open(f"/proc/{pid}/stat") as st:
+        fields = st.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
+    clip(tree, "umount", mnt, capture_output=True)
+    for _ in range(500):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.01)
+    return dt, total, cpu
+
+
+def via_cat(tree: str, archive: str, path: str) -> float:
+    t = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        clip(tree, "cat", archive, path, stdout=null)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("archive")
+    ap.add_argument("mountpoint")
+    ap.add_argument("rounds", type=int)
+    ap.add_argument("trees", nargs="+", help="name=TREE")
+    ap.add_argument("--file", default="/big.bin")
+    args = ap.parse_args()
+    trees = dict(t.split("=", 1) for t in args.trees)
+    os.makedirs(args.mountpoint, exist_ok=True)
+    times: dict[str, list[float]] = {k: [] for k in trees}
+    cpus: dict[str, list[int]] = {k: [] for k in trees}
+    cat: list[float] = []
+    size = 0
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            dt, size, cpu = via_mount(tree, args.archive, args.mountpoint, args.file)
+            times[name].append(dt)
+            cpus[name].append(cpu)
+        cat.append(via_cat(next(iter(trees.values())), args.archive, args.file))
+    c = min(cat)
+    print(f"cat: best {size / 1e6 / c:.0f} MB/s, all {[round(x * 1000) for x in cat]} ms")
+    for name, ts in times.items():
+        m = min(ts)
+        print(f"{name}: best {size / 1e6 / m:.0f} MB/s = {c / m:.2f}x cat, all "
+              f"{[round(x * 1000) for x in ts]} ms, mount process CPU {sorted(cpus[name])} ms")
+
+
+if __name__ == "__main__":
+    main()
