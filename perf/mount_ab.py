@@ -1,13 +1,15 @@
 """A/B of the mount's sequential read across source trees, interleaved with `clipctl cat`.
 
-    python perf/mount_ab.py ARCHIVE MOUNTPOINT N name=TREE [name=TREE ...] [--file /big.bin]
+    python perf/mount_ab.py ARCHIVE MOUNTPOINT N name=TREE [name=TREE ...] [--file PATH ...]
 
 Each TREE is a clipcy source tree with its compiled modules built in place (a worktree, or
 `git archive REV | tar -x` plus the .so files of a build of REV); it runs as
 `PYTHONPATH=TREE python -m clipcy` from /tmp. Every round mounts ARCHIVE from each tree in
-turn (a fresh mount: no page cache), reads FILE in 1 MiB `read()`s, unmounts, then times
-`clipctl cat` of the same file (first tree). Prints the best of N per tree as a ratio to the
-best `cat` of the same run, and the mount process's CPU time per round. perf/RESULTS.md
+turn (a fresh mount: no page cache), reads the file (default /big.bin) in 1 MiB `read()`s,
+unmounts, then times `clipctl cat` of the same file (first tree). Prints the best of N per
+tree as a ratio to the best `cat` of the same run, and the mount process's CPU time per
+round. With several --file, they are read at once (a thread each: interleaved sequential
+streams) and `cat` reads them one after the other. perf/RESULTS.md
 ("Issue 10: the mount's sequential read") was measured with it on perf/mount.py's bigfile
 archive. Needs root and /dev/fuse.
 """
@@ -18,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -28,16 +31,28 @@ def clip(tree: str, *args: str, **kw: object) -> subprocess.CompletedProcess[byt
     return r
 
 
-def via_mount(tree: str, archive: str, mnt: str, path: str) -> tuple[float, int, int]:
+def read_all(path: str, sizes: list[int]) -> None:
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while b := f.read(1 << 20):
+            total += len(b)
+    sizes.append(total)
+
+
+def via_mount(tree: str, archive: str, mnt: str, paths: list[str]) -> tuple[float, int, int]:
     """(seconds, bytes, CPU ms of the mount process) for one read on a fresh mount."""
     r = clip(tree, "mount", archive, mnt, capture_output=True)
     pid = int(r.stderr.decode().split("(pid ")[1].split(",")[0])
+    sizes: list[int] = []
+    threads = [threading.Thread(target=read_all, args=(os.path.join(mnt, p.lstrip("/")), sizes))
+               for p in paths]
     t = time.perf_counter()
-    total = 0
-    with open(os.path.join(mnt, path.lstrip("/")), "rb", buffering=0) as f:
-        while b := f.read(1 << 20):
-            total += len(b)
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
     dt = time.perf_counter() - t
+    total = sum(sizes)
     with open(f"/proc/{pid}/stat") as st:
         fields = st.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) * 1000 // os.sysconf("SC_CLK_TCK")
@@ -51,10 +66,11 @@ def via_mount(tree: str, archive: str, mnt: str, path: str) -> tuple[float, int,
     return dt, total, cpu
 
 
-def via_cat(tree: str, archive: str, path: str) -> float:
+def via_cat(tree: str, archive: str, paths: list[str]) -> float:
     t = time.perf_counter()
     with open(os.devnull, "wb") as null:
-        clip(tree, "cat", archive, path, stdout=null)
+        for path in paths:
+            clip(tree, "cat", archive, path, stdout=null)
     return time.perf_counter() - t
 
 
@@ -64,9 +80,10 @@ def main() -> None:
     ap.add_argument("mountpoint")
     ap.add_argument("rounds", type=int)
     ap.add_argument("trees", nargs="+", help="name=TREE")
-    ap.add_argument("--file", default="/big.bin")
+    ap.add_argument("--file", action="append", help="a file of the archive (repeatable)")
     args = ap.parse_args()
     trees = dict(t.split("=", 1) for t in args.trees)
+    files = args.file or ["/big.bin"]
     os.makedirs(args.mountpoint, exist_ok=True)
     times: dict[str, list[float]] = {k: [] for k in trees}
     cpus: dict[str, list[int]] = {k: [] for k in trees}
@@ -74,10 +91,10 @@ def main() -> None:
     size = 0
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            dt, size, cpu = via_mount(tree, args.archive, args.mountpoint, args.file)
+            dt, size, cpu = via_mount(tree, args.archive, args.mountpoint, files)
             times[name].append(dt)
             cpus[name].append(cpu)
-        cat.append(via_cat(next(iter(trees.values())), args.archive, args.file))
+        cat.append(via_cat(next(iter(trees.values())), args.archive, files))
     c = min(cat)
     print(f"cat: best {size / 1e6 / c:.0f} MB/s, all {[round(x * 1000) for x in cat]} ms")
     for name, ts in times.items():
