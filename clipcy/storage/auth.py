@@ -27,8 +27,6 @@ import binascii
 import json
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -95,6 +93,9 @@ def _helper_for(doc: dict[str, object], host: str) -> str | None:
 
 def run_helper(name: str, host: str, path: Path) -> Credentials | None:
     """`docker-credential-NAME get` for host: its credentials, or None if it has none."""
+    import shutil
+    import subprocess
+
     where = f"credential helper docker-credential-{name} (named in {path})"
     if not _HELPER_NAME.fullmatch(name):
         raise RemoteAuthError(f"auth file {path}: {name!r} is not a credential helper name")

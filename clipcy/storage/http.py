@@ -27,7 +27,6 @@ checksums before using or caching them.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import re
@@ -35,12 +34,14 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Protocol
-
-import urllib3
-import urllib3.exceptions
+from typing import TYPE_CHECKING, Protocol
 
 from clipcy.errors import RemoteAuthError, RemoteError
+
+# urllib3 (with http.client, ssl and email) takes ~25 ms to import: it is imported where a
+# request is made, so reading from a local layout never pays for it.
+if TYPE_CHECKING:
+    import urllib3
 
 log = logging.getLogger("clipcy")
 
@@ -91,6 +92,7 @@ class HttpClient:
     """A thread-safe urllib3 pool plus request/byte counters (for tests and perf/)."""
 
     def __init__(self, options: HttpOptions | None = None) -> None:
+        import urllib3
         self.options = options or HttpOptions()
         self._pool = urllib3.PoolManager(
             num_pools=32,
@@ -127,6 +129,7 @@ class HttpClient:
     def get_small(self, url: str, headers: dict[str, str], what: str,
                   limit: int = 1 << 20) -> tuple[int, dict[str, str], bytes]:
         """GET a small document (a token) with the same retries: (status, headers, body)."""
+        import urllib3
         last = "no answer"
         for attempt in range(1, self.options.tries + 1):
             if attempt > 1:
@@ -159,6 +162,7 @@ class HttpClient:
 
 def _describe(e: BaseException) -> str:
     """A short, secret-free description of a transport error."""
+    import urllib3
     reason = getattr(e, "reason", None)
     inner = reason if isinstance(reason, BaseException) else e
     name = type(inner).__name__
@@ -185,6 +189,7 @@ def retry_after(value: str | None) -> float | None:
     if value.isdigit():
         return float(value)
     try:
+        import email.utils  # only for an HTTP-date Retry-After (~5 ms to import)
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
@@ -309,6 +314,7 @@ class BlobURL:
                 self.client.backoff(attempt, r.wait)
 
     def _attempt(self, url: str, offset: int, n: int) -> bytes:
+        import urllib3
         at_origin = origin(url) == self._origin
         headers = {"Range": f"bytes={offset}-{offset + n - 1}", "Accept-Encoding": "identity",
                    "User-Agent": USER_AGENT}
@@ -378,6 +384,7 @@ class BlobURL:
         return self._read_body(resp, n)
 
     def _read_body(self, resp: urllib3.BaseHTTPResponse, n: int) -> bytes:
+        import urllib3
         parts = []
         got = 0
         try:
