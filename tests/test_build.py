@@ -61,6 +61,22 @@ def test_env_var_forces_twin(tmp_path: Path) -> None:
     assert _run(code, tmp_path, CLIPCY_PUREPYTHON="1") == "python python python"
 
 
+def test_local_reads_do_not_import_the_http_stack(tmp_path: Path) -> None:
+    """urllib3 and friends cost ~28 ms of start-up: only remote stores may import them."""
+    sample = Path(clipcy.__file__).parent / "sample"
+    code = (
+        "import sys\n"
+        "from clipcy import create_index_only_archive_from_oci_layout as index, open_archive\n"
+        f"index({str(sample)!r}, 'latest', 'a.clip', cache_dir='cache')\n"
+        "with open_archive('a.clip') as a:\n"
+        "    n = next(n for n in a.walk() if n.type == 'file' and n.size)\n"
+        "    assert a.open(n.path).read()\n"
+        "print(sorted(m for m in ('urllib3', 'http.client', 'email.utils', 'subprocess')\n"
+        "             if m in sys.modules))\n"
+    )
+    assert _run(code, tmp_path) == "[]"
+
+
 def test_clipctl_version(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-I", "-m", "clipcy", "--version"],
