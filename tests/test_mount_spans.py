@@ -256,3 +256,53 @@ def test_a_request_ahead_of_a_running_decoder_waits_for_it(sample: Path) -> None
         assert got["b"] == want[lo + 3 * span:lo + 5 * span]
         assert slow.most == 1  # one decoder at a time
         assert len(set(slow.offsets)) == slow.calls == 6
+
+
+class ByThread(Counting):
+    """A layer reader that records which thread decompressed each span."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.by: dict[int, str] = {}
+
+    def pread(self, off: int, n: int) -> bytes:
+        data = super().pread(off, n)
+        with self.lock:
+            self.by[off] = threading.current_thread().name
+        return data
+
+
+def test_two_files_of_one_layer_read_at_once_are_both_read_ahead(sample: Path) -> None:
+    """Two sequential readers of one layer, their requests interleaved (as two programs
+    reading two files): each is a stream of its own, so the helper reads ahead for both."""
+    with open_archive(sample) as arc:
+        node = _largest_file(arc)
+        want = arc.open(node.path).read()
+        counter = ByThread(arc.layer_reader(node.layer))
+        span = 256
+        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        # two "files": the first and the second half of the largest file (their own ends)
+        half = node.size // 2
+        a, a_end = node.offset, node.offset + half
+        b, b_end = node.offset + half + 3 * span, node.offset + node.size
+        got_a = got_b = b""
+
+        def helped(lo: int, hi: int) -> bool:
+            with counter.lock:
+                return any(lo <= off < hi and name == "clipcy-span-ahead"
+                           for off, name in counter.by.items())
+
+        rounds = 0
+        while a + len(got_a) < a_end or b + len(got_b) < b_end:
+            pos = a + len(got_a)
+            if pos < a_end:
+                got_a += cache.read(node.layer, pos, min(700, a_end - pos), a_end)
+            pos = b + len(got_b)
+            if pos < b_end:
+                got_b += cache.read(node.layer, pos, min(700, b_end - pos), b_end)
+            rounds += 1
+            if rounds == 3:  # both streams are sequential now: the helper serves both
+                assert _wait_for(lambda: helped(a, a_end) and helped(b, b_end))
+        assert got_a == want[:half]
+        assert got_b == want[half + 3 * span:]
+        assert len(set(counter.offsets)) == counter.calls  # nothing inflated twice

@@ -12,12 +12,13 @@ bytes are not copied in this process.
 Concurrent requests for one span wait for the thread decompressing it instead of repeating
 the work; a request for span k while one of the AHEAD spans before it is being decompressed
 waits for that too, so the kernel's parallel readahead requests and the helper continue one
-decoder instead of starting several. Once a layer is read sequentially (span k right after
-k-1), a helper thread keeps the next AHEAD spans inflated while the reader's spans are handed
-to the kernel (no further than the end of the file being read, and at most a quarter of the
-budget), so the decoder rarely waits for a request: the kernel reads ahead 1 MiB at a time,
-the helper 2 MiB beyond that. A sequential reader leaves BEHIND spans cached behind it and
-drops older ones it streamed (the kernel keeps the file's pages).
+decoder instead of starting several. Once a file is read sequentially (span k right after
+k-1; each file of a layer is its own stream), a helper thread keeps the next AHEAD spans
+inflated while the reader's spans are handed to the kernel (no further than the end of the
+file being read, and at most a quarter of the budget), so the decoder rarely waits for a
+request: the kernel reads ahead 1 MiB at a time, the helper 2 MiB beyond that. A sequential
+reader leaves BEHIND spans cached behind it and drops older ones it streamed (the kernel
+keeps the file's pages).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 SPAN = 256 << 10
 AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
 BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
+STREAMS = 64  # streams (files being read) whose position is remembered
 
 __all__ = ["SPAN", "SpanCache"]
 
@@ -46,11 +48,13 @@ class SpanCache:
         self._held = 0
         self._busy: dict[tuple[int, int], threading.Event] = {}
         self._lock = threading.Lock()
-        self._last: dict[int, int] = {}  # layer -> the span a reader produced last
+        # a stream (layer, the file's last span or None) -> the span its reader reached last:
+        # two files of one layer read at once are two streams, each read ahead
+        self._last: OrderedDict[tuple[int, int | None], int] = OrderedDict()
         self._ends: dict[int, int] = {}  # layer -> its last span, once a read found it
         self._ahead_done: set[tuple[int, int]] = set()  # read ahead, no reader yet
         self._streamed: set[tuple[int, int]] = set()  # made for a sequential reader
-        self._ahead: queue.SimpleQueue[tuple[int, int, int]] = queue.SimpleQueue()
+        self._ahead: queue.SimpleQueue[tuple[int, int, int, int | None]] = queue.SimpleQueue()
         self._helper: threading.Thread | None = None
         self.decompressed = 0  # bytes produced by the layer readers (for perf and tests)
         self.hits = 0
@@ -98,16 +102,16 @@ class SpanCache:
             with self._lock:
                 if k > self._ends.get(layer, k):
                     return b""  # past the end of the layer stream (found by an earlier read)
-                if helper and k <= self._last.get(layer, -1):
+                if helper and k <= self._last.get((layer, stop), -1):
                     return b""  # a reader got past this span while the helper waited
                 data = self._lru.get(key)
                 if data is not None:
                     self._lru.move_to_end(key)
                     self.hits += 1
-                    if key not in self._ahead_done:
+                    if helper or key not in self._ahead_done:
                         return data
                     self._ahead_done.discard(key)  # a reader reached the span read ahead:
-                    self._last[layer] = k  # keep the helper ahead of it
+                    self._reached(layer, stop, k)  # keep the helper ahead of it
                     self._drop_behind(layer, k)
                     break
                 wait = self._busy.get(key)
@@ -147,12 +151,12 @@ class SpanCache:
                 # sequential (span k right after k-1 on this layer): have the next spans
                 # inflated on the helper thread while this one is copied to the kernel
                 ahead = (not helper and len(data) == self.span
-                         and self._last.get(layer) == k - 1)
+                         and self._last.get((layer, stop)) == k - 1)
                 if helper:
                     self._ahead_done.add(key)
                     self._streamed.add(key)
                 else:
-                    self._last[layer] = k
+                    self._reached(layer, stop, k)
                     if ahead:
                         self._streamed.add(key)
                         self._drop_behind(layer, k)
@@ -160,6 +164,14 @@ class SpanCache:
         if ahead:
             self._prefetch(layer, k + 1, stop)
         return data
+
+    def _reached(self, layer: int, stop: int | None, k: int) -> None:
+        """A reader of the stream (layer, stop) got span k (the lock is held)."""
+        key = (layer, stop)
+        self._last[key] = k
+        self._last.move_to_end(key)
+        if len(self._last) > STREAMS:
+            self._last.popitem(last=False)
 
     def _drop_behind(self, layer: int, k: int) -> None:
         """A sequential reader reached span k: forget the span BEHIND before it if it was made
@@ -190,19 +202,19 @@ class SpanCache:
                     self._helper = threading.Thread(target=self._ahead_loop, daemon=True,
                                                     name="clipcy-span-ahead")
                     self._helper.start()
-        self._ahead.put((layer, k, last))
+        self._ahead.put((layer, k, last, stop))
 
     def _ahead_loop(self) -> None:
         while True:
-            layer, first, last = self._ahead.get()
+            layer, first, last, stop = self._ahead.get()
             for k in range(first, last + 1):
                 with self._lock:
-                    if k <= self._last.get(layer, -1):
+                    if k <= self._last.get((layer, stop), -1):
                         continue  # a reader is past it already (a stale request)
                     if (layer, k) in self._lru or (layer, k) in self._busy:
                         continue
                 try:
-                    if len(self._span(layer, k, helper=True)) < self.span:
+                    if len(self._span(layer, k, stop, helper=True)) < self.span:
                         break  # the layer stream ends here
                 except Exception:  # noqa: BLE001 - a reader that needs the span reports it
                     break
