@@ -246,17 +246,6 @@ def extract_archive(
     lookahead = getattr(store.store, "prefetches", False)
     try:
         while True:
-            # the walk order is known: a remote store learns of the next files (in
-            # batches, after each file's first read) and fetches them ahead
-            while lookahead and ahead < LOOKAHEAD_BYTES and len(window) < LOOKAHEAD_NODES:
-                following = next(walk, None)
-                if following is None:
-                    lookahead = False
-                    break
-                window.append(following)
-                if following.type == FILE and following.size:
-                    ahead += following.size
-                    ex.upcoming.append(following)
             if window:
                 node = window.popleft()
                 if node.type == FILE and node.size:
@@ -266,6 +255,17 @@ def extract_archive(
                 if got is None:
                     break
                 node = got
+            # the walk order is known: a remote store learns of the files after this one
+            # (in batches, after each file's first read) and fetches them ahead
+            while lookahead and ahead < LOOKAHEAD_BYTES and len(window) < LOOKAHEAD_NODES:
+                following = next(walk, None)
+                if following is None:
+                    lookahead = False
+                    break
+                window.append(following)
+                if following.type == FILE and following.size:
+                    ahead += following.size
+                    ex.upcoming.append(following)
             try:
                 ex.extract(node)
             except OSError as e:

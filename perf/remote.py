@@ -12,6 +12,10 @@
    per read; bytes in units of the layer's mean compressed span between resume points.
 3. Sequential: the layer's largest file, then its largest files (128 MiB), read whole in
    1 MiB reads; runs of local, remote and remote + 20 ms interleaved; median and best.
+4. extract (clipcy.extract.extract_archive) of those largest files: the store is told the
+   next files (prefetch); the same extract with the lookahead off is the baseline of that.
+5. Round trips: a 1-byte range request straight to the registry and through the delaying
+   proxy (the harness's own cost per request).
 All ratios come from this one run. Writes a markdown report with machine, date and commit.
 """
 
@@ -156,6 +160,58 @@ def sequential(archive: Path, paths: list[bytes], wheres: dict[str, dict[str, An
     return out
 
 
+def extract_once(archive: Path, paths: list[bytes], where: dict[str, Any], lookahead: bool,
+                 tmp: Path) -> tuple[float, int, int, float, float]:
+    """extract_archive of the files into a fresh directory: (seconds, requests, bytes,
+    CPU seconds of this process, CPU seconds of the registry)."""
+    import clipcy.extract as extract
+    from clipcy.storage.http import HttpClient
+
+    nodes, request = extract.LOOKAHEAD_NODES, HttpClient.request
+    extract.LOOKAHEAD_NODES = nodes if lookahead else 0
+    count = [0]
+
+    def counted(self: HttpClient, url: str, headers: dict[str, str]) -> Any:
+        count[0] += 1  # (extract opens its own store: count its requests here)
+        return request(self, url, headers)
+
+    HttpClient.request = counted  # type: ignore[method-assign]
+    dest = Path(tempfile.mkdtemp(prefix="extract-", dir=tmp))
+    try:
+        with open_archive(archive, **where) as arc:
+            size = sum(arc.stat(p).size for p in paths)
+            c0, r0 = time.process_time(), _cpu_of(REGISTRY_PID)
+            t0 = time.perf_counter()
+            extract.extract_archive(arc, dest, [os.fsdecode(p) for p in paths])
+            dt = time.perf_counter() - t0
+            cpu, reg_cpu = time.process_time() - c0, _cpu_of(REGISTRY_PID) - r0
+            return dt, count[0], size, cpu, reg_cpu
+    finally:
+        extract.LOOKAHEAD_NODES = nodes
+        HttpClient.request = request  # type: ignore[method-assign]
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def round_trips(urls: dict[str, str], n: int = 30) -> dict[str, float]:
+    """Median seconds of a 1-byte range request (keep-alive connection) per URL."""
+    import urllib3
+
+    pool = urllib3.PoolManager()
+    out = {}
+    for key, url in urls.items():
+        ts = []
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            r = pool.request("GET", url, headers={"Range": f"bytes={i}-{i}"},
+                             preload_content=False, redirect=False)
+            data = r.read()
+            r.release_conn()
+            ts.append(time.perf_counter() - t0)
+            assert r.status == 206 and len(data) == 1, r.status
+        out[key] = statistics.median(ts[1:])
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, type=Path)
@@ -198,6 +254,7 @@ def main() -> int:
             spans = [b - a for a, b in zip(comps, comps[1:], strict=False)]
             mean_span = statistics.fmean(spans)
             blob_size = arc.layers[0]["size"]
+            arc_digest = arc.layers[0]["digest"]
             tar_size = sum(n.size for n in files)
         rng = random.Random(2026)
         weights = [n.size for n in files]
@@ -225,6 +282,15 @@ def main() -> int:
         seq = sequential(archive, seq_paths[:1], wheres,
                          {"local": 9, "remote": 9, "delayed": 5})
         many = sequential(archive, seq_paths, wheres, {"local": 5, "remote": 5, "delayed": 3})
+        ext: dict[str, list[tuple[float, int, int, float, float]]] = {}
+        for _run in range(3):  # interleaved, as above
+            for key, where in wheres.items():
+                for ahead in (False, True) if key != "local" else (True,):
+                    ext.setdefault(f"{key}{'' if ahead else '-noahead'}", []).append(
+                        extract_once(archive, seq_paths, where, ahead, tmp))
+        blob = f"/v2/single/blobs/{arc_digest}"
+        rtt = round_trips({"direct": f"http://{reg.host}{blob}",
+                           "proxy": f"http://127.0.0.1:{proxy_port}{blob}"})
     finally:
         if proxy is not None:
             proxy.communicate("", timeout=30)
@@ -312,6 +378,28 @@ def main() -> int:
     lines += ["", f"## Sequential reads of the {len(seq_paths)} largest files "
               f"({many['local']['size'] / MiB:.0f} MiB), one after the other", "",
               SEQ_HEAD, SEQ_RULE, *seq_rows(many), ""]
+    lines += [f"## extract of the same {len(seq_paths)} files (extract_archive, 3 runs "
+              "interleaved; \"no lookahead\": the store is not told the next files)", "",
+              SEQ_HEAD, SEQ_RULE]
+    lbest = min(t[0] for t in ext["local"])
+    lmed = statistics.median(t[0] for t in ext["local"])
+    for key, label in (("local", "local directory (baseline)"),
+                       ("remote-noahead", "registry, no lookahead"), ("remote", "registry"),
+                       ("delayed-noahead", f"registry + {delay}/request, no lookahead"),
+                       ("delayed", f"registry + {delay}/request")):
+        runs_ = ext[key]
+        med = statistics.median(t[0] for t in runs_)
+        size = runs_[0][2]
+        lines.append(f"| {label} | {len(runs_)} | {med:.3f} s | {size / med / 1e6:.0f} "
+                     f"| {lmed / med:.2f}x | {lbest / min(t[0] for t in runs_):.2f}x "
+                     f"| {runs_[0][1] or '-'} | {statistics.median(t[3] for t in runs_):.3f} s "
+                     f"| {statistics.median(t[4] for t in runs_):.2f} s |")
+    lines += ["", "## Round trip of the harness (1-byte range request, keep-alive, median "
+              "of 30)", "",
+              f"Straight to docker-registry: {rtt['direct'] * ms:.2f} ms; through the "
+              f"proxy adding {delay}: {rtt['proxy'] * ms:.2f} ms "
+              f"(= {(rtt['proxy'] - rtt['direct']) / (args.delay_ms / 1000):.2f} x {delay} "
+              "more).", ""]
     text = "\n".join(lines)
     args.out.write_text(text)
     print(text)

@@ -185,6 +185,7 @@ class RemoteBlob:
     AHEAD = 2
     PREFETCH = 4
     BUFFERED = 32 << 20  # most bytes held fetched ahead and not yet reached
+    PREFETCH_STALE = 64  # a prefetch not reached after this many fetches may be dropped
     PREFETCH_REST = 1 << 20  # a prefetch whose start is already on its way: only a rest this big
     NEAR = 256 << 10  # a fetch this close to the last one's end counts as sequential
 
@@ -201,6 +202,8 @@ class RemoteBlob:
         self._bufs: list[tuple[int, bytes]] = []  # (start, bytes): fetched, not yet verified
         self._pending: list[tuple[int, int, Future[bytes]]] = []  # start, end, future
         self._pre: list[tuple[int, int, Future[bytes]]] = []  # prefetches not yet reached
+        self._pre_at: dict[int, int] = {}  # id of each: the fetch count when it was made
+        self._fetches = 0
         self._hint = (0, 0)
         self._hint_end = 0  # the end of the last hint: reading past it is reading on
         self._last_end = -1
@@ -259,10 +262,13 @@ class RemoteBlob:
             return
         with self._lock:
             if len(self._pre) >= self.PREFETCH:
-                if not self._pre[0][2].done():
-                    return  # enough on its way: this file's reads will ask for it
-                del self._pre[0]  # arrived and not reached yet: the oldest goes
-            self._pre.append((top, end, self._pool.submit(self.url.fetch, top, end - top)))
+                oldest = self._pre[0]
+                if self._fetches - self._pre_at.get(id(oldest), 0) < self.PREFETCH_STALE:
+                    return  # enough held or on its way: this file's reads ask for it
+                del self._pre[0]  # never reached (its file was read from elsewhere)
+            entry = (top, end, self._pool.submit(self.url.fetch, top, end - top))
+            self._pre.append(entry)
+            self._pre_at = {id(p): self._pre_at.get(id(p), self._fetches) for p in self._pre}
 
     def _stop(self) -> int:
         """No read-ahead past this: the end of the file being read, or of the next files
@@ -303,6 +309,7 @@ class RemoteBlob:
             return b""
         with self._lock:
             # reading on: right after the last fetch, and past what the reader said it needs
+            self._fetches += 1
             near = abs(offset - self._last_end) <= self.NEAR
             sequential = near and end > self._hint_end
             if not near:
