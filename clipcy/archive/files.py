@@ -59,7 +59,9 @@ class BlobStore:
         path: Path = self.store.blob_path(self.layers[layer]["digest"])  # type: ignore[attr-defined]
         return path
 
-    def reader(self, layer: int) -> Any:
+    def reader(self, layer: int, first: tuple[int, int] | None = None) -> Any:
+        """The layer's reader, opened on first use. first: the uncompressed range the
+        caller reads next; a remote store starts fetching it while the reader opens."""
         r = self._readers.get(layer)
         if r is not None:
             return r
@@ -83,6 +85,14 @@ class BlobStore:
                 spans = access.spans if access.spans is not None else SpanTable(
                     CHECKSUM_WRITTEN, [], b"")
                 blob = self.store.open_blob(desc, spans)
+                if first is not None and getattr(self.store, "prefetches", False):
+                    from clipcy.layers.blobread import first_fetch
+
+                    # the request travels while the reader opens (its windows are
+                    # packed: ~20 ms for 450 points), not after
+                    lo, hi = first_fetch(access, desc["size"], *first)
+                    if lo < hi:
+                        blob.prefetch(lo, hi)
                 r = self._readers[layer] = open_layer_reader(blob, access)
             return r
 
@@ -185,7 +195,8 @@ class ArchiveFile(io.RawIOBase):
         if n == 0:
             return b""
         node = self.node
-        reader = self._store.reader(node.layer)
+        reader = self._store.reader(node.layer, (node.offset + pos, node.offset + pos + n)
+                                    if self._runs is None else None)
         if self._runs is None:
             reading = getattr(reader, "reading", None)
             if reading is not None:

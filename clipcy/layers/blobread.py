@@ -116,6 +116,26 @@ def _check_frames(frames: list[tuple[int, int, int, int]]) -> str:
     return ""
 
 
+def first_fetch(access: LayerAccess, blob_size: int, offset: int, end: int) -> tuple[int, int]:
+    """The compressed range a first read of [offset, end) consumes, from the access data
+    alone (before a reader is opened): what GzipReader's will_need hint would say; the range
+    itself for a plain layer; (0, 0) for zstd (not prefetched)."""
+    if access.kind == PLAIN:
+        return offset, min(end, blob_size)
+    if access.kind != GZIP or not access.points:
+        return 0, 0
+    starts = sorted((p[2], p[0], p[1]) for p in access.points)
+    keys = [s for s, _, _ in starts]
+    k = bisect.bisect_right(keys, offset) - 1
+    if k < 0:
+        return 0, 0
+    _, comp, bits = starts[k]
+    j = bisect.bisect_left(keys, end)
+    stop = starts[j][1] + 1 if j < len(starts) else blob_size
+    chunks = -(-(stop - comp) // GZIP_READ_CHUNK)
+    return comp - 1 if bits else comp, min(blob_size, comp + chunks * GZIP_READ_CHUNK)
+
+
 class _Reader:
     def __init__(self, blob: VerifiedBlob) -> None:
         self.blob: Any = blob

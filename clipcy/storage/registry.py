@@ -241,10 +241,13 @@ class RemoteBlob:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def prefetch(self, offset: int, end: int) -> None:
-        if self._pool is None or not self._max or not self.url.resolved:
-            return  # (unresolved: it would take its turn before the reader's own fetch)
+        if self._pool is None or not self._max:
+            return
         end = min(end, self.size)
         with self._lock:
+            if not self.url.resolved and (self._pending or self._pre or self._last_end >= 0):
+                return  # (it would take its turn before the reader's own fetch; the
+                # first fetch of a blob, made while its reader opens, may resolve the URL)
             if 0 <= self._last_end - self.NEAR <= offset <= self._limit + self.WINDOW0 or (
                     0 <= self._last_end <= offset <= self._limit + self.WINDOW0):
                 # it follows what is being read: read-ahead goes on up to its end, in the
