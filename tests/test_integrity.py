@@ -253,6 +253,33 @@ def test_cache_hit_trusts_a_fingerprint_or_rehashes(tmp_path: Path,
     assert "from the layer cache (blob re-hashed)" in caplog.text
 
 
+def test_cache_recheck_by_span_checksums(tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A hit the fingerprint cannot vouch for is proven by the entry's BLAKE3-128 span
+    checksums (cheaper than sha256); spans that differ fall back to the sha256: a changed
+    blob is a digest mismatch, an intact blob means the entry is wrong and is not used."""
+    import logging
+
+    from clipcy.errors import DigestMismatchError
+    from clipcy.image.indexer import _rehash
+    from clipcy.image.layout import LayerInfo
+    from clipcy.storage.spans import SpanTable, hash_file
+
+    layout, _, blob = make_layout(tmp_path, "gzip")
+    data = blob.read_bytes()
+    info = LayerInfo("sha256:" + hashlib.sha256(data).hexdigest(), len(data),
+                     "application/vnd.oci.image.layer.v1.tar+gzip", "gzip", "", blob)
+    table = hash_file(blob)
+    assert _rehash(info, 0, table)[0] is True
+    wrong = SpanTable(table.kind, table.lengths, bytes(len(table.digests)))
+    with caplog.at_level(logging.WARNING, logger="clipcy"):
+        assert _rehash(info, 0, wrong) == (False, None)
+    assert "the layer cache entry does not match the blob" in caplog.text
+    flip_middle(blob, 1)
+    with pytest.raises(DigestMismatchError, match="blob digest is sha256:"):
+        _rehash(info, 0, table)
+
+
 def test_two_runs_share_one_cache_dir(tmp_path: Path) -> None:
     """Two index-layout processes at once on one cache directory (cold, then warm): both
     succeed with the same archive, and the cache holds only whole entries."""
