@@ -53,13 +53,19 @@ def _largest_file(arc: Any) -> Any:
     return max((n for n in arc.walk() if n.type == "file"), key=lambda n: n.size)
 
 
+def _counted(arc: Any, span: int) -> tuple[Any, bytes, Counting, SpanCache]:
+    """The archive's largest file, its bytes, and a span cache over a counting reader of
+    its layer."""
+    node = _largest_file(arc)
+    want = arc.open(node.path).read()
+    counter = Counting(arc.layer_reader(node.layer))
+    return node, want, counter, SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+
+
 def test_sequential_small_requests_decompress_each_span_once(sample: Path) -> None:
     with open_archive(sample) as arc:
-        node = _largest_file(arc)
-        want = arc.open(node.path).read()
-        counter = Counting(arc.layer_reader(node.layer))
         span = 512
-        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        node, want, counter, cache = _counted(arc, span)
         end = node.offset + node.size  # as the mount passes it: read-ahead stops there
         held = []
         got = b""
@@ -79,11 +85,8 @@ def test_sequential_small_requests_decompress_each_span_once(sample: Path) -> No
 
 def test_spans_read_out_of_order_stay_cached(sample: Path) -> None:
     with open_archive(sample) as arc:
-        node = _largest_file(arc)
-        want = arc.open(node.path).read()
-        counter = Counting(arc.layer_reader(node.layer))
         span = 512
-        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        node, want, counter, cache = _counted(arc, span)
         end = node.offset + node.size
         first, last = node.offset // span, (end - 1) // span
         for k in reversed(range(first, last + 1)):  # not a stream: nothing is dropped
@@ -98,10 +101,7 @@ def test_spans_read_out_of_order_stay_cached(sample: Path) -> None:
 
 def test_concurrent_readers_share_one_decompression(sample: Path) -> None:
     with open_archive(sample) as arc:
-        node = _largest_file(arc)
-        want = arc.open(node.path).read()
-        counter = Counting(arc.layer_reader(node.layer))
-        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=256)
+        node, want, counter, cache = _counted(arc, 256)
         n = (BEHIND - 2) * 256  # the request of 8 threads at once, fewer spans than BEHIND
         results: list[bytes] = []
         barrier = threading.Barrier(8)
@@ -145,11 +145,8 @@ def _wait_for(cond: Any, timeout: float = 10.0) -> bool:
 
 def test_read_ahead_runs_ahead_of_a_sequential_reader_up_to_the_file_end(sample: Path) -> None:
     with open_archive(sample) as arc:
-        node = _largest_file(arc)
-        want = arc.open(node.path).read()
-        counter = Counting(arc.layer_reader(node.layer))
         span = 256
-        cache = SpanCache(lambda layer: counter, budget=1 << 20, span=span)
+        node, want, counter, cache = _counted(arc, span)
         end = node.offset + node.size
         first, last = node.offset // span, (end - 1) // span
         assert last - first > AHEAD + 2
