@@ -140,12 +140,22 @@ def run(target: str, seconds: int, timeout: int, rss_mib: int, jobs: int, work: 
         str(corpus),
         str(seed_dir),
     ]
+    env = dict(os.environ)
     if jobs > 1:
+        # libFuzzer starts each job as `argv[0] FLAGS`: argv[0] must run this target with
+        # this interpreter, so it is a small wrapper script (targets.py hands it over)
+        wrapper = work / "bin" / f"fuzz-{target}"
+        wrapper.parent.mkdir(parents=True, exist_ok=True)
+        wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "targets.py"}" '
+                           f'{target} "$@"\n')
+        wrapper.chmod(0o755)
+        env["CLIPCY_FUZZ_ARGV0"] = str(wrapper)
         cmd += [f"-jobs={jobs}", f"-workers={jobs}"]
     t0 = time.monotonic()
     cpu0 = os.times()
     print(f"== fuzz {target}: {seconds} s", flush=True)
-    rc = subprocess.run(cmd, cwd=HERE).returncode
+    # the working directory gets libFuzzer's per-job logs (fuzz-N.log): not the source tree
+    rc = subprocess.run(cmd, cwd=work, env=env).returncode
     cpu1 = os.times()
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     print(

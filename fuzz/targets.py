@@ -352,7 +352,9 @@ def main() -> None:
     # coverage feedback from every Python function loaded (clipcy's pure parts, the twins,
     # these targets); the compiled modules are not instrumented
     atheris.instrument_all()
-    atheris.Setup([sys.argv[0], *sys.argv[2:]], target)
+    # argv[0] is what libFuzzer re-runs for -jobs (fuzz/run.py points it at a wrapper)
+    argv0 = os.environ.get("CLIPCY_FUZZ_ARGV0", sys.argv[0])
+    atheris.Setup([argv0, *sys.argv[2:]], target)
     atheris.Fuzz()
 
 
