@@ -116,6 +116,22 @@ def _check_frames(frames: list[tuple[int, int, int, int]]) -> str:
     return ""
 
 
+def _gzip_stop(points: list[Any], starts: list[int], blob_size: int, end: int) -> int:
+    """The compressed offset no decoder reading up to the uncompressed offset end passes:
+    just past the byte that holds the first point at or after end, or the blob's end."""
+    k = bisect.bisect_left(starts, end)
+    return points[k][0] + 1 if k < len(points) else blob_size
+
+
+def _gzip_range(points: list[Any], starts: list[int], blob_size: int, comp: int, bits: int,
+                end: int) -> tuple[int, int]:
+    """The compressed bytes that decoding from the point at comp up to the uncompressed
+    offset end consumes at most: up to _gzip_stop, in the decoder's READ_CHUNK pieces."""
+    stop = _gzip_stop(points, starts, blob_size, end)
+    chunks = -(-(stop - comp) // GZIP_READ_CHUNK)  # the decoder reads from comp on
+    return comp - 1 if bits else comp, min(blob_size, comp + chunks * GZIP_READ_CHUNK)
+
+
 def first_fetch(access: LayerAccess, blob_size: int, offset: int, end: int) -> tuple[int, int]:
     """The compressed range a first read of [offset, end) consumes, from the access data
     alone (before a reader is opened): what GzipReader's will_need hint would say; the range
@@ -124,16 +140,12 @@ def first_fetch(access: LayerAccess, blob_size: int, offset: int, end: int) -> t
         return offset, min(end, blob_size)
     if access.kind != GZIP or not access.points:
         return 0, 0
-    starts = sorted((p[2], p[0], p[1]) for p in access.points)
-    keys = [s for s, _, _ in starts]
-    k = bisect.bisect_right(keys, offset) - 1
+    points = sorted(access.points, key=lambda p: p[2])  # as GzipReader keeps them
+    starts = [p[2] for p in points]
+    k = bisect.bisect_right(starts, offset) - 1
     if k < 0:
         return 0, 0
-    _, comp, bits = starts[k]
-    j = bisect.bisect_left(keys, end)
-    stop = starts[j][1] + 1 if j < len(starts) else blob_size
-    chunks = -(-(stop - comp) // GZIP_READ_CHUNK)
-    return comp - 1 if bits else comp, min(blob_size, comp + chunks * GZIP_READ_CHUNK)
+    return _gzip_range(points, starts, blob_size, points[k][0], points[k][1], end)
 
 
 class _Reader:
@@ -257,8 +269,7 @@ class GzipReader(_Reader):
         return data
 
     def _compressed_end(self, end: int) -> int:
-        k = bisect.bisect_left(self._starts, end)
-        stop = self._points[k][0] + 1 if k < len(self._points) else self.blob_size
+        stop = _gzip_stop(self._points, self._starts, self.blob_size, end)
         return min(self.blob_size, stop + GZIP_READ_CHUNK)
 
     def _will_need(self, comp: int, bits: int, end: int) -> None:
@@ -267,22 +278,13 @@ class GzipReader(_Reader):
         request)."""
         hint = getattr(self.blob, "will_need", None)
         if hint is not None:
-            hint(*self._from_point(comp, bits, end))
-
-    def _from_point(self, comp: int, bits: int, end: int) -> tuple[int, int]:
-        """The compressed bytes that decoding from the point at comp up to the uncompressed
-        offset end consumes at most: up to the first point at or after end, in the
-        decoder's READ_CHUNK pieces."""
-        k = bisect.bisect_left(self._starts, end)
-        stop = self._points[k][0] + 1 if k < len(self._points) else self.blob_size
-        chunks = -(-(stop - comp) // GZIP_READ_CHUNK)  # the decoder reads from comp on
-        return comp - 1 if bits else comp, min(self.blob_size, comp + chunks * GZIP_READ_CHUNK)
+            hint(*_gzip_range(self._points, self._starts, self.blob_size, comp, bits, end))
 
     def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
         # from the point at or before offset: a decoder parked between that point and
         # offset (the file before ended there) also reads only within this range
         comp, bits, _, _ = self._points[bisect.bisect_right(self._starts, offset) - 1]
-        return self._from_point(comp, bits, end)
+        return _gzip_range(self._points, self._starts, self.blob_size, comp, bits, end)
 
     def close(self) -> None:
         super().close()
