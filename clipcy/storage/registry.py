@@ -160,6 +160,14 @@ class RemoteOptions:
     readahead_mib: int = 8  # most bytes fetched ahead of a sequential reader (0: none)
 
 
+def _past(ranges: list[tuple[int, int]], top: int) -> int:
+    """The end of what ranges cover contiguously from top (top if none covers it)."""
+    for s, e in ranges:
+        if s <= top < e:
+            top = e
+    return top
+
+
 class RemoteBlob:
     """The BlobSource of one remote blob: fetch(offset, n) = one range request, plus
     read-ahead, so that a reader decoding compressed bytes piece by piece waits for one round
@@ -254,11 +262,7 @@ class RemoteBlob:
                 # usual windows (many small files: a few large requests, not one per file)
                 self._then = max(self._then, end)
                 return
-            top = offset  # skip what is buffered or on its way from offset on
-            for s, e in sorted([(s, s + len(b)) for s, b in self._bufs]
-                               + [(p[0], p[1]) for p in self._pending + self._pre]):
-                if s <= top < e:
-                    top = e
+            top = _past(self._on_the_way(), offset)  # skip what is buffered or on its way
         if top >= end or (top > offset and end - top < self.PREFETCH_REST):
             return  # (a small rest: the reads will ask for it with their own bytes)
         if self._cached is not None and self._cached(top):
@@ -371,17 +375,8 @@ class RemoteBlob:
             far = 4 * max(self._max, self.WINDOW0)  # read-ahead left behind elsewhere: forget
             self._pending = [p for p in self._pending
                              if end - self.NEAR < p[1] and p[0] < end + far]
-            ranges = sorted([(s, s + len(b)) for s, b in self._bufs]
-                            + [(p[0], p[1]) for p in self._pending + self._pre])
-
-            def past(top: int) -> int:
-                """The end of what is fetched or on its way, contiguous from top."""
-                for s, e in ranges:
-                    if s <= top < e:
-                        top = e
-                return top
-
-            top = past(end)
+            ranges = self._on_the_way()
+            top = _past(ranges, end)
             limit = self._stop()
             while len(self._pending) < self.AHEAD and top < limit:
                 window = max(self._window, self.WINDOW0)
@@ -394,7 +389,13 @@ class RemoteBlob:
                 self._pending.append((top, stop, self._pool.submit(self.url.fetch, top,
                                                                    stop - top)))
                 ranges.append((top, stop))
-                top = past(stop)
+                top = _past(ranges, stop)
+
+    def _on_the_way(self) -> list[tuple[int, int]]:
+        """The ranges fetched or on their way (buffers, read-ahead, prefetches), sorted;
+        called with the lock held."""
+        return sorted([(s, s + len(b)) for s, b in self._bufs]
+                      + [(p[0], p[1]) for p in self._pending + self._pre])
 
     def discard(self) -> None:
         """Forget bytes fetched ahead (they failed verification: fetch them again)."""
