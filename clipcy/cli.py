@@ -324,10 +324,15 @@ def _demo(sub: Any) -> None:
         sub,
         "demo",
         "index the sample image shipped with clipcy and show the result",
-        "  clipctl demo\n  clipctl demo --out sample.clip\n",
+        "  clipctl demo\n  clipctl demo --out sample.clip\n  clipctl demo --keep ./demo\n",
     )
     p.add_argument(
-        "--out", metavar="FILE", help="keep the archive here (default: a temporary file)"
+        "--out", metavar="FILE", help="keep the archive here (default: a temporary file, "
+        "deleted when the demo ends)"
+    )
+    p.add_argument(
+        "--keep", metavar="DIR", help="write the archive into DIR (created if missing) and "
+        "keep it, instead of a temporary directory deleted when the demo ends"
     )
     p.set_defaults(func=_handler("cmd_demo"))
 
@@ -354,7 +359,8 @@ def _extract(sub: Any) -> None:
         "extract",
         "write the image's tree (or some subtrees) into a directory",
         "  clipctl extract img.clip -C rootfs\n"
-        "  clipctl extract img.clip /etc /usr/bin -C out --layout ./img\n",
+        "  clipctl extract img.clip /etc /usr/bin -C out --layout ./img\n"
+        "  clipctl extract img.clip -C out /etc /usr/bin   # paths before or after -C\n",
     )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("paths", nargs="*", metavar="PATH", help="subtrees to extract (default: all)")
@@ -457,9 +463,23 @@ def _handle_sigterm() -> Callable[[], None]:
     return restore
 
 
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """parse_args, except that extract takes its paths after options too, as tar does
+    (`extract img.clip -C out /etc /usr/bin`); argparse stops filling a positional list at
+    the first option, and its intermixed parsing refuses subcommands."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "extract":
+        args.paths = list(args.paths) + [a for a in extra if not a.startswith("-")]
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     _setup_logging(args)
     restore = _handle_sigterm()
     try:

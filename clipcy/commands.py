@@ -374,8 +374,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from clipcy.image.indexer import create_index_only_archive_from_oci_layout
 
     layout = sample_layout()
+    if args.keep:
+        try:
+            os.makedirs(args.keep, exist_ok=True)
+        except OSError as e:
+            raise ClipError(f"cannot create {args.keep}: {e.strerror or e}") from None
     with tempfile.TemporaryDirectory(prefix="clipcy-demo-") as tmp:
-        out = Path(args.out) if args.out else Path(tmp) / "sample.clip"
+        where = args.keep or tmp
+        out = Path(args.out) if args.out else Path(where) / "sample.clip"
         print(f"$ clipctl index-layout --layout {layout} --tag latest --out {out}")
         summary = create_index_only_archive_from_oci_layout(layout, "latest", out)
         pct = 100.0 * summary.archive_size / summary.image_size
@@ -395,8 +401,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sub = build_parser().parse_args(argv)
             sub.func(sub)
             print()
-        if args.out:
+        if args.out or args.keep:
             print(f"kept {out}")
+        else:
+            print(f"{tmp} is a temporary directory, deleted now that the demo ends; keep the "
+                  "archive with --keep DIR or --out FILE")
     return 0
 
 
