@@ -20,6 +20,8 @@ from clipcy.tar import tarparse
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 TARS = sorted(p.stem for p in (CORPUS / "expected" / "tars").glob("*.jsonl"))
+# Go archive/tar and CPython tarfile test archives, committed with their licenses
+PEERS = Path(__file__).resolve().parent / "data" / "peers"
 
 
 @pytest.fixture(params=["cython", "python"])
@@ -131,10 +133,7 @@ def test_huge_sparse_never_materialised(impl: ModuleType, corpus: Path) -> None:
 # -- peers: Go archive/tar and CPython tarfile test archives ---------------------------------
 def _peers() -> list[tuple[str, str, str]]:
     rows = []
-    path = CORPUS / "peers" / "EXPECT.tsv"
-    if not path.exists():
-        return []
-    for line in path.read_text().splitlines():
+    for line in (PEERS / "EXPECT.tsv").read_text().splitlines():
         if line.startswith("#") or line.startswith("file\t"):
             continue
         f = line.split("\t")
@@ -157,9 +156,9 @@ COUNT_EXCEPTIONS: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("peer", _peers(), ids=lambda p: p[0])
-def test_peer(impl: ModuleType, corpus_dir: Path, peer: tuple[str, str, str]) -> None:
+def test_peer(impl: ModuleType, peer: tuple[str, str, str]) -> None:
     name, expect, verdicts = peer
-    raw = (corpus_dir / "peers" / name).read_bytes()
+    raw = (PEERS / name).read_bytes()
     if name.endswith(".bz2"):
         raw = bz2.decompress(raw)
     elif name.endswith(".xz"):
@@ -176,8 +175,8 @@ def test_peer(impl: ModuleType, corpus_dir: Path, peer: tuple[str, str, str]) ->
             _parse(impl, raw)
 
 
-def test_peer_details(impl: ModuleType, corpus_dir: Path) -> None:
-    go = corpus_dir / "peers" / "go" / "testdata"
+def test_peer_details(impl: ModuleType) -> None:
+    go = PEERS / "go" / "testdata"
     # pax global records apply to later entries (GNU tar, CPython); an empty value clears
     # them (POSIX), so file3 keeps its own name where CPython lists ""
     ents = _parse(impl, (go / "pax-global-records.tar").read_bytes())
@@ -249,13 +248,13 @@ def test_corpus_layers_same_entries(corpus: Path, group: tuple[str, ...]) -> Non
     assert sum(len(x) for x in listings[0]) > 100
 
 
-def test_cpython_testtar_matches_tarfile(impl: ModuleType, corpus_dir: Path) -> None:
+def test_cpython_testtar_matches_tarfile(impl: ModuleType) -> None:
     """CPython's own test archive (ustar, gnu, pax, v7, sparse, suntar/xstar headers, umlauts)
     read by us and by tarfile: same members, owners, times, links and contents. Modes are
     compared as the 12 permission bits (tarfile keeps v7's file-type bits)."""
     import tarfile
 
-    data = (corpus_dir / "peers" / "cpython" / "testtar.tar").read_bytes()
+    data = (PEERS / "cpython" / "testtar.tar").read_bytes()
     entries = _parse(impl, data)
     types = {
         tarfile.LNKTYPE: "hardlink",
@@ -306,7 +305,7 @@ def test_cpython_testtar_matches_tarfile(impl: ModuleType, corpus_dir: Path) -> 
                 assert bytes(got) == want, m.name
 
 
-def test_twins_agree_on_peers_and_tars(corpus: Path, corpus_dir: Path) -> None:
+def test_twins_agree_on_peers_and_tars(corpus: Path) -> None:
     """Same entries, or the same exception class and message, from both twins; whole buffer
     and 1..4096-byte pieces."""
     if PUREPYTHON:
@@ -332,7 +331,7 @@ def test_twins_agree_on_peers_and_tars(corpus: Path, corpus_dir: Path) -> None:
             return (type(e).__name__, str(e), [x.as_tuple() for x in got])
         return [x.as_tuple() for x in got]
 
-    files = sorted((corpus_dir / "peers").rglob("*.tar")) + sorted((corpus / "tars").glob("*.tar"))
+    files = sorted(PEERS.rglob("*.tar")) + sorted((corpus / "tars").glob("*.tar"))
     assert len(files) > 50
     for f in files:
         data = f.read_bytes()
