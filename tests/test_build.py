@@ -96,3 +96,33 @@ def test_console_script_installed() -> None:
     assert script.exists(), "the clipctl console script is not installed next to python"
     out = subprocess.run([str(script), "--help"], check=True, capture_output=True, text=True)
     assert "index-layout" in out.stdout
+
+
+def _mount_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith("mount: ")]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_version_says_whether_mount_is_available(tmp_path: Path) -> None:
+    from clipcy.fusemount import available
+
+    out = subprocess.run([sys.executable, "-I", "-m", "clipcy", "--version"], cwd=tmp_path,
+                         check=True, capture_output=True, text=True).stdout
+    line = _mount_line(out)
+    if available():  # built with libfuse3, which loads, and /dev/fuse exists
+        assert line.startswith("mount: available (libfuse3 3."), line
+        assert "; but " not in line or os.geteuid() != 0, line
+    else:
+        assert "available (" not in line or "; but no /dev/fuse" in line, line
+        assert "apt-get install" in line or "modprobe" in line, line
+
+
+def test_version_names_packages_when_mount_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build without libfuse3's headers: --version says what to install."""
+    from clipcy import version
+
+    monkeypatch.setitem(sys.modules, "clipcy.fusemount._fuse", None)  # as if never built
+    line = _mount_line(version.version_text())
+    assert line.startswith("mount: not built ("), line
+    assert "apt-get install fuse3 libfuse3-dev" in line and "wheel" in line, line
