@@ -47,12 +47,26 @@ def _b64url(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+# shutdown() waits for serve_forever's next poll: short, so that a teardown takes no time
+POLL_INTERVAL = 0.01
+
+
+def _serve(server: http.server.HTTPServer) -> threading.Thread:
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
+                         daemon=True)
+    t.start()
+    return t
+
+
 class TokenIssuer:
     """GET /token?service=S&scope=repository:NAME:ACTIONS -> {"token", "expires_in"}.
 
     users: {user: password} accepted with Basic auth; anonymous gets pull only when
     `anonymous_pull`. `lifetime` is the JWT's real validity (the registry adds a 60 s leeway,
-    subtracted here); `expires_in` is what the client is told."""
+    subtracted here; a negative one gives a token the registry already refuses); `expires_in`
+    is what the client is told. `lifetimes` are the next tokens' lifetimes (then `lifetime`
+    again). `token_field` is the JSON key the token travels in ("token",
+    or "access_token" as OAuth2 servers answer)."""
 
     def __init__(self, tmp: Path, users: dict[str, str] | None = None,
                  anonymous_pull: bool = False) -> None:
@@ -65,6 +79,8 @@ class TokenIssuer:
         self.anonymous_pull = anonymous_pull
         self.lifetime = 3600.0
         self.expires_in: int | None = 300
+        self.token_field = "token"
+        self.lifetimes: collections.deque[float] = collections.deque()  # the next tokens'
         self.requests = 0
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipcy test token issuer")])
@@ -112,7 +128,7 @@ class TokenIssuer:
                     allowed = actions.split(",") if user else ["pull"]
                     access.append({"type": kind, "name": name,
                                    "actions": [a for a in allowed if a in ("pull", "push")]})
-                body: dict[str, Any] = {"token": issuer.sign(user, access)}
+                body: dict[str, Any] = {issuer.token_field: issuer.sign(user, access)}
                 if issuer.expires_in is not None:
                     body["expires_in"] = issuer.expires_in
                 data = json.dumps(body).encode()
@@ -123,17 +139,17 @@ class TokenIssuer:
                 self.wfile.write(data)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.thread = _serve(self.server)
 
     def sign(self, user: str, access: list[dict[str, Any]]) -> str:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
         now = int(time.time())
+        lifetime = self.lifetimes.popleft() if self.lifetimes else self.lifetime
         header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.cert_der).decode()]}
         claims = {"iss": self.issuer, "sub": user, "aud": self.service,
-                  "exp": now + int(self.lifetime) - 60, "nbf": now - 5, "iat": now,
+                  "exp": now + int(lifetime) - 60, "nbf": now - 5, "iat": now,
                   "jti": os.urandom(8).hex(), "access": access}
         signing_input = (_b64url(json.dumps(header).encode()) + "."
                          + _b64url(json.dumps(claims).encode()))
@@ -275,7 +291,7 @@ class FaultProxy:
         self.target = _QuietServer(("127.0.0.2", self.target_port), TargetHandler)
         self.target.daemon_threads = True
         for s in (self.server, self.target):
-            threading.Thread(target=s.serve_forever, daemon=True).start()
+            _serve(s)
 
     def add(self, *faults: str) -> None:
         with self.lock:

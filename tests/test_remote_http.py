@@ -26,13 +26,8 @@ import remoteserv as rs  # noqa: E402
 from clipcy.errors import RemoteAuthError, RemoteError, StorageRefError  # noqa: E402
 from clipcy.storage.diskcache import DiskSpanCache  # noqa: E402
 from clipcy.storage.http import HttpOptions, redact  # noqa: E402
-from clipcy.storage.registry import (  # noqa: E402
-    DOCKER,
-    HTTP,
-    RemoteOptions,
-    RemoteStore,
-    parse_storage_ref,
-)
+from clipcy.storage.refs import DOCKER, HTTP, parse_storage_ref  # noqa: E402
+from clipcy.storage.registry import RemoteOptions, RemoteStore  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "clipcy" / "sample"
 needs_registry = pytest.mark.skipif(not rs.have_tools(), reason="docker-registry/skopeo absent")
@@ -434,29 +429,68 @@ def test_token_auth_with_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         for i in range(5):
             assert src.fetch(i * 10, 10) == data[i * 10:i * 10 + 10]
         assert issuer.requests == 1  # cached per scope
-        # the registry stops accepting the token (its exp passes) while the client still
-        # believes it valid: the first 401 refreshes it
-        issuer.lifetime = 4.0
+        # the registry stops accepting the token (its exp passed) while the client still
+        # believes it valid: the first 401 refreshes it, once
         st2 = _store(ref, authfile=authfile)
         src2 = st2.source(digest, size)
         issuer.requests = 0
         assert src2.fetch(0, 10) == data[:10]
-        time.sleep(5.5)
+        assert issuer.requests == 1
+        (held,) = st2.auth._tokens.values()
+        issuer.lifetimes.append(-10.0)  # signed by the issuer, refused by the registry: expired
+        held.value = issuer.sign(USER, [{"type": "repository", "name": "sample",
+                                         "actions": ["pull"]}])
         assert src2.fetch(10, 10) == data[10:20]
+        assert issuer.requests == 2 and st2.auth.token_fetches == 2
+        (fresh,) = st2.auth._tokens.values()
+        assert fresh.value != held.value
+        assert src2.fetch(20, 10) == data[20:30]  # the fresh one is kept
         assert issuer.requests == 2
-        # a short expires_in: the client refreshes before using a stale token
-        issuer.lifetime, issuer.expires_in = 3600.0, 1
+        # a short expires_in: the client refreshes before using a stale token (its clock)
+        issuer.expires_in = 1
         st3 = _store(ref, authfile=authfile)
+        now = [1000.0]
+        st3.auth.clock = lambda: now[0]
         src3 = st3.source(digest, size)
         issuer.requests = 0
         assert src3.fetch(0, 10) == data[:10]
-        time.sleep(1.2)
+        assert issuer.requests == 1
+        now[0] += 0.9  # still valid: no request
         assert src3.fetch(10, 10) == data[10:20]
-        assert issuer.requests == 2
+        assert issuer.requests == 1
+        now[0] += 0.2  # past expires_in: a new token before the blob request, not after a 401
+        assert src3.fetch(20, 10) == data[20:30]
+        assert issuer.requests == 2 and st3.auth.token_fetches == 2
         for s in (st, st2, st3):
             for tok in s.auth._tokens.values():
                 assert tok.value not in repr(s.auth) and tok.value not in repr(s.auth.__dict__)
             assert PASSWORD not in repr(s.auth.__dict__)
+    finally:
+        reg.stop()
+        issuer.close()
+
+
+@needs_registry
+def test_token_in_access_token_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token server that answers as OAuth2 does ({"access_token": ...}, no "token")."""
+    pytest.importorskip("cryptography")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    issuer = rs.TokenIssuer(tmp_path, users={USER: PASSWORD})
+    reg = rs.Registry(tmp_path / "reg", issuer.config())
+    try:
+        _push_sample(reg, f"{USER}:{PASSWORD}")
+        issuer.token_field = "access_token"
+        issuer.requests = 0
+        digest, size, data = sample_layers()[0]
+        st = _store(f"docker://{reg.host}/sample", authfile=str(_authfile(tmp_path, reg.host)))
+        assert st.source(digest, size).fetch(7, 40) == data[7:47]
+        assert issuer.requests == 1
+        issuer.token_field = "no_token_here"
+        st = _store(f"docker://{reg.host}/sample", authfile=str(_authfile(tmp_path, reg.host)))
+        with pytest.raises(RemoteAuthError, match="sent no usable token"):
+            st.source(digest, size).fetch(0, 10)
     finally:
         reg.stop()
         issuer.close()

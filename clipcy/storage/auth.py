@@ -30,6 +30,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,6 +231,8 @@ class RegistryAuth:
         self._bearer: dict[str, str] = {}  # realm, service, scope of the last challenge
         self._tokens: dict[str, _Token] = {}  # scope -> token
         self.token_fetches = 0
+        # what token expiry is measured with (a test sets a fake clock)
+        self.clock: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return f"<RegistryAuth {self.host}/{self.repo} {self._mode or 'anonymous'}>"
@@ -250,7 +253,7 @@ class RegistryAuth:
                 return {"Authorization": creds.basic()} if creds else {}
             if self._mode == "bearer":
                 tok = self._tokens.get(self._scope())
-                if tok is None or tok.expires <= time.monotonic():
+                if tok is None or tok.expires <= self.clock():
                     tok = self._fetch_token()
                 return {"Authorization": f"Bearer {tok.value}"}
             return {}
@@ -319,6 +322,6 @@ class RegistryAuth:
             raise RemoteAuthError(f"token server {redact(realm)} sent no usable token") from None
         if not isinstance(value, str) or not value or not value.isprintable():
             raise RemoteAuthError(f"token server {redact(realm)} sent no usable token")
-        tok = _Token(value, time.monotonic() + max(1.0, expires_in))
+        tok = _Token(value, self.clock() + max(1.0, expires_in))
         self._tokens[self._scope()] = tok
         return tok
