@@ -458,7 +458,7 @@ def create_index_only_archive_from_oci_layout(
 
     t0 = time.perf_counter()
     if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
-        from clipcy.storage.registry import parse_storage_ref
+        from clipcy.storage.refs import parse_storage_ref
 
         parse_storage_ref(storage_ref)
     ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)

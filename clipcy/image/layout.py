@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import platform as _platform
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import IO, Any
 from clipcy.errors import BlobError, DigestMismatchError, LayoutError, ManifestNotFoundError
 from clipcy.limits import DEFAULT as DEFAULT_LIMITS
 from clipcy.limits import Limits, exceeded
+from clipcy.storage.refs import parse_digest
 
 log = logging.getLogger("clipcy")
 
@@ -56,24 +56,10 @@ FOREIGN_LAYER_TYPES = (
 
 MAX_JSON_BLOB = DEFAULT_LIMITS.json_size  # index, manifest, config: larger ones are refused
 MAX_INDEX_DEPTH = DEFAULT_LIMITS.index_depth
-_DIGEST_RE = {"sha256": re.compile(r"[a-f0-9]{64}"), "sha512": re.compile(r"[a-f0-9]{128}")}
 
 
 # ---------------------------------------------------------------------------------------
 # Digests and blobs
-
-
-def parse_digest(digest: object, where: str = "descriptor") -> tuple[str, str]:
-    """Validate an OCI digest string before it becomes a path: ('sha256', hex)."""
-    if not isinstance(digest, str) or ":" not in digest:
-        raise LayoutError(f"invalid digest {digest!r} in {where}")
-    alg, _, hexpart = digest.partition(":")
-    pattern = _DIGEST_RE.get(alg)
-    if pattern is None:
-        raise LayoutError(f"unsupported digest algorithm {alg!r} in {where} ({digest})")
-    if not pattern.fullmatch(hexpart):
-        raise LayoutError(f"invalid digest {digest!r} in {where}")
-    return alg, hexpart
 
 
 def _kind_of(mode: int) -> str:
@@ -191,7 +177,8 @@ class Layout:
         self.root = Path(root)
         self.limits = limits
         if not self.root.is_dir():
-            raise LayoutError(f"failed to open layout {str(self.root)!r}: not a directory")
+            why = "not a directory" if os.path.lexists(self.root) else "no such directory"
+            raise LayoutError(f"failed to open layout {str(self.root)!r}: {why}")
         self._check_oci_layout()
         self.index = self._read_index()
 

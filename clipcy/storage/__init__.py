@@ -41,11 +41,11 @@ class BlobStore(Protocol):
 
 
 def open_store(ref: str | os.PathLike[str] | None, options: Any = None) -> BlobStore:
-    """The store for a storage ref (clipcy.storage.registry.parse_storage_ref): a layout
+    """The store for a storage ref (clipcy.storage.refs.parse_storage_ref): a layout
     directory ("DIR", "oci:DIR[:TAG]", "oci-layout://DIR"), "docker://HOST/REPO" or
     "http(s)://BASE" (options: a registry.RemoteOptions)."""
     from clipcy.storage.local import LocalStore
-    from clipcy.storage.registry import parse_storage_ref
+    from clipcy.storage.refs import parse_storage_ref
 
     if not ref:
         raise ClipError("the archive records no storage ref: give the layout directory")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcy.errors import BlobError
+from clipcy.storage.refs import parse_digest
 from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
 
 
@@ -78,8 +79,6 @@ class LocalStore:
         return f"<LocalStore {str(self.root)!r}>"
 
     def blob_path(self, digest: str) -> Path:
-        from clipcy.image.layout import parse_digest
-
         alg, hexpart = parse_digest(digest, "layer")
         return self.root / "blobs" / alg / hexpart
 

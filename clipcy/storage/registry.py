@@ -1,150 +1,27 @@
-"""Storage refs (where an archive's layer blobs live) and the remote blob stores.
-
-A storage ref is one of:
-- a directory: an OCI layout (`oci:DIR` and `oci-layout://DIR` name the same), blobs at
-  DIR/blobs/ALG/HEX;
-- `docker://HOST[:PORT]/REPO`: the OCI distribution API, `GET /v2/REPO/blobs/DIGEST`; plain
-  http for localhost, 127.0.0.1 and ::1 (or with `insecure`), https otherwise;
-  `docker.io` means Docker Hub (`registry-1.docker.io`, one-word repos under `library/`);
-- `http://BASE` or `https://BASE`: blobs at BASE/ALG/HEX (`BASE/sha256/...`).
-Credentials never go into a ref (it is recorded in the archive and shown by inspect): a ref
-with user info is refused; use an auth file.
+"""Remote blob stores: a docker:// or http(s):// storage ref (clipcy.storage.refs) becomes
+blob sources fetching byte ranges over HTTP, with read-ahead and one shared span cache.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from clipcy.errors import StorageRefError
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.diskcache import DEFAULT_MAX_MIB, DiskSpanCache
 from clipcy.storage.http import BlobURL, HttpClient, HttpOptions, redact
+from clipcy.storage.refs import DIR, DOCKER, HTTP, LOOPBACK, StorageRef, parse_storage_ref
 
 if TYPE_CHECKING:
     from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
 
-DIR, DOCKER, HTTP = "dir", "docker", "http"
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPO = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])$")
-_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
-_HELP = "use a directory, docker://HOST[:PORT]/REPO or http(s)://BASE"
-
-
-@dataclass(frozen=True)
-class StorageRef:
-    kind: str  # DIR, DOCKER or HTTP
-    text: str  # as given
-    path: str = ""  # DIR: the layout directory
-    host: str = ""  # DOCKER: host[:port] as used for credentials
-    repo: str = ""  # DOCKER: repository path
-    base: str = ""  # HTTP: base URL without a trailing slash
-
-    @property
-    def remote(self) -> bool:
-        return self.kind != DIR
-
-
-def parse_storage_ref(ref: str | os.PathLike[str]) -> StorageRef:
-    """Parse and validate a storage ref, or raise StorageRefError (one line, what and why)."""
-    text = os.fspath(ref)
-    if not isinstance(text, str) or not text.strip():
-        raise StorageRefError("empty storage ref: " + _HELP)
-    if text.startswith("docker://"):
-        return _parse_docker(text)
-    if text.startswith(("http://", "https://")):
-        return _parse_http(text)
-    for prefix in ("oci-layout://", "oci:"):
-        if text.startswith(prefix):
-            path = text[len(prefix):].partition(":")[0]
-            if not path:
-                raise StorageRefError(f"storage ref {text!r} names no directory")
-            return StorageRef(DIR, text, path=path)
-    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
-    if m:
-        raise StorageRefError(f"unsupported storage ref scheme {m.group(1)!r} in {_safe(text)}: "
-                              + _HELP)
-    return StorageRef(DIR, text, path=text)
-
-
-def _safe(text: str) -> str:
-    """A ref for a message, without anything that looks like user info."""
-    return re.sub(r"(://)[^/@]*@", r"\1…@", text)
-
-
-def _parse_docker(text: str) -> StorageRef:
-    rest = text[len("docker://"):]
-    hostport, slash, repo = rest.partition("/")
-    if "@" in hostport:
-        raise StorageRefError(f"storage ref {_safe(text)} carries credentials: remove them and "
-                              "use an auth file (--authfile, REGISTRY_AUTH_FILE)")
-    if not slash or not repo:
-        raise StorageRefError(f"storage ref {text!r} names no repository: "
-                              "docker://HOST[:PORT]/REPO")
-    host, port = _split_port(hostport, text)
-    if "." not in host and host != "localhost" and not host.startswith("[") and port is None:
-        raise StorageRefError(f"storage ref {text!r}: {host!r} is not a registry host name "
-                              "(docker://HOST[:PORT]/REPO, e.g. docker://docker.io/library/x)")
-    if "@" in repo:
-        raise StorageRefError(f"storage ref {text!r} names an image digest: give the "
-                              "repository only (docker://HOST[:PORT]/REPO)")
-    if ":" in repo:
-        raise StorageRefError(f"storage ref {text!r} names a tag: give the repository only "
-                              "(docker://HOST[:PORT]/REPO); blobs are found by digest")
-    if not _REPO.match(repo):
-        raise StorageRefError(f"storage ref {text!r}: {repo!r} is not a valid repository name "
-                              "(lowercase letters, digits, separators . _ __ -, and /)")
-    if host.lower() == "docker.io":
-        host = "registry-1.docker.io"
-        if "/" not in repo:
-            repo = "library/" + repo
-    hp = host.lower() + (f":{port}" if port is not None else "")
-    return StorageRef(DOCKER, text, host=hp, repo=repo)
-
-
-def _split_port(hostport: str, text: str) -> tuple[str, int | None]:
-    host, port_s = hostport, ""
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        host, port_s = hostport[:end + 1], hostport[end + 1:].lstrip(":")
-        if end < 0:
-            raise StorageRefError(f"storage ref {text!r}: bad IPv6 host")
-    elif ":" in hostport:
-        host, _, port_s = hostport.partition(":")
-    if not host or not _HOST.match(host):
-        raise StorageRefError(f"storage ref {text!r}: bad host {host!r}")
-    if port_s == "" and ":" not in hostport.replace(host, "", 1):
-        return host, None
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise StorageRefError(f"storage ref {text!r}: bad port {port_s!r}")
-    return host, int(port_s)
-
-
-def _parse_http(text: str) -> StorageRef:
-    try:
-        p = urllib.parse.urlsplit(text)
-        port = p.port
-    except ValueError:
-        raise StorageRefError(f"storage ref {_safe(text)}: bad URL") from None
-    if p.username is not None or p.password is not None or "@" in p.netloc:
-        raise StorageRefError(f"storage ref {_safe(text)} carries credentials: remove them and "
-                              "use an auth file (--authfile, REGISTRY_AUTH_FILE)")
-    if not p.hostname or not _HOST.match(p.hostname if ":" not in p.hostname
-                                         else f"[{p.hostname}]"):
-        raise StorageRefError(f"storage ref {text!r}: bad host")
-    if p.query or p.fragment:
-        raise StorageRefError(f"storage ref {text!r}: a base URL takes no query or fragment")
-    del port
-    return StorageRef(HTTP, text, base=text.rstrip("/"),
-                      host=p.netloc.lower())
+# The storage ref names, importable from here as before the split.
+__all__ = ["DIR", "DOCKER", "HTTP", "RemoteBlob", "RemoteOptions", "RemoteStore", "StorageRef",
+           "parse_storage_ref"]
 
 
 @dataclass(frozen=True)
@@ -436,7 +313,7 @@ class RemoteStore:
         if self.ref.kind == DOCKER:
             bare = self.ref.host.split(":")[0] if not self.ref.host.startswith("[") \
                 else self.ref.host.split("]")[0] + "]"
-            scheme = "http" if self.options.insecure or bare in _LOOPBACK else "https"
+            scheme = "http" if self.options.insecure or bare in LOOPBACK else "https"
             return f"{scheme}://{self.ref.host}/v2/{self.ref.repo}/blobs/{digest}"
         return f"{self.ref.base}/{alg}/{hexpart}"
 
