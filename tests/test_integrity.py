@@ -193,22 +193,46 @@ def _index_cli(layout: Path, out: Path, *extra: str) -> subprocess.CompletedProc
     return _clipctl("index-layout", "--layout", str(layout), "--out", str(out), *extra)
 
 
-@pytest.mark.parametrize("restore_mtime", [False, True])
-def test_cache_hit_on_a_changed_blob_is_a_digest_mismatch(tmp_path: Path,
-                                                          restore_mtime: bool) -> None:
+def _aged_and_fingerprinted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                            ) -> tuple[Path, Path, Path, tuple[int, ...]]:
+    """A gzip layout indexed into the layer cache at tmp_path/cache with its blob's stat
+    fingerprint recorded: the blob's times are set well in the past and the racy window is
+    closed (RACY_NS = 0), so the fingerprint does not depend on how fast this machine runs.
+    Returns (layout, blob, cache, the recorded fingerprint)."""
+    import os
+    import time
+
+    from clipcy.image import cache as cache_mod
+
     layout, _, blob = make_layout(tmp_path, "gzip")
-    first = tmp_path / "first.clip"
-    assert _index_cli(layout, first).returncode == 0  # fills the (default) layer cache
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(blob, ns=(old, old))
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
+    cache = tmp_path / "cache"
+    create_index_only_archive_from_oci_layout(layout, "latest", tmp_path / "first.clip",
+                                              cache_dir=cache)
+    (fp_file,) = cache.glob("*.fp")
+    recorded = tuple(json.loads(fp_file.read_text())["fingerprint"])
+    assert recorded == cache_mod.fingerprint(blob.stat())
+    return layout, blob, cache, recorded
+
+
+@pytest.mark.parametrize("restore_mtime", [False, True])
+def test_cache_hit_on_a_changed_blob_is_a_digest_mismatch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_mtime: bool) -> None:
+    import os
+
+    layout, blob, cache, recorded = _aged_and_fingerprinted(tmp_path, monkeypatch)
     st = blob.stat()
     flip_middle(blob, 1)
-    if restore_mtime:
-        import os
-
+    if restore_mtime:  # what a tool copying timestamps would do: only the ctime moved
         os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert blob.stat().st_mtime_ns == st.st_mtime_ns
+        now = blob.stat()
+        assert (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == recorded[:4]
+        assert now.st_ctime_ns != recorded[4]  # what protects the cache: no call sets it back
     assert blob.stat().st_size == st.st_size
     out = tmp_path / "second.clip"
-    r = _index_cli(layout, out)
+    r = _index_cli(layout, out, "--cache-dir", str(cache))
     assert r.returncode == 1, r.stderr
     err = r.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("clipctl: error: layer 0 (sha256:")
@@ -220,33 +244,73 @@ def test_cache_hit_on_a_changed_blob_is_a_digest_mismatch(tmp_path: Path,
     assert r2.returncode == 1 and "blob digest is sha256:" in r2.stderr.decode()
 
 
-def test_cache_hit_trusts_a_fingerprint_or_rehashes(tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_recorded_fingerprint_vouches_for_the_blob(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The other side of the test above: the unchanged blob, same stat, is trusted (no
+    read), so the ctime comparison is what stands between a changed blob and the cache."""
     import logging
+
+    layout, _, cache, _ = _aged_and_fingerprinted(tmp_path, monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="clipcy"):
+        create_index_only_archive_from_oci_layout(layout, "latest", tmp_path / "2.clip",
+                                                  cache_dir=cache)
+    assert "from the layer cache (stat fingerprint)" in caplog.text
+    assert (tmp_path / "2.clip").read_bytes() == (tmp_path / "first.clip").read_bytes()
+
+
+def test_racy_window_rule() -> None:
+    """trusted_fingerprint with a chosen clock: a file whose ctime is within RACY_NS of the
+    verification's start, or that changed while read, gets no fingerprint."""
     import os
-    import time
+
+    from clipcy.image.cache import RACY_NS, fingerprint, trusted_fingerprint
+
+    def st(ctime_ns: int, size: int = 10) -> os.stat_result:
+        # st_mode .. st_ctime, then st_atime/mtime/ctime floats, then the _ns fields
+        return os.stat_result((0o100644, 7, 3, 1, 0, 0, size, 0, 0, 0,
+                                0.0, 0.0, 0.0, 5, 5, ctime_ns))
+
+    started = 10**18
+    old, racy = st(started - RACY_NS - 1), st(started - RACY_NS)
+    assert old.st_ctime_ns == started - RACY_NS - 1 and old.st_ino == 7
+    assert trusted_fingerprint(old, old, started) == fingerprint(old)
+    assert trusted_fingerprint(racy, racy, started) is None
+    assert trusted_fingerprint(old, st(started - RACY_NS - 1, size=11), started) is None
+
+
+def test_cache_hit_trusts_a_fingerprint_or_rehashes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from clipcy.image import cache as cache_mod
 
     layout, _, blob = make_layout(tmp_path, "gzip")
     cache = tmp_path / "cache"
     arcs = [tmp_path / f"{i}.clip" for i in range(4)]
-    # just written: too recent for a fingerprint (racy), so a hit re-hashes the blob
+    # a window wider than any run: the blob is always too recent for a fingerprint (racy),
+    # so a hit re-hashes it
+    monkeypatch.setattr(cache_mod, "RACY_NS", 10**9 * 86400)
     create_index_only_archive_from_oci_layout(layout, "latest", arcs[0], cache_dir=cache)
     with caplog.at_level(logging.DEBUG, logger="clipcy"):
         create_index_only_archive_from_oci_layout(layout, "latest", arcs[1], cache_dir=cache)
     assert "from the layer cache (blob re-hashed)" in caplog.text
-    # once the blob is older than the racy window, the re-hash leaves a fingerprint ...
-    old = time.time_ns() - 10 * 10**9
-    os.utime(blob, ns=(old, old))  # (ctime is now: wait out the racy window)
-    time.sleep(1.2)
+    assert list(cache.glob("*.fp")) == []
+    # once the blob is older than the window, the re-hash leaves a fingerprint ...
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="clipcy"):
         create_index_only_archive_from_oci_layout(layout, "latest", arcs[2], cache_dir=cache)
         create_index_only_archive_from_oci_layout(layout, "latest", arcs[3], cache_dir=cache)
     assert caplog.text.count("from the layer cache (blob re-hashed)") == 1
     assert caplog.text.count("from the layer cache (stat fingerprint)") == 1
+    assert len(list(cache.glob("*.fp"))) == 1
     assert len({a.read_bytes() for a in arcs}) == 1
     # ... which any change of the file's ctime voids (here: a same-bytes rewrite)
+    ctime = blob.stat().st_ctime_ns
     blob.write_bytes(blob.read_bytes())
+    assert blob.stat().st_ctime_ns != ctime
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="clipcy"):
         create_index_only_archive_from_oci_layout(layout, "latest", arcs[0], cache_dir=cache)
