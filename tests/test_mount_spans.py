@@ -134,13 +134,26 @@ def test_budget_bounds_the_cache(sample: Path) -> None:
         assert cache.held == 0
 
 
-def _wait_for(cond: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+class _Marker:
+    """A request for the helper thread that asks for no span: unpacking it (the helper's
+    first step with a request) sets `seen`."""
+
+    def __init__(self) -> None:
+        self.seen = threading.Event()
+
+    def __iter__(self) -> Any:
+        self.seen.set()
+        return iter((0, 1, 0, None))  # spans 1..0: none
+
+
+def _helper_idle(cache: SpanCache) -> None:
+    """Return once the read-ahead helper has done every request made so far: it takes them
+    one at a time, in order, so when it reaches a marker queued now, the earlier ones are
+    done (no clock involved)."""
+    assert cache._helper is not None, "no read-ahead was asked for"
+    marker = _Marker()
+    cache._ahead.put(marker)  # type: ignore[arg-type]
+    assert marker.seen.wait(60)
 
 
 def test_read_ahead_runs_ahead_of_a_sequential_reader_up_to_the_file_end(sample: Path) -> None:
@@ -154,13 +167,14 @@ def test_read_ahead_runs_ahead_of_a_sequential_reader_up_to_the_file_end(sample:
         upto = (node.offset + 2 * span - 1) // span  # spans first..upto, in order
         # sequential: the helper inflates the next AHEAD spans before anyone asks for them
         ahead = {k * span for k in range(upto + 1, upto + 1 + AHEAD)}
-        assert _wait_for(lambda: ahead <= set(counter.offsets)), sorted(counter.offsets)
+        _helper_idle(cache)
+        assert ahead <= set(counter.offsets), sorted(counter.offsets)
         pos = node.offset + len(got)
         while pos < end:  # the rest in 1000-byte requests
             got += cache.read(node.layer, pos, min(1000, end - pos), end)
             pos = node.offset + len(got)
         assert got == want
-        time.sleep(0.05)  # a helper still running would read past the end now
+        _helper_idle(cache)  # a helper reading past the end would have done so now
         assert len(set(counter.offsets)) == counter.calls == last - first + 1
         assert max(counter.offsets) == last * span  # none past the file's last span
         assert cache.hits >= AHEAD  # the reader found the spans read ahead
@@ -178,7 +192,7 @@ def test_read_ahead_stops_at_the_layer_stream_end(sample: Path) -> None:
         for pos in range(start, len(whole) + 3 * span, 100):  # no file end given
             got += cache.read(node.layer, pos, 100)
         assert got == whole[start:]
-        time.sleep(0.05)
+        _helper_idle(cache)
         # each span once, and the end of the stream (an empty span) found once, not again
         # by every later read-ahead
         assert len(set(counter.offsets)) == counter.calls
@@ -299,7 +313,8 @@ def test_two_files_of_one_layer_read_at_once_are_both_read_ahead(sample: Path) -
                 got_b += cache.read(node.layer, pos, min(700, b_end - pos), b_end)
             rounds += 1
             if rounds == 3:  # both streams are sequential now: the helper serves both
-                assert _wait_for(lambda: helped(a, a_end) and helped(b, b_end))
+                _helper_idle(cache)
+                assert helped(a, a_end) and helped(b, b_end)
         assert got_a == want[:half]
         assert got_b == want[half + 3 * span:]
         assert len(set(counter.offsets)) == counter.calls  # nothing inflated twice
