@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from clipcy.archive.reader import Archive, open_archive
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
+from clipcy.logs import step
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.progress import make_reporter
 
@@ -85,11 +86,11 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
         _print_json(summary.as_dict())
     else:
         pct = 100.0 * summary.archive_size / summary.image_size if summary.image_size else 0.0
-        mbs = summary.bytes_indexed / 1e6 / summary.seconds if summary.seconds else 0.0
+        mbs = summary.bytes_indexed / (1 << 20) / summary.seconds if summary.seconds else 0.0
         print(
             f"wrote {summary.archive}: {summary.node_count} nodes from {summary.layer_count} "
             f"layers, {human(summary.archive_size)} ({pct:.2f}% of "
-            f"{human(summary.image_size)}), {mbs:.0f} MB/s"
+            f"{human(summary.image_size)}), {mbs:.0f} MiB/s"
         )
     return 0
 
@@ -305,8 +306,10 @@ def remote_options(args: argparse.Namespace) -> RemoteOptions:
 def cmd_cat(args: argparse.Namespace) -> int:
     from clipcy.archive.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
 
-    with open_archive(args.archive) as arc:
+    with open_archive(args.archive) as arc, step(f"cat {args.path}"):
         node = resolve_file(arc, args.path)
+        log.debug("cat %s: %d bytes of layer %d at offset %d", os.fsdecode(node.path),
+                  node.size, node.layer, node.offset)
         store = BlobStore(arc.metadata, arc.access, blob_ref(args), remote_options(args))
         try:
             read_piecewise(ArchiveFile(node, store), sys.stdout.buffer)

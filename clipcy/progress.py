@@ -15,6 +15,7 @@ import time
 from typing import IO, Any
 
 MIN_INTERVAL = 0.25  # seconds between progress lines/events: at most 4 a second
+MIB = 1 << 20  # the bar counts in MiB, as the summaries do
 
 _active: TtyBar | None = None
 
@@ -108,11 +109,11 @@ class TtyBar(Reporter):
             bar = "[" + "#" * filled + "-" * (self.WIDTH - filled) + "]"
             eta = (self.total - done) / rate if rate > 0 else 0.0
             text = (
-                f"{bar} layers {self.done_layers}/{self.layers}  {done / 1e6:.1f}/"
-                f"{self.total / 1e6:.1f} MB  {rate / 1e6:.1f} MB/s  ETA {eta:.0f}s"
+                f"{bar} layers {self.done_layers}/{self.layers}  {done / MIB:.1f}/"
+                f"{self.total / MIB:.1f} MiB  {rate / MIB:.1f} MiB/s  ETA {eta:.0f}s"
             )
         else:
-            text = f"{data.get('files', 0)} files  {data.get('bytes', 0) / 1e6:.1f} MB"
+            text = f"{data.get('files', 0)} files  {data.get('bytes', 0) / MIB:.1f} MiB"
         self.stream.write("\r\x1b[2K" + text)
         self.stream.flush()
         self.drawn = True

@@ -216,7 +216,7 @@ def test_progress_bar_on_a_tty(tmp_path: Path) -> None:
         assert lines[2].startswith("clipctl: error: no manifest found"), pane
         drawn = raw.read_bytes()
         assert b"layers 3/3" in drawn or b"layers 2/3" in drawn, drawn[:500]
-        assert b"MB/s" in drawn and b"\x1b[2K" in drawn
+        assert b"MiB/s" in drawn and b"\x1b[2K" in drawn
     finally:
         subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
 

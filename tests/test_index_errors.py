@@ -64,7 +64,9 @@ def test_missing_index_json(
 
 
 def test_not_a_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, _index(tmp_path / "nope", tmp_path / "x.clip"), "not a directory")
+    _fails(capsys, _index(tmp_path / "nope", tmp_path / "x.clip"), "no such directory")
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, _index(tmp_path / "file", tmp_path / "x.clip"), "not a directory")
     _fails(capsys, _index(tmp_path, tmp_path / "x.clip"), "not an OCI image layout")
 
 

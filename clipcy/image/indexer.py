@@ -201,7 +201,8 @@ def index_layer(
                     pipe.update(0, rest)
                 actual = "sha256:" + pipe.hexdigests()[0]
                 if actual != info.digest:
-                    raise DigestMismatchError(f"{where}: blob digest is {actual} ({e})") from e
+                    raise DigestMismatchError(f"{where}: blob digest is {actual}, expected "
+                                              f"{info.digest} ({e})") from e
             raise type(e)(f"{where}: {e}") from e
         except OSError as e:
             raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
@@ -217,7 +218,8 @@ def index_layer(
     if verify:
         blob_hex, tar_hex = pipe.hexdigests()
         if "sha256:" + blob_hex != info.digest:
-            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}")
+            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}, "
+                                      f"expected {info.digest}")
         diff_id: str | None = "sha256:" + tar_hex
         if diff_id != info.diff_id:
             raise DigestMismatchError(
@@ -301,7 +303,8 @@ def _rehash(info: LayerInfo, index: int, spans: SpanTable | None = None
                         where)
             return False, None
     elif "sha256:" + h.hexdigest() != info.digest:
-        raise DigestMismatchError(f"{where}: blob digest is sha256:{h.hexdigest()}")
+        raise DigestMismatchError(f"{where}: blob digest is sha256:{h.hexdigest()}, "
+                                  f"expected {info.digest}")
     return True, trusted_fingerprint(before, after, started)
 
 

@@ -89,6 +89,7 @@ class DiskSpanCache:
             pass
         with self._lock:
             self.hits += 1
+        log.debug("span cache hit: %s at %d (%d bytes)", digest, offset, length)
         return data
 
     def has(self, digest: str, offset: int, length: int) -> bool:
