@@ -403,3 +403,93 @@ def test_mount_read_of_a_changed_blob_is_eio(tmp_path: Path) -> None:
             unmount(mnt, lazy=True)
     lines = [ln for ln in log.read_text().splitlines() if "span checksum mismatch" in ln]
     assert len(lines) == 1 and "sha256:" + blob.name in lines[0], log.read_text()
+
+
+# -- --no-verify: what it skips, what it still refuses ---------------------------------------
+
+
+def _restamp(blob: Path) -> bytes:
+    """Other bytes, same size, same layer: a new mtime in the gzip header (RFC 1952)."""
+    data = bytearray(blob.read_bytes())
+    assert data[:2] == b"\x1f\x8b" and data[4:8] == b"\0\0\0\0"  # gzip -n: no mtime
+    data[4:8] = (1700000000).to_bytes(4, "little")
+    blob.write_bytes(data)
+    return bytes(data)
+
+
+def test_no_verify_skips_the_digest_check(tmp_path: Path) -> None:
+    layout, files, blob = make_layout(tmp_path, "gzip")
+    recorded = "sha256:" + blob.name
+    new = _restamp(blob)
+    actual = "sha256:" + hashlib.sha256(new).hexdigest()
+    out = tmp_path / "img.clip"
+    # checked: refused, naming both digests' blob
+    r = _index_cli(layout, out, "--no-cache")
+    assert r.returncode == 1 and not out.exists()
+    assert f"blob digest is {actual}" in r.stderr.decode() and recorded in r.stderr.decode()
+    # --no-verify: indexed; the archive records the descriptor's digest and the config's
+    # diff_id (nothing measured), and span checksums of the bytes it read: they read back
+    r = _index_cli(layout, out, "--no-cache", "--no-verify")
+    assert r.returncode == 0, r.stderr
+    with open_archive(arc := out) as a:
+        (layer,) = a.metadata["layers"]
+        assert layer["digest"] == recorded and layer["size"] == len(new)
+        assert layer["diff_id"] == json.loads(
+            (layout / "blobs" / "sha256" / a.metadata["config_digest"][7:]).read_bytes()
+        )["rootfs"]["diff_ids"][0]
+        for name, data in files.items():
+            assert a.open(name).read() == data
+    # ... and `verify` finds what was skipped
+    r = _clipctl("verify", str(arc), "--layout", str(layout))
+    assert r.returncode == 1 and f"blob digest is {actual}" in r.stdout.decode() + r.stderr.decode()
+
+
+def test_no_verify_still_refuses(tmp_path: Path) -> None:
+    layout, _, blob = make_layout(tmp_path, "gzip")
+    out = tmp_path / "img.clip"
+    good = blob.read_bytes()
+    # a blob of another size than its descriptor: read no further
+    blob.write_bytes(good + b"\0")
+    r = _index_cli(layout, out, "--no-cache", "--no-verify")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and err.startswith("clipctl: error: ")
+    assert "sha256:" + blob.name in err and not out.exists()
+    # bytes that are not a layer of its kind: the stream error, one line
+    data = bytearray(good)
+    for i in range(len(data) // 2, len(data) // 2 + 4096):
+        data[i] ^= 0x5A
+    blob.write_bytes(data)
+    r = _index_cli(layout, out, "--no-cache", "--no-verify")
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1, err
+    assert err.startswith("clipctl: error: layer 0 (sha256:" + blob.name) and not out.exists()
+
+
+def test_no_verify_cache_hit_is_checked_by_size_only(tmp_path: Path) -> None:
+    """--no-verify writes no cache entry (it proved nothing) but uses one, checking only the
+    blob's size. The hit's span checksums are those of the verified blob, so a blob changed
+    since then gives a span checksum error on read, never other bytes."""
+    layout, files, blob = make_layout(tmp_path, "gzip")
+    cache = tmp_path / "cache"
+    out = tmp_path / "img.clip"
+    assert _index_cli(layout, out, "--no-verify", "--cache-dir", str(cache)).returncode == 0
+    assert list(cache.glob("*.layer")) == []
+    assert _index_cli(layout, out, "--cache-dir", str(cache)).returncode == 0
+    assert len(list(cache.glob("*.layer"))) == 1
+    _restamp(blob)  # changed, same size
+    r = _clipctl("-vv", "index-layout", "--layout", str(layout), "--out", str(out),
+                 "--no-verify", "--cache-dir", str(cache))
+    assert r.returncode == 0, r.stderr
+    assert b"from the layer cache (size only (--no-verify))" in r.stderr
+    with open_archive(out) as a:
+        # (tar order: big.bin, small.txt, tail.txt) the spans after the header are intact
+        assert a.open("/tail.txt").read() == files["tail.txt"]
+        with pytest.raises(SpanChecksumError, match="compressed offset 0 "):
+            a.open("/big.bin").read(100)  # its first span holds the changed header
+    # the size is still checked on a hit
+    blob.write_bytes(blob.read_bytes()[:-1])
+    r = _clipctl("index-layout", "--layout", str(layout), "--out", str(tmp_path / "o2.clip"),
+                 "--no-verify", "--cache-dir", str(cache))
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and "sha256:" + blob.name in err
+    assert not (tmp_path / "o2.clip").exists()
