@@ -2,8 +2,9 @@
 
 A hostile or broken input must end in one line naming the limit it broke, never in unbounded
 time or memory. The defaults are far above what real images use (LIMITS.md says why), and
-`clipctl index-layout --limit NAME=N` changes one for a run. Limits the archive reader
-enforces on the sections of a .clip file are format.py's MAX_* (listed here, not copied).
+`clipctl index-layout --limit NAME=N` changes one for a run. The limits the archive reader
+enforces on the sections of a .clip file (MAX_*) are defined here too; they are part of the
+format, so clipcy.archive.format names them as well.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from clipcy.archive import format as _format
 from clipcy.errors import ClipError, LimitError
 
 
@@ -48,14 +48,18 @@ def exceeded(name: str, limit: int, what: str) -> str:
 
 DEFAULT = Limits()
 NAMES = tuple(f.name for f in dataclasses.fields(Limits))
-__all__ = ["ARCHIVE_SECTIONS", "DEFAULT", "NAMES", "LimitError", "Limits", "exceeded",
+__all__ = ["ARCHIVE_SECTIONS", "DEFAULT", "MAX_ACCESS_RAW", "MAX_BLOCK_RAW", "MAX_METADATA_RAW",
+           "NAMES", "LimitError", "Limits", "exceeded",
            "parse_overrides"]
 
 # Sections of a .clip archive, checked by the reader before it decompresses them.
+MAX_BLOCK_RAW = 64 * 1024 * 1024  # one node block, decompressed
+MAX_METADATA_RAW = 64 * 1024 * 1024  # the metadata JSON, decompressed
+MAX_ACCESS_RAW = 512 * 1024 * 1024  # one layer's access frame, decompressed
 ARCHIVE_SECTIONS = {
-    "node_block_raw": _format.MAX_BLOCK_RAW,
-    "metadata_raw": _format.MAX_METADATA_RAW,
-    "access_raw": _format.MAX_ACCESS_RAW,
+    "node_block_raw": MAX_BLOCK_RAW,
+    "metadata_raw": MAX_METADATA_RAW,
+    "access_raw": MAX_ACCESS_RAW,
 }
 
 

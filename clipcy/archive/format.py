@@ -14,12 +14,24 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zstandard
 
 from clipcy.errors import ArchiveWriteError
+from clipcy.limits import MAX_ACCESS_RAW as MAX_ACCESS_RAW
+from clipcy.limits import MAX_BLOCK_RAW as MAX_BLOCK_RAW
+from clipcy.limits import MAX_METADATA_RAW as MAX_METADATA_RAW
+from clipcy.storage.checksums import CHECKSUM_BLAKE3 as CHECKSUM_BLAKE3
+from clipcy.storage.checksums import CHECKSUM_BLAKE3_128 as CHECKSUM_BLAKE3_128
+from clipcy.storage.checksums import CHECKSUM_DIGEST_SIZES as CHECKSUM_DIGEST_SIZES
+from clipcy.storage.checksums import CHECKSUM_NONE as CHECKSUM_NONE
+from clipcy.storage.checksums import CHECKSUM_WRITTEN as CHECKSUM_WRITTEN
+from clipcy.storage.checksums import SPAN_SIZE as SPAN_SIZE
+
+if TYPE_CHECKING:
+    from clipcy.layers.packing import PackedAccess
 
 # -- header ------------------------------------------------------------------------------
 MAGIC = b"\x89CLIP\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
@@ -62,9 +74,8 @@ ACCESS_ENTRY = struct.Struct("<QQQI")  # offset, clen, rawlen, crc32 of the comp
 # -- node blocks ----------------------------------------------------------------------------
 BLOCK_MAX_NODES = 512  # a block closes after this many records ...
 BLOCK_TARGET_BYTES = 128 * 1024  # ... or once its raw records reach this many bytes
-MAX_BLOCK_RAW = 64 * 1024 * 1024  # hard limits the reader enforces before decompressing
-MAX_METADATA_RAW = 64 * 1024 * 1024
-MAX_ACCESS_RAW = 512 * 1024 * 1024
+# MAX_BLOCK_RAW, MAX_METADATA_RAW, MAX_ACCESS_RAW: hard limits the reader enforces before
+# decompressing, imported above from clipcy.limits (docs/LIMITS.md "Archive limits").
 
 # record type codes (low 3 bits of the flags varint)
 TYPE_CODES = {"dir": 0, "file": 1, "symlink": 2, "char": 3, "block": 4, "fifo": 5}
@@ -87,14 +98,9 @@ ACCESS_KIND_CODES = {"plain": 0, "gzip": 1, "zstd": 2}
 ACCESS_KIND_NAMES = ("plain", "gzip", "zstd")
 
 # -- span checksums (end of each layer access payload, since 2.0) ----------------------------
-CHECKSUM_NONE = 0  # no checksums (only for a layer of no bytes; readers refuse reads else)
-CHECKSUM_BLAKE3 = 1  # BLAKE3, 32-byte digests (read, no longer written)
-CHECKSUM_BLAKE3_128 = 2  # BLAKE3's first 16 output bytes: what writers write. A read must
-# match a digest made from the honest bytes (a second preimage, 2**128 work); half the bytes
-# keep a many-small-files image's archive under 1% of the image (perf/RESULTS-integrity.md).
-CHECKSUM_DIGEST_SIZES = {CHECKSUM_NONE: 0, CHECKSUM_BLAKE3: 32, CHECKSUM_BLAKE3_128: 16}
-CHECKSUM_WRITTEN = CHECKSUM_BLAKE3_128
-SPAN_SIZE = 64 * 1024  # writers' grid of compressed bytes (perf/RESULTS-integrity.md)
+# CHECKSUM_NONE, CHECKSUM_BLAKE3, CHECKSUM_BLAKE3_128 (the kinds), CHECKSUM_DIGEST_SIZES,
+# CHECKSUM_WRITTEN and SPAN_SIZE (the writers' grid): defined beside the reads that check them
+# (clipcy.storage.checksums), imported above as part of the format.
 
 
 def encode_spans(layer: int, spans: Any) -> bytes:
@@ -174,6 +180,22 @@ def compress_access(chunks: Iterable[bytes], layer: int) -> EncodedAccess:
         out.append(cobj.compress(chunk))
     out.append(cobj.flush())
     return EncodedAccess(raw_len, b"".join(out))
+
+
+def encode_packed_access(access: PackedAccess, layer: int) -> EncodedAccess:
+    """The access frame of a layer whose windows are kept compressed (clipcy.layers.packing),
+    streamed one window at a time: the same frame as from the raw LayerAccess."""
+    return compress_access(_packed_payload(access, layer), layer)
+
+
+def _packed_payload(access: PackedAccess, layer: int) -> Iterator[bytes]:
+    """docs/FORMAT.md "Layer access payload", piece by piece."""
+    uv = uvarint
+    yield uv(ACCESS_KIND_CODES[access.kind]) + uv(access.span) + uv(len(access.points))
+    for c, b, u, w in access.windows():
+        yield uv(c) + bytes([b]) + uv(u) + uv(len(w)) + w
+    yield uv(len(access.frames)) + b"".join(uv(x) for fr in access.frames for x in fr)
+    yield encode_spans(layer, access.spans)
 
 
 def _exact(frame: bytes) -> bytes:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcy import __version__
-from clipcy.archive.format import CHECKSUM_WRITTEN, EncodedAccess
+from clipcy.archive.format import CHECKSUM_WRITTEN, EncodedAccess, encode_packed_access
 from clipcy.errors import BlobError, ClipError, DigestMismatchError
 from clipcy.image.cache import Fingerprint, LayerCache, trusted_fingerprint
 from clipcy.image.digests import FileHasher
@@ -312,7 +312,7 @@ def _access_for_writer(res: LayerResult) -> LayerAccess | EncodedAccess:
     if res.encoded is not None:
         return res.encoded
     if isinstance(res.access, PackedAccess):
-        return res.access.encoded(res.index)
+        return encode_packed_access(res.access, res.index)
     return res.access
 
 
@@ -537,7 +537,7 @@ def create_index_only_archive_from_oci_layout(
                         writer.abort()
                     raise
                 if isinstance(res.access, PackedAccess):  # compress on this worker thread
-                    res.encoded = res.access.encoded(i)
+                    res.encoded = encode_packed_access(res.access, i)
                 if writer is not None:
                     writer.commit(
                         res.access,

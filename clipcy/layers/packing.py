@@ -3,9 +3,10 @@
 Raw windows cost 32 KiB per MiB of layer (14 MB for a 500 MB layer) and would all sit in
 memory until the archive is written. index-layout drains each point from the GzipIndexer as
 soon as its window is final, compresses the window on its own (sparse windows shrink ~10x),
-and at the end streams the layer's access payload, one window at a time, into the archive's
-zstd frame (format.compress_access): the raw payload never exists whole. The frame is the
-same one the writer makes from the raw LayerAccess, so archives do not depend on the path.
+and at the end clipcy.archive.format.encode_packed_access streams the layer's access payload,
+one window at a time, into the archive's zstd frame: the raw payload never exists whole. The
+frame is the same one the writer makes from the raw LayerAccess, so archives do not depend on
+the path.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from clipcy.archive import format as F
 from clipcy.layers.access import LayerAccess
 from clipcy.storage.spans import SpanTable
 
@@ -56,18 +56,6 @@ class PackedAccess:
     def unpacked(self) -> LayerAccess:
         return LayerAccess(self.kind, self.span, list(self.windows()), list(self.frames),
                            self.spans)
-
-    def encoded(self, layer: int) -> F.EncodedAccess:
-        return F.compress_access(self._payload(layer), layer)
-
-    def _payload(self, layer: int) -> Iterator[bytes]:
-        """docs/FORMAT.md "Layer access payload", piece by piece."""
-        uv = F.uvarint
-        yield uv(F.ACCESS_KIND_CODES[self.kind]) + uv(self.span) + uv(len(self.points))
-        for c, b, u, w in self.windows():
-            yield uv(c) + bytes([b]) + uv(u) + uv(len(w)) + w
-        yield uv(len(self.frames)) + b"".join(uv(x) for fr in self.frames for x in fr)
-        yield F.encode_spans(layer, self.spans)
 
 
 def same_access(a: LayerAccess | PackedAccess, b: LayerAccess | PackedAccess) -> bool:

@@ -28,8 +28,13 @@ from typing import Protocol
 
 import blake3
 
-from clipcy.archive.format import CHECKSUM_DIGEST_SIZES, CHECKSUM_NONE, CHECKSUM_WRITTEN, SPAN_SIZE
 from clipcy.errors import BlobError, SpanChecksumError
+from clipcy.storage.checksums import (
+    CHECKSUM_DIGEST_SIZES,
+    CHECKSUM_NONE,
+    CHECKSUM_WRITTEN,
+    SPAN_SIZE,
+)
 
 DIGEST_SIZE = CHECKSUM_DIGEST_SIZES[CHECKSUM_WRITTEN]  # what index-layout records
 RECENT_SPANS = 8  # verified spans kept per blob, so that unaligned sequential reads do not
