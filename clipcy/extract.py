@@ -14,6 +14,8 @@ import logging
 import os
 import stat
 from collections.abc import Iterable, Iterator
+from functools import partial
+from itertools import starmap
 from typing import Any
 
 from clipcy.archive.files import ArchiveFile, BlobStore
@@ -24,6 +26,7 @@ log = logging.getLogger("clipcy")
 COPY_PIECE = 1 << 20
 LOOKAHEAD_BYTES = 8 << 20  # a remote store is told about the next files up to this many bytes
 LOOKAHEAD_NODES = 256  # ... or this many nodes of the walk ahead of the one being extracted
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 def safe_parts(path: bytes) -> list[bytes]:
@@ -35,12 +38,75 @@ def safe_parts(path: bytes) -> list[bytes]:
     return parts
 
 
+class Fds:
+    """The file descriptors an Extractor holds, kept so that an interrupt cannot make it close
+    one twice or lose one.
+
+    A signal's exception (KeyboardInterrupt, or SIGTERM's Terminated) is raised between
+    bytecodes, e.g. as soon as os.open or os.close returns. So an fd enters the list inside
+    the C call that opens it (list.extend over starmap: no bytecode between the two), leaves
+    the list before it is closed (never closed twice: a second close could hit another
+    thread's new fd of the same number), and whatever is still listed when the work is cut
+    short is closed by close_all(). Only fds in the list are ever closed.
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held: list[int] = []
+
+    def open(
+        self, path: str | bytes | os.PathLike[str], flags: int, mode: int = 0o777,
+        *, dir_fd: int | None = None,
+    ) -> int:
+        self.held.extend(starmap(partial(os.open, dir_fd=dir_fd), ((path, flags, mode),)))
+        return self.held[-1]
+
+    def dup(self, fd: int) -> int:
+        self.held.extend(map(os.dup, (fd,)))
+        return self.held[-1]
+
+    def close(self, fd: int) -> None:
+        """Close fd, raising its error; nothing if it is not held (already closed)."""
+        held = self.held
+        if fd in held:
+            del held[held.index(fd)]  # no bytecode between this and the close
+            os.close(fd)
+
+    def discard(self, fd: int) -> None:
+        """close() for cleanup: an error closing (a directory, or a file being given up) is
+        not raised over what is being cleaned up after."""
+        try:
+            self.close(fd)
+        except OSError:
+            pass
+
+    def close_all(self) -> None:
+        held = self.held
+        try:
+            while held:
+                fd = held[-1]
+                del held[-1]
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        finally:
+            if held:  # interrupted between two closes: the rest are closed all the same
+                self.close_all()
+
+
 class Extractor:
     def __init__(
         self, dest: str | os.PathLike[str], store: BlobStore, progress: Any = None
     ) -> None:
         os.makedirs(dest, exist_ok=True)
-        self.root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        self.fds = Fds()
+        try:
+            self.root_fd = self.fds.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        except BaseException:
+            self.fds.close_all()
+            raise
         self.store = store
         self.as_root = os.geteuid() == 0
         self.first_path: dict[int, list[bytes]] = {}  # ino -> parts of its first extracted path
@@ -51,19 +117,21 @@ class Extractor:
         self.upcoming: list[Node] = []  # the next regular files to extract (prefetch hints)
 
     def close(self) -> None:
-        os.close(self.root_fd)
+        """Close the destination's fd and any other still open (after an interrupt)."""
+        self.fds.close_all()
 
     # -- path handling ---------------------------------------------------------------
     def _open_parent(self, parts: list[bytes]) -> int:
         """An fd of the directory holding parts[-1], created if missing, never via a symlink."""
-        fd = os.dup(self.root_fd)
+        fds = self.fds
+        fd = fds.dup(self.root_fd)
         try:
             for comp in parts[:-1]:
                 try:
-                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    nfd = fds.open(comp, DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
                     os.mkdir(comp, 0o755, dir_fd=fd)
-                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    nfd = fds.open(comp, DIR_FLAGS, dir_fd=fd)
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise ClipError(
@@ -71,11 +139,13 @@ class Extractor:
                             f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
                         ) from e
                     raise
-                os.close(fd)
-                fd = nfd
+                # fd names the new directory before the old one is closed: an interrupt
+                # right after that close must not make the cleanup below close it again
+                old, fd = fd, nfd
+                fds.close(old)
             return fd
         except BaseException:
-            os.close(fd)
+            fds.discard(fd)
             raise
 
     @staticmethod
@@ -101,7 +171,7 @@ class Extractor:
         try:
             self._extract_at(fd, name, parts, node)
         finally:
-            os.close(fd)
+            self.fds.discard(fd)
 
     def _extract_at(self, fd: int, name: bytes, parts: list[bytes], node: Node) -> None:
         self._clear(name, fd, node.type == DIR)
@@ -121,7 +191,7 @@ class Extractor:
                         first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False
                     )
                 finally:
-                    os.close(src_fd)
+                    self.fds.discard(src_fd)
                 return
             self._write_file(fd, name, node)
             self.first_path[node.ino] = parts
@@ -138,8 +208,12 @@ class Extractor:
         self._apply_meta(fd, name, node)
 
     def _write_file(self, fd: int, name: bytes, node: Node) -> None:
-        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+        fds = self.fds
+        out = -1
         try:
+            out = fds.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd
+            )
             src = ArchiveFile(node, self.store)
             runs = node.sparse if node.sparse is not None else ((0, node.size),)
             ahead = bool(self.upcoming)
@@ -157,14 +231,18 @@ class Extractor:
                     pos += len(data)
                     self.bytes += len(data)
             os.ftruncate(out, node.size)  # sparse tails and holes
+            fds.close(out)  # its error (e.g. EIO, ENOSPC on NFS) fails the file
         except BaseException:
-            os.close(out)
-            try:  # a file cut short (e.g. its blob changed: SpanChecksumError) is not left
-                os.unlink(name, dir_fd=fd)
-            except OSError:
-                pass
+            try:
+                fds.discard(out)  # nothing if it was closed, or not opened
+            finally:
+                # a file cut short (an interrupt; or its blob changed: SpanChecksumError) is
+                # not left. _clear() emptied the name, so what is there is this call's file.
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
             raise
-        os.close(out)
         self.files += 1
         if self.progress is not None:
             self.progress("progress", {"files": self.files, "bytes": self.bytes})
@@ -197,7 +275,7 @@ class Extractor:
             try:
                 self._apply_meta(fd, parts[-1], node)
             finally:
-                os.close(fd)
+                self.fds.discard(fd)
 
     def _apply_meta_root(self, node: Node) -> None:
         fd = self.root_fd
@@ -274,6 +352,8 @@ def extract_archive(
                 ) from e
         ex.finish()
     finally:
-        ex.close()
-        store.close()
+        try:
+            ex.close()
+        finally:
+            store.close()
     return ex.files, ex.bytes
