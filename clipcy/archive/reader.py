@@ -550,15 +550,20 @@ class Archive:
                 for name, b, i in self._child_positions(path)]
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        with self._cache_lock:
-            self._cache.clear()
-            self._cached = 0
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        # each is taken before it is closed, and the fd is closed even if closing the store
+        # is interrupted: a second close() (an interrupt landing right after a close) finds
+        # nothing to close again
+        store, self._store = self._store, None
+        fd, self._fd = self._fd, None
+        try:
+            if store is not None:
+                store.close()
+        finally:
+            with self._cache_lock:
+                self._cache.clear()
+                self._cached = 0
+            if fd is not None:
+                os.close(fd)
 
     def __enter__(self) -> Archive:
         return self

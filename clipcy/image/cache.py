@@ -188,10 +188,11 @@ class CacheWriter:
             self.f.close()
         except OSError:
             pass
-        try:
-            os.unlink(self.tmp)
-        except OSError:
-            pass
+        finally:  # the temp file goes even if a second interrupt lands in the close
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
 
 
 def _spans_tuple(spans: SpanTable | None) -> tuple[int, list[int], bytes] | None:
