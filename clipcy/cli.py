@@ -288,6 +288,9 @@ def _ls(sub: Any) -> None:
     p.add_argument("path", nargs="?", default="/", metavar="PATH")
     p.add_argument("-l", dest="long", action="store_true", help="long listing")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
+    p.add_argument("-L", dest="follow", action="store_true",
+                   help="follow PATH if it is a symlink (parent symlinks are always followed; "
+                   "a trailing slash follows it too)")
     p.add_argument("--json", action="store_true", help="one JSON object per entry")
     p.set_defaults(func=_handler("cmd_ls"))
 
@@ -301,7 +304,11 @@ def _stat(sub: Any) -> None:
         "  clipctl stat img.clip /etc/os-release\n  clipctl stat img.clip /bin --json\n",
     )
     p.add_argument("archive", metavar="FILE")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH",
+                   help="parent symlinks are followed inside the image; PATH itself is "
+                   "described, not its target (as lstat), unless -L")
+    p.add_argument("-L", dest="follow", action="store_true",
+                   help="follow PATH if it is a symlink (as stat -L)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_handler("cmd_stat"))
 
@@ -312,9 +319,12 @@ def _export(sub: Any) -> None:
         sub,
         "export",
         "print every node as a JSON line, sorted by path",
-        "  clipctl export img.clip > tree.jsonl\n",
+        "  clipctl export img.clip > tree.jsonl\n  clipctl export img.clip /etc\n",
     )
     p.add_argument("archive", metavar="FILE")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH",
+                   help="only the subtree at PATH (parent symlinks followed; a trailing slash "
+                   "follows PATH itself)")
     p.set_defaults(func=_handler("cmd_export"))
 
 

@@ -186,7 +186,7 @@ def _mode_string(node: Node) -> str:
 
 
 def _long_line(node: Node, name: str) -> str:
-    size = f"{node.devmajor}, {node.devminor}" if node.type in (CHAR, BLOCK) else str(node.size)
+    size = f"{node.devmajor}, {node.devminor}" if node.type in (CHAR, BLOCK) else str(node.st_size)
     when = (
         time.strftime("%Y-%m-%d %H:%M", time.gmtime(node.mtime_sec))
         if -(2**40) < node.mtime_sec < 2**40
@@ -204,11 +204,23 @@ def _join(parent: bytes, name: bytes) -> bytes:
     return parent.rstrip(b"/") + b"/" + name
 
 
+def resolved_node(arc: Archive, path: str, follow: bool = False) -> Node:
+    """The node at path, parent symlinks followed as POSIX resolution does; the last
+    component too with follow (-L) or a trailing slash (which wants a directory)."""
+    from clipcy.pathwalk import resolve_path
+
+    def kind(p: bytes) -> tuple[str, bytes] | None:
+        node = arc.lookup(p)
+        return None if node is None else (node.type, node.linkname)
+
+    return arc.stat(resolve_path(path, kind, follow))
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
-        top = arc.stat(args.path)
+        top = resolved_node(arc, args.path, args.follow)
         if top.type != DIR:
-            _ls_print(args, top, decode_path(top.path))
+            _ls_print(args, top, args.path)
             return 0
         dirs = [top.path]
         first = True
@@ -242,7 +254,7 @@ def _ls_print(args: argparse.Namespace, node: Node, name: str) -> None:
 
 def cmd_stat(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
-        node = arc.stat(args.path)
+        node = resolved_node(arc, args.path, args.follow)
     rec = node_record(node)
     rec["mtime_nsec"] = node.mtime_nsec
     if args.json:
@@ -253,7 +265,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
         f"  type: {node.type}  mode: {node.mode:04o} ({_mode_string(node)})  "
         f"uid: {node.uid}  gid: {node.gid}"
     )
-    print(f"  size: {node.size}  nlink: {node.nlink}  ino: {node.ino}")
+    print(f"  size: {node.st_size}  nlink: {node.nlink}  ino: {node.ino}")
     print(f" mtime: {node.mtime_sec}.{node.mtime_nsec:09d}")
     if node.type in (CHAR, BLOCK):
         print(f"device: {node.devmajor},{node.devminor}")
@@ -272,7 +284,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
-        write_export(arc.walk(), sys.stdout)
+        top = resolved_node(arc, args.path) if args.path != "/" else None
+        write_export(arc.walk(top.path if top is not None else b"/"), sys.stdout)
     return 0
 
 

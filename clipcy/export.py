@@ -22,7 +22,7 @@ def node_record(node: Node) -> dict[str, Any]:
         "mode": node.mode,
         "uid": node.uid,
         "gid": node.gid,
-        "size": node.size if node.type == FILE else 0,
+        "size": node.st_size if node.type in (FILE, SYMLINK) else 0,
         "mtime": node.mtime_sec,
         "nlink": node.nlink,
         "ino": node.ino,

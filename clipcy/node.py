@@ -40,5 +40,11 @@ class Node:
     digest: bytes = b""  # optional sha256 of the content (index-layout --file-digests)
 
     @property
+    def st_size(self) -> int:
+        """The size lstat reports: a file's size, a symlink's target length (the archive
+        stores 0 for a symlink), 0 otherwise."""
+        return len(self.linkname) if self.type == SYMLINK else self.size
+
+    @property
     def mtime(self) -> float:
         return self.mtime_sec + self.mtime_nsec / 1e9

@@ -6,6 +6,7 @@ readers (cat and Archive.open follow links like open(2)); each supplies its own 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 MAX_HOPS = 40  # symlinks followed at most, as Linux's path resolution
@@ -37,3 +38,49 @@ def follow_symlinks(path: bytes, target_of: Callable[[bytes], bytes | None]) -> 
             cur = []
         parts[:0] = [p for p in target.split(b"/") if p not in (b"", b".")]
     return b"/" + b"/".join(cur), complete
+
+
+def resolve_path(path: str | bytes, lookup: Callable[[bytes], tuple[str, bytes] | None],
+                 follow_last: bool = False) -> bytes:
+    """The path of the node that path names under POSIX resolution inside the image: every
+    parent component that is a symlink is followed (so `/bin/sh` with `/bin -> usr/bin` is
+    `/usr/bin/sh`), `..` goes up from where the links led; the last component is followed
+    only with follow_last (stat -L) or a trailing slash, which also demands a directory.
+    lookup(p) is (type, linkname) of the node at exactly p, or None. Raises ArchivePathError:
+    no such path, not a directory, or too many levels of symbolic links."""
+    from clipcy.errors import ArchivePathError
+
+    raw = os.fsencode(path)
+    shown = os.fsdecode(raw if raw.startswith(b"/") else b"/" + raw)
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    trailing = bool(parts) and (raw.endswith(b"/") or raw.endswith(b"/."))
+    cur: list[bytes] = []
+    kind = "dir"  # the root
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == b"..":
+            if cur:
+                cur.pop()
+            kind = "dir"
+            continue
+        here = b"/" + b"/".join(cur + [part])
+        found = lookup(here)
+        if found is None:
+            raise ArchivePathError(f"no such path in archive: {shown}")
+        kind, target = found
+        if kind == "symlink" and (parts or follow_last or trailing):
+            hops += 1
+            if hops > MAX_HOPS:
+                raise ArchivePathError(f"too many levels of symbolic links: {shown}")
+            if target.startswith(b"/"):
+                cur = []
+            parts[:0] = [p for p in target.split(b"/") if p not in (b"", b".")]
+            kind = "dir"  # where the link points from: its parent, a directory
+            continue
+        if parts and kind != "dir":
+            raise ArchivePathError(f"not a directory in archive: {shown}")
+        cur.append(part)
+    if trailing and kind != "dir":
+        raise ArchivePathError(f"not a directory in archive: {shown}")
+    return b"/" + b"/".join(cur)

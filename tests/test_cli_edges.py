@@ -16,7 +16,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-
 import remoteserv as rs
 
 from clipcy import open_archive
@@ -37,6 +36,11 @@ def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-I", "-m", "clipcy", *argv], capture_output=True,
                           text=True, cwd=cwd)
+
+
+def _out(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert clipctl(argv) == 0
+    return capsys.readouterr().out
 
 
 def _error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -167,3 +171,113 @@ def test_debug_cat_logs_a_span_cache_hit(remote_clip: Path, tmp_path: Path) -> N
     assert second.returncode == 0 and second.stdout == first.stdout
     assert "span cache hit: sha256:" in second.stderr and "GET " not in second.stderr, \
         second.stderr
+
+
+# -- symlinks: parents followed, the last component not (unless -L or a trailing slash) -----
+
+
+@pytest.fixture(scope="module")
+def links_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import make_tar, write_layout
+
+    from clipcy import create_index_only_archive_from_oci_layout
+
+    tar = make_tar([
+        ("usr", "dir", b""), ("usr/bin", "dir", b""), ("usr/lib", "dir", b""),
+        ("usr/bin/busybox", "file", b"#!busybox\n"),
+        ("usr/lib/os-release", "file", b"ID=test\n"),
+        ("bin", "symlink", b"usr/bin"), ("lib", "symlink", b"/usr/lib"),
+        ("etc", "dir", b""), ("etc/os-release", "symlink", b"../usr/lib/os-release"),
+        ("loop", "symlink", b"loop"), ("dangling", "symlink", b"nowhere"),
+    ])
+    root = tmp_path_factory.mktemp("links")
+    write_layout(root / "img", [tar])
+    out = root / "links.clip"
+    create_index_only_archive_from_oci_layout(root / "img", "latest", out)
+    return out
+
+
+def _stat_json(capsys: pytest.CaptureFixture[str], clip: Path, *argv: str) -> dict:  # type: ignore[type-arg]
+    assert clipctl(["stat", str(clip), *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+
+def test_stat_follows_parent_symlinks(links_clip: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    rec = _stat_json(capsys, links_clip, "/bin/busybox")
+    assert rec["path"] == "/usr/bin/busybox" and rec["type"] == "file" and rec["size"] == 10
+    assert _stat_json(capsys, links_clip, "/lib/os-release")["path"] == "/usr/lib/os-release"
+    # the last component is not followed (lstat) unless -L or a trailing slash
+    rec = _stat_json(capsys, links_clip, "/bin")
+    assert rec["type"] == "symlink" and rec["linkname"] == "usr/bin"
+    assert _stat_json(capsys, links_clip, "/bin", "-L")["path"] == "/usr/bin"
+    assert _stat_json(capsys, links_clip, "/bin/")["path"] == "/usr/bin"
+    rec = _stat_json(capsys, links_clip, "/etc/os-release", "-L")
+    assert rec["path"] == "/usr/lib/os-release" and rec["size"] == 8
+    # .. is taken from where the links led, as in the kernel
+    assert _stat_json(capsys, links_clip, "/bin/../lib")["path"] == "/usr/lib"
+    text = _out(capsys, ["stat", str(links_clip), "/bin/busybox"])
+    assert "path: /usr/bin/busybox" in text
+    for argv, want in (
+        (["/bin/nope"], "no such path in archive: /bin/nope"),
+        (["/usr/lib/os-release/"], "not a directory in archive: /usr/lib/os-release/"),
+        (["/usr/lib/os-release/x"], "not a directory in archive: /usr/lib/os-release/x"),
+        (["/loop/x"], "too many levels of symbolic links: /loop/x"),
+        (["/dangling", "-L"], "no such path in archive: /dangling"),
+    ):
+        line = _error_line(capsys, ["stat", str(links_clip), *argv])
+        assert line == "clipctl: error: " + want, line
+    assert _stat_json(capsys, links_clip, "/dangling")["type"] == "symlink"
+
+
+def test_ls_and_export_follow_parent_symlinks(links_clip: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert _out(capsys, ["ls", str(links_clip), "/bin/"]).split() == ["busybox"]
+    assert _out(capsys, ["ls", str(links_clip), "/bin", "-L"]).split() == ["busybox"]
+    line = _out(capsys, ["ls", str(links_clip), "/bin", "-l"]).strip()
+    assert line.startswith("lrwxrwxrwx") and line.endswith("/bin -> usr/bin"), line
+    assert _out(capsys, ["ls", str(links_clip), "/bin/busybox"]).strip() == "/bin/busybox"
+    line = _error_line(capsys, ["ls", str(links_clip), "/usr/lib/os-release/"])
+    assert line == "clipctl: error: not a directory in archive: /usr/lib/os-release/"
+    paths = [json.loads(x)["path"] for x in
+             _out(capsys, ["export", str(links_clip), "/bin/"]).splitlines()]
+    assert paths == ["/usr/bin", "/usr/bin/busybox"]
+    paths = [json.loads(x)["path"] for x in
+             _out(capsys, ["export", str(links_clip), "/lib/os-release"]).splitlines()]
+    assert paths == ["/usr/lib/os-release"]
+    line = _error_line(capsys, ["export", str(links_clip), "/bin/nope"])
+    assert line == "clipctl: error: no such path in archive: /bin/nope"
+
+
+def test_api_lookup_follows_parent_symlinks(links_clip: Path) -> None:
+    with open_archive(links_clip) as arc:
+        node = arc.lookup("/bin/busybox")
+        assert node is not None and node.path == b"/usr/bin/busybox"
+        assert arc.stat("/lib/os-release").path == b"/usr/lib/os-release"
+        link = arc.lookup("/etc/os-release")  # the last component: not followed
+        assert link is not None and link.type == "symlink"
+        assert arc.lookup("/bin/nope") is None and arc.lookup("/loop/x") is None
+        assert arc.lookup("/usr/lib/os-release/x") is None
+        assert arc.listdir("/bin/../lib") == [b"os-release"]  # .. from /usr/bin
+
+
+# -- symlink size: the target's length, as lstat and the mount say --------------------------
+
+
+def test_symlink_size_is_target_length(links_clip: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    want = len("../usr/lib/os-release")
+    assert _stat_json(capsys, links_clip, "/etc/os-release")["size"] == want
+    assert f"  size: {want}  " in _out(capsys, ["stat", str(links_clip), "/etc/os-release"])
+    line = _out(capsys, ["ls", str(links_clip), "/etc", "-l"]).strip()
+    assert line.split()[4] == str(want), line
+    rec = json.loads(_out(capsys, ["ls", str(links_clip), "/etc", "--json"]))
+    assert rec["size"] == want
+    exported = {json.loads(x)["path"]: json.loads(x) for x in
+                _out(capsys, ["export", str(links_clip)]).splitlines()}
+    assert exported["/etc/os-release"]["size"] == want and exported["/bin"]["size"] == 7
+    assert exported["/usr/bin"]["size"] == 0  # a directory: 0, as before
+    with open_archive(links_clip) as arc:
+        node = arc.lookup("/etc/os-release")
+        assert node is not None and node.st_size == want and node.size == 0  # as stored
+        assert arc.stat("/usr/bin/busybox").st_size == 10

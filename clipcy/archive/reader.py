@@ -396,15 +396,39 @@ class Archive:
         found = self._locate(path)
         return None if found is None else found[1]
 
+    def _find(self, path: str | bytes, strict: bool = False) -> tuple[bytes, Any]:
+        """(path, record or None) of the node path names, its parent symlinks followed as
+        POSIX resolution does (pathwalk.resolve_path), its last component not. An exact hit
+        needs no resolving: the merge puts nothing under a symlink. strict: a resolution
+        error (no such path, not a directory, a loop) is raised."""
+        p = normalize_path(path)
+        r = self._record(p)
+        if r is not None or p == b"/":
+            return p, r
+        from clipcy.pathwalk import resolve_path
+
+        def kind(q: bytes) -> tuple[str, bytes] | None:
+            node = next(self.walk(q), None)  # the node at exactly q: walk's first
+            return None if node is None else (node.type, node.linkname)
+
+        try:
+            q = resolve_path(p, kind)
+        except ArchivePathError:
+            if strict:
+                raise
+            return p, None
+        return q, self._record(q)
+
     def lookup(self, path: str | bytes) -> Node | None:
-        """The node at exactly this path (no symlink following), or None."""
-        r = self._record(normalize_path(path))
+        """The node at path, or None: parent symlinks are followed inside the image (as
+        POSIX resolution does), the last component is not (as lstat)."""
+        _, r = self._find(path)
         return None if r is None else _node(r)
 
     def stat(self, path: str | bytes) -> Node:
-        """Like lookup() but raises ArchivePathError when the path is absent."""
-        p = normalize_path(path)
-        r = self._record(p)
+        """Like lookup() but raises ArchivePathError when the path is absent (or a parent is
+        not a directory, or symlinks loop)."""
+        p, r = self._find(path, strict=True)
         if r is None:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
         return _node(r)
@@ -417,9 +441,9 @@ class Archive:
             b, i = b + 1, 0
 
     def listdir(self, path: str | bytes) -> list[bytes]:
-        """Names of the directory's children, sorted by bytes."""
-        p = normalize_path(path)
-        r = self._record(p)
+        """Names of the directory's children, sorted by bytes (parent symlinks followed;
+        a symlink at path is not a directory)."""
+        p, r = self._find(path, strict=True)
         if r is None:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
         if r[1] != "dir":
