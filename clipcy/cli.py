@@ -392,9 +392,13 @@ def _verify(sub: Any) -> None:
         sub,
         "verify",
         "check an archive against its layer blobs",
-        "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n",
+        "  clipctl verify img.clip\n  clipctl verify img.clip --layout ./img\n"
+        "  clipctl verify -v img.clip      # say what was checked\n"
+        "  clipctl verify img.clip --json\n",
     )
     p.add_argument("archive", metavar="FILE")
+    p.add_argument("--json", action="store_true",
+                   help="print what was checked and the problems found as JSON")
     add_storage_options(p)
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_verify"))

@@ -362,18 +362,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     "start",
                     {"layers": len(arc.layers), "bytes": sum(x["size"] for x in arc.layers)},
                 )
-            problems = verify_archive(arc, blob_ref(args), reporter, remote_options(args))
+            checked: dict[str, Any] = {}
+            problems = verify_archive(arc, blob_ref(args), reporter, remote_options(args),
+                                      checked)
             if reporter is not None:
                 reporter("done", {"problems": len(problems)})
     finally:
         if reporter is not None:
             reporter.close()
+    if args.json:
+        _print_json({"archive": args.archive, "ok": not problems, "problems": problems,
+                     "checked": checked})
     for p in problems:
         print(f"{args.archive}: {p}", file=sys.stderr)
     if problems:
         raise ClipError(f"verify failed: {len(problems)} problem(s) in {args.archive}")
-    print(f"{args.archive}: OK")
+    if not args.json:
+        if getattr(args, "verbose", 0):
+            _print_checked(checked)
+        print(f"{args.archive}: OK")
     return 0
+
+
+def _print_checked(checked: dict[str, Any]) -> None:
+    """verify -v: what was checked, one line per part."""
+    a = checked["archive"]
+    print(f"archive: whole-file sha256, {a['sections']} section checksums, {a['nodes']} nodes "
+          "decoded")
+    for layer in checked["layers"]:
+        where = (f"{layer['resume_points']} resume points" if layer["compression"] == "gzip"
+                 else f"{layer['frames']} frames" if layer["compression"] == "zstd"
+                 else "direct offsets")
+        print(f"layer {layer['index']}: {layer['digest']}: blob of {layer['size']} bytes "
+              f"streamed again, digest and diff_id {layer['diff_id']} match; {where} and "
+              f"{layer['span_checksums']} span checksums match a fresh index")
+    print(f"tree: {checked['nodes']} nodes match the image's layers")
+    files = checked["files"]
+    if files["sha256"]:
+        print(f"files: {files['count']} files, {files['bytes']} bytes read through the archive, "
+              "each matching its recorded sha256")
+    else:
+        print("files: not read (no per-file sha256 in the archive; index-layout "
+              "--file-digests records them)")
 
 
 # -- demo ----------------------------------------------------------------------------------

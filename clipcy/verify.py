@@ -35,17 +35,24 @@ def verify_archive(
     layout: str | os.PathLike[str] | None = None,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
     remote: Any = None,
+    checked: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Problems found (empty when everything holds)."""
+    """Problems found (empty when everything holds). checked, when given, is filled with
+    what was checked (the keys of `clipctl verify --json`'s "checked", docs/CLI.md)."""
+    if checked is None:
+        checked = {}
     try:
         arc.verify()
     except ClipError as e:
         return [f"archive: {e}"]
+    checked["archive"] = {"sha256": True, "sections": len(arc.section_sizes()),
+                          "nodes": arc.node_count}
+    checked["layers"] = []
     store = BlobStore(arc.metadata, arc.access,
                       layout if layout is not None else getattr(arc, "_layout", None),
                       remote if remote is not None else getattr(arc, "_remote", None))
     try:
-        return _verify(arc, store, progress)
+        return _verify(arc, store, progress, checked)
     finally:
         store.close()
 
@@ -65,8 +72,8 @@ def _blob_file(store: BlobStore, i: int) -> Iterator[Path]:
         yield path
 
 
-def _verify(arc: Any, store: BlobStore,
-            progress: Callable[[str, dict[str, Any]], None] | None) -> list[str]:
+def _verify(arc: Any, store: BlobStore, progress: Callable[[str, dict[str, Any]], None] | None,
+            checked: dict[str, Any]) -> list[str]:
     from clipcy.image.indexer import LayerResult, index_layer
     from clipcy.image.layout import LAYER_TYPES, LayerInfo
     from clipcy.image.merge import merge_layers
@@ -101,6 +108,13 @@ def _verify(arc: Any, store: BlobStore,
             continue
         if not same_access(res.access, recorded):
             problems.append(f"layer {i} ({info.digest}): resume points differ from a fresh index")
+        else:
+            checked["layers"].append({
+                "index": i, "digest": info.digest, "size": info.size, "diff_id": info.diff_id,
+                "compression": recorded.kind, "uncompressed_size": res.uncompressed_size,
+                "resume_points": len(recorded.points), "frames": len(recorded.frames),
+                "span_checksums": len(recorded.spans.lengths) if recorded.spans else 0,
+            })
         results.append(res)
     if problems:
         return problems
@@ -123,6 +137,9 @@ def _verify(arc: Any, store: BlobStore,
             )
     for path in sorted(fresh_by_path):
         problems.append(f"{os.fsdecode(path)}: missing from the archive")
+    if not problems:
+        checked["nodes"] = len(stored)
+        checked["files"] = {"sha256": with_digests, "count": 0, "bytes": 0}
     if problems or not with_digests:
         store.close()
         return problems
@@ -137,9 +154,11 @@ def _verify(arc: Any, store: BlobStore,
         try:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
+                checked["files"]["bytes"] += len(chunk)
         except ClipError as e:
             problems.append(f"{os.fsdecode(node.path)}: {e}")
             continue
+        checked["files"]["count"] += 1
         if h.digest() != node.digest:
             problems.append(
                 f"{os.fsdecode(node.path)}: content read through the archive has "

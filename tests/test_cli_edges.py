@@ -281,3 +281,47 @@ def test_symlink_size_is_target_length(links_clip: Path,
         node = arc.lookup("/etc/os-release")
         assert node is not None and node.st_size == want and node.size == 0  # as stored
         assert arc.stat("/usr/bin/busybox").st_size == 10
+
+
+# -- verify: --json, and -v says what it checked -------------------------------------------
+
+
+def test_verify_json_and_verbose(sample_clip: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    with open_archive(sample_clip) as arc:
+        files = {n.ino: n.size for n in arc.walk() if n.type == "file"}
+        layers = arc.layers
+        points = [len(arc.access(i).points) for i in range(len(layers))]
+        spans = [len(arc.access(i).spans.lengths) for i in range(len(layers))]  # type: ignore[union-attr]
+        nodes = arc.node_count
+    rep = json.loads(_out(capsys, ["verify", str(sample_clip), "--json"]))
+    assert rep["ok"] is True and rep["problems"] == [] and rep["archive"] == str(sample_clip)
+    c = rep["checked"]
+    assert c["archive"]["sha256"] is True and c["archive"]["nodes"] == nodes
+    assert c["nodes"] == nodes
+    assert c["files"] == {"sha256": True, "count": len(files), "bytes": sum(files.values())}
+    assert [x["digest"] for x in c["layers"]] == [x["digest"] for x in layers]
+    assert [x["diff_id"] for x in c["layers"]] == [x["diff_id"] for x in layers]
+    assert [x["resume_points"] for x in c["layers"]] == points
+    assert [x["span_checksums"] for x in c["layers"]] == spans and all(spans)
+    text = _out(capsys, ["verify", "-v", str(sample_clip)]).splitlines()
+    assert text[0].startswith("archive: whole-file sha256, ") and text[-1].endswith(": OK")
+    assert sum(line.startswith("layer ") for line in text) == len(layers)
+    assert f"{layers[0]['digest']}: blob of {layers[0]['size']} bytes" in text[1]
+    assert "span checksums match a fresh index" in text[1]
+    assert f"files: {len(files)} files, {sum(files.values())} bytes read" in "\n".join(text)
+    assert _out(capsys, ["verify", str(sample_clip)]).splitlines() == [f"{sample_clip}: OK"]
+    # a changed blob: the JSON says what failed, and the exit status is still 1
+    layout = tmp_path / "img"
+    shutil.copytree(SAMPLE, layout)
+    blob = layout / "blobs" / "sha256" / layers[2]["digest"][7:]
+    data = bytearray(blob.read_bytes())
+    data[-9] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert clipctl(["verify", str(sample_clip), "--json", "--layout", str(layout)]) == 1
+    cap = capsys.readouterr()
+    rep = json.loads(cap.out)
+    assert rep["ok"] is False and len(rep["problems"]) == 1
+    assert rep["problems"][0].startswith("layer 2: ") and "expected " + layers[2]["digest"] \
+        in rep["problems"][0]
+    assert cap.err.strip().splitlines()[-1].startswith("clipctl: error: verify failed: 1 ")
