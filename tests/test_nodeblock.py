@@ -178,3 +178,48 @@ def test_block_cache_is_bounded_in_bytes(tmp_path: Path) -> None:
         assert 0 < held2 <= held // 3 and blocks < len(a._blocks)
         assert a.listdir("/") == [n.path[1:] for n in nodes[1:]]
         assert a.block_cache_info()[1] <= held // 3
+
+
+def test_record_layout_is_node_field_order() -> None:
+    """clipcy.archive.record names each position of a decoded record: Node's fields, in
+    order, so that readers index records by name and to_node() builds the same Node."""
+    from dataclasses import fields
+
+    from clipcy.archive import record as R
+
+    assert R.FIELDS == tuple(f.name for f in fields(Node))
+    assert [getattr(R, name.upper()) for name in R.FIELDS] == list(range(len(R.FIELDS)))
+
+
+@pytest.mark.skipif(PUREPYTHON, reason="CLIPCY_PUREPYTHON is set")
+def test_compiled_layout_matches_the_python_names() -> None:
+    """The positions of record.pxd and the flag bits of format.pxd, as compiled into the
+    decoder (and cimported by the writer and the mount), equal record.py's and format.py's."""
+    from clipcy.archive import _nodeblock
+    from clipcy.archive import record as R
+
+    compiled = _nodeblock.compiled_layout()
+    python = {name.upper(): getattr(R, name.upper()) for name in R.FIELDS}
+    python.update({name: getattr(F, name) for name in compiled if name not in python})
+    assert compiled == python
+    assert {n for n in dir(F) if n.startswith("F_")} <= set(compiled)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_record_fields_by_name(impl: ModuleType) -> None:
+    """Every field of a decoded record, read by its name, is the Node's field of that name."""
+    from clipcy.archive import record as R
+
+    nodes = [Node(b"/", "dir", 0o755, 0, 0, 5, ino=1, nlink=3),
+             Node(b"/a", "file", 0o640, 7, 8, -3, 999, size=10, xattrs={"user.k": b"v"}, ino=2,
+                  nlink=2, layer=1, offset=4096, sparse=((0, 4), (8, 2)), digest=bytes(32)),
+             Node(b"/b", "block", 0o600, 1, 2, 3, devmajor=8, devminor=1, ino=3),
+             Node(b"/c", "symlink", 0o777, 0, 0, 4, linkname=b"a", ino=4)]
+    ((first, count, raw),) = _writer_py.encode_blocks(nodes)
+    block = impl.NodeBlock(raw, count, first)
+    for i, node in enumerate(nodes):
+        rec = block.record(i)
+        for name in R.FIELDS:
+            got = rec[getattr(R, name.upper())]
+            assert (dict(got) if name == "xattrs" else got) == getattr(node, name), name
+        assert R.to_node(rec) == node

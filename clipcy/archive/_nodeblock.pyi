@@ -1,7 +1,7 @@
 """Type stub for the compiled node block decoder (same API as clipcy.archive._nodeblock_py)."""
 
 from clipcy.archive._nodeblock_py import Corrupt as Corrupt
-from clipcy.archive._nodeblock_py import Record
+from clipcy.archive.record import Record
 
 __all__ = ["Corrupt", "NodeBlock", "decode_block"]
 
@@ -18,3 +18,6 @@ class NodeBlock:
 
 
 def decode_block(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[Record]]: ...
+
+
+def compiled_layout() -> dict[str, int]: ...

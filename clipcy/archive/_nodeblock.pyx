@@ -14,23 +14,18 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from clipcy.archive cimport record as R
+from clipcy.archive.format cimport (
+    F_DATA, F_DEV, F_DIGEST, F_LINK, F_NLINK, F_NSEC, F_SIZE, F_SPARSE, F_XATTR,
+    KNOWN_RECORD_FLAGS, TYPE_MASK,
+)
+
 from clipcy.archive import format as F
 from clipcy.archive._nodeblock_py import Corrupt
 
 __all__ = ["Corrupt", "NodeBlock", "decode_block"]
 
 cdef object _TYPE_NAMES = tuple(F.TYPE_NAMES[i] for i in range(6))
-cdef uint64_t _KNOWN = F.KNOWN_RECORD_FLAGS
-cdef uint64_t _TYPE_MASK = F.TYPE_MASK
-cdef uint64_t _F_NSEC = F.F_NSEC
-cdef uint64_t _F_NLINK = F.F_NLINK
-cdef uint64_t _F_SIZE = F.F_SIZE
-cdef uint64_t _F_DATA = F.F_DATA
-cdef uint64_t _F_SPARSE = F.F_SPARSE
-cdef uint64_t _F_DIGEST = F.F_DIGEST
-cdef uint64_t _F_LINK = F.F_LINK
-cdef uint64_t _F_DEV = F.F_DEV
-cdef uint64_t _F_XATTR = F.F_XATTR
 cdef uint64_t _SIGN = 1ULL << 63
 
 
@@ -184,7 +179,7 @@ cdef class NodeBlock:
             self._st[i].mtime = mtime
             self._st[i].data_end = data_end
             _uv(&c, &flags)
-            if flags & ~_KNOWN or flags & _TYPE_MASK > 5:
+            if flags & ~<uint64_t>KNOWN_RECORD_FLAGS or flags & TYPE_MASK > 5:
                 raise Corrupt(f"bad record flags {<object>flags:#x} for {self._path(i)!r}")
             self.flags |= flags
             _uv(&c, &v)  # mode
@@ -192,7 +187,7 @@ cdef class NodeBlock:
             _uv(&c, &v)  # gid
             _uv(&c, &z)
             mtime += _unzig(z)
-            if flags & _F_NSEC:
+            if flags & F_NSEC:
                 _uv(&c, &nsec)
                 if not 0 < nsec < 1_000_000_000:
                     raise Corrupt(f"mtime_nsec {nsec} out of range for {self._path(i)!r}")
@@ -206,33 +201,33 @@ cdef class NodeBlock:
                 ino += z >> 1
                 if ino >> 63:
                     raise Corrupt(f"ino {ino} exceeds 2**63 - 1 for {self._path(i)!r}")
-            if flags & _F_NLINK:
+            if flags & F_NLINK:
                 _uv(&c, &v)
             size = 0
-            if flags & _F_SIZE:
+            if flags & F_SIZE:
                 _uv(&c, &size)
-            if flags & _F_DATA:
+            if flags & F_DATA:
                 _uv(&c, &v)
                 _uv(&c, &z)
                 offset = data_end + _unzig(z)
                 data_end = offset + ((size + 511) & ~(<uint64_t>511)) + 512
-            if flags & _F_SPARSE:
+            if flags & F_SPARSE:
                 _uv(&c, &v)
                 if v > <uint64_t>(c.n - c.pos):
                     raise Corrupt(f"sparse count {v} exceeds the block for {self._path(i)!r}")
                 for _j in range(<Py_ssize_t>v):
                     _uv(&c, &z)
                     _uv(&c, &z)
-            if flags & _F_DIGEST:
+            if flags & F_DIGEST:
                 _uv(&c, &n)
                 _take(&c, n)
-            if flags & _F_LINK:
+            if flags & F_LINK:
                 _uv(&c, &n)
                 _take(&c, n)
-            if flags & _F_DEV:
+            if flags & F_DEV:
                 _uv(&c, &v)
                 _uv(&c, &v)
-            if flags & _F_XATTR:
+            if flags & F_XATTR:
                 _uv(&c, &v)
                 if v > <uint64_t>(c.n - c.pos):
                     raise Corrupt(f"xattr count {v} exceeds the block for {self._path(i)!r}")
@@ -294,23 +289,23 @@ cdef class NodeBlock:
         _uv(&c, &gid)
         _uv(&c, &z)
         cdef int64_t mtime = _signed(s.mtime + _unzig(z))
-        if flags & _F_NSEC:
+        if flags & F_NSEC:
             _uv(&c, &nsec)
         _uv(&c, &z)
         if z & 1:
             ino -= (z >> 1) + 1
         else:
             ino += z >> 1
-        if flags & _F_NLINK:
+        if flags & F_NLINK:
             _uv(&c, &nlink)
-        if flags & _F_SIZE:
+        if flags & F_SIZE:
             _uv(&c, &size)
-        if flags & _F_DATA:
+        if flags & F_DATA:
             _uv(&c, &layer)
             _uv(&c, &z)
             offset = s.data_end + _unzig(z)
         layer_o = -1 if layer == 0 else layer - 1
-        if flags & _F_SPARSE:
+        if flags & F_SPARSE:
             _uv(&c, &v)
             runs = []
             for _j in range(<Py_ssize_t>v):
@@ -318,18 +313,18 @@ cdef class NodeBlock:
                 _uv(&c, &n)
                 runs.append((o, n))
             sparse = tuple(runs)
-        if flags & _F_DIGEST:
+        if flags & F_DIGEST:
             _uv(&c, &n)
             start = _take(&c, n)
             digest = _bytes(&c, start)
-        if flags & _F_LINK:
+        if flags & F_LINK:
             _uv(&c, &n)
             start = _take(&c, n)
             linkname = _bytes(&c, start)
-        if flags & _F_DEV:
+        if flags & F_DEV:
             _uv(&c, &dmaj)
             _uv(&c, &dmin)
-        if flags & _F_XATTR:
+        if flags & F_XATTR:
             _uv(&c, &v)
             pairs = []
             for _j in range(<Py_ssize_t>v):
@@ -341,7 +336,8 @@ cdef class NodeBlock:
                 start = _take(&c, n)
                 pairs.append((name, _bytes(&c, start)))
             xattrs = tuple(pairs)
-        return (self._path(i), _TYPE_NAMES[flags & _TYPE_MASK], mode, uid, gid, mtime, nsec,
+        # in clipcy.archive.record's order (compiled_layout() below, tests/test_nodeblock.py)
+        return (self._path(i), _TYPE_NAMES[flags & TYPE_MASK], mode, uid, gid, mtime, nsec,
                 size, linkname, dmaj, dmin, xattrs, ino, nlink, layer_o, offset, sparse, digest)
 
 
@@ -357,3 +353,18 @@ def decode_block(raw, Py_ssize_t count, bytes first) -> tuple:
     cdef NodeBlock b = NodeBlock(raw, count, first)
     cdef Py_ssize_t i
     return [b._path(i) for i in range(b.count)], [b.record(i) for i in range(b.count)]
+
+
+def compiled_layout() -> dict:
+    """The record positions (record.pxd) and flag bits (format.pxd) compiled into this
+    module, by name: tests/test_nodeblock.py checks them against record.py and format.py."""
+    return {
+        "PATH": R.PATH, "TYPE": R.TYPE, "MODE": R.MODE, "UID": R.UID, "GID": R.GID,
+        "MTIME_SEC": R.MTIME_SEC, "MTIME_NSEC": R.MTIME_NSEC, "SIZE": R.SIZE,
+        "LINKNAME": R.LINKNAME, "DEVMAJOR": R.DEVMAJOR, "DEVMINOR": R.DEVMINOR,
+        "XATTRS": R.XATTRS, "INO": R.INO, "NLINK": R.NLINK, "LAYER": R.LAYER,
+        "OFFSET": R.OFFSET, "SPARSE": R.SPARSE, "DIGEST": R.DIGEST,
+        "TYPE_MASK": TYPE_MASK, "F_NSEC": F_NSEC, "F_NLINK": F_NLINK, "F_SIZE": F_SIZE,
+        "F_DATA": F_DATA, "F_SPARSE": F_SPARSE, "F_DIGEST": F_DIGEST, "F_LINK": F_LINK,
+        "F_DEV": F_DEV, "F_XATTR": F_XATTR, "KNOWN_RECORD_FLAGS": KNOWN_RECORD_FLAGS,
+    }

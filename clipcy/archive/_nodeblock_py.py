@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import bisect
 import sys
-from typing import Any
 
 from clipcy.archive import format as F
+from clipcy.archive.record import Record
 
 __all__ = ["Corrupt", "NodeBlock", "decode_block", "take", "uv"]
 
 _M64 = (1 << 64) - 1
-
-# A decoded record: the Node's fields in dataclass order, xattrs as a tuple of pairs so that
-# the cached record is immutable and every returned Node is a fresh object.
-Record = tuple[Any, ...]
-
 
 class Corrupt(Exception):
     """Internal: a decoding failure; Archive turns it into ArchiveError with the file name.
@@ -158,6 +153,7 @@ def _decode(raw: bytes, count: int, first: bytes) -> tuple[list[bytes], list[Rec
                     pairs.append((name.decode("utf-8", "surrogateescape"), value))
                 xattrs = tuple(pairs)
             paths.append(path)
+            # in clipcy.archive.record's order
             recs.append((path, F.TYPE_NAMES[flags & F.TYPE_MASK], mode, uid, gid, mtime, nsec,
                          size, linkname, devmajor, devminor, xattrs, ino, nlink, layer, offset,
                          sparse, digest))

@@ -10,6 +10,10 @@ from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 
+from clipcy.archive.format cimport (
+    F_DATA, F_DEV, F_DIGEST, F_LINK, F_NLINK, F_NSEC, F_SIZE, F_SPARSE, F_XATTR,
+)
+
 import operator
 
 from clipcy.archive import format as F
@@ -21,15 +25,6 @@ cdef object _TYPE_CODES = F.TYPE_CODES
 cdef object _ACCESS_KIND_CODES = F.ACCESS_KIND_CODES
 cdef Py_ssize_t _BLOCK_MAX_NODES = F.BLOCK_MAX_NODES
 cdef Py_ssize_t _BLOCK_TARGET_BYTES = F.BLOCK_TARGET_BYTES
-cdef uint64_t _F_NSEC = F.F_NSEC
-cdef uint64_t _F_NLINK = F.F_NLINK
-cdef uint64_t _F_SIZE = F.F_SIZE
-cdef uint64_t _F_DATA = F.F_DATA
-cdef uint64_t _F_SPARSE = F.F_SPARSE
-cdef uint64_t _F_DIGEST = F.F_DIGEST
-cdef uint64_t _F_LINK = F.F_LINK
-cdef uint64_t _F_DEV = F.F_DEV
-cdef uint64_t _F_XATTR = F.F_XATTR
 cdef int _DIR_CODE = F.TYPE_CODES["dir"]
 cdef uint64_t _MAX_I63 = (<uint64_t>1 << 63) - 1
 
@@ -225,23 +220,23 @@ cdef int _record(_Buf out, bytes path, Py_ssize_t shared, _Delta *st, object t,
 
     flags = <uint64_t><int>code
     if nsec:
-        flags |= _F_NSEC
+        flags |= F_NSEC
     if nlink != 1:
-        flags |= _F_NLINK
+        flags |= F_NLINK
     if size:
-        flags |= _F_SIZE
+        flags |= F_SIZE
     if layer or offset:
-        flags |= _F_DATA
+        flags |= F_DATA
     if sparse is not None:
-        flags |= _F_SPARSE
+        flags |= F_SPARSE
     if digest:
-        flags |= _F_DIGEST
+        flags |= F_DIGEST
     if linkname:
-        flags |= _F_LINK
+        flags |= F_LINK
     if devmajor or devminor:
-        flags |= _F_DEV
+        flags |= F_DEV
     if xattrs:
-        flags |= _F_XATTR
+        flags |= F_XATTR
 
     out.uv(shared)
     out.uv(PyBytes_GET_SIZE(path) - shared)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clipcy._select import PUREPYTHON, compiled, implementation
-from clipcy.archive._nodeblock_py import Corrupt, Record
+from clipcy.archive._nodeblock_py import Corrupt
+from clipcy.archive.record import Record
 
 if TYPE_CHECKING or PUREPYTHON:
     from clipcy.archive import _nodeblock_py as _impl

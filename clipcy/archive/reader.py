@@ -27,7 +27,8 @@ from clipcy.archive import format as F
 from clipcy.archive._nodeblock_py import Corrupt as _Corrupt
 from clipcy.archive._nodeblock_py import take as _take
 from clipcy.archive._nodeblock_py import uv as _uv
-from clipcy.archive.nodeblock import NodeBlock, Record, decode_block
+from clipcy.archive.nodeblock import NodeBlock, decode_block
+from clipcy.archive.record import PATH, TYPE, Record, to_node
 from clipcy.errors import ArchiveError, ArchivePathError
 from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
@@ -52,11 +53,6 @@ def normalize_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) ->
     if raw.startswith(b"/") and not raw.endswith(b"/") and b"//" not in raw:
         return raw
     return b"/" + b"/".join(p for p in raw.split(b"/") if p)
-
-
-def _node(r: Record) -> Node:
-    return Node(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], dict(r[11]),
-                r[12], r[13], r[14], r[15], r[16], r[17])
 
 
 def decode_access(raw: bytes) -> LayerAccess:
@@ -423,7 +419,7 @@ class Archive:
         """The node at path, or None: parent symlinks are followed inside the image (as
         POSIX resolution does), the last component is not (as lstat)."""
         _, r = self._find(path)
-        return None if r is None else _node(r)
+        return None if r is None else to_node(r)
 
     def stat(self, path: str | bytes) -> Node:
         """Like lookup() but raises ArchivePathError when the path is absent (or a parent is
@@ -431,7 +427,7 @@ class Archive:
         p, r = self._find(path, strict=True)
         if r is None:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
-        return _node(r)
+        return to_node(r)
 
     def _iter_from(self, b: int, i: int) -> Iterator[Record]:
         while b < len(self._blocks):
@@ -446,7 +442,7 @@ class Archive:
         p, r = self._find(path, strict=True)
         if r is None:
             raise ArchivePathError(f"no such path in archive: {os.fsdecode(p)}")
-        if r[1] != "dir":
+        if r[TYPE] != "dir":
             raise ArchivePathError(f"not a directory in archive: {os.fsdecode(p)}")
         return [name for name, _, _ in self._child_positions(p)]
 
@@ -456,7 +452,7 @@ class Archive:
         r = self._record(p)
         if r is None:
             return
-        yield _node(r)
+        yield to_node(r)
         if p == b"/":
             sub = b"/"
             b, i = self._seek(b"/\0")
@@ -464,9 +460,9 @@ class Archive:
             sub = p + b"/"
             b, i = self._seek(sub)
         for rec in self._iter_from(b, i):
-            if not rec[0].startswith(sub):
+            if not rec[PATH].startswith(sub):
                 return
-            yield _node(rec)
+            yield to_node(rec)
 
     def verify(self) -> None:
         """Check the whole-file sha256, every section, block and access checksum and record."""

@@ -18,6 +18,8 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from posix.unistd cimport W_OK
 
+from clipcy.archive cimport record as R
+
 import logging
 import os
 
@@ -202,8 +204,6 @@ cdef double TIMEOUT = 1e9
 cdef unsigned[6] S_IFMT_OF = [0o040000, 0o100000, 0o120000, 0o020000, 0o060000, 0o010000]
 cdef dict _TYPE_INDEX = {"dir": 0, "file": 1, "symlink": 2, "char": 3, "block": 4, "fifo": 5}
 
-# libfuse's messages (unknown options, mount failures): the last one is kept for the error
-# we raise; once serving, they also go to stderr (the log).
 # False once the image is known to hold no xattr at all: getxattr/listxattr then answer
 # ENOSYS without the GIL, and the kernel stops asking (no round trip per exec or open).
 cdef bint _xattrs = True
@@ -212,6 +212,8 @@ cdef bint _xattrs = True
 cdef bint _no_open = False
 cdef bint _no_opendir = False
 
+# libfuse's messages (unknown options, mount failures): the last one is kept for the error
+# we raise; once serving, they also go to stderr (the log).
 cdef char _last_log[1024]
 cdef bint _log_to_stderr = False
 
@@ -242,28 +244,28 @@ cdef int _errno_of(object e) noexcept:
 
 
 cdef int _fill_stat(stat *st, tuple rec) except -1:
-    """struct stat from a node record (clipcy.archive.nodeblock.Record)."""
-    cdef int t = _TYPE_INDEX[rec[1]]
+    """struct stat from a node record (positions: clipcy/archive/record.pxd)."""
+    cdef int t = _TYPE_INDEX[rec[R.TYPE]]
     cdef int64_t size = 0
     memset(st, 0, sizeof(stat))
-    st.st_ino = rec[12]
-    st.st_mode = S_IFMT_OF[t] | <unsigned>(rec[2] & 0o7777)
-    st.st_nlink = rec[13]
-    st.st_uid = rec[3] & 0xFFFFFFFF
-    st.st_gid = rec[4] & 0xFFFFFFFF
+    st.st_ino = rec[R.INO]
+    st.st_mode = S_IFMT_OF[t] | <unsigned>(rec[R.MODE] & 0o7777)
+    st.st_nlink = rec[R.NLINK]
+    st.st_uid = rec[R.UID] & 0xFFFFFFFF
+    st.st_gid = rec[R.GID] & 0xFFFFFFFF
     if t == 1:
-        size = rec[7]
+        size = rec[R.SIZE]
         st.st_blocks = (size + 511) // 512
-        if rec[16] is not None:  # sparse: the blocks of the data runs
-            st.st_blocks = (sum([r[1] for r in rec[16]]) + 511) // 512
+        if rec[R.SPARSE] is not None:  # sparse: the blocks of the data runs
+            st.st_blocks = (sum([length for _, length in rec[R.SPARSE]]) + 511) // 512
     elif t == 2:
-        size = len(rec[8])
+        size = len(rec[R.LINKNAME])
     elif t == 3 or t == 4:
-        st.st_rdev = makedev(rec[9] & 0xFFFFFFFF, rec[10] & 0xFFFFFFFF)
+        st.st_rdev = makedev(rec[R.DEVMAJOR] & 0xFFFFFFFF, rec[R.DEVMINOR] & 0xFFFFFFFF)
     st.st_size = size
     st.st_blksize = 4096
-    st.st_mtim.tv_sec = rec[5]
-    st.st_mtim.tv_nsec = rec[6]
+    st.st_mtim.tv_sec = rec[R.MTIME_SEC]
+    st.st_mtim.tv_nsec = rec[R.MTIME_NSEC]
     st.st_atim = st.st_mtim
     st.st_ctim = st.st_mtim
     return 0

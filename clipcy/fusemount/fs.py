@@ -21,8 +21,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from clipcy.archive.format import F_XATTR
-from clipcy.archive.nodeblock import Record
 from clipcy.archive.reader import Archive
+from clipcy.archive.record import LAYER, LINKNAME, OFFSET, PATH, SIZE, SPARSE, TYPE, XATTRS, Record
 from clipcy.errors import ClipError
 from clipcy.fusemount.spans import SpanCache
 
@@ -32,9 +32,6 @@ __all__ = ["ImageFS"]
 
 LISTINGS = 16  # directory listings kept while the kernel reads them in pieces
 FILES = 256  # files whose data location (sparse runs) is kept for their reads
-
-# record fields (clipcy.archive.nodeblock.Record = Node's fields in order)
-_PATH, _TYPE, _SIZE, _LINK, _XATTRS, _LAYER, _OFFSET, _SPARSE = 0, 1, 7, 8, 11, 14, 15, 16
 
 
 def _err(code: int) -> OSError:
@@ -47,14 +44,14 @@ class _File:
     __slots__ = ("layer", "offset", "size", "runs", "path")
 
     def __init__(self, rec: Record) -> None:
-        self.path: bytes = rec[_PATH]
-        self.layer: int = rec[_LAYER]
-        self.offset: int = rec[_OFFSET]
-        self.size: int = rec[_SIZE]
+        self.path: bytes = rec[PATH]
+        self.layer: int = rec[LAYER]
+        self.offset: int = rec[OFFSET]
+        self.size: int = rec[SIZE]
         self.runs: list[tuple[int, int, int]] | None = None  # (logical, length, data offset)
-        if rec[_SPARSE] is not None:
+        if rec[SPARSE] is not None:
             self.runs, data = [], self.offset
-            for off, length in rec[_SPARSE]:
+            for off, length in rec[SPARSE]:
                 self.runs.append((off, length, data))
                 data += length
 
@@ -104,7 +101,7 @@ class ImageFS:
             raise _err(errno.ENOENT) from None
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, Record] | None:
-        base = self.record(parent)[_PATH]
+        base = self.record(parent)[PATH]
         hit = self.arc._locate((base if base != b"/" else b"") + b"/" + name)
         if hit is None:
             return None
@@ -112,13 +109,13 @@ class ImageFS:
 
     def readlink(self, nodeid: int) -> bytes:
         rec = self.record(nodeid)
-        if rec[_TYPE] != "symlink":
+        if rec[TYPE] != "symlink":
             raise _err(errno.EINVAL)
-        target: bytes = rec[_LINK]
+        target: bytes = rec[LINKNAME]
         return target
 
     def getxattr(self, nodeid: int, name: bytes) -> bytes | None:
-        xattrs = self.record(nodeid)[_XATTRS]
+        xattrs = self.record(nodeid)[XATTRS]
         if not xattrs:
             return None
         key = name.decode("utf-8", "surrogateescape")
@@ -130,7 +127,7 @@ class ImageFS:
 
     def listxattr(self, nodeid: int) -> bytes:
         return b"".join(k.encode("utf-8", "surrogateescape") + b"\0"
-                        for k, _ in self.record(nodeid)[_XATTRS])
+                        for k, _ in self.record(nodeid)[XATTRS])
 
     def statfs(self) -> tuple[int, int]:
         return self.image_bytes, self.arc.node_count
@@ -145,9 +142,9 @@ class ImageFS:
                 self._listings.move_to_end(nodeid)
                 return hit
         rec = self.record(nodeid)
-        if rec[_TYPE] != "dir":
+        if rec[TYPE] != "dir":
             raise _err(errno.ENOTDIR)
-        path = rec[_PATH]
+        path = rec[PATH]
         parent = self.arc._locate(path.rpartition(b"/")[0] or b"/")
         entries: list[tuple[bytes, int, Record]] = [
             (b".", 0, rec), (b"..", 0, parent[1] if parent is not None else rec)]
@@ -165,8 +162,8 @@ class ImageFS:
                 self._files.move_to_end(nodeid)
                 return f
         rec = self.record(nodeid)
-        if rec[_TYPE] != "file":
-            raise _err(errno.EISDIR if rec[_TYPE] == "dir" else errno.EINVAL)
+        if rec[TYPE] != "file":
+            raise _err(errno.EISDIR if rec[TYPE] == "dir" else errno.EINVAL)
         f = _File(rec)
         with self._lock:
             self._files[nodeid] = f

@@ -1,6 +1,7 @@
 # cython: language_level=3
-# Extern declarations of <zlib.h> (only what clipcy uses). Build with -DZLIB_CONST so that
-# next_in is const in zlib.h too (see STYLE.md §6).
+# Extern declarations of <zlib.h> (only what clipcy uses). Build with -DZLIB_CONST (setup.py
+# does) so that next_in is const in zlib.h too, matching the declaration below: the decoders
+# feed it from read-only bytes objects.
 
 cdef extern from "<zlib.h>" nogil:
     ctypedef unsigned char Bytef
