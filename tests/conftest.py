@@ -22,8 +22,6 @@ import clipcy  # noqa: E402
 
 ROOT = _ROOT
 DATA = ROOT / "tests" / "data"
-CORPUS = ROOT.parent / "shared" / "corpus"
-CORPUS_TOOLS = ("umoci", "skopeo", "bsdtar", "pigz", "zstd", "pzstd", "setfattr")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -44,36 +42,94 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             )
 
 
-@pytest.fixture(scope="session")
-def corpus_dir() -> Path:
-    """The committed ../shared/corpus directory (expected trees, peers, tree.py)."""
-    if not (CORPUS / "make-layouts.sh").is_file():
-        pytest.skip("../shared/corpus not present")
-    return CORPUS
+# -- the test corpus: tests/corpus/build.sh, built once and cached ---------------------------
+CORPUS_SRC = ROOT / "tests" / "corpus"
+# tool -> the Debian package that has it (README, "Set up")
+CORPUS_TOOLS = {
+    "umoci": "umoci", "skopeo": "skopeo", "bsdtar": "libarchive-tools", "pigz": "pigz",
+    "zstd": "zstd", "pzstd": "zstd", "setfattr": "attr", "tar": "tar", "gzip": "gzip",
+    "unshare": "util-linux", "mknod": "coreutils", "truncate": "coreutils",
+}
+# read before any test points XDG_CACHE_HOME at its own directory (_private_layer_cache)
+CORPUS_CACHE = Path(
+    os.environ.get("CLIPCY_CORPUS_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipcy-test-corpus"
+)
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> Path:
-    """The layouts and tars built by ../shared/corpus/make-layouts.sh (once per session).
+def corpus_key() -> str:
+    """A hash of what decides the corpus's bytes: the files of tests/corpus and the versions
+    of the tools that write archives (other versions compress differently)."""
+    import hashlib
 
-    CLIPCY_CORPUS_OUT=DIR reuses a directory that make-layouts.sh already filled.
-    """
-    reuse = os.environ.get("CLIPCY_CORPUS_OUT")
-    if reuse and (Path(reuse) / ".clipcy-corpus").exists():
-        return Path(reuse)
-    if os.geteuid() != 0:
-        pytest.skip("building the corpus needs root")
-    for tool in CORPUS_TOOLS:
-        if shutil.which(tool) is None:
-            pytest.skip(f"building the corpus needs {tool}")
-    out = tmp_path_factory.mktemp("corpus")
-    subprocess.run(
-        [str(corpus_dir / "make-layouts.sh"), str(out)],
-        check=True,
-        env=dict(os.environ, SKIP_EXPECTED="1"),
+    h = hashlib.sha256()
+    for path in sorted(CORPUS_SRC.iterdir()):
+        if path.suffix in (".sh", ".py"):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for tool in ("tar", "bsdtar", "gzip", "pigz", "zstd", "umoci", "skopeo"):
+        r = subprocess.run([tool, "--version"], capture_output=True)
+        h.update(tool.encode() + b"\0" + r.stdout + r.stderr + b"\0")
+    return h.hexdigest()[:20]
+
+
+def build_corpus(out: Path, *, expected: bool = True) -> None:
+    """Run build.sh into the new directory out; a failure names the step and its output."""
+    env = dict(os.environ, PYTHON=sys.executable, SKIP_EXPECTED="0" if expected else "1")
+    r = subprocess.run(
+        ["bash", str(CORPUS_SRC / "build.sh"), str(out)],
+        env=env,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    return out
+    if r.returncode:
+        raise RuntimeError(f"tests/corpus/build.sh {out} failed:\n{r.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def corpus_builder() -> Any:
+    """build_corpus, for the reproducibility test (conftest is not importable)."""
+    return build_corpus
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The layouts, tars and expected trees of tests/corpus/build.sh (see its header).
+
+    Built once into $XDG_CACHE_HOME/clipcy-test-corpus/KEY (CLIPCY_CORPUS_CACHE overrides
+    the folder), KEY = corpus_key(); later sessions reuse it. A build goes to a temporary
+    sibling renamed into place when complete, under a lock, so concurrent sessions neither
+    build twice nor see half a corpus. Skipped, with the reason, only without the tools or
+    without root (chown, mknod and umoci unpack need it) when nothing is cached yet.
+    """
+    import fcntl
+    import time
+
+    missing = [t for t in CORPUS_TOOLS if shutil.which(t) is None]
+    if missing:
+        pkgs = " ".join(sorted({CORPUS_TOOLS[t] for t in missing}))
+        pytest.skip(f"the test corpus needs {', '.join(missing)} (apt-get install {pkgs})")
+    final = CORPUS_CACHE / corpus_key()
+    if final.is_dir():
+        os.utime(final)  # in use: not pruned (below)
+        return final
+    if os.geteuid() != 0:
+        pytest.skip("building the test corpus needs root (chown, mknod, umoci unpack)")
+    CORPUS_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CORPUS_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.is_dir():  # another session may have built it while we waited
+            for old in CORPUS_CACHE.iterdir():  # half-built by a session that was killed
+                if old.name.endswith(".part"):
+                    shutil.rmtree(old, ignore_errors=True)
+            part = CORPUS_CACHE / f"{final.name}.{os.getpid()}.part"
+            build_corpus(part)
+            part.rename(final)
+        # other keys (older scripts or tools) unused for a week
+        for old in CORPUS_CACHE.iterdir():
+            if old.is_dir() and old != final and time.time() - old.stat().st_mtime > 7 * 86400:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def write_layout(
@@ -84,7 +140,7 @@ def write_layout(
     arch: str = "amd64",
 ) -> Path:
     """A minimal OCI layout with the given uncompressed layer tars (for hostile-input tests;
-    real-tool layouts come from ../shared/corpus and clipcy/sample)."""
+    real-tool layouts come from tests/corpus/build.sh and clipcy/sample)."""
     import gzip
     import hashlib
     import json

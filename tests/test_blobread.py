@@ -1,6 +1,6 @@
 """Random-access layer readers (clipcy.layers.blobread) over real layer blobs.
 
-The corpus layouts are built by ../shared/corpus/make-layouts.sh (fixture `corpus`); the
+The corpus layouts are built by tests/corpus/build.sh (fixture `corpus`); the
 other blobs are made here by gzip/pigz/zstd from a seeded payload. Every read is compared
 with a slice of the full decompression by zlib or `zstd -dc`.
 """

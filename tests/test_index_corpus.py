@@ -1,4 +1,5 @@
-"""index-layout on every layout, tag and platform of ../shared/corpus: zero export differences.
+"""index-layout on every layout, tag and platform of the test corpus (tests/corpus/build.sh):
+zero export differences.
 
 The expected trees were unpacked by an independent implementation (umoci); tree.py compares.
 """
@@ -7,51 +8,26 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import pytest
+from corpus.cases import TREE_PY, TREES, expected_name, tree_id
 
 from clipcy.cli import main as clipctl
 
-EXPECTED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "expected"
 
-
-def _cases() -> list[tuple[str, str, str | None]]:
-    """(layout, tag, platform) for every expected/*.jsonl (empty when no corpus)."""
-    cases = []
-    for path in sorted(EXPECTED.glob("*.jsonl")) if EXPECTED.is_dir() else []:
-        parts = path.name[: -len(".jsonl")].split("@")
-        layout, tag = parts[0], urllib.parse.unquote(parts[1])
-        platform = parts[2].replace("-", "/") if len(parts) > 2 else None
-        cases.append((layout, tag, platform))
-    return cases
-
-
-def _expected_file(layout: str, tag: str, platform: str | None) -> Path:
-    name = f"{layout}@{urllib.parse.quote(tag, safe='')}"
-    if platform:
-        name += "@" + platform.replace("/", "-")
-    return EXPECTED / f"{name}.jsonl"
-
-
-def _compare(corpus_dir: Path, expected: Path, actual: Path) -> str:
+def _compare(expected: Path, actual: Path) -> str:
     out = subprocess.run(
-        [sys.executable, str(corpus_dir / "tree.py"), "compare", str(expected), str(actual)],
+        [sys.executable, str(TREE_PY), "compare", str(expected), str(actual)],
         capture_output=True,
         text=True,
     )
     return out.stdout if out.returncode else ""
 
 
-@pytest.mark.parametrize(
-    "layout,tag,platform",
-    _cases(),
-    ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()],
-)
+@pytest.mark.parametrize("layout,tag,platform", TREES, ids=[tree_id(*t) for t in TREES])
 def test_export_matches_expected_tree(
     corpus: Path,
-    corpus_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     layout: str,
@@ -69,7 +45,7 @@ def test_export_matches_expected_tree(
     assert clipctl(["export", str(archive)]) == 0
     actual = tmp_path / "export.jsonl"
     actual.write_text(capsys.readouterr().out, encoding="utf-8", errors="surrogateescape")
-    diffs = _compare(corpus_dir, _expected_file(layout, tag, platform), actual)
+    diffs = _compare(corpus / "expected" / expected_name(layout, tag, platform), actual)
     assert diffs == "", diffs
 
 

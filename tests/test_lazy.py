@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus.cases import TREE_PY
 
 from clipcy import create_index_only_archive_from_oci_layout, open_archive
 from clipcy.cli import main as clipctl
 
-EXPECTED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "expected"
 LAYOUTS = ["basic", "multimember", "zstd", "zstd-multiframe", "zstd-skippable", "plain", "docker"]
 
 
-def _expected(name: str) -> dict[str, dict[str, Any]]:
+def _expected(corpus: Path, name: str) -> dict[str, dict[str, Any]]:
     recs = {}
-    with open(EXPECTED / name, encoding="utf-8") as f:
+    with open(corpus / "expected" / name, encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
             recs[rec["path"]] = rec
@@ -44,8 +44,8 @@ def archives(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_every_file_reads_back(archives: dict[str, Path], name: str) -> None:
-    expected = _expected(f"{name}@latest.jsonl")
+def test_every_file_reads_back(archives: dict[str, Path], corpus: Path, name: str) -> None:
+    expected = _expected(corpus, f"{name}@latest.jsonl")
     files = {p: r for p, r in expected.items() if r["type"] == "file"}
     with open_archive(archives[name]) as arc:
         for path, rec in files.items():
@@ -56,9 +56,9 @@ def test_every_file_reads_back(archives: dict[str, Path], name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["basic", "multimember", "zstd-multiframe"])
-def test_random_seek_read(archives: dict[str, Path], name: str) -> None:
+def test_random_seek_read(archives: dict[str, Path], corpus: Path, name: str) -> None:
     rng = random.Random(name)
-    expected = _expected(f"{name}@latest.jsonl")
+    expected = _expected(corpus, f"{name}@latest.jsonl")
     big = sorted((r["size"], p) for p, r in expected.items() if r["type"] == "file")[-3:]
     with open_archive(archives[name]) as arc:
         for _, path in big:
@@ -78,10 +78,10 @@ def test_random_seek_read(archives: dict[str, Path], name: str) -> None:
             f.close()
 
 
-def test_threads_read_different_files(archives: dict[str, Path]) -> None:
+def test_threads_read_different_files(archives: dict[str, Path], corpus: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    expected = _expected("multimember@latest.jsonl")
+    expected = _expected(corpus, "multimember@latest.jsonl")
     files = [(p, r["sha256"]) for p, r in expected.items() if r["type"] == "file"]
     with open_archive(archives["multimember"]) as arc:
 
@@ -95,9 +95,9 @@ def test_threads_read_different_files(archives: dict[str, Path]) -> None:
 
 
 def test_cat_follows_symlinks(
-    archives: dict[str, Path], capsysbinary: pytest.CaptureFixture[bytes]
+    archives: dict[str, Path], corpus: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
-    expected = _expected("basic@latest.jsonl")
+    expected = _expected(corpus, "basic@latest.jsonl")
     assert clipctl(["cat", str(archives["basic"]), "/usr/bin/vi"]) == 0  # vi -> editor -> vi-real
     out = capsysbinary.readouterr().out
     assert hashlib.sha256(out).hexdigest() == expected["/usr/bin/vi-real"]["sha256"]
@@ -119,23 +119,16 @@ def test_missing_blob_is_one_line(
 @pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices and xattrs need root")
 @pytest.mark.parametrize("name", ["basic", "zstd-multiframe"])
 def test_extract_reproduces_tree(
-    archives: dict[str, Path], corpus_dir: Path, tmp_path: Path, name: str
+    archives: dict[str, Path], corpus: Path, tmp_path: Path, name: str
 ) -> None:
     dest = tmp_path / "rootfs"
     assert clipctl(["extract", str(archives[name]), "-C", str(dest)]) == 0
     actual = tmp_path / "actual.jsonl"
     with open(actual, "w") as f:
-        subprocess.run(
-            [sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(dest)], stdout=f, check=True
-        )
+        subprocess.run([sys.executable, str(TREE_PY), "rootfs", str(dest)], stdout=f, check=True)
+    expected = corpus / "expected" / f"{name}@latest.jsonl"
     out = subprocess.run(
-        [
-            sys.executable,
-            str(corpus_dir / "tree.py"),
-            "compare",
-            str(EXPECTED / f"{name}@latest.jsonl"),
-            str(actual),
-        ],
+        [sys.executable, str(TREE_PY), "compare", str(expected), str(actual)],
         capture_output=True,
         text=True,
     )

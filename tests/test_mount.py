@@ -1,10 +1,10 @@
 """clipctl mount / umount and clipcy.mount(): the image through a read-only FUSE filesystem.
 
-Every layout of ../shared/corpus is mounted and walked by tree.py (lstat, sha256 of every
-file, xattrs, hardlink groups) against the expected trees of an independent unpacker; programs
-run from mounts (a static busybox, a dynamically linked bash with its libraries) made by
-tests/data/mount/make-exec-layouts.sh with umoci. Needs FUSE (/dev/fuse, the compiled binding)
-and root; skips cleanly otherwise.
+Every layout of the test corpus (tests/corpus/build.sh) is mounted and walked by tree.py
+(lstat, sha256 of every file, xattrs, hardlink groups) against the expected trees of an
+independent unpacker; programs run from mounts (a static busybox, a dynamically linked bash
+with its libraries) made by tests/data/mount/make-exec-layouts.sh with umoci. Needs FUSE
+(/dev/fuse, the compiled binding) and root; skips cleanly otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corpus.cases import TREE_PY, TREES, expected_name, tree_id
 
 import clipcy
 from clipcy.archive.reader import open_archive
@@ -31,7 +32,6 @@ from clipcy.fusemount.service import is_mounted, unmount
 from clipcy.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ROOT.parent / "shared" / "corpus" / "expected"
 MAKE_EXEC = ROOT / "tests" / "data" / "mount" / "make-exec-layouts.sh"
 
 pytestmark = [
@@ -66,43 +66,26 @@ def _index(layout: Path, out: Path, *extra: str) -> Path:
     return out
 
 
-def _tree_jsonl(corpus_dir: Path, root: Path, out: Path) -> Path:
-    r = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(root)],
+def _tree_jsonl(root: Path, out: Path) -> Path:
+    r = subprocess.run([sys.executable, str(TREE_PY), "rootfs", str(root)],
                        capture_output=True, check=True)
     out.write_bytes(r.stdout)
     return out
 
 
-def _cases() -> list[tuple[str, str, str | None]]:
-    import urllib.parse
-
-    cases = []
-    for path in sorted(EXPECTED.glob("*.jsonl")) if EXPECTED.is_dir() else []:
-        parts = path.name[: -len(".jsonl")].split("@")
-        platform = parts[2].replace("-", "/") if len(parts) > 2 else None
-        cases.append((parts[0], urllib.parse.unquote(parts[1]), platform))
-    return cases
-
-
-@pytest.mark.parametrize("layout,tag,platform", _cases(),
-                         ids=[f"{a}@{b}" + (f"@{c}" if c else "") for a, b, c in _cases()])
-def test_mounted_tree_matches_expected(corpus: Path, corpus_dir: Path, tmp_path: Path,
+@pytest.mark.parametrize("layout,tag,platform", TREES, ids=[tree_id(*t) for t in TREES])
+def test_mounted_tree_matches_expected(corpus: Path, tmp_path: Path,
                                        mnt: Path, layout: str, tag: str,
                                        platform: str | None) -> None:
-    import urllib.parse
-
     extra = ["--tag", tag] + (["--platform", platform] if platform else [])
     archive = _index(corpus / layout, tmp_path / "img.clip", *extra)
     clipctl("mount", str(archive), str(mnt))
     try:
-        actual = _tree_jsonl(corpus_dir, mnt, tmp_path / "actual.jsonl")
+        actual = _tree_jsonl(mnt, tmp_path / "actual.jsonl")
     finally:
         clipctl("umount", str(mnt))
-    name = f"{layout}@{urllib.parse.quote(tag, safe='')}"
-    if platform:
-        name += "@" + platform.replace("/", "-")
-    r = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
-                        str(EXPECTED / f"{name}.jsonl"), str(actual)],
+    expected = corpus / "expected" / expected_name(layout, tag, platform)
+    r = subprocess.run([sys.executable, str(TREE_PY), "compare", str(expected), str(actual)],
                        capture_output=True, text=True, errors="replace")
     assert r.returncode == 0, r.stdout
     assert not is_mounted(mnt)

@@ -1,4 +1,4 @@
-"""Every ../shared/corpus image read through a real registry, its layout deleted.
+"""Every test-corpus image (tests/corpus/build.sh) read through a real registry, its layout deleted.
 
 For each layout: a copy is pushed to Debian's docker-registry with skopeo (--preserve-digests),
 indexed with `--storage-ref docker://127.0.0.1:PORT/NAME`, and deleted; then `clipctl extract`
@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,29 +24,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import remoteserv as rs  # noqa: E402
+from corpus.cases import TREE_PY, TREES, expected_name, tree_id  # noqa: E402
 
-EXPECTED = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "expected"
 pytestmark = pytest.mark.skipif(not rs.have_tools(), reason="docker-registry/skopeo absent")
 
 
-def _cases() -> list[tuple[str, str, str | None]]:
-    cases = []
-    for path in sorted(EXPECTED.glob("*.jsonl")) if EXPECTED.is_dir() else []:
-        parts = path.name[: -len(".jsonl")].split("@")
-        cases.append((parts[0], urllib.parse.unquote(parts[1]),
-                      parts[2].replace("-", "/") if len(parts) > 2 else None))
-    return cases
-
-
-def _expected(layout: str, tag: str, platform: str | None) -> Path:
-    name = f"{layout}@{urllib.parse.quote(tag, safe='')}"
-    if platform:
-        name += "@" + platform.replace("/", "-")
-    return EXPECTED / f"{name}.jsonl"
-
-
 def _case_id(c: tuple[str, str, str | None]) -> str:
-    return f"{c[0]}@{c[1]}" + (f"@{c[2]}" if c[2] else "")
+    return tree_id(*c)
 
 
 def clipctl(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
@@ -58,8 +41,9 @@ def clipctl(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 class Pushed:
     def __init__(self, reg: rs.Registry, archives: dict[str, Path], fallback: list[str],
-                 tmp: Path) -> None:
+                 tmp: Path, expected: Path) -> None:
         self.reg = reg
+        self.expected = expected  # the corpus's expected/ folder
         self.archives = archives
         self.fallback = fallback  # layouts whose blobs skopeo did not push faithfully
         self.tmp = tmp
@@ -83,13 +67,13 @@ def pushed(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     archives: dict[str, Path] = {}
     fallback: list[str] = []
     try:
-        for layout in sorted({c[0] for c in _cases()}):
+        for layout in sorted({c[0] for c in TREES}):
             copy = tmp / "layouts" / layout
             shutil.copytree(corpus / layout, copy)
             failed = False
-            for k, (_, tag, _p) in enumerate(c for c in _cases() if c[0] == layout):
+            for k, (_, tag, _p) in enumerate(c for c in TREES if c[0] == layout):
                 failed |= reg.push(copy, tag, layout, f"t{k}").returncode != 0
-            for name, tag, platform in (c for c in _cases() if c[0] == layout):
+            for name, tag, platform in (c for c in TREES if c[0] == layout):
                 out = tmp / "archives" / f"{_case_id((name, tag, platform)).replace('/', '_')}.clip"
                 out.parent.mkdir(exist_ok=True)
                 argv = ["index-layout", "--layout", str(copy), "--tag", tag, "--out", str(out),
@@ -100,8 +84,8 @@ def pushed(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
                 r = clipctl(*argv, cwd=tmp)
                 assert r.returncode == 0, r.stderr.decode()
                 archives[_case_id((name, tag, platform))] = out
-                # skopeo 1.9's oci: transport cannot read every layout (../shared/corpus/
-                # README.md: Docker media types in an OCI index are "not found"). The reads
+                # skopeo 1.9's oci: transport cannot read every layout (Docker media types in
+                # an OCI index are "not found"). The reads
                 # need only the layer blobs, by digest: upload those that are missing with the
                 # distribution API's monolithic upload, and say so.
                 from clipcy import open_archive
@@ -119,38 +103,38 @@ def pushed(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
             shutil.rmtree(copy)  # the blobs now live only in the registry
         if fallback:
             print(f"\nremote corpus: blobs uploaded with the registry API for {fallback}")
-        yield Pushed(reg, archives, fallback, tmp)
+        yield Pushed(reg, archives, fallback, tmp, corpus / "expected")
     finally:
         reg.stop()
 
 
-def _tree_compare(corpus_dir: Path, expected: Path, dest: Path, tmp: Path) -> str:
+def _tree_compare(expected: Path, dest: Path, tmp: Path) -> str:
     actual = tmp / "actual.jsonl"
     with open(actual, "w") as f:
-        subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "rootfs", str(dest)],
-                       stdout=f, check=True)
-    out = subprocess.run([sys.executable, str(corpus_dir / "tree.py"), "compare",
-                          str(expected), str(actual)], capture_output=True, text=True)
+        subprocess.run([sys.executable, str(TREE_PY), "rootfs", str(dest)], stdout=f, check=True)
+    out = subprocess.run([sys.executable, str(TREE_PY), "compare", str(expected), str(actual)],
+                         capture_output=True, text=True)
     return out.stdout if out.returncode else ""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="owners, devices and xattrs need root")
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c[0] == "big"
-                                  else c for c in _cases()], ids=_case_id)
+                                  else c for c in TREES], ids=_case_id)
 def test_extract_from_registry_matches_expected_tree(
-    pushed: Pushed, corpus_dir: Path, tmp_path: Path, case: tuple[str, str, str | None]
+    pushed: Pushed, tmp_path: Path, case: tuple[str, str, str | None]
 ) -> None:
     dest = tmp_path / "rootfs"
     r = clipctl("extract", str(pushed.archives[_case_id(case)]), "-C", str(dest),
                 "--cache-dir", str(tmp_path / "spans"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    diffs = _tree_compare(corpus_dir, _expected(*case), dest, tmp_path)
+    diffs = _tree_compare(pushed.expected / expected_name(*case), dest, tmp_path)
     assert diffs == "", diffs
 
 
-def _expected_files(case: str) -> dict[str, dict[str, Any]]:
+def _expected_files(pushed: Pushed, case: str) -> dict[str, dict[str, Any]]:
     recs = {}
-    for line in _expected(*next(c for c in _cases() if _case_id(c) == case)).open():
+    tree = next(c for c in TREES if _case_id(c) == case)
+    for line in (pushed.expected / expected_name(*tree)).open():
         rec = json.loads(line)
         if rec["type"] == "file":
             recs[rec["path"]] = rec
@@ -166,8 +150,8 @@ def proxy(pushed: Pushed) -> Iterator[rs.FaultProxy]:
         p.close()
 
 
-def _biggest(case: str) -> tuple[str, dict[str, Any]]:
-    return max(_expected_files(case).items(), key=lambda kv: kv[1]["size"])
+def _biggest(pushed: Pushed, case: str) -> tuple[str, dict[str, Any]]:
+    return max(_expected_files(pushed, case).items(), key=lambda kv: kv[1]["size"])
 
 
 def test_second_read_makes_no_request(pushed: Pushed, proxy: rs.FaultProxy,
@@ -175,7 +159,7 @@ def test_second_read_makes_no_request(pushed: Pushed, proxy: rs.FaultProxy,
     """The span cache on disk: a second process reading the same file asks nothing."""
     import hashlib
 
-    path, rec = _biggest("basic@latest")
+    path, rec = _biggest(pushed, "basic@latest")
     argv = ["cat", str(pushed.archives["basic@latest"]), path, "--storage",
             f"docker://127.0.0.1:{proxy.port}/basic", "--cache-dir", str(tmp_path / "spans")]
     first = clipctl(*argv, cwd=tmp_path)
@@ -209,7 +193,7 @@ def test_storage_overrides_recorded_ref(pushed: Pushed, corpus: Path, tmp_path: 
     r = clipctl("index-layout", "--layout", str(corpus / "zstd-multiframe"), "--tag", "latest",
                 "--out", str(arc), "--no-cache", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    path, rec = _biggest("zstd-multiframe@latest")
+    path, rec = _biggest(pushed, "zstd-multiframe@latest")
     r = clipctl("cat", str(arc), path, "--storage",
                 f"docker://{pushed.reg.host}/zstd-multiframe", "--no-cache", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
@@ -241,7 +225,7 @@ def test_faults_byte_exact(pushed: Pushed, proxy: rs.FaultProxy, tmp_path: Path,
     proxy.add(*FAULTS)
     with open_archive(pushed.archives[case], storage=f"docker://127.0.0.1:{proxy.port}/{layout}",
                       remote=opts) as arc:
-        for path, rec in _expected_files(case).items():
+        for path, rec in _expected_files(pushed, case).items():
             with arc.open(path) as f:
                 assert hashlib.sha256(f.read()).hexdigest() == rec["sha256"], path
     assert not proxy.faults  # all were met
@@ -258,7 +242,7 @@ def test_persistent_fault_is_one_line(pushed: Pushed, proxy: rs.FaultProxy, tmp_
                                       fault: str, match: str) -> None:
     import re
 
-    path, _ = _biggest("basic@latest")
+    path, _ = _biggest(pushed, "basic@latest")
     proxy.always = fault
     out = tmp_path / "out"
     r = clipctl("extract", str(pushed.archives["basic@latest"]), path, "-C", str(out),
@@ -301,7 +285,7 @@ def test_auth_through_cli_leaks_no_secret(corpus: Path, tmp_path: Path) -> None:
         env = dict(os.environ, HOME=str(tmp_path / "home"))
         env.pop("REGISTRY_AUTH_FILE", None)
         env.pop("XDG_RUNTIME_DIR", None)
-        path, rec = _biggest("basic@latest")
+        path, rec = _biggest(pushed, "basic@latest")
         denied = clipctl("cat", str(arc), path, "--no-cache", cwd=tmp_path, env=env)
         assert denied.returncode == 1
         assert b"requires authentication and no credentials" in denied.stderr
@@ -331,7 +315,7 @@ def test_cold_random_read_is_one_request(pushed: Pushed, proxy: rs.FaultProxy,
     from clipcy.storage.registry import RemoteOptions
 
     rng = random.Random(case)
-    files = sorted((r["size"], p) for p, r in _expected_files(case).items()
+    files = sorted((r["size"], p) for p, r in _expected_files(pushed, case).items()
                    if r["size"] >= 1 << 20)
     layout = case.split("@")[0]
     for size, path in files[-3:]:
@@ -350,7 +334,7 @@ def test_cold_random_read_is_one_request(pushed: Pushed, proxy: rs.FaultProxy,
         before = proxy.blob_requests()
         with arc.open(path) as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-        assert digest == _expected_files(case)[path]["sha256"]
+        assert digest == _expected_files(pushed, case)[path]["sha256"]
         assert proxy.blob_requests() - before <= 2 + size // (4 << 20)
 
 
@@ -369,7 +353,7 @@ def test_first_request_is_the_readers_own(pushed: Pushed, proxy: rs.FaultProxy) 
     from clipcy import open_archive
     from clipcy.storage.registry import RemoteOptions
 
-    path, rec = _biggest("basic@latest")
+    path, rec = _biggest(pushed, "basic@latest")
     with open_archive(pushed.archives["basic@latest"], remote=RemoteOptions(cache=False),
                       storage=f"docker://127.0.0.1:{proxy.port}/basic") as arc:
         with arc.open(path) as f:  # in 1 MiB reads, as cat and extract do
@@ -415,7 +399,7 @@ def test_prefetch_is_used_and_checked(pushed: Pushed, proxy: rs.FaultProxy, case
     from clipcy.storage.http import HttpOptions
     from clipcy.storage.registry import RemoteOptions
 
-    files = _expected_files(case)
+    files = _expected_files(pushed, case)
     path = path or max((p for p, r in files.items() if r["size"] <= PREFETCH_OUT),
                        key=lambda p: files[p]["size"])
     layout = case.split("@")[0]
@@ -459,7 +443,7 @@ def test_extract_several_files_reads_ahead_within_them(pushed: Pushed, proxy: rs
     from clipcy import open_archive
 
     case = "basic@latest"
-    files = _expected_files(case)
+    files = _expected_files(pushed, case)
     paths = sorted(files, key=lambda p: -files[p]["size"])[:4]
     with open_archive(pushed.archives[case]) as arc:
         ends = {arc.stat(p).layer: 0 for p in paths}
@@ -502,7 +486,7 @@ def test_extract_lookahead_fetches_each_byte_once(pushed: Pushed, proxy: rs.Faul
     from clipcy.storage.registry import RemoteOptions
 
     layout = case.split("@")[0]
-    files = _expected_files(case)
+    files = _expected_files(pushed, case)
     asked = {}
     for lookahead in (0, extract.LOOKAHEAD_NODES):
         monkeypatch.setattr(extract, "LOOKAHEAD_NODES", lookahead)

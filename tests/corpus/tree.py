@@ -18,7 +18,8 @@ Record keys:
   type      dir, file, symlink, char, block, fifo, socket
   mode      st_mode & 0o7777 (setuid, setgid and sticky included)
   uid, gid  numeric
-  size      st_size for files, 0 for anything else
+  size      st_size for files and symlinks (a symlink's is its target's length, as lstat
+            says), 0 for anything else (a directory's st_size depends on the file system)
   mtime     whole seconds, floor (1700000000.75 -> 1700000000; -86400 stays)
   nlink     files: st_nlink; directories: 2 + number of subdirectories, computed from the
             tree (file systems disagree on what st_nlink says for a directory)
@@ -96,7 +97,7 @@ def walk(root: str, with_hash: bool = True, with_root: bool = True) -> list[dict
             "mode": stat.S_IMODE(st.st_mode),
             "uid": st.st_uid,
             "gid": st.st_gid,
-            "size": st.st_size if typ == "file" else 0,
+            "size": st.st_size if typ in ("file", "symlink") else 0,
             "mtime": st.st_mtime_ns // 1_000_000_000,
             "nlink": 2 + subdirs.get(rel, 0) if typ == "dir" else st.st_nlink,
             "ino": inos.setdefault((st.st_dev, st.st_ino), len(inos) + 1),
