@@ -1,11 +1,36 @@
 #!/usr/bin/env bash
-# The whole perf suite with one command, from a fresh clone:   bash perf/run.sh [DATA_DIR]
-# Uses $PYTHON if it can import the compiled clipcy, else builds perf/.venv with `pip install .`.
-# Generates the data once (several GB under DATA_DIR, default perf/data; git-ignored), then runs
-# every benchmark. Each writes its table (with machine, date and commit) under perf/; the
-# curated summary is perf/RESULTS.md. About 15-20 minutes on 2 cores.
+# Every perf/ script that produces a figure in perf/RESULTS.md, with one command:
+#
+#   bash perf/run.sh [--quick] [DATA_DIR]
+#
+# Uses $PYTHON if it can import the compiled clipcy, else builds perf/.venv with `pip install .`
+# (plus ratarmount, a baseline row). Generates the data once (~3 GB under DATA_DIR, default
+# perf/data; git-ignored), then runs, in this order:
+#   bench_index.py  index-layout vs the zlib loop, igzip, gzip, zstd -dc, tarfile, ratarmount
+#                   -> perf/out/bench_index.md, copied to perf/RESULTS-index.md
+#   inflaters.py    the inflaters on `single`'s blob             -> perf/RESULTS-inflate.md
+#   walk.py         tar walking (its own tars under perf/data)     -> appended to RESULTS-walk.md
+#   lazy.py         gzip resume points, cold 64 KiB reads          -> perf/RESULTS-lazy.md
+#   archive.py      the archive format on a 150k-node tree         -> perf/RESULTS-archive.md
+#   zstd_index.py   the zstd indexer vs zstd -dc                   -> perf/RESULTS-zstd.md
+#   integrity.py    span checksums and the layer cache check       -> perf/RESULTS-integrity.md
+#   mount.py        clipctl mount (root, /dev/fuse, umoci)         -> perf/RESULTS-mount.md
+#   remote.py       a loopback docker-registry (docker-registry, skopeo) -> RESULTS-remote.md
+# (tarfile_walker.py, zlib_loop.py, ratarmount_index.py are bench_index's baselines,
+# mount_mfusepy.py is mount.py's binding baseline when mfusepy is installed; mount_ab.py
+# compares source trees and is run by hand.) perf/RESULTS.md is the curated summary: each
+# figure there names the table it comes from.
+#
+# Full run: roughly an hour on 2 shared cores, most of it bench_index (5 interleaved runs of
+# each command), mount.py and remote.py. --quick is a smoke of every script, ~10 minutes:
+# one run each, smaller inputs (data at --scale 0.25, a 64 MiB lazy layer, a 30k-node
+# archive, 30 reads); its tables go to perf/out/quick/ and the committed tables are untouched
+# (quick figures are not comparable to the full ones: do not quote them).
+# A script whose tools are missing is skipped with the reason; the exit status is then 3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+QUICK=0
+if [ "${1:-}" = --quick ]; then QUICK=1; shift; fi
 DATA=${1:-perf/data}
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import clipcy.tar._tarparse" 2>/dev/null; then
@@ -17,10 +42,77 @@ fi
 export PATH="$(dirname "$PY"):$PATH"
 command -v pigz >/dev/null && command -v zstd >/dev/null || {
     echo "perf/run.sh needs pigz and zstd (apt-get install pigz zstd)" >&2; exit 1; }
-"$PY" perf/make_data.py --out "$DATA"
-"$PY" perf/bench_index.py --data "$DATA" --out perf/out
-cp perf/out/bench_index.md perf/RESULTS-index.md
-"$PY" perf/walk.py
-"$PY" perf/lazy.py
-"$PY" perf/archive.py
-echo "tables: perf/RESULTS-index.md perf/RESULTS-walk.md perf/RESULTS-lazy.md perf/RESULTS-archive.md"
+
+SKIPPED=()
+step() { echo; echo "== $*"; }
+skip() { echo "   skipped: $1"; SKIPPED+=("$1"); }
+have() { for c in "$@"; do command -v "$c" >/dev/null || return 1; done; }
+
+if [ "$QUICK" = 1 ]; then
+    DATA=${DATA%/}-quick
+    OUT=perf/out/quick
+    mkdir -p "$OUT"
+    RUNS=1 ROUNDS=1 SCALE=0.25
+    LAZY=(--size-mib 64 --reads 30 --from-start 5 --out "$OUT/RESULTS-lazy.md")
+    ARCH=(--nodes 30000 --out "$OUT/RESULTS-archive.md")
+    WALK=(--repeat 1 --no-write)
+    READS=30
+else
+    OUT=perf
+    RUNS=5 ROUNDS=5 SCALE=1.0
+    LAZY=()
+    ARCH=()
+    WALK=()
+    READS=200
+fi
+SECONDS=0
+
+step "data ($DATA)"
+"$PY" perf/make_data.py --out "$DATA" --scale "$SCALE"
+
+step "bench_index.py"
+"$PY" perf/bench_index.py --data "$DATA" --runs "$RUNS" --out perf/out
+[ "$QUICK" = 1 ] && mv perf/out/bench_index.md "$OUT/RESULTS-index.md" \
+                 || cp perf/out/bench_index.md perf/RESULTS-index.md
+
+step "inflaters.py"
+"$PY" perf/inflaters.py --data "$DATA" --runs "$RUNS" --out "$OUT/RESULTS-inflate.md"
+
+step "walk.py"
+"$PY" perf/walk.py ${WALK[@]+"${WALK[@]}"}
+
+step "lazy.py"
+"$PY" perf/lazy.py ${LAZY[@]+"${LAZY[@]}"}
+
+step "archive.py"
+"$PY" perf/archive.py ${ARCH[@]+"${ARCH[@]}"}
+
+step "zstd_index.py"
+"$PY" perf/zstd_index.py --data "$DATA" --rounds "$ROUNDS" --out "$OUT/RESULTS-zstd.md"
+
+step "integrity.py"
+"$PY" perf/integrity.py --data "$DATA" --repeat "$RUNS" --reads "$READS" \
+    --out "$OUT/RESULTS-integrity.md"
+
+step "mount.py"
+if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ] || ! have umoci tar; then
+    skip "mount.py: needs root, /dev/fuse and umoci"
+elif ! "$PY" -c "import clipcy.fusemount._fuse" 2>/dev/null; then
+    skip "mount.py: clipcy was built without libfuse3 (apt-get install libfuse3-dev, reinstall)"
+else
+    "$PY" -I perf/mount.py --data "$DATA" --out "$OUT/RESULTS-mount.md"
+fi
+
+step "remote.py"
+if ! have docker-registry skopeo; then
+    skip "remote.py: needs docker-registry and skopeo (apt-get install docker-registry skopeo)"
+else
+    "$PY" perf/remote.py --data "$DATA" --reads "$READS" --out "$OUT/RESULTS-remote.md"
+fi
+
+echo
+echo "== done in $((SECONDS / 60)) min $((SECONDS % 60)) s; tables in $OUT/ (RESULTS-*.md)"
+if [ ${#SKIPPED[@]} -gt 0 ]; then
+    printf 'skipped: %s\n' "${SKIPPED[@]}"
+    exit 3
+fi

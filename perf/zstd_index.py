@@ -12,7 +12,12 @@ Each is timed wall (perf_counter) and CPU (process_time; zstd -dc: the child's r
 Before timing, the indexer's output is checked against `zstd -dc` (sha256) and its frames
 against the old indexer's.
 
-    /work/venv/bin/python perf/zstd_index.py [--rounds 5] [--no-old] [--out perf/RESULTS-zstd.md]
+Blobs: DATA/zstd (perf/make_data.py's `single` layer as one zstd -3 frame), and a multi-frame
+blob made from it once, under DATA/zstd-multiframe (git-ignored): the same tar as independent
+zstd -3 frames of 4 MiB of input each, as pzstd and zstd --rsyncable-style writers cut them.
+
+    python perf/make_data.py --only single zstd      # once
+    python perf/zstd_index.py [--data perf/data] [--rounds 5] [--no-old] [--out FILE]
 """
 
 from __future__ import annotations
@@ -41,9 +46,8 @@ sys.path.insert(0, str(ROOT))
 from clipcy.layers.blobindex import ZstdIndexer  # noqa: E402
 
 OLD_COMMIT = "17984b0"  # last commit with the block-by-block ZstdIndexer
-BIG = Path("/work/perfdata/zstd")
-CORPUS = Path("/work/corpus-out/zstd-multiframe")
 READ = 1 << 20
+FRAME_IN = 4 << 20  # input bytes per frame of the multi-frame blob
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -57,6 +61,24 @@ def zstd_blobs(layout: Path) -> list[Path]:
                                   int.from_bytes(head, "little") & ~0xF == 0x184D2A50):
             out.append(p)
     return out
+
+
+def make_multiframe(big: Path, out: Path) -> Path:
+    """out/layer.tar.zst: big's tar recompressed as independent frames (made once)."""
+    dest = out / "layer.tar.zst"
+    if dest.exists():
+        return dest
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    cctx = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    with big.open("rb") as src, tmp.open("wb") as dst:
+        reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
+        while piece := reader.read(FRAME_IN):
+            while len(piece) < FRAME_IN and (more := reader.read(FRAME_IN - len(piece))):
+                piece += more
+            dst.write(cctx.compress(piece))
+    tmp.rename(dest)
+    return dest
 
 
 def load_old() -> Any:
@@ -140,6 +162,8 @@ def commit() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=ROOT / "perf" / "data",
+                    help="perf/make_data.py's output (needs its zstd set)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-old", action="store_true", help="skip the old indexer")
     ap.add_argument("--out", type=Path, default=ROOT / "perf" / "RESULTS-zstd.md")
@@ -147,12 +171,15 @@ def main() -> None:
 
     old = None if args.no_old else load_old()
     sets: list[tuple[str, list[Path], int]] = []  # name, blobs, repeats per timing
-    big = zstd_blobs(BIG)
-    if big:
-        sets.append((f"{BIG} (1 blob)", big, 1))
-    small = zstd_blobs(CORPUS)
-    if small:
-        sets.append((f"{CORPUS} ({len(small)} blobs)", small, 20))
+    layout = args.data / "zstd"
+    if not (layout / "index.json").exists():
+        raise SystemExit(f"{layout} is missing: python perf/make_data.py --out {args.data} "
+                         "--only single zstd")
+    big = zstd_blobs(layout)
+    assert len(big) == 1, f"{layout}: expected one zstd layer blob, found {len(big)}"
+    sets.append(("zstd layer, 1 frame (make_data zstd)", big, 1))
+    multi = make_multiframe(big[0], args.data / "zstd-multiframe")
+    sets.append((f"the same tar in {FRAME_IN >> 20} MiB frames", [multi], 1))
 
     rows = []
     for name, paths, rep in sets:
@@ -210,8 +237,7 @@ def main() -> None:
         f"- Python {platform.python_version()}, zstandard {zstandard.__version__}, {zver}",
         "- ratio = zstd -dc median / this median (>= 1: at least as fast as `zstd -dc`); "
         "MB/s of uncompressed output; CPU = process_time (zstd -dc: child rusage)",
-        "- small corpus blobs are each run 20x per timing (zstd -dc gets the list 20x, one "
-        "spawn)",
+        f"- data: {args.data} (perf/make_data.py)",
         "",
         "| blobs | method | compressed MB | output MB | wall ms (median) | wall ms (min) "
         "| CPU ms (median) | MB/s | x zstd -dc wall | x zstd -dc CPU |",
