@@ -216,7 +216,20 @@ def _index_layout(sub: Any) -> None:
         metavar="REF",
         help="where the blobs will live at run time: a directory, docker://HOST[:PORT]/REPO "
         "(a registry) or http(s)://BASE (blobs at BASE/sha256/HEX); default: the layout's "
-        "absolute path. Checked now; never put credentials in it",
+        "absolute path. Checked now: every layer blob must be there (one request or stat "
+        "each); never put credentials in it",
+    )
+    p.add_argument(
+        "--no-check-storage",
+        dest="check_storage",
+        action="store_false",
+        help="do not check that the blobs are at --storage-ref (its syntax still is)",
+    )
+    p.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="registry credentials for checking --storage-ref (auth.json); default as the "
+        "readers: REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ...",
     )
     p.add_argument(
         "--no-verify",
@@ -416,17 +429,27 @@ def _mount(sub: Any) -> None:
         "  clipctl mount -f img.clip /mnt/img      # in the foreground, until Ctrl-C\n",
     )
     p.add_argument("archive", metavar="ARCHIVE")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT",
+                   help="an empty directory (-o nonempty: any directory; --mkdir: created)")
+    p.add_argument("--mkdir", action="store_true", help="create MOUNTPOINT if it is missing")
+    p.add_argument("--xattrs", action="store_true",
+                   help="answer getxattr/listxattr even when the image has no xattrs (an "
+                   "empty list, ENODATA); by default they answer ENOSYS then, so that the "
+                   "kernel stops asking (a round trip saved per exec and open), and tools "
+                   "like getfattr -d say 'Operation not supported'")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="serve in the foreground until unmounted or SIGINT/SIGTERM (default: "
                    "return once the mount is ready and serve in the background)")
     p.add_argument("--cache-mib", type=int, default=64, metavar="N",
                    help="decompressed-span cache in MiB (default: 64)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
-                   help="FUSE mount options, e.g. allow_other (the mount is always ro)")
+                   help="FUSE mount options, e.g. allow_other (the mount is always ro); "
+                   "nonempty mounts over a directory that has files (they are hidden)")
     p.add_argument("--log", metavar="FILE",
-                   help="the background process's log (default: a file in $XDG_RUNTIME_DIR or "
-                   "/tmp, named on stderr)")
+                   help="the background process's log (default: "
+                   "$XDG_STATE_HOME/clipcy/mounts/mount-MOUNTPOINT-PID.log, "
+                   "~/.local/state/clipcy/mounts without XDG_STATE_HOME; the newest 20 "
+                   "and those of live mounts are kept; named on stderr)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     add_storage_options(p)
     p.set_defaults(func=_handler("cmd_mount"))
@@ -438,9 +461,14 @@ def _umount(sub: Any) -> None:
         sub,
         "umount",
         "unmount an archive mounted by clipctl mount",
-        "  clipctl umount /mnt/img\n",
+        "  clipctl umount /mnt/img\n"
+        "  clipctl umount --lazy /mnt/img   # detach now, finish when no longer busy\n",
     )
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT",
+                   help="also a stale mount, whose serving process is gone")
+    p.add_argument("-l", "--lazy", action="store_true",
+                   help="detach the mount now and clean up once it is no longer busy "
+                   "(umount -l, fusermount3 -z)")
     p.set_defaults(func=_handler("cmd_umount"))
 
 

@@ -62,6 +62,8 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
         raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
     limits = parse_overrides(args.limit)
+    if args.storage_ref is not None and args.check_storage:
+        _check_storage(args, limits)
     reporter = make_reporter(args.progress)
     try:
         summary = create_index_only_archive_from_oci_layout(
@@ -93,6 +95,23 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             f"{human(summary.image_size)}), {mbs:.0f} MiB/s"
         )
     return 0
+
+
+def _check_storage(args: argparse.Namespace, limits: Any) -> None:
+    """--storage-ref: every layer blob of the image is there (one probe each), before
+    anything is indexed."""
+    from clipcy.image.layout import Layout, parse_layout_ref, resolve
+    from clipcy.storage.check import check_storage_ref
+    from clipcy.storage.refs import parse_storage_ref
+    from clipcy.storage.registry import RemoteOptions
+
+    parse_storage_ref(args.storage_ref)  # a bad ref: its own error, first
+    ref = parse_layout_ref(args.layout, args.tag, args.digest)
+    image = resolve(Layout(ref.path, limits), ref.tag, ref.digest, args.platform)
+    with step(f"check storage ref {args.storage_ref}"):
+        n = check_storage_ref(args.storage_ref, [(x.digest, x.size) for x in image.layers],
+                              RemoteOptions(authfile=args.authfile, cache=False))
+    log.info("storage ref %s holds the %d layer blobs", args.storage_ref, n)
 
 
 # -- inspect -------------------------------------------------------------------------------
@@ -460,10 +479,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
     if args.foreground or args.ready_fd is not None:
         return service.serve(args.archive, args.mountpoint, blob_ref(args), args.cache_mib,
-                             args.options, args.ready_fd, remote_options(args))
+                             args.options, args.ready_fd, remote_options(args),
+                             xattrs=args.xattrs, mkdir=args.mkdir)
     pid, log_path = service.fork_and_serve(args.archive, args.mountpoint, blob_ref(args),
                                            args.cache_mib, args.options, remote_options(args),
-                                           args.log)
+                                           args.log, xattrs=args.xattrs, mkdir=args.mkdir)
     print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {pid}, log "
           f"{log_path}); unmount with: clipctl umount {args.mountpoint}", file=sys.stderr)
     return 0
@@ -474,9 +494,10 @@ def cmd_umount(args: argparse.Namespace) -> int:
     from clipcy.fusemount import service
 
     mp = args.mountpoint
-    if not os.path.isdir(mp):
-        raise MountError(f"mountpoint {mp} does not exist or is not a directory")
+    # a stale mount (its process died) fails stat with ENOTCONN: /proc/self/mountinfo knows it
     if not service.is_mounted(mp, service.FSTYPE):
+        if not os.path.isdir(mp):
+            raise MountError(f"mountpoint {mp} does not exist or is not a directory")
         raise MountError(f"{mp} is not a clipcy mount")
-    service.unmount(mp)
+    service.unmount(mp, lazy=args.lazy)
     return 0

@@ -3,6 +3,7 @@ demo paths, storage-ref checks (through clipctl itself and the Python API)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -325,3 +326,91 @@ def test_verify_json_and_verbose(sample_clip: Path, tmp_path: Path,
     assert rep["problems"][0].startswith("layer 2: ") and "expected " + layers[2]["digest"] \
         in rep["problems"][0]
     assert cap.err.strip().splitlines()[-1].startswith("clipctl: error: verify failed: 1 ")
+
+
+# -- index-layout --storage-ref: the blobs must be there -----------------------------------
+
+
+def _index_with_ref(tmp_path: Path, ref: str, *extra: str) -> list[str]:
+    return ["index-layout", "--layout", str(SAMPLE), "--tag", "latest", "--out",
+            str(tmp_path / "ref.clip"), "--storage-ref", ref, *extra]
+
+
+def test_storage_ref_directory_is_checked(sample_clip: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with open_archive(sample_clip) as arc:
+        layers = arc.layers
+    nope = tmp_path / "nope"
+    line = _error_line(capsys, _index_with_ref(tmp_path, str(nope)))
+    assert line == (f"clipctl: error: storage ref {nope}: no such directory "
+                    "(--no-check-storage skips this check)")
+    assert not (tmp_path / "ref.clip").exists()
+    assert clipctl(_index_with_ref(tmp_path, str(nope), "--no-check-storage")) == 0
+    with open_archive(tmp_path / "ref.clip") as arc:
+        assert arc.metadata["storage_ref"] == str(nope)
+    (tmp_path / "ref.clip").unlink()
+    copy = tmp_path / "copy"
+    shutil.copytree(SAMPLE, copy)
+    blob = copy / "blobs" / "sha256" / layers[1]["digest"][7:]
+    data = blob.read_bytes()
+    blob.write_bytes(data + b"x")
+    line = _error_line(capsys, _index_with_ref(tmp_path, str(copy)))
+    assert (f"blob {layers[1]['digest']} has {len(data) + 1} bytes, the manifest says "
+            f"{len(data)}") in line
+    blob.unlink()
+    line = _error_line(capsys, _index_with_ref(tmp_path, str(copy)))
+    assert f"storage ref {copy}: blob {layers[1]['digest']} is missing" in line
+    blob.write_bytes(data)
+    assert clipctl(_index_with_ref(tmp_path, str(copy))) == 0
+
+
+def test_storage_ref_registry_is_checked_one_request_per_blob(
+        registry: rs.Registry, sample_clip: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with open_archive(sample_clip) as arc:
+        layers = arc.layers
+    proxy = rs.FaultProxy(registry.host)
+    try:
+        ref = f"docker://127.0.0.1:{proxy.port}/sample"
+        assert clipctl(_index_with_ref(tmp_path, ref, "--no-cache")) == 0
+        blobs = sorted((p.rsplit("/", 1)[1], rng) for p, rng, _ in proxy.log if "/blobs/" in p)
+        assert blobs == sorted((x["digest"], f"bytes={x['size'] - 1}-{x['size'] - 1}")
+                               for x in layers)
+        ref = f"docker://127.0.0.1:{proxy.port}/nothing/here"
+        line = _error_line(capsys, _index_with_ref(tmp_path, ref, "--no-cache"))
+        assert line.startswith(f"clipctl: error: storage ref {ref}: ") and "404" in line, line
+        assert line.endswith("(--no-check-storage skips this check)")
+    finally:
+        proxy.close()
+    ref = f"docker://127.0.0.1:{rs.free_port()}/sample"  # nothing listens there
+    line = _error_line(capsys, _index_with_ref(tmp_path, ref, "--no-cache"))
+    assert line.startswith(f"clipctl: error: storage ref {ref}: ") and "connect" in line, line
+    assert clipctl(_index_with_ref(tmp_path, ref, "--no-check-storage", "--no-cache")) == 0
+
+
+@pytest.mark.skipif(shutil.which("htpasswd") is None or not rs.have_tools(),
+                    reason="needs htpasswd, docker-registry, skopeo")
+def test_index_layout_takes_authfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    user, password = "clipuser", "s3cr3t-pa55"
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True,
+                              text=True, check=True).stdout
+    (tmp_path / "htpasswd").write_text(htpasswd)
+    reg = rs.Registry(tmp_path / "reg", {"htpasswd": {"realm": "clipcy-test",
+                                                      "path": str(tmp_path / "htpasswd")}})
+    try:
+        r = reg.push(SAMPLE, "latest", "sample", "latest", f"{user}:{password}")
+        assert r.returncode == 0, r.stderr
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no credentials anywhere
+        monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        ref = f"docker://{reg.host}/sample"
+        line = _error_line(capsys, _index_with_ref(tmp_path, ref, "--no-cache"))
+        assert "requires authentication" in line, line
+        auth = tmp_path / "auth.json"
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        auth.write_text(json.dumps({"auths": {reg.host: {"auth": token}}}))
+        assert clipctl(_index_with_ref(tmp_path, ref, "--no-cache", "--authfile",
+                                       str(auth))) == 0
+    finally:
+        reg.stop()

@@ -275,13 +275,14 @@ def test_auth_through_cli_leaks_no_secret(corpus: Path, tmp_path: Path) -> None:
         r = reg.push(corpus / "basic", "latest", "basic", "latest", f"{USER}:{PASSWORD}")
         assert r.returncode == 0, r.stderr
         arc = tmp_path / "basic.clip"
-        r2 = clipctl("index-layout", "--layout", str(corpus / "basic"), "--tag", "latest",
-                     "--out", str(arc), "--storage-ref", f"docker://{reg.host}/basic",
-                     "--no-cache", cwd=tmp_path)
-        assert r2.returncode == 0
         authfile = tmp_path / "auth.json"
         authfile.write_text(json.dumps({"auths": {reg.host: {"auth": base64.b64encode(
             f"{USER}:{PASSWORD}".encode()).decode()}}}))
+        # index-layout checks that the blobs are at the ref: it needs the credentials too
+        r2 = clipctl("index-layout", "--layout", str(corpus / "basic"), "--tag", "latest",
+                     "--out", str(arc), "--storage-ref", f"docker://{reg.host}/basic",
+                     "--no-cache", "--authfile", str(authfile), cwd=tmp_path)
+        assert r2.returncode == 0, r2.stderr.decode()
         env = dict(os.environ, HOME=str(tmp_path / "home"))
         env.pop("REGISTRY_AUTH_FILE", None)
         env.pop("XDG_RUNTIME_DIR", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
+import errno
 import logging
 import os
 import shutil
@@ -34,13 +34,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clipcy.mount")
 
-__all__ = ["DEFAULT_CACHE_MIB", "serve", "start", "unmount", "is_mounted", "default_log_path"]
+__all__ = ["DEFAULT_CACHE_MIB", "serve", "start", "unmount", "is_mounted", "default_log_path",
+           "LOGS_KEPT"]
 
 # the decompressed-span cache (perf/RESULTS-mount.md: a sequential read needs a few spans,
 # a container start's files fit in a few MiB; 64 MiB keeps the process within its budget)
 DEFAULT_CACHE_MIB = 64
 FSTYPE = "fuse.clipcy"
 THREADS = 16
+# mount logs kept in log_dir(): the newest ones, and those of mounts still served
+LOGS_KEPT = 20
 MISSING_LIBFUSE = ("clipctl mount needs libfuse3: install the Debian packages fuse3 and "
                    "libfuse3-dev (apt-get install fuse3 libfuse3-dev), then reinstall clipcy "
                    "(pip install --force-reinstall --no-deps clipcy)")
@@ -68,14 +71,40 @@ def is_mounted(mountpoint: str | os.PathLike[str], fstype: str | None = None) ->
     return any(m == mp and (fstype is None or t == fstype) for m, t in _mountinfo())
 
 
-def check_mountpoint(mountpoint: str) -> str:
-    """The absolute mount point, or MountError naming what is wrong with it."""
+def stale_error(mountpoint: str) -> MountError:
+    return MountError(f"{mountpoint}: stale mount (its process is gone): run clipctl umount "
+                      f"{mountpoint}")
+
+
+def check_mountpoint(mountpoint: str, nonempty: bool = False, mkdir: bool = False) -> str:
+    """The absolute mount point, or MountError naming what is wrong with it. An empty
+    directory unless nonempty (files under a mount are hidden: fuse2's rule); mkdir creates
+    a missing one."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        if e.errno == errno.ENOTCONN:  # a FUSE mount whose process died
+            raise stale_error(mountpoint) from None
+        if mkdir and e.errno == errno.ENOENT and not os.path.lexists(mountpoint):
+            try:
+                os.makedirs(mountpoint)
+            except OSError as e2:
+                raise MountError(f"cannot create mountpoint {mountpoint}: "
+                                 f"{e2.strerror or e2}") from None
     if not os.path.lexists(mountpoint):
-        raise MountError(f"mountpoint {mountpoint} does not exist")
+        raise MountError(f"mountpoint {mountpoint} does not exist (--mkdir creates it)")
     if not os.path.isdir(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint) or is_mounted(mountpoint):
         raise MountError(f"mountpoint {mountpoint} is already a mount point")
+    if not nonempty:
+        try:
+            entries = os.listdir(mountpoint)
+        except OSError as e:
+            raise MountError(f"cannot read mountpoint {mountpoint}: {e.strerror or e}") from None
+        if entries:
+            raise MountError(f"mountpoint {mountpoint} is not empty: the mount would hide its "
+                             f"{len(entries)} entries (-o nonempty mounts anyway)")
     return os.path.realpath(mountpoint)
 
 
@@ -91,10 +120,84 @@ def binding() -> ModuleType:
     return _fuse
 
 
-def default_log_path(mountpoint: str) -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    tag = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:12]
-    return os.path.join(base, f"clipcy-mount-{os.getuid()}-{tag}.log")
+def log_dir() -> str:
+    """Where mount logs go: $XDG_STATE_HOME/clipcy/mounts (~/.local/state/clipcy/mounts);
+    $XDG_RUNTIME_DIR/clipcy/mounts when that cannot be made."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                              ".local", "state")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    last: OSError | None = None
+    for base in [state] + ([runtime] if runtime else []):
+        path = os.path.join(base, "clipcy", "mounts")
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            return path
+        except OSError as e:
+            last = e
+    assert last is not None
+    raise MountError(f"cannot create a directory for the mount log: {last}")
+
+
+def default_log_path(mountpoint: str, pid: int) -> str:
+    """log_dir()/mount-<mountpoint>-<pid>.log: one file per mount, named after where it is
+    mounted (slashes as underscores) and its serving process."""
+    tag = "".join(c if c.isalnum() or c in "._-" else "_"
+                  for c in os.path.realpath(mountpoint).strip("/"))[-80:] or "root"
+    return os.path.join(log_dir(), f"mount-{tag}-{pid}.log")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's, alive
+        return True
+    return True
+
+
+def prune_logs(directory: str, keep: int = LOGS_KEPT) -> None:
+    """Remove mount logs beyond the newest `keep`, except those of processes still alive."""
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("mount-") and n.endswith(".log")]
+        aged = sorted(names, key=lambda n: os.stat(os.path.join(directory, n)).st_mtime_ns,
+                      reverse=True)
+    except OSError as e:
+        log.info("mount logs not pruned: %s", e)
+        return
+    for name in aged[keep:]:
+        pid = name[:-4].rpartition("-")[2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def _open_log(mountpoint: str, log_path: str | None) -> tuple[int, str]:
+    """(fd, path) of the log a background mount process writes: log_path, or a new file in
+    log_dir() named for now after this process (renamed after the child by _name_log)."""
+    path = log_path or default_log_path(mountpoint, os.getpid())
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise MountError(f"cannot open the log file {path}: {e.strerror or e}") from None
+    return fd, path
+
+
+def _name_log(mountpoint: str, path: str, given: bool, pid: int) -> str:
+    """The log's name once the serving process is known; older logs pruned."""
+    if given:
+        return path
+    final = default_log_path(mountpoint, pid)
+    try:
+        os.replace(path, final)
+    except OSError as e:
+        log.info("mount log left at %s: %s", path, e)
+        return path
+    prune_logs(os.path.dirname(final))
+    return final
 
 
 def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
@@ -140,11 +243,15 @@ def _bound_malloc() -> None:
 
 def serve(archive: str, mountpoint: str, storage: str | None = None,
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
-          ready_fd: int | None = None, remote: RemoteOptions | None = None) -> int:
+          ready_fd: int | None = None, remote: RemoteOptions | None = None, *,
+          xattrs: bool = False, mkdir: bool = False) -> int:
     """Mount and serve until unmounted. Errors before the mount is ready: MountError (and,
-    with ready_fd, the message on that pipe)."""
+    with ready_fd, the message on that pipe). xattrs: answer getxattr/listxattr even for an
+    image without any (by default they answer ENOSYS then, and the kernel stops asking);
+    mkdir: create a missing mountpoint."""
     try:
-        session, arc, fs = _prepare(archive, mountpoint, storage, cache_mib, options, remote)
+        session, arc, fs = _prepare(archive, mountpoint, storage, cache_mib, options, remote,
+                                    mkdir)
     except MountError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"error {e}\n".encode())
@@ -179,10 +286,22 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
+    else:  # clipctl mount -f: say where, and how to stop it
+        print(f"clipctl: serving {archive} at {mp} (pid {os.getpid()}); stop with Ctrl-C or "
+              f"clipctl umount {mp}", file=sys.stderr, flush=True)
     # after "ready": load the blob store and decode the node blocks while the first requests
-    # come in; an image without xattrs then answers getxattr with ENOSYS
-    threading.Thread(target=fs.warm, args=(session.set_xattrs,), name="clipcy-warm",
-                     daemon=True).start()
+    # come in; an image without xattrs then answers getxattr with ENOSYS (unless xattrs)
+    def set_xattrs(enabled: bool) -> None:
+        if xattrs and not enabled:
+            log.info("no xattrs in the image; --xattrs: getxattr answers all the same")
+            return
+        session.set_xattrs(enabled)
+
+    def warm() -> None:
+        fs.warm(set_xattrs)
+        log.info("warm-up done")
+
+    threading.Thread(target=warm, name="clipcy-warm", daemon=True).start()
     while not done.wait(0.5):  # wake now and then so that signal handlers run
         pass
     session.close_after_unmount(is_mounted(mp, FSTYPE))
@@ -192,12 +311,14 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
 
 
 def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
-             options: Sequence[str],
-             remote: RemoteOptions | None) -> tuple[Session, Archive, ImageFS]:
+             options: Sequence[str], remote: RemoteOptions | None,
+             mkdir: bool = False) -> tuple[Session, Archive, ImageFS]:
     from clipcy.errors import ClipError
 
     fuse = binding()
-    mp = check_mountpoint(mountpoint)
+    extra = [o for opt in options for o in opt.split(",") if o]
+    # nonempty: fuse2's option, which libfuse3 rejects; it is clipcy's check that it lifts
+    mp = check_mountpoint(mountpoint, nonempty="nonempty" in extra, mkdir=mkdir)
     if cache_mib < 0:
         raise MountError(f"--cache-mib must be >= 0, not {cache_mib}")
     from clipcy.archive.reader import open_archive
@@ -210,7 +331,7 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     fs = ImageFS(arc, cache_mib << 20)
     name = os.path.abspath(archive).replace(",", "_").replace("\\", "_")
     opts = ["ro", "default_permissions", f"fsname=clipcy:{name}", "subtype=clipcy"]
-    opts += [o for opt in options for o in opt.split(",") if o]
+    opts += [o for o in extra if o != "nonempty"]
     try:
         session: Session = fuse.Session(fs, mp, ["-o", ",".join(opts)])
         session.mount()
@@ -222,15 +343,12 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
 
 def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
                    cache_mib: int, options: Sequence[str], remote: RemoteOptions | None,
-                   log_path: str | None) -> tuple[int, str]:
+                   log_path: str | None, *, xattrs: bool = False,
+                   mkdir: bool = False) -> tuple[int, str]:
     """`clipctl mount` without -f: fork (this process has no threads yet, and the child
     needs no second interpreter start), serve in the child, return (its pid, its log) once
     the mount is ready; the child's one-line error otherwise."""
-    log_path = log_path or default_log_path(mountpoint)
-    try:
-        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise MountError(f"cannot open the log file {log_path}: {e.strerror or e}") from None
+    logfd, path = _open_log(mountpoint, log_path)
     rfd, wfd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -244,7 +362,8 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
             os.dup2(null, 0)
             os.dup2(logfd, 1)
             os.dup2(logfd, 2)
-            rc = serve(archive, mountpoint, storage, cache_mib, options, wfd, remote)
+            rc = serve(archive, mountpoint, storage, cache_mib, options, wfd, remote,
+                       xattrs=xattrs, mkdir=mkdir)
         except MountError:
             rc = 1  # already on the ready pipe
         except BaseException as e:  # noqa: BLE001 - the child must never return to the CLI
@@ -253,6 +372,7 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
             os._exit(rc)
     os.close(wfd)
     os.close(logfd)
+    log_path = _name_log(mountpoint, path, log_path is not None, pid)
     with os.fdopen(rfd, "rb") as ready:
         answer = ready.readline().decode("utf-8", "replace").strip()
     if answer == "ok":
@@ -270,10 +390,10 @@ _CHILD = "import sys; del sys.path[0]; from clipcy.cli import main; sys.exit(mai
 def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           log_path: str | None = None,
-          timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
+          timeout: float = 60.0, *, xattrs: bool = False,
+          mkdir: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     """Run the mount process in the background; (the process, its log) once the mount is
     ready."""
-    log_path = log_path or default_log_path(mountpoint)
     rfd, wfd = os.pipe()
     # Not `python -m clipcy`: that puts the working directory first on sys.path, so a mount
     # started from a source checkout would import ./clipcy (no compiled modules) instead of
@@ -281,18 +401,23 @@ def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
     cmd = [sys.executable, "-c", _CHILD, "mount", "-f", "--ready-fd", str(wfd),
            "--cache-mib", str(cache_mib), archive, mountpoint]
     cmd += list(storage_argv)  # --layout, --storage and the remote options
+    cmd += ["--xattrs"] if xattrs else []
+    cmd += ["--mkdir"] if mkdir else []
     for o in options:
         cmd += ["-o", o]
     try:
-        logf = open(log_path, "ab")
-    except OSError as e:
+        logfd, path = _open_log(mountpoint, log_path)
+    except MountError:
         os.close(rfd)
         os.close(wfd)
-        raise MountError(f"cannot open the log file {log_path}: {e.strerror or e}") from None
-    with logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+        raise
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfd, stderr=logfd,
                                 pass_fds=(wfd,), start_new_session=True)
+    finally:
+        os.close(logfd)
     os.close(wfd)
+    log_path = _name_log(mountpoint, path, log_path is not None, proc.pid)
     with os.fdopen(rfd, "rb") as ready:
         answer = ready.readline().decode("utf-8", "replace").strip()
     if answer == "ok":
