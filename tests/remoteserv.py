@@ -242,6 +242,24 @@ class _QuietServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class RequestLog(list[tuple[str, str, int]]):
+    """The proxy's (path, Range, status) records; a test can wait for the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cond = threading.Condition()
+
+    def append(self, item: tuple[str, str, int]) -> None:
+        with self.cond:
+            super().append(item)
+            self.cond.notify_all()
+
+    def wait_len(self, n: int, timeout: float = 60.0) -> bool:
+        """Wait until n records are logged (True), or give up after timeout (False)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: len(self) >= n, timeout)
+
+
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of `upstream` ("host:port") that injects faults.
 
@@ -260,7 +278,7 @@ class FaultProxy:
         self.faults: collections.deque[str] = collections.deque()
         self.always = ""
         self.delay = 0.0
-        self.log: list[tuple[str, str, int]] = []  # (path, Range, status)
+        self.log = RequestLog()  # (path, Range, status)
         self.target_log: list[dict[str, str]] = []  # headers seen by the 127.0.0.2 server
         self.target_expire = 0
         self.target_auth = target_auth  # what the redirect target uses upstream
@@ -414,6 +432,98 @@ class FaultProxy:
         for s in (self.server, self.target):
             s.shutdown()
             s.server_close()
+
+
+def self_signed(tmp: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A CA certificate and a server certificate for `host` signed by it (RSA 2048): returns
+    (ca.pem, server.pem with its key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def make(cn: str, issuer: Any, key: Any, signer: Any, ca: bool) -> Any:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(hours=1))
+             .not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            b = b.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clipcy test CA")])
+    ca = make("clipcy test CA", ca_name, ca_key, ca_key, True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = make(host, ca_name, key, ca_key, False)
+    ca_pem, server_pem = tmp / "ca.pem", tmp / "server.pem"
+    ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return ca_pem, server_pem
+
+
+class BlobServer:
+    """Serves a layout's blobs as an http(s)://BASE store (BASE/sha256/HEX, Range honoured):
+    plain, or TLS with `certfile`. `silent`: accept each connection and never answer (for
+    read timeouts). `url` is the BASE to give clipctl."""
+
+    def __init__(self, layout: Path, certfile: Path | None = None) -> None:
+        import ssl
+
+        blobs = layout / "blobs"
+        self.silent = threading.Event()
+        self.release = threading.Event()  # set at close: silent handlers return
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests += 1
+                if server.silent.is_set():
+                    server.release.wait()
+                    return
+                path = blobs / self.path.lstrip("/").removeprefix("blobs/")
+                if ".." in self.path or not path.is_file():
+                    return FaultProxy._send(self, 404, [], b"")
+                data = path.read_bytes()
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes="):
+                    a, b = (int(x) for x in rng[len("bytes="):].split("-"))
+                    b = min(b, len(data) - 1)
+                    return FaultProxy._send(self, 206, [
+                        ("Content-Range", f"bytes {a}-{b}/{len(data)}")], data[a:b + 1])
+                return FaultProxy._send(self, 200, [], data)
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if certfile is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        port = self.server.server_address[1]
+        self.url = f"{'https' if certfile else 'http'}://127.0.0.1:{port}/blobs"
+        _serve(self.server)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def main() -> None:

@@ -554,3 +554,143 @@ def test_span_cache_concurrent_processes(tmp_path: Path) -> None:
     for i in range(50):
         assert c.get(DIG, i * 1000, 1000 + i) == bytes([i]) * (1000 + i)
     assert not list((tmp_path / "c").rglob(".tmp-*"))
+
+
+# -- TLS, --insecure, timeouts and the span cache bound, through clipctl -----------------------
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # a liveness bound only: each case below ends in well under a second when it works
+    return subprocess.run([sys.executable, "-I", "-m", "clipcy", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def _one_line(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith("clipctl: error: ") and r.stderr.count("\n") == 1, r.stderr
+    return r.stderr
+
+
+@pytest.fixture(scope="module")
+def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    arc = tmp_path_factory.mktemp("sample") / "sample.clip"
+    r = _cli("-q", "index-layout", "--layout", str(SAMPLE), "--tag", "latest", "--out", str(arc),
+             "--no-cache")
+    assert r.returncode == 0, r.stderr
+    return arc
+
+
+def test_https_with_a_ca_file(sample_clip: Path, tmp_path: Path) -> None:
+    """A blob store behind TLS with a certificate of a private CA: refused until the CA is
+    trusted (SSL_CERT_FILE, as for every OpenSSL client), then read."""
+    pytest.importorskip("cryptography")
+    ca, server_pem = rs.self_signed(tmp_path)
+    srv = rs.BlobServer(SAMPLE, certfile=server_pem)
+    try:
+        plain = _cli("cat", str(sample_clip), "/etc/os-release", "--no-cache")
+        assert plain.returncode == 0 and "PRETTY_NAME" in plain.stdout, plain.stderr
+        err = _one_line(_cli("cat", str(sample_clip), "/etc/os-release", "--no-cache",
+                             "--storage", srv.url, env={"SSL_CERT_FILE": str(tmp_path / "no")}))
+        assert "TLS certificate not trusted (unable to get local issuer certificate;" in err, err
+        assert "SSL_CERT_FILE" in err
+        r = _cli("cat", str(sample_clip), "/etc/os-release", "--no-cache", "--storage", srv.url,
+                 env={"SSL_CERT_FILE": str(ca)})
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == plain.stdout
+        assert srv.requests >= 1
+    finally:
+        srv.close()
+
+
+@needs_registry
+def test_insecure_is_plain_http_for_a_registry(registry: rs.Registry) -> None:
+    """docker:// is https except for loopback names; 127.0.0.2 is not one of them, so a
+    plain-http registry there needs --insecure (the proxy's second address serves the
+    registry's API without auth)."""
+    digest, size, data = sample_layers()[0]
+    proxy = rs.FaultProxy(registry.host)
+    try:
+        ref = f"docker://127.0.0.2:{proxy.target_port}/sample"
+        with pytest.raises(RemoteError, match="127.0.0.2"):  # https to a plain-http server
+            _store(ref).source(digest, size).fetch(0, 10)
+        assert not proxy.target_log
+        assert _store(ref, insecure=True).source(digest, size).fetch(0, 10) == data[:10]
+        assert proxy.target_log  # plain http, to 127.0.0.2
+    finally:
+        proxy.close()
+
+
+def test_read_timeout_is_one_line_not_a_hang(sample_clip: Path) -> None:
+    """A server that accepts and never answers: --read-timeout ends each try, and the last
+    one is a one-line error (the subprocess timeout is only a liveness bound)."""
+    srv = rs.BlobServer(SAMPLE)
+    srv.silent.set()
+    try:
+        err = _one_line(_cli("cat", str(sample_clip), "/etc/os-release", "--no-cache",
+                             "--storage", srv.url, "--read-timeout", "0.3", "--retries", "1"))
+        assert "read timed out (after 2 tries)" in err, err
+        assert srv.requests >= 2
+    finally:
+        srv.close()
+
+
+def test_connect_timeout_is_one_line_not_a_hang(sample_clip: Path) -> None:
+    """A listener whose accept queue is full drops new connections' SYNs: the connect never
+    completes, and --connect-timeout ends it."""
+    import socket
+
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    filler = []
+    try:
+        for _ in range(4):  # fill the accept queue (never accepted)
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            filler.append(s)
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(("127.0.0.1", port))
+            pytest.skip("this kernel completes connections past a full accept queue")
+        except TimeoutError:
+            pass
+        finally:
+            probe.close()
+        err = _one_line(_cli("cat", str(sample_clip), "/etc/os-release", "--no-cache",
+                             "--storage", f"http://127.0.0.1:{port}/blobs",
+                             "--connect-timeout", "0.3", "--retries", "0"))
+        assert "127.0.0.1:" in err and "timed out" in err.lower(), err
+    finally:
+        for s in filler:
+            s.close()
+        lst.close()
+
+
+def test_cache_max_mib_bounds_the_span_cache(tmp_path: Path) -> None:
+    """--cache-max-mib: after reading a file of several MiB through a remote store, the disk
+    span cache holds at most that much (least recently used spans go), and a larger bound
+    keeps more."""
+    from test_integrity import make_layout  # a layer of a few MiB, compressed
+
+    layout, files, _ = make_layout(tmp_path, "gzip")
+    arc = tmp_path / "img.clip"
+    r = _cli("-q", "index-layout", "--layout", str(layout), "--out", str(arc), "--no-cache")
+    assert r.returncode == 0, r.stderr
+    srv = rs.BlobServer(layout)
+    try:
+        held = {}
+        for mib in (1, 64):
+            cache = tmp_path / f"spans{mib}"
+            r = subprocess.run([sys.executable, "-I", "-m", "clipcy", "cat", str(arc), "/big.bin",
+                                "--storage", srv.url, "--cache-dir", str(cache),
+                                "--cache-max-mib", str(mib)], capture_output=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == files["big.bin"]
+            held[mib] = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+        blob_size = sum(p.stat().st_size for p in (layout / "blobs").rglob("*"))
+        assert blob_size > 3 << 19  # bigger than the small bound
+        assert 0 < held[1] <= 1 << 20, held
+        assert held[64] > 1 << 20, held
+    finally:
+        srv.close()

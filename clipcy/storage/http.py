@@ -178,6 +178,14 @@ def _describe(e: BaseException) -> str:
         return "body truncated"
     if isinstance(inner, urllib3.exceptions.ProtocolError):
         return "connection broken"
+    if isinstance(inner, urllib3.exceptions.SSLError):
+        import ssl  # loaded with urllib3 already
+
+        cause = next((a for a in inner.args if isinstance(a, ssl.SSLError)), None)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (f"TLS certificate not trusted ({cause.verify_message}; a private CA is "
+                    "given with SSL_CERT_FILE)")
+        return f"TLS error ({cause.reason if cause is not None else 'handshake failed'})"
     return name
 
 
