@@ -36,6 +36,7 @@ import marshal
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,19 @@ class CachedEntry:
             self.offset,
             self.sparse,
         ) = t
+
+
+@dataclass(slots=True)
+class CachedLayer:
+    """A hit: what streaming the layer yielded when it was cached (see LayerCache.get)."""
+
+    entries: list[CachedEntry]  # its tar entries, in tar order
+    access: LayerAccess | PackedAccess  # resume points or frames, and span checksums
+    compression: str
+    uncompressed_size: int
+    diff_id: str | None  # the tar's sha256, checked when the entry was written
+    file_digests: dict[int, bytes] | None  # data offset -> sha256 of the content, if asked
+    encoded: EncodedAccess | None  # the access frame as the archive holds it, if made
 
 
 class CacheWriter:
@@ -230,7 +244,7 @@ class LayerCache:
     def key(digest: str, span: int | None, file_digests: bool) -> str:
         return f"v{VERSION}|{digest}|span={span}|digests={int(file_digests)}"
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> CachedLayer | None:
         path = self._path(key)
         try:
             raw = path.read_bytes()
@@ -263,12 +277,17 @@ class LayerCache:
         obj: dict[str, Any] = records[-1]
         acc = obj["access"]
         kind = PackedAccess if acc[4] else LayerAccess
-        obj["access"] = kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]],
-                             SpanTable(*acc[5]) if acc[5] is not None else None)
-        obj["entries"] = [CachedEntry(t) for batch in records[:-1] for t in batch]
         enc = obj.get("encoded")
-        obj["encoded"] = EncodedAccess(*enc) if enc is not None else None
-        return obj
+        return CachedLayer(
+            entries=[CachedEntry(t) for batch in records[:-1] for t in batch],
+            access=kind(acc[0], acc[1], [tuple(p) for p in acc[2]], [tuple(f) for f in acc[3]],
+                        SpanTable(*acc[5]) if acc[5] is not None else None),
+            compression=obj["compression"],
+            uncompressed_size=obj["uncompressed_size"],
+            diff_id=obj["diff_id"],
+            file_digests=obj["file_digests"],
+            encoded=EncodedAccess(*enc) if enc is not None else None,
+        )
 
     def _fp_path(self, key: str, dev: int, ino: int) -> Path:
         return self.dir / f"{hashlib.sha256(key.encode()).hexdigest()}-{dev:x}-{ino:x}.fp"

@@ -31,6 +31,7 @@ from clipcy.image.hashpipe import HashPipe
 from clipcy.image.layout import (
     LayerInfo,
     Layout,
+    LayoutRef,
     ResolvedImage,
     open_blob,
     parse_layout_ref,
@@ -106,61 +107,158 @@ def index_layer(
     yet); with keep_entries=False the result holds no entries (the callback had them all).
     Once `abort` is set (the run failed or was interrupted), the next chunk raises ClipError.
     """
-    from clipcy.layers._checkpoint import GzipIndexer
-    from clipcy.layers.blobindex import make_indexer
-    from clipcy.tar.streams import detect
-    from clipcy.tar.tarparse import TarParser
+    return LayerStream(info, index, verify=verify, file_digests=file_digests, span=span,
+                       progress=progress, on_entries=on_entries, keep_entries=keep_entries,
+                       limits=limits, abort=abort).run()
 
-    t0 = time.perf_counter()
-    cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
-    started = time.time_ns()
-    # a regular file of the descriptor's size inside the layout, or refused unread
-    f = open_blob(info.path, info.size, f"layer blob {info.digest}")
-    before = after = os.fstat(f.fileno())  # the layer cache's fingerprint (cache.py)
-    # every read is bounded by the descriptor's size (+1 byte: a blob that grew is noticed)
-    left = info.size + 1
 
-    def read_some() -> bytes:
-        nonlocal left
-        data = f.read(min(READ_CHUNK, left)) if left > 0 else b""
-        left -= len(data)
+class _BoundedBlob:
+    """A layer blob open for one pass: a regular file of the descriptor's size inside the
+    layout (or refused unread), every read bounded by that size + 1 byte so that a blob that
+    grew is noticed without reading the rest of it."""
+
+    def __init__(self, info: LayerInfo) -> None:
+        self.digest = info.digest
+        self.file = open_blob(info.path, info.size, f"layer blob {info.digest}")
+        self.before = os.fstat(self.file.fileno())  # the layer cache's fingerprint (cache.py)
+        self.left = info.size + 1
+
+    def read(self) -> bytes:
+        """The next chunk (b"" at the end or past the bound)."""
+        data = self.file.read(min(READ_CHUNK, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
         return data
 
-    with f:
+    def first(self) -> bytes:
         try:
-            head = read_some()
+            return self.read()
         except OSError as e:
-            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
-        kind = detect(head)
+            raise self.read_error(e) from e
+
+    def read_error(self, e: OSError) -> BlobError:
+        return BlobError(f"failed to read layer blob {self.digest}: {e.strerror or e}")
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.file.fileno())
+
+    def __enter__(self) -> _BoundedBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+class LayerStream:
+    """One pass over a layer blob (index_layer), in stages: open the blob, detect its
+    compression and set up the pass, stream it, then check its length and digests and make the
+    LayerResult.
+
+    Each chunk of compressed bytes goes to the hash pipe (stream 0: the blob's sha256 if
+    verifying, and always its span checksums; on the pipe's own threads) and to the indexer,
+    which decompresses it and records resume points (gzip) or frames (zstd). Each piece of
+    tar bytes it yields goes to the tar's sha256 (stream 1), the tar parser, and the file
+    hasher; parsed entries go to `on_entries` batch by batch. gzip windows are compressed
+    as soon as they are final (layers/packing.py), so they never pile up raw.
+    """
+
+    def __init__(self, info: LayerInfo, index: int, *, verify: bool, file_digests: bool,
+                 span: int | None, progress: ProgressFn | None,
+                 on_entries: Callable[[list[Any]], None] | None, keep_entries: bool,
+                 limits: Limits, abort: threading.Event | None) -> None:
+        self.info, self.index, self.verify, self.span = info, index, verify, span
+        self.progress, self.on_entries, self.keep_entries = progress, on_entries, keep_entries
+        self.limits, self.abort = limits, abort
+        self.want_file_digests = file_digests
+        self.where = f"layer {index} ({info.digest})"
+        self.entries: list[Any] = []
+        self.count = 0  # entries parsed
+        self.packed: list[Any] = []  # gzip points whose windows are compressed already
+
+    def run(self) -> LayerResult:
+        t0 = time.perf_counter()
+        cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
+        started = time.time_ns()
+        info = self.info
+        with _BoundedBlob(info) as blob:
+            head = blob.first()
+            self._set_up(head)
+            try:
+                read = self._stream(blob, head)
+            except ClipError as e:
+                raise self._explain(e, blob) from e
+            except OSError as e:
+                raise blob.read_error(e) from e
+            finally:
+                self.pipe.close()
+            after = blob.stat()
+        if read != info.size:
+            raise DigestMismatchError(
+                f"{self.where}: blob is {'longer' if read > info.size else 'shorter'}"
+                f" than the descriptor's {info.size} bytes"
+            )
+        spans = self.pipe.spans()
+        diff_id = self._check_digests()
+        seconds = time.perf_counter() - t0
+        indexer = self.indexer
+        log.debug(
+            "%s: %d entries, %d -> %d bytes, %s, %.3f s (CPU: %.3f s decompress+parse, "
+            "%.3f s hash)",
+            self.where,
+            self.count,
+            indexer.total_in,
+            indexer.total_out,
+            self.kind,
+            seconds,
+            time.thread_time() - cpu0,
+            self.pipe.cpu_seconds,
+        )
+        fingerprint = trusted_fingerprint(blob.before, after, started) if self.verify else None
+        return self._result(spans, seconds, diff_id, fingerprint)
+
+    def _set_up(self, head: bytes) -> None:
+        """The compression from the blob's first bytes, and the indexer, parser and hashers."""
+        from clipcy.layers._checkpoint import GzipIndexer
+        from clipcy.layers.blobindex import make_indexer
+        from clipcy.tar.streams import detect
+        from clipcy.tar.tarparse import TarParser
+
+        info, limits = self.info, self.limits
+        self.kind = kind = detect(head)
         if kind != info.announced:
             log.warning(
                 "layer %d (%s): media type %s says %s but the blob is %s; using %s",
-                index,
+                self.index,
                 info.digest,
                 info.media_type,
                 info.announced,
                 kind,
                 kind,
             )
-        indexer = make_indexer(kind) if span is None else make_indexer(kind, span=span)
-        parser = TarParser(
+        self.indexer = make_indexer(kind) if self.span is None else make_indexer(kind,
+                                                                                 span=self.span)
+        self.parser = TarParser(
             limits.pax_header, limits.path_length, limits.link_length, limits.path_depth,
             limits.xattrs_per_entry, limits.xattr_size,
         )
-        max_entries = limits.entries_per_layer
-        hasher = FileHasher() if file_digests else None
-        pos = 0  # uncompressed offset of the next output piece
-        entries: list[Any] = []
-        count = 0
+        self.hasher = FileHasher() if self.want_file_digests else None
         # stream 0: the blob (sha256 if verify, and always its span checksums), 1: the tar
-        pipe = HashPipe(2 if verify else 0)
-        # gzip: windows are compressed as soon as they are final (packing.py)
-        gz = indexer if isinstance(indexer, GzipIndexer) else None
-        packer = WindowPacker()
-        packed: list[Any] = []
+        self.pipe = HashPipe(2 if self.verify else 0)
+        self.gz = self.indexer if isinstance(self.indexer, GzipIndexer) else None
+        self.packer = WindowPacker()
+
+    def _stream(self, blob: _BoundedBlob, head: bytes) -> int:
+        """Feed the whole blob through; the number of bytes read (the size + 1 if longer)."""
+        # locals: this loop runs once per piece of tar bytes
+        info, index, verify = self.info, self.index, self.verify
+        indexer, parser, pipe, hasher, gz = (self.indexer, self.parser, self.pipe, self.hasher,
+                                             self.gz)
+        progress, on_entries, abort = self.progress, self.on_entries, self.abort
+        entries = self.entries if self.keep_entries else None
+        max_entries = self.limits.entries_per_layer
+        pos = 0  # uncompressed offset of the next output piece
+        count = 0
         read = len(head)
         chunk = head
-        where = f"layer {index} ({info.digest})"
         try:
             while chunk:
                 pipe.update(0, chunk)
@@ -173,7 +271,7 @@ def index_layer(
                         raise LimitError(
                             exceeded("entries_per_layer", max_entries, "its tar")
                         )
-                    if keep_entries:
+                    if entries is not None:
                         entries.extend(new)
                     if on_entries is not None and new:
                         on_entries(new)
@@ -182,81 +280,71 @@ def index_layer(
                         hasher.feed(out, pos)
                     pos += len(out)
                 if gz is not None and gz.total_out >= gz.min_points_layer:
-                    packed.extend(packer.pack(gz.drain_points()))
+                    self.packed.extend(self.packer.pack(gz.drain_points()))
                 if progress is not None:
                     progress("layer-progress", {"layer": index, "bytes": read})
                 if abort is not None and abort.is_set():
                     raise ClipError("indexing aborted")
-                chunk = read_some()
+                chunk = blob.read()
                 read += len(chunk)
                 if read > info.size:
                     break  # longer than its descriptor: no need to read the rest
             if read == info.size:
                 indexer.finish()
                 parser.close()
-        except ClipError as e:
-            if verify:
-                # A corrupt stream is most often a changed blob: say so when the digest agrees.
-                while rest := read_some():
-                    pipe.update(0, rest)
-                actual = "sha256:" + pipe.hexdigests()[0]
-                if actual != info.digest:
-                    raise DigestMismatchError(f"{where}: blob digest is {actual}, expected "
-                                              f"{info.digest} ({e})") from e
-            raise type(e)(f"{where}: {e}") from e
-        except OSError as e:
-            raise BlobError(f"failed to read layer blob {info.digest}: {e.strerror or e}") from e
         finally:
-            pipe.close()
-        after = os.fstat(f.fileno())
-    if read != info.size:
-        raise DigestMismatchError(
-            f"{where}: blob is {'longer' if read > info.size else 'shorter'}"
-            f" than the descriptor's {info.size} bytes"
-        )
-    spans = pipe.spans()
-    if verify:
-        blob_hex, tar_hex = pipe.hexdigests()
+            self.count = count
+        return read
+
+    def _explain(self, e: ClipError, blob: _BoundedBlob) -> ClipError:
+        """The error to raise for a failed stream, naming the layer."""
+        if self.verify:
+            # A corrupt stream is most often a changed blob: say so when the digest agrees.
+            while rest := blob.read():
+                self.pipe.update(0, rest)
+            actual = "sha256:" + self.pipe.hexdigests()[0]
+            if actual != self.info.digest:
+                return DigestMismatchError(f"{self.where}: blob digest is {actual}, expected "
+                                           f"{self.info.digest} ({e})")
+        return type(e)(f"{self.where}: {e}")
+
+    def _check_digests(self) -> str | None:
+        """The blob's sha256 against its descriptor and the tar's against the config's
+        diff_id; the diff_id (None without verification)."""
+        if not self.verify:
+            return None
+        info = self.info
+        blob_hex, tar_hex = self.pipe.hexdigests()
         if "sha256:" + blob_hex != info.digest:
-            raise DigestMismatchError(f"{where}: blob digest is sha256:{blob_hex}, "
+            raise DigestMismatchError(f"{self.where}: blob digest is sha256:{blob_hex}, "
                                       f"expected {info.digest}")
-        diff_id: str | None = "sha256:" + tar_hex
+        diff_id = "sha256:" + tar_hex
         if diff_id != info.diff_id:
             raise DigestMismatchError(
-                f"{where}: uncompressed digest {diff_id} differs from "
+                f"{self.where}: uncompressed digest {diff_id} differs from "
                 f"the config's diff_id {info.diff_id}"
             )
-    else:
-        diff_id = None
-    seconds = time.perf_counter() - t0
-    log.debug(
-        "%s: %d entries, %d -> %d bytes, %s, %.3f s (CPU: %.3f s decompress+parse, %.3f s hash)",
-        where,
-        count,
-        indexer.total_in,
-        indexer.total_out,
-        kind,
-        seconds,
-        time.thread_time() - cpu0,
-        pipe.cpu_seconds,
-    )
-    access: LayerAccess | PackedAccess = indexer.access()
-    access.spans = spans
-    if gz is not None:
-        access = PackedAccess(access.kind, access.span, packed + packer.pack(access.points),
-                              spans=spans)
-    return LayerResult(
-        index,
-        entries,
-        access,
-        kind,
-        indexer.total_out,
-        diff_id,
-        seconds,
-        hasher.digests if hasher is not None else None,
-        count,
-        fingerprint=trusted_fingerprint(before, after, started) if verify else None,
-    )
+        return diff_id
+
+    def _result(self, spans: SpanTable, seconds: float, diff_id: str | None,
+                fingerprint: Fingerprint | None) -> LayerResult:
+        access: LayerAccess | PackedAccess = self.indexer.access()
+        access.spans = spans
+        if self.gz is not None:
+            access = PackedAccess(access.kind, access.span,
+                                  self.packed + self.packer.pack(access.points), spans=spans)
+        return LayerResult(
+            self.index,
+            self.entries,
+            access,
+            self.kind,
+            self.indexer.total_out,
+            diff_id,
+            seconds,
+            self.hasher.digests if self.hasher is not None else None,
+            self.count,
+            fingerprint=fingerprint,
+        )
 
 
 def _rehash(info: LayerInfo, index: int, spans: SpanTable | None = None
@@ -340,13 +428,13 @@ def _from_cache(
     st = stat_blob(info.path, info.size, f"layer blob {info.digest}")
     how = "size only (--no-verify)"
     if verify:
-        if hit["diff_id"] != info.diff_id:
+        if hit.diff_id != info.diff_id:
             return None
         # the entry is for this digest; is the file still the blob that was verified?
         if cache.vouches(key, st):
             how = "stat fingerprint"
         else:
-            ok, fp = _rehash(info, index, hit["access"].spans)
+            ok, fp = _rehash(info, index, hit.access.spans)
             if not ok:
                 return None
             if fp is not None:
@@ -355,15 +443,15 @@ def _from_cache(
     log.debug("layer %d (%s): from the layer cache (%s)", index, info.digest, how)
     return LayerResult(
         index,
-        hit["entries"],
-        hit["access"],
-        hit["compression"],
-        hit["uncompressed_size"],
-        hit["diff_id"],
+        hit.entries,
+        hit.access,
+        hit.compression,
+        hit.uncompressed_size,
+        hit.diff_id,
         0.0,
-        hit["file_digests"],
-        len(hit["entries"]),
-        hit["encoded"],
+        hit.file_digests,
+        len(hit.entries),
+        hit.encoded,
     )
 
 
@@ -456,103 +544,121 @@ def create_index_only_archive_from_oci_layout(
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
-    from clipcy.archive.writer import assemble_archive
-    from clipcy.image.merge import Tree, apply_layer, apply_stream, encode_tree
+    run = IndexRun(verify=verify, file_digests=file_digests, checkpoint_span=checkpoint_span,
+                   cache_dir=cache_dir, progress=progress, limits=limits, workers=workers)
+    return run.run(layout_dir, tag, digest, platform, storage_ref, Path(archive_path))
 
-    t0 = time.perf_counter()
-    if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
-        from clipcy.storage.refs import parse_storage_ref
 
-        parse_storage_ref(storage_ref)
-    ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
-    out = Path(archive_path)
-    with step("resolve layout"):
-        layout = Layout(ref.path, limits)
+class IndexRun:
+    """The index-layout pipeline (create_index_only_archive_from_oci_layout), in stages:
+
+    1. resolve: the layout reference to a manifest, a config and layer descriptors.
+    2. read_layer (on a worker thread per layer): a layer cache hit, or index_layer, which
+       streams the blob once (digests, resume points, tar entries); the result goes to the
+       layer cache and its access data is compressed, still on the worker.
+    3. index_and_merge (this thread): the workers run while this thread merges. Layer 0 has
+       no lower layer, so its entries stream from its worker straight into the tree (through
+       `stream0`) while it still inflates; the later layers are merged in order as they
+       complete, and each layer's entries are dropped once merged.
+    4. encode: the metadata, and the archive's bytes straight from the merged tree.
+    5. write: a temp file in the target directory, fsync, rename (write_atomic).
+
+    Cancellation has one place: `abort`. index_and_merge sets it whenever it stops (done, an
+    error in any worker or in the merge, or KeyboardInterrupt) and then waits for every worker
+    thread. A worker sees it between two chunks of its blob (index_layer's `abort`) and while
+    handing layer 0's entries over (_offer); either raises ClipError("indexing aborted"), which
+    ends that worker. Nothing is written before all layers are merged, so a failed or
+    interrupted run leaves no output (and no layer cache temp file: CacheWriter.abort).
+    """
+
+    def __init__(self, *, verify: bool, file_digests: bool, checkpoint_span: int | None,
+                 cache_dir: str | os.PathLike[str] | None, progress: ProgressFn | None,
+                 limits: Limits, workers: int | None) -> None:
+        from clipcy.image.merge import Tree
+
+        self.verify, self.file_digests, self.span = verify, file_digests, checkpoint_span
+        self.progress, self.limits, self.workers = progress, limits, workers
+        self.cache_dir = cache_dir
+        self.cache: LayerCache | None = None
+        self.layers: list[LayerInfo] = []  # the image's, once resolved
+        self.tree = Tree()
+        self.results: list[LayerResult] = []
+        self.abort = threading.Event()
+        self.stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
+        self.awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress(event, data)
+
+    def run(self, layout_dir: str | os.PathLike[str], tag: str | None, digest: str | None,
+            platform: str | None, storage_ref: str | None, out: Path) -> IndexSummary:
+        t0 = time.perf_counter()
+        if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
+            from clipcy.storage.refs import parse_storage_ref
+
+            parse_storage_ref(storage_ref)
+        ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
+        with step("resolve layout"):
+            layout, image = self.resolve(ref, platform)
+        log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
+        self.emit(
+            "start",
+            {
+                "manifest": image.manifest_digest,
+                "layers": len(image.layers),
+                "bytes": sum(x.size for x in image.layers),
+            },
+        )
+        # cached layers were checked against the default limits only
+        if self.cache_dir is not None and self.limits == DEFAULT_LIMITS:
+            self.cache = LayerCache(self.cache_dir)
+        with step("index and merge layers"):
+            self.index_and_merge(image)
+        storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
+        source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
+        metadata, count = self.metadata(image, storage, source)
+        with step("sort the tree and encode the archive"):
+            data = self.encode(metadata)
+        with step("write archive"):
+            write_atomic(out, data)
+        summary = IndexSummary(
+            archive=str(out),
+            manifest_digest=image.manifest_digest,
+            layer_count=len(self.results),
+            node_count=count,
+            bytes_indexed=sum(r.uncompressed_size for r in self.results),
+            image_size=metadata["image_size"],
+            archive_size=len(data),
+            seconds=time.perf_counter() - t0,
+            layers=metadata["layers"],
+        )
+        self.emit("done", summary.as_dict())
+        return summary
+
+    # -- 1. resolve ----------------------------------------------------------------------------
+
+    def resolve(self, ref: LayoutRef, platform: str | None) -> tuple[Layout, ResolvedImage]:
+        layout = Layout(ref.path, self.limits)
         image = resolve(layout, ref.tag, ref.digest, platform)
-    log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
-    emit = progress or (lambda event, data: None)
-    emit(
-        "start",
-        {
-            "manifest": image.manifest_digest,
-            "layers": len(image.layers),
-            "bytes": sum(x.size for x in image.layers),
-        },
-    )
+        self.layers = image.layers
+        return layout, image
 
-    # cached layers were checked against the default limits only
-    use_cache = cache_dir is not None and limits == DEFAULT_LIMITS
-    cache = LayerCache(cache_dir) if use_cache and cache_dir is not None else None
-    tree = Tree()
-    # Layer 0 streams its entries straight into the tree, on this thread, while a worker
-    # inflates it: it has no lower layer, so its whiteouts change nothing and tar order is
-    # the merge order. Its entries are never all held at once.
-    stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
-    abort = threading.Event()
-    awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
+    # -- 2. per-layer read, on a worker thread -------------------------------------------------
 
-    def offer(item: list[Any] | None) -> bool:
-        """Hand item to the merging thread; False once the run was aborted."""
-        while not abort.is_set():
-            try:
-                stream0.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def to_main(batch: list[Any]) -> None:
-        # a copy: the merge empties its list while the file hasher still reads the batch
-        if not offer(list(batch)):
-            raise ClipError("indexing aborted")
-
-    def run(i: int) -> LayerResult:
-        info = image.layers[i]
-        emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
-        key = LayerCache.key(info.digest, checkpoint_span, file_digests)
+    def read_layer(self, i: int) -> LayerResult:
+        info = self.layers[i]
+        self.emit("layer-start", {"layer": i, "digest": info.digest, "size": info.size})
+        cache = self.cache
+        key = LayerCache.key(info.digest, self.span, self.file_digests)
         try:
-            res = _from_cache(cache, key, info, i, verify)
+            res = _from_cache(cache, key, info, i, self.verify)
             if res is None:
-                writer = cache.writer(key) if cache is not None and verify else None
-                sinks: list[Callable[[list[Any]], None]] = []
-                if writer is not None:
-                    sinks.append(writer.add)
-                if i == 0:
-                    sinks.append(to_main)
-                try:
-                    res = index_layer(
-                        info,
-                        i,
-                        verify=verify,
-                        file_digests=file_digests,
-                        span=checkpoint_span,
-                        progress=progress,
-                        on_entries=_fan_out(sinks),
-                        keep_entries=i != 0,
-                        limits=limits,
-                        abort=abort,
-                    )
-                except BaseException:
-                    if writer is not None:
-                        writer.abort()
-                    raise
-                if isinstance(res.access, PackedAccess):  # compress on this worker thread
-                    res.encoded = encode_packed_access(res.access, i)
-                if writer is not None:
-                    writer.commit(
-                        res.access,
-                        res.compression,
-                        res.uncompressed_size,
-                        res.diff_id,
-                        res.file_digests,
-                        res.encoded,
-                    )
-                    if res.fingerprint is not None and cache is not None:
-                        cache.remember(key, res.fingerprint)
+                res = self._index(i, info, key)
         finally:
             if i == 0:
-                offer(None)  # the end of layer 0's stream
-        emit(
+                self._offer(None)  # the end of layer 0's stream
+        self.emit(
             "layer-done",
             {
                 "layer": i,
@@ -564,80 +670,145 @@ def create_index_only_archive_from_oci_layout(
         )
         return res
 
-    results: list[LayerResult] = []
-
-    def merge(res: LayerResult) -> None:
-        # Layers are merged in order as they complete, on this thread, while the workers
-        # inflate later layers (the GIL is free then); each layer's entries are dropped at once.
-        if res.index == 0 and not res.entries:  # streamed: only the digests are left to set
-            for offset, inode in awaiting.items():
-                inode.digest = (res.file_digests or {}).get(offset, b"")
-            awaiting.clear()
-        else:
-            apply_layer(tree, res.entries, res.index, res.file_digests if file_digests else None)
-        res.entries = []
-        results.append(res)
-
-    def check_nodes() -> None:
-        if len(tree.paths) > limits.nodes_per_image:
-            raise LimitError(
-                exceeded("nodes_per_image", limits.nodes_per_image, "the merged tree")
+    def _index(self, i: int, info: LayerInfo, key: str) -> LayerResult:
+        """Stream the layer (index_layer), into the layer cache as it goes."""
+        cache = self.cache
+        writer = cache.writer(key) if cache is not None and self.verify else None
+        sinks: list[Callable[[list[Any]], None]] = []
+        if writer is not None:
+            sinks.append(writer.add)
+        if i == 0:
+            sinks.append(self._to_merge)
+        try:
+            res = index_layer(
+                info,
+                i,
+                verify=self.verify,
+                file_digests=self.file_digests,
+                span=self.span,
+                progress=self.progress,
+                on_entries=_fan_out(sinks),
+                keep_entries=i != 0,
+                limits=self.limits,
+                abort=self.abort,
             )
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if isinstance(res.access, PackedAccess):  # compress on this worker thread
+            res.encoded = encode_packed_access(res.access, i)
+        if writer is not None:
+            writer.commit(
+                res.access,
+                res.compression,
+                res.uncompressed_size,
+                res.diff_id,
+                res.file_digests,
+                res.encoded,
+            )
+            if res.fingerprint is not None and cache is not None:
+                cache.remember(key, res.fingerprint)
+        return res
 
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(image.layers) or 1))
-    prefix = f"clipcy-layer-{next(_RUNS)}"
-    with step("index and merge layers"):
+    def _to_merge(self, batch: list[Any]) -> None:
+        """Layer 0's entries, batch by batch, to the merging thread."""
+        # a copy: the merge empties its list while the file hasher still reads the batch
+        if not self._offer(list(batch)):
+            raise ClipError("indexing aborted")
+
+    def _offer(self, item: list[Any] | None) -> bool:
+        """Hand item to the merging thread; False once the run was aborted."""
+        while not self.abort.is_set():
+            try:
+                self.stream0.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # -- 3. index and merge: the workers, and the merge on this thread -------------------------
+
+    def index_and_merge(self, image: ResolvedImage) -> None:
+        from clipcy.image.merge import apply_stream
+
+        layers = image.layers
+        n_workers = max(1, min(self.workers or os.cpu_count() or 1, len(layers) or 1))
+        prefix = f"clipcy-layer-{next(_RUNS)}"
         try:
             with ThreadPoolExecutor(n_workers, thread_name_prefix=prefix) as pool:
                 futures: list[Future[LayerResult]] = []
                 try:
                     # submitted inside the try: an interrupt between two submits must still
                     # set `abort`, or a started layer-0 worker waits forever to hand over
-                    for i in range(len(image.layers)):
-                        futures.append(pool.submit(run, i))
+                    for i in range(len(layers)):
+                        futures.append(pool.submit(self.read_layer, i))
                     if futures:
-                        while (batch := stream0.get()) is not None:
-                            apply_stream(tree, batch, 0, awaiting if file_digests else None)
-                            check_nodes()
+                        while (batch := self.stream0.get()) is not None:
+                            apply_stream(self.tree, batch, 0,
+                                         self.awaiting if self.file_digests else None)
+                            self._check_nodes()
                     for fut in futures:
-                        merge(fut.result())
-                        check_nodes()
+                        self._merge(fut.result())
+                        self._check_nodes()
                 finally:
-                    abort.set()
-                    for fut in futures:
-                        fut.cancel()
+                    self._cancel(futures)
         finally:
-            # An interrupt inside pool.submit() can leave a started worker the pool does not
-            # know of (and so does not join): wait for it too, so that no worker still runs
-            # (and writes) once this call has returned or raised. They stop at `abort`.
-            for t in threading.enumerate():
-                if t.name.startswith(prefix + "_"):
-                    t.join()
-    storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
-    source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
-    metadata = build_metadata(image, results, storage, source)
-    # paths by type (hardlinks count once per path): inspect then needs no walk of the tree
-    node_types: dict[str, int] = {}
-    for inode in tree.paths.values():
-        node_types[inode.type] = node_types.get(inode.type, 0) + 1
-    metadata["node_counts"] = dict(sorted(node_types.items()))
-    count = sum(node_types.values())
-    with step("sort the tree and encode the archive"):
-        access = [_access_for_writer(r) for r in results]
+            self._join_workers(prefix)
+
+    def _cancel(self, futures: list[Future[LayerResult]]) -> None:
+        """Stop every worker: set `abort` (the one flag they watch), drop queued layers."""
+        self.abort.set()
+        for fut in futures:
+            fut.cancel()
+
+    @staticmethod
+    def _join_workers(prefix: str) -> None:
+        # An interrupt inside pool.submit() can leave a started worker the pool does not
+        # know of (and so does not join): wait for it too, so that no worker still runs
+        # (and writes) once this call has returned or raised. They stop at `abort`.
+        for t in threading.enumerate():
+            if t.name.startswith(prefix + "_"):
+                t.join()
+
+    def _merge(self, res: LayerResult) -> None:
+        # Layers are merged in order as they complete, on this thread, while the workers
+        # inflate later layers (the GIL is free then); each layer's entries are dropped at once.
+        from clipcy.image.merge import apply_layer
+
+        if res.index == 0 and not res.entries:  # streamed: only the digests are left to set
+            for offset, inode in self.awaiting.items():
+                inode.digest = (res.file_digests or {}).get(offset, b"")
+            self.awaiting.clear()
+        else:
+            apply_layer(self.tree, res.entries, res.index,
+                        res.file_digests if self.file_digests else None)
+        res.entries = []
+        self.results.append(res)
+
+    def _check_nodes(self) -> None:
+        if len(self.tree.paths) > self.limits.nodes_per_image:
+            raise LimitError(
+                exceeded("nodes_per_image", self.limits.nodes_per_image, "the merged tree")
+            )
+
+    # -- 4. encode (5. write: write_atomic) ----------------------------------------------------
+
+    def metadata(self, image: ResolvedImage, storage: str,
+                 source: str) -> tuple[dict[str, Any], int]:
+        """The archive's metadata, and the number of paths."""
+        metadata = build_metadata(image, self.results, storage, source)
+        # paths by type (hardlinks count once per path): inspect then needs no walk of the tree
+        node_types: dict[str, int] = {}
+        for inode in self.tree.paths.values():
+            node_types[inode.type] = node_types.get(inode.type, 0) + 1
+        metadata["node_counts"] = dict(sorted(node_types.items()))
+        return metadata, sum(node_types.values())
+
+    def encode(self, metadata: dict[str, Any]) -> bytes:
+        from clipcy.archive.writer import assemble_archive
+        from clipcy.image.merge import encode_tree
+
+        access = [_access_for_writer(r) for r in self.results]
         # the records are written straight from the tree: no Node (or list of them) is made
-        data = assemble_archive(metadata, encode_tree(tree), access)
-    with step("write archive"):
-        write_atomic(out, data)
-    summary = IndexSummary(
-        archive=str(out),
-        manifest_digest=image.manifest_digest,
-        layer_count=len(results),
-        node_count=count,
-        bytes_indexed=sum(r.uncompressed_size for r in results),
-        image_size=metadata["image_size"],
-        archive_size=len(data),
-        seconds=time.perf_counter() - t0,
-        layers=metadata["layers"],
-    )
-    emit("done", summary.as_dict())
-    return summary
+        return assemble_archive(metadata, encode_tree(self.tree), access)
