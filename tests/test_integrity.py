@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -493,3 +494,93 @@ def test_no_verify_cache_hit_is_checked_by_size_only(tmp_path: Path) -> None:
     err = r.stderr.decode()
     assert r.returncode == 1 and err.count("\n") == 1 and "sha256:" + blob.name in err
     assert not (tmp_path / "o2.clip").exists()
+
+
+# -- a full disk: ENOSPC during extract and in the caches ------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Any:
+    """A 1 MiB tmpfs (root only: mount -t tmpfs)."""
+    import os
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs (CI has it)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def _fill(disk: Path) -> None:
+    """Leave no free block on disk."""
+    import os
+
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_enospc_during_extract(small_disk: Path, tmp_path: Path) -> None:
+    layout, files, _ = make_layout(tmp_path, "gzip")
+    assert len(files["big.bin"]) > 2 << 20  # more than the disk holds
+    arc = tmp_path / "img.clip"
+    create_index_only_archive_from_oci_layout(layout, "latest", arc)
+    dest = small_disk / "out"
+    r = _clipctl("extract", str(arc), "-C", str(dest))
+    err = r.stderr.decode()
+    assert r.returncode == 1 and err.count("\n") == 1 and err.startswith("clipctl: error: ")
+    assert "No space left on device" in err and "big.bin" in err, err
+    assert not (dest / "big.bin").exists()  # the file cut short is removed
+    for p in dest.rglob("*"):  # whatever else was written is whole
+        assert not p.is_file() or p.read_bytes() == files[p.name], p
+
+
+def test_enospc_in_the_layer_cache(small_disk: Path, tmp_path: Path) -> None:
+    """A layer cache that cannot be written is a warning, not an error: the archive is the
+    same as without the cache, and no partial entry is left."""
+    layout, _, _ = make_layout(tmp_path, "gzip")
+    cache = small_disk / "cache"
+    cache.mkdir()
+    _fill(small_disk)
+    out = tmp_path / "img.clip"
+    r = _index_cli(layout, out, "--cache-dir", str(cache))
+    assert r.returncode == 0, r.stderr
+    assert b"cannot write the layer cache" in r.stderr and b"No space left" in r.stderr
+    assert [p.name for p in cache.iterdir()] == []  # no entry, no temp file
+    assert _index_cli(layout, tmp_path / "ref.clip", "--no-cache").returncode == 0
+    assert out.read_bytes() == (tmp_path / "ref.clip").read_bytes()
+
+
+def test_enospc_in_the_span_cache(small_disk: Path, tmp_path: Path) -> None:
+    """The remote span cache on a full disk: the read still gives the exact bytes, and no
+    partial span is left."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import remoteserv as rs
+
+    layout, files, _ = make_layout(tmp_path, "gzip")
+    arc = tmp_path / "img.clip"
+    create_index_only_archive_from_oci_layout(layout, "latest", arc)
+    cache = small_disk / "spans"
+    cache.mkdir()
+    _fill(small_disk)
+    srv = rs.BlobServer(layout)
+    try:
+        r = _clipctl("cat", str(arc), "/big.bin", "--storage", srv.url, "--cache-dir",
+                     str(cache))
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == files["big.bin"]
+    assert [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size] == []
