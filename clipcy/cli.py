@@ -472,6 +472,86 @@ def _umount(sub: Any) -> None:
     p.set_defaults(func=_handler("cmd_umount"))
 
 
+def _add_registry_options(p: argparse.ArgumentParser) -> None:
+    """How push and pull reach the registry (as the readers reach a docker:// store)."""
+    g = p.add_argument_group("registry")
+    g.add_argument(
+        "--authfile",
+        metavar="FILE",
+        help="registry credentials (auth.json); default: REGISTRY_AUTH_FILE, "
+        "$XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, "
+        "~/.docker/config.json",
+    )
+    g.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain http (default: https, except localhost and 127.0.0.1)",
+    )
+    g.add_argument(
+        "--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="seconds to open a connection (default 5)",
+    )
+    g.add_argument(
+        "--read-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="seconds without data before a request is retried (default 30)",
+    )
+    g.add_argument(
+        "--retries", type=int, default=5, metavar="N",
+        help="retries of a failed request (errors, 429, 5xx), with backoff (default 5)",
+    )
+
+
+@_command
+def _push(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "push",
+        "store an archive in its image's repository, as an OCI artifact that refers to the image",
+        "  clipctl push img.clip docker://registry.example/team/app\n"
+        "  clipctl push arm.clip docker://registry.example/team/app:v1-arm64.clip\n",
+    )
+    p.add_argument("archive", metavar="ARCHIVE")
+    p.add_argument(
+        "ref",
+        metavar="docker://HOST[:PORT]/REPO[:TAG]",
+        help="the image's repository; TAG names the archive (default: the archive's tag + "
+        "'.clip'), and a TAG that holds anything but a clipcy archive is refused. The image "
+        "is the one the archive was made from, and must be in REPO",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_registry_options(p)
+    p.set_defaults(func=_handler("cmd_push"))
+
+
+@_command
+def _pull(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "pull",
+        "download the clipcy archive of an image from its registry",
+        "  clipctl pull docker://registry.example/team/app:v1 -o app.clip\n"
+        "  clipctl pull docker://registry.example/team/app@sha256:<hex> -o app.clip\n"
+        "  clipctl pull docker://registry.example/team/app:v1 --platform linux/arm64 "
+        "-o arm.clip\n",
+    )
+    p.add_argument(
+        "ref",
+        metavar="docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]",
+        help="the image (default tag: latest); its archive is found through the referrers "
+        "API, else the referrers tag sha256-HEX, else the tag TAG.clip",
+    )
+    p.add_argument("-o", "--out", required=True, metavar="FILE",
+                   help="the archive to write (atomically: never a partial file)")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to pick from an image index (default: linux and the host's architecture)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_registry_options(p)
+    p.set_defaults(func=_handler("cmd_pull"))
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     from clipcy.logs import setup_logging
 

@@ -501,3 +501,56 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise MountError(f"{mp} is not a clipcy mount")
     service.unmount(mp, lazy=args.lazy)
     return 0
+
+
+# -- push / pull ---------------------------------------------------------------------------
+
+
+def registry_options(args: argparse.Namespace) -> RemoteOptions:
+    """push and pull: --authfile, --insecure, timeouts and retries (no span cache)."""
+    from clipcy.storage.http import HttpOptions
+    from clipcy.storage.registry import RemoteOptions
+
+    if args.connect_timeout <= 0 or args.read_timeout <= 0:
+        raise ClipError("--connect-timeout and --read-timeout must be positive")
+    if args.retries < 0:
+        raise ClipError("--retries must be 0 or more")
+    http = HttpOptions(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
+                       tries=args.retries + 1)
+    return RemoteOptions(authfile=args.authfile, http=http, insecure=args.insecure, cache=False)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from clipcy.publish import push_archive
+
+    with step(f"push {args.archive} to {args.ref}"):
+        done = push_archive(args.archive, args.ref, remote=registry_options(args))
+    found = "the referrers API" if done.referrers == "api" else f"the referrers {done.referrers}"
+    if args.json:
+        _print_json({"artifact": done.artifact, "tag": done.tag, "subject": done.subject,
+                     "referrers": done.referrers, "uploaded": done.uploaded,
+                     "requests": done.requests})
+    else:
+        print(f"pushed {args.archive} as {done.artifact}, tagged {done.tag}, for image "
+              f"{done.subject} (found through {found})")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from clipcy.publish import pull_archive
+
+    with step(f"pull {args.ref}"):
+        got = pull_archive(args.ref, args.out, platform=args.platform,
+                           remote=registry_options(args))
+    version = f"{got.version[0]}.{got.version[1]}"
+    if args.json:
+        _print_json({"path": got.path, "image": got.image, "artifact": got.artifact,
+                     "blob": got.blob, "size": got.size, "format": version,
+                     "found": got.found, "candidates": got.candidates,
+                     "requests": got.requests})
+    else:
+        other = (f"; the newest readable of {got.candidates} archives"
+                 if got.candidates > 1 else "")
+        print(f"wrote {got.path}: {human(got.size)}, format {version}, archive {got.artifact} "
+              f"of image {got.image} (found through the {got.found}{other})")
+    return 0

@@ -1,0 +1,161 @@
+"""Archives in the image's registry: push_archive, pull_archive (clipctl push, pull).
+
+The registry side (the artifact manifest, blob uploads, referrers) is
+clipcy.storage.artifact; this module joins it to the archive reader (what a push needs from
+the archive, the check of a pulled one) and to the image's platforms.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from clipcy.errors import ArchiveError, ClipError
+
+if TYPE_CHECKING:
+    from clipcy.storage.artifact import Candidate, Found, Pushed, Registry
+    from clipcy.storage.registry import RemoteOptions
+
+
+def _registry(ref: Any, remote: RemoteOptions | None, push: bool) -> Registry:
+    from clipcy.storage.artifact import Registry
+    from clipcy.storage.registry import RemoteOptions
+
+    o = remote or RemoteOptions()
+    return Registry(ref, authfile=o.authfile, http=o.http, insecure=o.insecure, push=push)
+
+
+def push_archive(archive: str | os.PathLike[str], ref: str, *,
+                 remote: RemoteOptions | None = None) -> Pushed:
+    """Store the archive in the registry beside the image it was made from, as an OCI
+    artifact whose subject is that image's manifest, tagged with ref's TAG (default: the
+    archive's tag + ".clip"). ref is docker://HOST[:PORT]/REPO[:TAG]: the image is the one
+    the archive names, and must be in REPO. remote: authfile, insecure, timeouts, retries
+    (a clipcy.storage.registry.RemoteOptions)."""
+    from clipcy import __version__
+    from clipcy.archive.reader import open_archive
+    from clipcy.storage.artifact import ArtifactError, parse_image_ref
+    from clipcy.storage.artifact import push_archive as push
+
+    image = parse_image_ref(ref, default_tag=None)
+    if image.digest is not None:
+        raise ArtifactError(f"{ref}: push takes docker://HOST[:PORT]/REPO[:TAG]; the image is "
+                            "the one the archive was made from (TAG names the archive)")
+    with open_archive(archive) as arc:
+        digest = arc.metadata.get("manifest_digest")
+        version = arc.format_version
+        made_tag = arc.metadata.get("tag")
+    if not isinstance(digest, str):
+        raise ArtifactError(f"archive {os.fspath(archive)} records no image manifest digest")
+    tag = image.tag
+    if tag is None:
+        tag = (f"{made_tag}.clip" if isinstance(made_tag, str) and made_tag
+               else digest.replace(":", "-") + ".clip")
+    reg = _registry(image.repo, remote, push=True)
+    try:
+        return push(reg, archive, digest, version, __version__, tag)
+    finally:
+        reg.close()
+
+
+@dataclass(frozen=True)
+class Pulled:
+    path: str
+    image: str  # the image manifest's digest
+    artifact: str  # the artifact manifest's digest
+    blob: str  # the archive's digest
+    size: int
+    version: tuple[int, int]
+    found: str  # where it was found
+    candidates: int  # how many clipcy archives refer to the image
+    requests: int
+
+
+def _pick(platform: str | None) -> Any:
+    from clipcy.errors import ManifestNotFoundError
+    from clipcy.image.layout import Platform
+
+    want = Platform.parse(platform) if platform else Platform.host()
+
+    def pick(manifests: list[dict[str, Any]], where: str) -> dict[str, Any]:
+        seen = []
+        for m in manifests:
+            p = m.get("platform")
+            if not isinstance(p, dict):
+                continue
+            plat = Platform.from_json(p)
+            seen.append(str(plat))
+            if plat == want:
+                return m
+        raise ManifestNotFoundError(f"no manifest for platform {want} in {where} (available: "
+                                    f"{', '.join(seen) or 'none'})")
+
+    return pick
+
+
+def _made_for(path: str) -> str:
+    """The image manifest digest a downloaded archive records (or an error if it is none)."""
+    from clipcy.archive.reader import open_archive
+
+    with open_archive(path) as arc:
+        digest = arc.metadata.get("manifest_digest")
+    return str(digest)
+
+
+def find_archive(reg: Registry, ref: str, platform: str | None) -> tuple[Found, Candidate]:
+    """The image's manifest digest and the archive to take for it."""
+    from clipcy.archive.format import FORMAT_MAJOR
+    from clipcy.storage.artifact import choose, find_archives, parse_image_ref, resolve_image
+
+    image = parse_image_ref(ref)
+    digest = resolve_image(reg, image, _pick(platform))
+    found = find_archives(reg, digest, f"{image.tag}.clip" if image.digest is None else None)
+    return found, choose(found, FORMAT_MAJOR, reg.where)
+
+
+def pull_archive(ref: str, out: str | os.PathLike[str], *, platform: str | None = None,
+                 remote: RemoteOptions | None = None) -> Pulled:
+    """Download the clipcy archive of the image at ref (docker://HOST[:PORT]/REPO[:TAG] or
+    @sha256:HEX; an index resolved for platform, default this machine) into out, atomically:
+    found through the referrers API, else the referrers tag, else the tag TAG.clip; the
+    newest format this clipcy reads. Checked: the blob's digest, and that the archive
+    indexes that image. On any error out is not written (nor a partial file left)."""
+    from clipcy.storage.artifact import ArtifactError, fetch_archive, parse_image_ref
+
+    image = parse_image_ref(ref)
+    out = os.fspath(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ClipError(f"cannot write {out}: no such directory {parent}")
+    reg = _registry(image.repo, remote, push=False)
+    try:
+        found, cand = find_archive(reg, ref, platform)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part",
+                                   dir=parent)
+        os.close(fd)
+        try:
+            try:
+                blob, size = fetch_archive(reg, cand, found.image, tmp, _made_for)
+            except ArchiveError as e:
+                raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
+                                    f"usable clipcy archive: {e}") from None
+            os.chmod(tmp, 0o644 & ~_umask())
+            os.replace(tmp, out)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return Pulled(out, found.image, cand.digest, blob, size, cand.version, cand.found,
+                      len(found.candidates), reg.client.requests)
+    finally:
+        reg.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

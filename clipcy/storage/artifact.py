@@ -1,0 +1,699 @@
+"""Archives in a registry: an OCI artifact beside the image it indexes (push, find, pull).
+
+An archive is stored in its image's repository as an OCI image manifest (image-spec 1.1):
+
+    {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+     "artifactType": "application/vnd.clipcy.archive.v2",
+     "config": the empty descriptor (application/vnd.oci.empty.v1+json, the 2 bytes "{}"),
+     "layers": [{"mediaType": "application/vnd.clipcy.archive.v2.clip", digest, size}],
+     "subject": the image manifest the archive was made from,
+     "annotations": {"io.clipcy.archive.format": "2.0", "io.clipcy.version": "0.1.0"}}
+
+It is found from the image (distribution-spec 1.1): the referrers API
+(`GET /v2/NAME/referrers/DIGEST`) where the registry has it, which the registry says by
+answering the manifest PUT with an `OCI-Subject` header; otherwise the referrers tag schema,
+an image index tagged `sha256-HEX` (the image manifest's digest) that lists the referrers,
+updated by read-modify-write that keeps every other entry. The artifact is also tagged
+(`TAG.clip` by default) so that `garbage-collect --delete-untagged` keeps it; a tag that
+holds anything but a clipcy archive is never moved.
+
+Nothing here reads an archive: callers pass what push needs from it (the image manifest
+digest, the format version) and a check that pull runs on the downloaded file.
+
+Requests go through the readers' HttpClient and RegistryAuth (the same auth-file lookup,
+Basic and bearer tokens; tokens for a push ask for `pull,push`), with the same retries of
+connection errors, 429 and 5xx. A blob up to UPLOAD_CHUNK is uploaded in one PUT; a larger
+one in PATCH chunks, each retried, resuming from the offset the registry reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from clipcy.errors import ClipError, RemoteAuthError, RemoteError, StorageRefError
+from clipcy.storage.auth import RegistryAuth
+from clipcy.storage.http import (
+    USER_AGENT,
+    BlobURL,
+    HttpClient,
+    HttpOptions,
+    _describe,
+    redact,
+    retry_after,
+)
+from clipcy.storage.refs import DOCKER, LOOPBACK, StorageRef, parse_digest, parse_storage_ref
+
+if TYPE_CHECKING:
+    import urllib3
+
+log = logging.getLogger("clipcy")
+
+ARTIFACT_PREFIX = "application/vnd.clipcy.archive.v"
+LAYER_SUFFIX = ".clip"
+FORMAT_ANNOTATION = "io.clipcy.archive.format"
+VERSION_ANNOTATION = "io.clipcy.version"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_DATA = b"{}"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_DATA).hexdigest()
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
+MANIFEST_MAX = 4 << 20  # the distribution registry's own bound on a manifest
+UPLOAD_CHUNK = 8 << 20  # blobs up to this size: one PUT; larger ones: PATCH chunks of it
+DOWNLOAD_PIECE = 8 << 20
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_FALLBACK_TAG = re.compile(r"sha256-[0-9a-f]{64}")
+
+
+def artifact_type(major: int) -> str:
+    return f"{ARTIFACT_PREFIX}{major}"
+
+
+def layer_type(major: int) -> str:
+    return artifact_type(major) + LAYER_SUFFIX
+
+
+def fallback_tag(digest: str) -> str:
+    """The referrers tag schema's tag for a manifest digest: sha256-HEX."""
+    alg, hexpart = parse_digest(digest, "image reference")
+    return f"{alg}-{hexpart}"
+
+
+class ArtifactError(ClipError):
+    """No usable clipcy archive for an image in a registry, or a push that must not happen."""
+
+
+# -- image references ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """docker://HOST[:PORT]/REPO[:TAG][@sha256:HEX], parsed."""
+
+    text: str
+    repo: StorageRef  # docker://HOST[:PORT]/REPO: where the manifests and blobs are
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What /v2/REPO/manifests/ takes: the digest if there is one, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_image_ref(text: str, default_tag: str | None = "latest") -> ImageRef:
+    """Parse docker://HOST[:PORT]/REPO[:TAG][@DIGEST] (the host rules of storage refs);
+    no tag and no digest: default_tag."""
+    if not isinstance(text, str) or not text.startswith("docker://"):
+        raise StorageRefError(f"image reference {text!r}: expected "
+                              "docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]")
+    rest = text[len("docker://"):]
+    digest = None
+    if "@" in rest.partition("/")[2]:
+        rest, _, digest = rest.rpartition("@")
+        parse_digest(digest, f"image reference {text}")
+    tag = None
+    head, slash, path = rest.partition("/")
+    if ":" in path:
+        path, _, tag = path.rpartition(":")
+        if not _TAG.fullmatch(tag):
+            raise StorageRefError(f"image reference {text!r}: {tag!r} is not a valid tag")
+    repo = parse_storage_ref(f"docker://{head}{slash}{path}")
+    if tag is None and digest is None:
+        tag = default_tag
+    return ImageRef(text, repo, tag, digest)
+
+
+# -- the registry client ------------------------------------------------------------------
+
+
+class _PushAuth(RegistryAuth):
+    """Tokens that also allow pushing to the repository (asked once, for every request)."""
+
+    def _scope(self) -> str:
+        scope = super()._scope()
+        if scope == f"repository:{self.repo}:pull":
+            scope += ",push"
+        return scope
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    url: str
+
+
+@dataclass
+class Registry:
+    """The distribution API of one repository: manifests, blob uploads and downloads,
+    referrers. Every request is counted in client.requests."""
+
+    ref: StorageRef
+    authfile: str | None = None
+    http: HttpOptions = field(default_factory=HttpOptions)
+    insecure: bool = False
+    push: bool = False  # ask for tokens that may push
+    client: HttpClient = field(init=False)
+    auth: RegistryAuth = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.ref.kind != DOCKER:
+            raise StorageRefError(f"{self.ref.text} is not a registry (docker://HOST/REPO)")
+        self.client = HttpClient(self.http)
+        kind = _PushAuth if self.push else RegistryAuth
+        self.auth = kind(self.client, self.ref.host, self.ref.repo, self.authfile)
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def base(self) -> str:
+        host = self.ref.host
+        bare = host.split("]")[0] + "]" if host.startswith("[") else host.split(":")[0]
+        scheme = "http" if self.insecure or bare in LOOPBACK else "https"
+        return f"{scheme}://{host}/v2/{self.ref.repo}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.ref.host}/{self.ref.repo}"
+
+    def request(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
+                body: bytes = b"", limit: int = MANIFEST_MAX) -> Response:
+        """One request with the readers' retries (connection errors, 429, 5xx) and one
+        re-authentication on a 401; the body is read up to limit bytes. Any other status
+        is returned for the caller to judge."""
+        import urllib3
+
+        opts = self.client.options
+        same_origin = _origin(url) == _origin(self.base)
+        last = "no answer"
+        auth_asked = False
+        attempt = 0
+        while True:
+            sent = self.auth.headers() if same_origin else {}
+            hdrs = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **sent,
+                    **(headers or {})}
+            if method in ("PUT", "PATCH", "POST"):
+                hdrs.setdefault("Content-Length", str(len(body)))
+            wait: float | None = None
+            try:
+                resp = self._send(method, url, hdrs, body)
+            except urllib3.exceptions.HTTPError as e:
+                last = _describe(e)
+                resp = None
+            if resp is not None:
+                try:
+                    st = resp.status
+                    log.debug("%s %s: HTTP %d", method, redact(url), st)
+                    if st == 401 and same_origin and not auth_asked:
+                        auth_asked = True
+                        challenge = resp.headers.get("WWW-Authenticate", "")
+                        try:
+                            self.auth.challenge(challenge, sent)
+                        except RemoteAuthError as e:
+                            raise RemoteAuthError(f"{what}: {e}") from None
+                        continue
+                    if st == 401:
+                        raise RemoteAuthError(f"{what}: {self.auth.rejected()}")
+                    if st == 429 or st >= 500:
+                        last = f"HTTP {st}"
+                        wait = retry_after(resp.headers.get("Retry-After"))
+                    else:
+                        data = b"" if method == "HEAD" else resp.read(limit + 1)
+                        if len(data) > limit:
+                            raise RemoteError(f"{what}: the answer from {redact(url)} is "
+                                              f"larger than {limit} bytes")
+                        return Response(st, {k.lower(): v for k, v in resp.headers.items()},
+                                        data, url)
+                except (urllib3.exceptions.HTTPError, OSError) as e:
+                    last = _describe(e)
+                finally:
+                    resp.release_conn()
+            attempt += 1
+            if attempt >= opts.tries:
+                raise RemoteError(f"{what}: {last} from {redact(url)} (after {attempt} tries)")
+            self.client.backoff(attempt, wait)
+
+    def _send(self, method: str, url: str, headers: dict[str, str],
+              body: bytes) -> urllib3.BaseHTTPResponse:
+        with self.client._lock:
+            self.client.requests += 1
+        return self.client._pool.request(method, url, headers=headers,
+                                         body=body if method != "GET" and method != "HEAD"
+                                         else None, redirect=False, retries=False,
+                                         preload_content=False, decode_content=False)
+
+    def fail(self, what: str, r: Response) -> RemoteError:
+        """One line for an answer the caller did not expect."""
+        why = {401: "unauthorized", 403: "access denied", 404: "not found"}.get(r.status, "")
+        detail = _registry_error(r.body)
+        text = f"{what}: HTTP {r.status}" + (f" ({why})" if why else "")
+        if detail:
+            text += f": {detail}"
+        return RemoteError(text + f" at {redact(r.url)}")
+
+    # -- manifests ---------------------------------------------------------------------------
+    def get_manifest(self, reference: str, what: str) -> tuple[str, str, bytes] | None:
+        """(digest, media type, bytes) of the manifest at a tag or digest, or None (404).
+        A digest reference is checked against the bytes."""
+        r = self.request("GET", f"{self.base}/manifests/{reference}", what,
+                         {"Accept": ACCEPT})
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise self.fail(what, r)
+        digest = "sha256:" + hashlib.sha256(r.body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RemoteError(f"{what}: the registry sent a manifest whose digest is {digest}, "
+                              f"not {reference}")
+        media = r.headers.get("content-type", "").split(";")[0].strip()
+        try:
+            doc = json.loads(r.body)
+        except ValueError:
+            raise RemoteError(f"{what}: manifest {reference} in {self.where} is not "
+                              "JSON") from None
+        if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
+            media = doc["mediaType"]
+        return digest, media, r.body
+
+    def put_manifest(self, reference: str, media_type: str, body: bytes,
+                     what: str) -> Response:
+        r = self.request("PUT", f"{self.base}/manifests/{reference}", what,
+                         {"Content-Type": media_type}, body)
+        if r.status not in (200, 201):
+            raise self.fail(what, r)
+        return r
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def upload(self, digest: str, size: int, reader: Callable[[int, int], bytes],
+               chunk: int = UPLOAD_CHUNK) -> bool:
+        """Put a blob into the repository unless it is there: False if it was. One POST
+        that mounts the blob from this same repository (201: it is there), else the upload
+        session it opened: one PUT with the bytes (up to `chunk`), or PATCHes of `chunk`
+        bytes resumed where the registry says it has them, then the closing PUT."""
+        what = f"upload blob {digest} to {self.where}"
+        q = urllib.parse.urlencode({"mount": digest, "from": self.ref.repo})
+        r = self.request("POST", f"{self.base}/blobs/uploads/?{q}", what)
+        if r.status == 201:
+            return False
+        if r.status != 202 or not r.headers.get("location"):
+            raise self.fail(what, r)
+        location = urllib.parse.urljoin(r.url, r.headers["location"])
+        if size <= chunk:
+            self._close_upload(location, digest, reader(0, size), what)
+            return True
+        done = 0
+        resumed = 0
+        while done < size:
+            n = min(chunk, size - done)
+            try:
+                r = self.request("PATCH", location, what, {
+                    "Content-Type": "application/octet-stream",
+                    "Content-Range": f"{done}-{done + n - 1}"}, reader(done, n))
+            except RemoteError as e:
+                if isinstance(e, RemoteAuthError) or resumed >= self.client.options.tries:
+                    raise
+                resumed += 1
+                done = self._upload_offset(location, what)  # where to go on from
+                continue
+            if r.status != 202:
+                raise self.fail(what, r)
+            location = urllib.parse.urljoin(r.url, r.headers.get("location") or location)
+            done += n
+        self._close_upload(location, digest, b"", what)
+        return True
+
+    def _upload_offset(self, location: str, what: str) -> int:
+        """How many bytes of an upload session the registry holds (its Range: 0-END)."""
+        r = self.request("GET", location, what)
+        if r.status != 204:
+            raise self.fail(what + " (resuming)", r)
+        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", r.headers.get("range", ""))
+        return int(m.group(1)) + 1 if m else 0
+
+    def _close_upload(self, location: str, digest: str, data: bytes, what: str) -> None:
+        sep = "&" if urllib.parse.urlsplit(location).query else "?"
+        url = location + sep + urllib.parse.urlencode({"digest": digest})
+        r = self.request("PUT", url, what, {"Content-Type": "application/octet-stream"}, data)
+        if r.status not in (201, 204):
+            raise self.fail(what, r)
+
+    def download(self, digest: str, size: int, out: IO[bytes],
+                 piece: int = DOWNLOAD_PIECE) -> str:
+        """The blob into out, by range requests (retried and resumed like reads): its
+        sha256 digest as computed."""
+        src = BlobURL(self.client, f"{self.base}/blobs/{digest}", digest, size, self.auth)
+        h = hashlib.sha256()
+        for off in range(0, size, piece):
+            data = src.fetch(off, min(piece, size - off))
+            h.update(data)
+            out.write(data)
+        return "sha256:" + h.hexdigest()
+
+    # -- referrers -------------------------------------------------------------------------------
+    def referrers_api(self, digest: str) -> list[dict[str, Any]] | None:
+        """The referrers API's list for a manifest, or None where the registry has no
+        referrers API (404)."""
+        what = f"list the referrers of {digest} in {self.where}"
+        r = self.request("GET", f"{self.base}/referrers/{digest}", what,
+                         {"Accept": OCI_INDEX})
+        if r.status == 404:
+            return None
+        if r.status != 200:
+            raise self.fail(what, r)
+        return parse_referrers(r.body, f"the referrers API's answer for {digest}")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urllib.parse.urlsplit(url)
+    return p.scheme, (p.hostname or "").lower(), p.port
+
+
+def _registry_error(body: bytes) -> str:
+    """The first error of a distribution API error body ({"errors": [{code, message}]})."""
+    try:
+        doc = json.loads(body)
+        err = doc["errors"][0]
+        text = f"{err.get('code', '')} {err.get('message', '')}".strip()
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text[:200] if text.isprintable() else ""
+
+
+def parse_referrers(body: bytes, what: str) -> list[dict[str, Any]]:
+    """The descriptors of a referrers index (the API's answer or the fallback tag's
+    index), each checked to have a digest and a size: or ArtifactError."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ArtifactError(f"malformed referrers index: {what} is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifests", []), list):
+        raise ArtifactError(f"malformed referrers index: {what} is not an image index "
+                            "(no manifests list)")
+    out = []
+    for i, d in enumerate(doc.get("manifests", [])):
+        if not isinstance(d, dict) or not isinstance(d.get("size"), int) or d["size"] < 0:
+            raise ArtifactError(f"malformed referrers index: {what}: entry {i} is not a "
+                                "descriptor with a digest and a size")
+        try:
+            parse_digest(d.get("digest"), what)
+        except ClipError:
+            raise ArtifactError(f"malformed referrers index: {what}: entry {i} has an "
+                                f"invalid digest {str(d.get('digest'))[:80]!r}") from None
+        out.append(d)
+    return out
+
+
+# -- push -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pushed:
+    artifact: str  # the artifact manifest's digest
+    tag: str
+    subject: str
+    referrers: str  # "api" (the registry indexes referrers) or "tag sha256-HEX"
+    uploaded: bool  # False: the archive blob was in the repository already
+    requests: int
+
+
+def artifact_manifest(blob_digest: str, blob_size: int, subject: dict[str, Any],
+                      version: tuple[int, int], clipcy_version: str) -> bytes:
+    """The artifact's manifest, canonical JSON (sorted keys, no spaces): the same archive
+    pushed again for the same image is the same manifest."""
+    layer = {"mediaType": layer_type(version[0]), "digest": blob_digest, "size": blob_size}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type(version[0]),
+        "config": {"mediaType": EMPTY_TYPE, "digest": EMPTY_DIGEST, "size": len(EMPTY_DATA)},
+        "layers": [layer],
+        "subject": subject,
+        "annotations": {FORMAT_ANNOTATION: f"{version[0]}.{version[1]}",
+                        VERSION_ANNOTATION: clipcy_version},
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _is_clipcy(doc: object) -> bool:
+    return isinstance(doc, dict) and str(doc.get("artifactType", "")).startswith(ARTIFACT_PREFIX)
+
+
+def push_archive(reg: Registry, path: str | os.PathLike[str], image_digest: str,
+                 version: tuple[int, int], clipcy_version: str, tag: str) -> Pushed:
+    """Store the archive at path as the artifact of image_digest (which must be in the
+    repository) and tag it; then make it findable from the image (referrers)."""
+    where = reg.where
+    if not _TAG.fullmatch(tag):
+        raise ArtifactError(f"{tag!r} is not a valid tag")
+    if _FALLBACK_TAG.fullmatch(tag):
+        raise ArtifactError(f"tag {tag} is the referrers tag of an image (sha256-HEX): "
+                            "give another tag")
+    parse_digest(image_digest, "the archive's manifest digest")
+    subject = reg.get_manifest(image_digest, f"look up image {image_digest} in {where}")
+    if subject is None:
+        raise ArtifactError(f"image {image_digest} is not in {where}: push the image the "
+                            "archive was made from first (the archive refers to it)")
+    _, subject_type, subject_body = subject
+    if subject_type not in MANIFEST_TYPES:
+        kind = subject_type or "manifest of no media type"
+        raise ArtifactError(f"{image_digest} in {where} is a {kind}, not an image manifest")
+    held = reg.get_manifest(tag, f"look up tag {tag} in {where}")
+    if held is not None and not _is_clipcy(_json(held[2])):
+        raise ArtifactError(f"tag {tag} in {where} holds {held[0]}, which is not a clipcy "
+                            "archive: refusing to move it (give another TAG)")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+        blob_digest = "sha256:" + h.hexdigest()
+
+        def reader(off: int, n: int) -> bytes:
+            data = os.pread(f.fileno(), n, off)
+            if len(data) != n:
+                raise ArtifactError(f"{os.fspath(path)} changed while it was pushed")
+            return data
+
+        uploaded = reg.upload(blob_digest, size, reader)
+    subject_desc = {"mediaType": subject_type, "digest": image_digest,
+                    "size": len(subject_body)}
+    body = artifact_manifest(blob_digest, size, subject_desc, version, clipcy_version)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    what = f"push the archive's manifest to {where}"
+    url = f"{reg.base}/manifests/{tag}"
+    headers = {"Content-Type": OCI_MANIFEST}
+    r = reg.request("PUT", url, what, headers, body)
+    if r.status in (400, 404):
+        # The empty config blob is in most repositories that hold an artifact already, so
+        # it is uploaded only when the registry says it is missing (one request saved on
+        # every push but the first).
+        reg.upload(EMPTY_DIGEST, len(EMPTY_DATA), lambda off, n: EMPTY_DATA[off:off + n])
+        r = reg.request("PUT", url, what, headers, body)
+    if r.status not in (200, 201):
+        raise reg.fail(what, r)
+    if r.headers.get("oci-subject") == image_digest:
+        how = "api"
+    else:
+        how = "tag " + fallback_tag(image_digest)
+        _add_referrer(reg, image_digest, {
+            "mediaType": OCI_MANIFEST, "digest": digest, "size": len(body),
+            "artifactType": artifact_type(version[0]),
+            "annotations": _json(body)["annotations"]})
+    return Pushed(digest, tag, image_digest, how, uploaded, reg.client.requests)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _add_referrer(reg: Registry, image_digest: str, desc: dict[str, Any]) -> None:
+    """Read-modify-write of the referrers tag's index: every other entry kept as it was,
+    an older entry for the same digest replaced."""
+    tag = fallback_tag(image_digest)
+    what = f"the referrers index {tag} in {reg.where}"
+    held = reg.get_manifest(tag, f"read {what}")
+    entries: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX}
+    if held is not None:
+        entries = parse_referrers(held[2], what)
+        old = _json(held[2])
+        if held[1] not in INDEX_TYPES:
+            raise ArtifactError(f"malformed referrers index: {what} is a {held[1]}, not an "
+                                "image index")
+        doc = {k: v for k, v in old.items() if k != "manifests"}
+    doc["manifests"] = [d for d in entries if d.get("digest") != desc["digest"]] + [desc]
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    reg.put_manifest(tag, OCI_INDEX, body, f"update {what}")
+
+
+# -- find and pull ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    digest: str  # the artifact manifest
+    version: tuple[int, int]
+    found: str  # where: "referrers API", "referrers tag sha256-HEX", "tag T"
+
+
+@dataclass
+class Found:
+    image: str  # the image manifest's digest
+    candidates: list[Candidate]
+    looked: list[str]  # where it looked, for the message when there is none
+    requests: int = 0
+
+
+def resolve_image(reg: Registry, ref: ImageRef,
+                  pick: Callable[[list[dict[str, Any]], str], dict[str, Any]]) -> str:
+    """The image manifest's digest for ref: an index resolved by pick(manifests, where)
+    (the platform's entry)."""
+    reference = ref.reference
+    for _ in range(4):  # index depth
+        got = reg.get_manifest(reference, f"resolve {ref.text}")
+        if got is None:
+            raise ArtifactError(f"no image {reference} in {reg.where} (HTTP 404)")
+        digest, media, body = got
+        doc = _json(body)
+        if media in INDEX_TYPES or (not media and isinstance(doc, dict)
+                                    and "manifests" in doc):
+            manifests = doc.get("manifests") if isinstance(doc, dict) else None
+            if not isinstance(manifests, list):
+                raise ArtifactError(f"image index {digest} in {reg.where} has no manifests")
+            chosen = pick([m for m in manifests if isinstance(m, dict)],
+                          f"index {digest} of {ref.text}")
+            reference = str(chosen.get("digest"))
+            parse_digest(reference, f"index {digest}")
+            continue
+        if _is_clipcy(doc):
+            raise ArtifactError(f"{ref.text} is a clipcy archive, not an image: give the "
+                                "image's reference")
+        return digest
+    raise ArtifactError(f"{ref.text}: image indexes nested too deep")
+
+
+def _version(desc: dict[str, Any]) -> tuple[int, int] | None:
+    """The format version a referrer descriptor announces, or None if it is no clipcy
+    archive."""
+    kind = str(desc.get("artifactType", ""))
+    if not kind.startswith(ARTIFACT_PREFIX) or not kind[len(ARTIFACT_PREFIX):].isdigit():
+        return None
+    major = int(kind[len(ARTIFACT_PREFIX):])
+    ann = desc.get("annotations")
+    text = ann.get(FORMAT_ANNOTATION, "") if isinstance(ann, dict) else ""
+    m = re.fullmatch(r"(\d+)\.(\d+)", str(text))
+    return (major, int(m.group(2))) if m and int(m.group(1)) == major else (major, 0)
+
+
+def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) -> Found:
+    """The clipcy archives that refer to the image: from the referrers API, else the
+    referrers tag, else the artifact tag."""
+    found = Found(image_digest, [], [])
+
+    def add(descs: list[dict[str, Any]], where: str) -> None:
+        for d in descs:
+            v = _version(d)
+            if v is not None and not any(c.digest == d["digest"] for c in found.candidates):
+                found.candidates.append(Candidate(d["digest"], v, where))
+
+    listed = reg.referrers_api(image_digest)
+    if listed is not None:
+        found.looked.append("the referrers API")
+        add(listed, "referrers API")
+    if not found.candidates:
+        tag = fallback_tag(image_digest)
+        found.looked.append(f"the referrers tag {tag}")
+        held = reg.get_manifest(tag, f"read the referrers index {tag} in {reg.where}")
+        if held is not None:
+            add(parse_referrers(held[2], f"the referrers index {tag} in {reg.where}"),
+                f"referrers tag {tag}")
+    if not found.candidates and artifact_tag:
+        found.looked.append(f"the tag {artifact_tag}")
+        held = reg.get_manifest(artifact_tag, f"read tag {artifact_tag} in {reg.where}")
+        doc = _json(held[2]) if held is not None else None
+        if held is not None and isinstance(doc, dict) and _is_clipcy(doc):
+            subject = doc.get("subject")
+            if not isinstance(subject, dict) or subject.get("digest") != image_digest:
+                got = subject.get("digest") if isinstance(subject, dict) else "no image"
+                raise ArtifactError(f"the archive at tag {artifact_tag} in {reg.where} was made "
+                                    f"for another image ({got}, not {image_digest})")
+            add([{"digest": held[0], "size": len(held[2]),
+                  "artifactType": doc.get("artifactType"),
+                  "annotations": doc.get("annotations")}], f"tag {artifact_tag}")
+    found.requests = reg.client.requests
+    return found
+
+
+def choose(found: Found, reads: int, where: str) -> Candidate:
+    """The newest format this reader (major `reads`) can read; the last listed of equals."""
+    if not found.candidates:
+        raise ArtifactError(f"no clipcy archive for image {found.image} in {where} (looked in "
+                            + ", ".join(found.looked) + ")")
+    ok = [c for c in found.candidates if c.version[0] == reads]
+    if not ok:
+        have = ", ".join(sorted({f"{c.version[0]}.{c.version[1]}" for c in found.candidates}))
+        raise ArtifactError(f"the clipcy archives for image {found.image} in {where} are of "
+                            f"format {have}; this clipcy reads {reads}.x")
+    best = max(c.version for c in ok)
+    return [c for c in ok if c.version == best][-1]
+
+
+def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
+                  check: Callable[[str], str]) -> tuple[str, int]:
+    """Download the candidate's archive blob to dest (a new file), checking the artifact's
+    subject, the blob's digest and size, and check(dest) (the archive's image manifest
+    digest) against image_digest. (blob digest, size). dest is left for the caller to
+    remove on error."""
+    what = f"the clipcy archive {cand.digest} in {reg.where}"
+    got = reg.get_manifest(cand.digest, f"read {what}")
+    if got is None:
+        raise ArtifactError(f"{what} is listed but not there (HTTP 404)")
+    doc = _json(got[2])
+    if not _is_clipcy(doc):
+        raise ArtifactError(f"{what} is not a clipcy archive manifest")
+    subject = doc.get("subject")
+    if not isinstance(subject, dict) or subject.get("digest") != image_digest:
+        other = subject.get("digest") if isinstance(subject, dict) else "no image"
+        raise ArtifactError(f"{what} was made for another image ({other}, not "
+                            f"{image_digest})")
+    layers = doc.get("layers")
+    if (not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict)
+            or not str(layers[0].get("mediaType", "")).startswith(ARTIFACT_PREFIX)
+            or not isinstance(layers[0].get("size"), int) or layers[0]["size"] < 0):
+        raise ArtifactError(f"{what} does not hold one archive layer")
+    blob, size = str(layers[0].get("digest")), int(layers[0]["size"])
+    parse_digest(blob, what)
+    with open(dest, "wb") as out:
+        computed = reg.download(blob, size, out)
+        out.flush()
+        os.fsync(out.fileno())
+    if computed != blob:
+        raise ArtifactError(f"the archive blob of {what} is not the one the artifact names "
+                            f"(its digest is {computed}, expected {blob}): tampered with")
+    made_for = check(dest)
+    if made_for != image_digest:
+        raise ArtifactError(f"{what} was made for another image: the archive indexes "
+                            f"{made_for}, not {image_digest}")
+    return blob, size
+
