@@ -131,10 +131,11 @@ def test_extract_from_registry_matches_expected_tree(
     assert diffs == "", diffs
 
 
-def _expected_files(pushed: Pushed, case: str) -> dict[str, dict[str, Any]]:
+def _expected_files(expected: Path, case: str) -> dict[str, dict[str, Any]]:
+    """The file records of one case's expected tree (expected: the corpus's expected/)."""
     recs = {}
     tree = next(c for c in TREES if _case_id(c) == case)
-    for line in (pushed.expected / expected_name(*tree)).open():
+    for line in (expected / expected_name(*tree)).open():
         rec = json.loads(line)
         if rec["type"] == "file":
             recs[rec["path"]] = rec
@@ -150,8 +151,8 @@ def proxy(pushed: Pushed) -> Iterator[rs.FaultProxy]:
         p.close()
 
 
-def _biggest(pushed: Pushed, case: str) -> tuple[str, dict[str, Any]]:
-    return max(_expected_files(pushed, case).items(), key=lambda kv: kv[1]["size"])
+def _biggest(expected: Path, case: str) -> tuple[str, dict[str, Any]]:
+    return max(_expected_files(expected, case).items(), key=lambda kv: kv[1]["size"])
 
 
 def test_second_read_makes_no_request(pushed: Pushed, proxy: rs.FaultProxy,
@@ -159,7 +160,7 @@ def test_second_read_makes_no_request(pushed: Pushed, proxy: rs.FaultProxy,
     """The span cache on disk: a second process reading the same file asks nothing."""
     import hashlib
 
-    path, rec = _biggest(pushed, "basic@latest")
+    path, rec = _biggest(pushed.expected, "basic@latest")
     argv = ["cat", str(pushed.archives["basic@latest"]), path, "--storage",
             f"docker://127.0.0.1:{proxy.port}/basic", "--cache-dir", str(tmp_path / "spans")]
     first = clipctl(*argv, cwd=tmp_path)
@@ -193,7 +194,7 @@ def test_storage_overrides_recorded_ref(pushed: Pushed, corpus: Path, tmp_path: 
     r = clipctl("index-layout", "--layout", str(corpus / "zstd-multiframe"), "--tag", "latest",
                 "--out", str(arc), "--no-cache", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    path, rec = _biggest(pushed, "zstd-multiframe@latest")
+    path, rec = _biggest(pushed.expected, "zstd-multiframe@latest")
     r = clipctl("cat", str(arc), path, "--storage",
                 f"docker://{pushed.reg.host}/zstd-multiframe", "--no-cache", cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
@@ -225,7 +226,7 @@ def test_faults_byte_exact(pushed: Pushed, proxy: rs.FaultProxy, tmp_path: Path,
     proxy.add(*FAULTS)
     with open_archive(pushed.archives[case], storage=f"docker://127.0.0.1:{proxy.port}/{layout}",
                       remote=opts) as arc:
-        for path, rec in _expected_files(pushed, case).items():
+        for path, rec in _expected_files(pushed.expected, case).items():
             with arc.open(path) as f:
                 assert hashlib.sha256(f.read()).hexdigest() == rec["sha256"], path
     assert not proxy.faults  # all were met
@@ -242,7 +243,7 @@ def test_persistent_fault_is_one_line(pushed: Pushed, proxy: rs.FaultProxy, tmp_
                                       fault: str, match: str) -> None:
     import re
 
-    path, _ = _biggest(pushed, "basic@latest")
+    path, _ = _biggest(pushed.expected, "basic@latest")
     proxy.always = fault
     out = tmp_path / "out"
     r = clipctl("extract", str(pushed.archives["basic@latest"]), path, "-C", str(out),
@@ -286,7 +287,7 @@ def test_auth_through_cli_leaks_no_secret(corpus: Path, tmp_path: Path) -> None:
         env = dict(os.environ, HOME=str(tmp_path / "home"))
         env.pop("REGISTRY_AUTH_FILE", None)
         env.pop("XDG_RUNTIME_DIR", None)
-        path, rec = _biggest(pushed, "basic@latest")
+        path, rec = _biggest(corpus / "expected", "basic@latest")
         denied = clipctl("cat", str(arc), path, "--no-cache", cwd=tmp_path, env=env)
         assert denied.returncode == 1
         assert b"requires authentication and no credentials" in denied.stderr
@@ -316,7 +317,7 @@ def test_cold_random_read_is_one_request(pushed: Pushed, proxy: rs.FaultProxy,
     from clipcy.storage.registry import RemoteOptions
 
     rng = random.Random(case)
-    files = sorted((r["size"], p) for p, r in _expected_files(pushed, case).items()
+    files = sorted((r["size"], p) for p, r in _expected_files(pushed.expected, case).items()
                    if r["size"] >= 1 << 20)
     layout = case.split("@")[0]
     for size, path in files[-3:]:
@@ -335,7 +336,7 @@ def test_cold_random_read_is_one_request(pushed: Pushed, proxy: rs.FaultProxy,
         before = proxy.blob_requests()
         with arc.open(path) as f:
             digest = hashlib.sha256(f.read()).hexdigest()
-        assert digest == _expected_files(pushed, case)[path]["sha256"]
+        assert digest == _expected_files(pushed.expected, case)[path]["sha256"]
         assert proxy.blob_requests() - before <= 2 + size // (4 << 20)
 
 
@@ -354,7 +355,7 @@ def test_first_request_is_the_readers_own(pushed: Pushed, proxy: rs.FaultProxy) 
     from clipcy import open_archive
     from clipcy.storage.registry import RemoteOptions
 
-    path, rec = _biggest(pushed, "basic@latest")
+    path, rec = _biggest(pushed.expected, "basic@latest")
     with open_archive(pushed.archives["basic@latest"], remote=RemoteOptions(cache=False),
                       storage=f"docker://127.0.0.1:{proxy.port}/basic") as arc:
         with arc.open(path) as f:  # in 1 MiB reads, as cat and extract do
@@ -400,7 +401,7 @@ def test_prefetch_is_used_and_checked(pushed: Pushed, proxy: rs.FaultProxy, case
     from clipcy.storage.http import HttpOptions
     from clipcy.storage.registry import RemoteOptions
 
-    files = _expected_files(pushed, case)
+    files = _expected_files(pushed.expected, case)
     path = path or max((p for p, r in files.items() if r["size"] <= PREFETCH_OUT),
                        key=lambda p: files[p]["size"])
     layout = case.split("@")[0]
@@ -444,7 +445,7 @@ def test_extract_several_files_reads_ahead_within_them(pushed: Pushed, proxy: rs
     from clipcy import open_archive
 
     case = "basic@latest"
-    files = _expected_files(pushed, case)
+    files = _expected_files(pushed.expected, case)
     paths = sorted(files, key=lambda p: -files[p]["size"])[:4]
     with open_archive(pushed.archives[case]) as arc:
         ends = {arc.stat(p).layer: 0 for p in paths}
@@ -487,7 +488,7 @@ def test_extract_lookahead_fetches_each_byte_once(pushed: Pushed, proxy: rs.Faul
     from clipcy.storage.registry import RemoteOptions
 
     layout = case.split("@")[0]
-    files = _expected_files(pushed, case)
+    files = _expected_files(pushed.expected, case)
     asked = {}
     for lookahead in (0, extract.LOOKAHEAD_NODES):
         monkeypatch.setattr(extract, "LOOKAHEAD_NODES", lookahead)
