@@ -336,17 +336,14 @@ def remote_options(args: argparse.Namespace) -> RemoteOptions:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    from clipcy.archive.files import ArchiveFile, BlobStore, read_piecewise, resolve_file
+    from clipcy.archive.files import read_piecewise
 
-    with open_archive(args.archive) as arc, step(f"cat {args.path}"):
-        node = resolve_file(arc, args.path)
+    with open_archive(args.archive, storage=blob_ref(args), remote=remote_options(args)) as arc, \
+            step(f"cat {args.path}"), arc.open(args.path) as f:
+        node = f.node
         log.debug("cat %s: %d bytes of layer %d at offset %d", os.fsdecode(node.path),
                   node.size, node.layer, node.offset)
-        store = BlobStore(arc.metadata, arc.access, blob_ref(args), remote_options(args))
-        try:
-            read_piecewise(ArchiveFile(node, store), sys.stdout.buffer)
-        finally:
-            store.close()
+        read_piecewise(f, sys.stdout.buffer)
     sys.stdout.flush()
     return 0
 
@@ -356,11 +353,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     reporter = make_reporter(args.progress)
     try:
-        with open_archive(args.archive) as arc:
-            files, nbytes = extract_archive(
-                arc, args.dest, args.paths, layout=blob_ref(args), remote=remote_options(args),
-                progress=reporter,
-            )
+        with open_archive(args.archive, storage=blob_ref(args),
+                          remote=remote_options(args)) as arc:
+            files, nbytes = extract_archive(arc, args.dest, args.paths, progress=reporter)
         if reporter is not None:
             reporter("done", {"files": files, "bytes": nbytes})
     finally:
@@ -375,15 +370,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     reporter = make_reporter(args.progress)
     try:
-        with open_archive(args.archive) as arc:
+        with open_archive(args.archive, storage=blob_ref(args),
+                          remote=remote_options(args)) as arc:
             if reporter is not None:
                 reporter(
                     "start",
                     {"layers": len(arc.layers), "bytes": sum(x["size"] for x in arc.layers)},
                 )
             checked: dict[str, Any] = {}
-            problems = verify_archive(arc, blob_ref(args), reporter, remote_options(args),
-                                      checked)
+            problems = verify_archive(arc, progress=reporter, checked=checked)
             if reporter is not None:
                 reporter("done", {"problems": len(problems)})
     finally:

@@ -16,11 +16,16 @@ import stat
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import starmap
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipcy.archive.files import ArchiveFile, BlobStore
+from clipcy.archive.files import ArchiveFile, LayerReaders
+from clipcy.archive.reader import storage_or_layout
 from clipcy.errors import ArchivePathError, ClipError
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+
+if TYPE_CHECKING:
+    from clipcy.archive.reader import Archive
+    from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy")
 COPY_PIECE = 1 << 20
@@ -98,7 +103,7 @@ class Fds:
 
 class Extractor:
     def __init__(
-        self, dest: str | os.PathLike[str], store: BlobStore, progress: Any = None
+        self, dest: str | os.PathLike[str], store: LayerReaders, progress: Any = None
     ) -> None:
         os.makedirs(dest, exist_ok=True)
         self.fds = Fds()
@@ -304,19 +309,22 @@ def select_nodes(arc: Any, paths: Iterable[str] | None) -> Iterator[Node]:
 
 
 def extract_archive(
-    arc: Any,
+    arc: Archive,
     dest: str | os.PathLike[str],
     paths: Iterable[str] | None = None,
     *,
-    layout: str | os.PathLike[str] | None = None,
-    remote: Any = None,
+    storage: str | os.PathLike[str] | None = None,
+    remote: RemoteOptions | None = None,
     progress: Any = None,
+    layout: str | os.PathLike[str] | None = None,
 ) -> tuple[int, int]:
-    """Extract into dest; returns (files written, bytes written). layout: a storage ref
-    overriding the archive's (default: what open_archive was given); remote: RemoteOptions."""
-    store = BlobStore(arc.metadata, arc.access,
-                      layout if layout is not None else getattr(arc, "_layout", None),
-                      remote if remote is not None else getattr(arc, "_remote", None))
+    """Extract into dest; returns (files written, bytes written). The bytes come through the
+    archive's layer readers (the storage it was opened with), or through readers of their
+    own when storage (a storage ref overriding the archive's; layout: the same, deprecated)
+    or remote (RemoteOptions) is given."""
+    storage = storage_or_layout(storage, layout)
+    own = storage is not None or remote is not None
+    store = arc.open_layer_readers(storage, remote) if own else arc.layer_readers()
     ex = Extractor(dest, store, progress)
     walk = iter(select_nodes(arc, paths))
     window: collections.deque[Node] = collections.deque()
@@ -355,5 +363,6 @@ def extract_archive(
         try:
             ex.close()
         finally:
-            store.close()
+            if own:
+                store.close()
     return ex.files, ex.bytes

@@ -15,12 +15,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from clipcy.archive.files import ArchiveFile, BlobStore
+from clipcy.archive.files import ArchiveFile, LayerReaders
+from clipcy.archive.reader import storage_or_layout
 from clipcy.errors import ClipError
 from clipcy.layers.packing import same_access
 from clipcy.node import FILE, Node
+
+if TYPE_CHECKING:
+    from clipcy.archive.reader import Archive
+    from clipcy.storage.registry import RemoteOptions
 
 # Every Node field but the path (the key), ino (numbering) and digest (compared separately).
 _NODE_FIELDS = tuple(f.name for f in fields(Node) if f.name not in ("path", "ino", "digest"))
@@ -31,14 +36,20 @@ def _node_diff(a: Node, b: Node) -> list[str]:
 
 
 def verify_archive(
-    arc: Any,
-    layout: str | os.PathLike[str] | None = None,
+    arc: Archive,
+    storage: str | os.PathLike[str] | None = None,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
-    remote: Any = None,
+    remote: RemoteOptions | None = None,
     checked: dict[str, Any] | None = None,
+    *,
+    layout: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Problems found (empty when everything holds). checked, when given, is filled with
-    what was checked (the keys of `clipctl verify --json`'s "checked", docs/CLI.md)."""
+    """Problems found (empty when everything holds). The blobs are read through the
+    archive's layer readers, or through readers of their own when storage (a storage ref
+    overriding the archive's; layout: the same, deprecated) or remote is given. checked,
+    when given, is filled with what was checked (the keys of `clipctl verify --json`'s
+    "checked", docs/CLI.md)."""
+    storage = storage_or_layout(storage, layout)
     if checked is None:
         checked = {}
     try:
@@ -48,17 +59,17 @@ def verify_archive(
     checked["archive"] = {"sha256": True, "sections": len(arc.section_sizes()),
                           "nodes": arc.node_count}
     checked["layers"] = []
-    store = BlobStore(arc.metadata, arc.access,
-                      layout if layout is not None else getattr(arc, "_layout", None),
-                      remote if remote is not None else getattr(arc, "_remote", None))
+    own = storage is not None or remote is not None
+    store = arc.open_layer_readers(storage, remote) if own else arc.layer_readers()
     try:
         return _verify(arc, store, progress, checked)
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 @contextmanager
-def _blob_file(store: BlobStore, i: int) -> Iterator[Path]:
+def _blob_file(store: LayerReaders, i: int) -> Iterator[Path]:
     """The layer blob as a local file: in its layout, or (a remote store) downloaded into a
     temp file for the time of its re-index (its digest is checked by that re-index)."""
     if hasattr(store.store, "blob_path"):
@@ -72,7 +83,8 @@ def _blob_file(store: BlobStore, i: int) -> Iterator[Path]:
         yield path
 
 
-def _verify(arc: Any, store: BlobStore, progress: Callable[[str, dict[str, Any]], None] | None,
+def _verify(arc: Archive, store: LayerReaders,
+            progress: Callable[[str, dict[str, Any]], None] | None,
             checked: dict[str, Any]) -> list[str]:
     from clipcy.image.indexer import LayerResult, index_layer
     from clipcy.image.layout import LAYER_TYPES, LayerInfo
@@ -141,7 +153,6 @@ def _verify(arc: Any, store: BlobStore, progress: Callable[[str, dict[str, Any]]
         checked["nodes"] = len(stored)
         checked["files"] = {"sha256": with_digests, "count": 0, "bytes": 0}
     if problems or not with_digests:
-        store.close()
         return problems
     # Every file read through its recorded location, resume points included.
     seen: set[int] = set()
@@ -164,5 +175,4 @@ def _verify(arc: Any, store: BlobStore, progress: Callable[[str, dict[str, Any]]
                 f"{os.fsdecode(node.path)}: content read through the archive has "
                 f"sha256 {h.hexdigest()}, recorded {node.digest.hex()}"
             )
-    store.close()
     return problems

@@ -12,7 +12,7 @@ import bisect
 import io
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,27 +24,31 @@ from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
+    from clipcy.layers.access import LayerAccess
+    from clipcy.storage.registry import RemoteOptions
 
 READ_PIECE = 1 << 20
 
 
-class BlobStore:
-    """The layer readers of one archive: blobs from the store of its storage ref (or of a
-    layout given at open time, clipcy.storage.open_store), each read verified against the
-    archive's span checksums."""
+class LayerReaders:
+    """The layer readers of one archive: each layer's blob from one store (the archive's
+    storage ref, or the storage given when it was opened: clipcy.storage.open_store), every
+    read verified against the archive's span checksums. Archive.layer_readers() gives the
+    archive's; everything that reads file bytes (Archive.open, cat, extract, verify, the
+    mount) goes through one."""
 
     def __init__(
-        self, metadata: dict[str, Any], access: Any, layout: str | os.PathLike[str] | None = None,
-        remote: Any = None,
+        self, metadata: dict[str, Any], access: Callable[[int], LayerAccess],
+        storage: str | os.PathLike[str] | None = None, remote: RemoteOptions | None = None,
     ) -> None:
-        """layout: a storage ref (a layout directory, docker://..., http(s)://...) that
-        overrides the archive's; remote: a clipcy.storage.registry.RemoteOptions."""
+        """storage: a storage ref (a layout directory, docker://..., http(s)://...) that
+        overrides the archive's; remote: how to reach a remote store."""
         from clipcy.storage import open_store
 
-        self.store = open_store(layout if layout is not None else metadata.get("storage_ref"),
+        self.store = open_store(storage if storage is not None else metadata.get("storage_ref"),
                                 remote)
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
-        self._access = access  # callable: layer index -> LayerAccess
+        self._access = access
         self._readers: dict[int, Any] = {}
         self._opening: dict[int, threading.Lock] = {}  # one per layer, made under _lock
         self._lock = threading.Lock()
@@ -127,7 +131,7 @@ class BlobStore:
 class ArchiveFile(io.RawIOBase):
     """A regular file of the image, read lazily. Sparse holes read as zeros."""
 
-    def __init__(self, node: Node, store: BlobStore) -> None:
+    def __init__(self, node: Node, store: LayerReaders) -> None:
         super().__init__()
         if node.type != FILE:
             raise ArchivePathError(f"not a regular file: {node.path.decode(errors='replace')}")
@@ -231,6 +235,10 @@ class ArchiveFile(io.RawIOBase):
                 out[lo - pos : hi - pos] = chunk
             i += 1
         return bytes(out)
+
+
+# The former name, kept working for callers (clipcy.storage.BlobStore is the store protocol).
+BlobStore = LayerReaders
 
 
 def resolve_file(arc: Archive, path: str | bytes) -> Node:

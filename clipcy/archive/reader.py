@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import threading
+import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from clipcy.node import Node
 from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
-    from clipcy.archive.files import ArchiveFile
+    from clipcy.archive.files import ArchiveFile, LayerReaders
     from clipcy.storage.registry import RemoteOptions
 
 __all__ = ["Archive", "open_archive", "normalize_path", "decode_block", "BLOCK_CACHE_BYTES"]
@@ -129,18 +130,18 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike[str],
                  layout: str | os.PathLike[str] | None = None, *,
-                 storage: str | None = None, remote: RemoteOptions | None = None) -> None:
+                 storage: str | os.PathLike[str] | None = None,
+                 remote: RemoteOptions | None = None) -> None:
         self.name = os.fspath(path)
-        if layout is not None and storage is not None:
-            raise ValueError("give layout or storage, not both")
+        storage = storage_or_layout(storage, layout)
         if storage is not None:  # a bad ref fails here, before any read
-            from clipcy.storage.registry import parse_storage_ref
+            from clipcy.storage.refs import parse_storage_ref
 
             parse_storage_ref(storage)
         # where the layer blobs are, if not at the recorded storage ref
-        self._layout = layout if layout is not None else storage
+        self._storage = storage
         self._remote = remote
-        self._store: Any = None
+        self._readers: LayerReaders | None = None
         self._lock = threading.Lock()
         # pread on a plain fd, not mmap: thread-safe without a shared file position, and a
         # file truncated under us gives a short read (an error) instead of SIGBUS
@@ -389,7 +390,7 @@ class Archive:
     def _record(self, path: bytes) -> Record | None:
         if self._fd is None:
             raise ArchiveError(f"archive {self.name} is closed")
-        found = self._locate(path)
+        found = self.locate(path)
         return None if found is None else found[1]
 
     def _find(self, path: str | bytes, strict: bool = False) -> tuple[bytes, Any]:
@@ -494,7 +495,45 @@ class Archive:
         return {F.SECTION_NAMES.get(k, f"section {k}"): length
                 for k, (_, length, _) in sorted(self._sections.items())}
 
-    # -- file data (files.py) ------------------------------------------------------------
+    # -- file data: one path for every reader (files.py) ------------------------------------
+    @property
+    def storage(self) -> str | None:
+        """The storage ref the layer blobs are read from: the one given at open, else the
+        one recorded in the archive (None if neither)."""
+        if self._storage is not None:
+            return os.fspath(self._storage)
+        ref = self.metadata.get("storage_ref")
+        return ref if isinstance(ref, str) else None
+
+    @property
+    def remote(self) -> RemoteOptions | None:
+        """How a remote store is reached (given at open), or None for the defaults."""
+        return self._remote
+
+    def layer_readers(self) -> LayerReaders:
+        """The archive's layer readers (opened on first use, closed by close()): the blob
+        store of `storage` and each layer's decompressing reader. Archive.open, cat,
+        extract, verify and the mount read file bytes through these."""
+        from clipcy.archive.files import LayerReaders
+
+        with self._lock:
+            if self._readers is None:
+                self._readers = LayerReaders(self.metadata, self.access, self._storage,
+                                             self._remote)
+            return self._readers
+
+    _blob_store = layer_readers  # the former private name (tests use it)
+
+    def open_layer_readers(self, storage: str | os.PathLike[str] | None = None,
+                           remote: RemoteOptions | None = None) -> LayerReaders:
+        """Layer readers of their own over another storage ref or remote options (each
+        defaults to the archive's); the caller closes them."""
+        from clipcy.archive.files import LayerReaders
+
+        return LayerReaders(self.metadata, self.access,
+                            storage if storage is not None else self._storage,
+                            remote if remote is not None else self._remote)
+
     def open(self, path: str | bytes) -> ArchiveFile:
         """A read-only binary file object for the regular file at path (symlinks followed
         inside the image), reading lazily from the layer blobs. Thread-safe across files."""
@@ -502,23 +541,16 @@ class Archive:
 
         with self._lock:
             node = resolve_file(self, path)
-        return ArchiveFile(node, self._blob_store())
-
-    def _blob_store(self) -> Any:
-        from clipcy.archive.files import BlobStore
-
-        with self._lock:
-            if self._store is None:
-                self._store = BlobStore(self.metadata, self.access, self._layout, self._remote)
-            return self._store
+        return ArchiveFile(node, self.layer_readers())
 
     def layer_reader(self, layer: int) -> Any:
         """The shared reader of layer `layer`'s uncompressed stream (pread(offset, n))."""
-        return self._blob_store().reader(layer)
+        return self.layer_readers().reader(layer)
 
     # -- records by position (the mount's node ids are positions + 1) -----------------------
-    def _locate(self, path: bytes) -> tuple[int, Record] | None:
-        """(position in path order, record) of the node at exactly path, or None."""
+    def locate(self, path: bytes) -> tuple[int, Record] | None:
+        """(position in path order, record) of the node at exactly this normalized path (no
+        symlink followed), or None. Records: clipcy.archive.record."""
         b = bisect.bisect_right(self._firsts, path) - 1
         if b < 0:
             return None
@@ -528,13 +560,31 @@ class Archive:
             return None
         return self._starts[b] + i, blk.record(i)
 
-    def _record_at(self, pos: int) -> Record:
+    def record_at(self, pos: int) -> Record:
         """The record at position pos (0 = the root); IndexError when out of range."""
         starts = self._starts
         if not 0 <= pos < self.node_count:
             raise IndexError(f"node position {pos} out of range")
         b = bisect.bisect_right(starts, pos) - 1
         return self._block(b).record(pos - starts[b])
+
+    def children(self, path: bytes) -> list[tuple[bytes, int, Record]]:
+        """(name, position, record) of each child of the directory at this normalized path,
+        sorted by name."""
+        starts = self._starts
+        return [(name, starts[b] + i, self._block(b).record(i))
+                for name, b, i in self._child_positions(path)]
+
+    def preload_blocks(self) -> int | None:
+        """Decode every node block into the block cache while they all fit (a long-lived
+        reader decodes each once anyway); returns every record's flags or-ed (format.F_*),
+        or None when they do not all fit (the rest stay for real lookups)."""
+        flags = 0
+        for b in range(len(self._blocks)):
+            flags |= self._block(b).flags
+            if self.block_cache_info()[0] < b + 1:
+                return None
+        return flags
 
     def _child_positions(self, path: bytes) -> Iterator[tuple[bytes, int, int]]:
         """(name, block, index in block) of each child of the directory at path, by name."""
@@ -563,21 +613,15 @@ class Archive:
             else:
                 b, i = b + 1, 0
 
-    def _children(self, path: bytes) -> list[tuple[bytes, int, Record]]:
-        """(name, position, record) of each child of the directory at path, sorted by name."""
-        starts = self._starts
-        return [(name, starts[b] + i, self._block(b).record(i))
-                for name, b, i in self._child_positions(path)]
-
     def close(self) -> None:
         # each is taken before it is closed, and the fd is closed even if closing the store
         # is interrupted: a second close() (an interrupt landing right after a close) finds
         # nothing to close again
-        store, self._store = self._store, None
+        readers, self._readers = self._readers, None
         fd, self._fd = self._fd, None
         try:
-            if store is not None:
-                store.close()
+            if readers is not None:
+                readers.close()
         finally:
             with self._cache_lock:
                 self._cache.clear()
@@ -597,14 +641,27 @@ class Archive:
         return f"<clipcy Archive {self.name!r} {state}>"
 
 
+def storage_or_layout(storage: str | os.PathLike[str] | None,
+                 layout: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """storage, or the deprecated layout= (any storage ref: the same thing) with a warning."""
+    if layout is None:
+        return storage
+    if storage is not None:
+        raise ValueError("give layout or storage, not both")
+    warnings.warn("layout= is deprecated: use storage= (it takes any storage ref, a layout "
+                  "directory included)", DeprecationWarning, stacklevel=3)
+    return layout
+
+
 def open_archive(path: str | os.PathLike[str],
                  layout: str | os.PathLike[str] | None = None, *,
-                 storage: str | None = None, remote: RemoteOptions | None = None) -> Archive:
+                 storage: str | os.PathLike[str] | None = None,
+                 remote: RemoteOptions | None = None) -> Archive:
     """Open a .clip archive (cheap: reads the header, metadata and indexes only).
 
-    layout: the OCI layout holding the layer blobs, when they are not at the archive's
-    recorded storage ref; storage: any storage ref instead (a directory,
-    docker://HOST[:PORT]/REPO or http(s)://BASE); remote: how to reach a remote store
+    storage: where the layer blobs are, when not at the archive's recorded storage ref: any
+    storage ref (a layout directory, docker://HOST[:PORT]/REPO or http(s)://BASE); layout:
+    the same, deprecated; remote: how to reach a remote store
     (clipcy.storage.registry.RemoteOptions: auth file, timeouts, retries, span cache).
-    Only Archive.open() reads blobs."""
-    return Archive(path, layout, storage=storage, remote=remote)
+    Only reading file data (Archive.open) reads blobs."""
+    return Archive(path, storage=storage_or_layout(storage, layout), remote=remote)

@@ -1,6 +1,6 @@
 """`clipctl mount` and clipcy.mount(): an archive as a read-only FUSE filesystem.
 
-    with clipcy.mount("img.clip", "/mnt/img", layout="./img") as m:
+    with clipcy.mount("img.clip", "/mnt/img", storage="./img") as m:
         print(os.listdir(m.mountpoint))
 
 The filesystem is served by a separate process (`clipctl mount -f`, see service.py) over
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -60,20 +61,22 @@ class Mount:
 
 
 def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
-          layout: str | os.PathLike[str] | None = None, storage: str | None = None,
-          cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
-          log_path: str | None = None) -> Mount:
+          storage: str | os.PathLike[str] | None = None, cache_mib: int = DEFAULT_CACHE_MIB,
+          options: Sequence[str] = (), log_path: str | None = None,
+          layout: str | os.PathLike[str] | None = None) -> Mount:
     """Mount archive read-only at mountpoint (returns once the tree is visible).
 
-    layout: the directory of the layer blobs when not at the archive's storage ref; storage:
-    any storage ref instead (docker://HOST/REPO, http(s)://BASE, a directory); cache_mib: the
-    decompressed-span cache; options: FUSE -o options (e.g. "allow_other"). Raises
-    MountError (a ClipError) with a one-line message when it cannot mount."""
-    where: list[str] = []
+    storage: where the layer blobs are when not at the archive's storage ref, any storage ref
+    (a layout directory, docker://HOST/REPO, http(s)://BASE); layout: the same, deprecated;
+    cache_mib: the decoded-span cache; options: FUSE -o options (e.g. "allow_other").
+    Raises MountError (a ClipError) with a one-line message when it cannot mount."""
     if layout is not None:
-        where += ["--layout", os.fspath(layout)]
-    if storage is not None:
-        where += ["--storage", storage]
+        if storage is not None:
+            raise ValueError("give layout or storage, not both")
+        warnings.warn("layout= is deprecated: use storage= (it takes any storage ref, a layout "
+                      "directory included)", DeprecationWarning, stacklevel=2)
+        storage = layout
+    where = ["--storage", os.fspath(storage)] if storage is not None else []
     proc, log = start(os.fspath(archive), os.fspath(mountpoint), where, cache_mib, options,
                       log_path)
     return Mount(proc, os.path.realpath(mountpoint), log)

@@ -9,7 +9,7 @@ open and opendir answer ENOSYS where the kernel allows it (it then opens by itse
 pages and listings cached, and sends no open/release at all), so reads and readdirs name the
 node id: a directory's listing (with each child's record: readdirplus hands the kernel every
 child's attributes) and a file's data location are kept in small LRUs. File bytes come from
-the span cache (spans.py) over the layer readers.
+the decoded-span cache (spans.py) over the archive's layer readers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from clipcy.archive.format import F_XATTR
 from clipcy.archive.reader import Archive
 from clipcy.archive.record import LAYER, LINKNAME, OFFSET, PATH, SIZE, SPARSE, TYPE, XATTRS, Record
 from clipcy.errors import ClipError
-from clipcy.fusemount.spans import SpanCache
+from clipcy.fusemount.spans import DecodedSpanCache
 
 log = logging.getLogger("clipcy.mount")
 
@@ -61,7 +61,7 @@ class ImageFS:
 
     def __init__(self, arc: Archive, cache_bytes: int) -> None:
         self.arc = arc
-        self.spans = SpanCache(arc.layer_reader, cache_bytes)
+        self.spans = DecodedSpanCache(arc.layer_reader, cache_bytes)
         self._listings: OrderedDict[int, list[tuple[bytes, int, Record]]] = OrderedDict()
         self._files: OrderedDict[int, _File] = OrderedDict()
         self._failed: set[int] = set()  # layers whose failure was logged already
@@ -76,18 +76,14 @@ class ImageFS:
         while they fit in the block cache (each is decoded once anyway), and turn xattrs off
         when no record has one."""
         try:
-            self.arc._blob_store()
+            self.arc.layer_readers()
             for layer in range(self.arc.layer_count):
                 try:
                     self.arc.layer_reader(layer)
                 except Exception as e:  # noqa: BLE001 - a read of that layer reports it
                     log.info("warm-up: layer %d not opened: %s", layer, e)
-            flags, nblocks = 0, len(self.arc._blocks)
-            for b in range(nblocks):
-                flags |= self.arc._block(b).flags
-                if self.arc.block_cache_info()[0] < b + 1:
-                    return  # they do not all fit: keep the rest for real lookups
-            if not flags & F_XATTR:
+            flags = self.arc.preload_blocks()
+            if flags is not None and not flags & F_XATTR:
                 set_xattrs(False)
                 log.info("no xattrs in the image: getxattr answers ENOSYS")
         except Exception as e:  # noqa: BLE001 - warming is best effort; requests report errors
@@ -96,13 +92,13 @@ class ImageFS:
     # -- names and attributes ---------------------------------------------------------------
     def record(self, nodeid: int) -> Record:
         try:
-            return self.arc._record_at(nodeid - 1)
+            return self.arc.record_at(nodeid - 1)
         except IndexError:
             raise _err(errno.ENOENT) from None
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, Record] | None:
         base = self.record(parent)[PATH]
-        hit = self.arc._locate((base if base != b"/" else b"") + b"/" + name)
+        hit = self.arc.locate((base if base != b"/" else b"") + b"/" + name)
         if hit is None:
             return None
         return hit[0] + 1, hit[1]
@@ -145,10 +141,10 @@ class ImageFS:
         if rec[TYPE] != "dir":
             raise _err(errno.ENOTDIR)
         path = rec[PATH]
-        parent = self.arc._locate(path.rpartition(b"/")[0] or b"/")
+        parent = self.arc.locate(path.rpartition(b"/")[0] or b"/")
         entries: list[tuple[bytes, int, Record]] = [
             (b".", 0, rec), (b"..", 0, parent[1] if parent is not None else rec)]
-        entries += [(name, pos + 1, r) for name, pos, r in self.arc._children(path)]
+        entries += [(name, pos + 1, r) for name, pos, r in self.arc.children(path)]
         with self._lock:
             self._listings[nodeid] = entries
             if len(self._listings) > LISTINGS:
@@ -172,16 +168,10 @@ class ImageFS:
         return f
 
     # -- data -------------------------------------------------------------------------------
-    def read(self, nodeid: int, size: int, off: int) -> bytes:
-        """Up to size bytes of the file at off (fewer only at its end)."""
-        parts = self.read_parts(nodeid, size, off)
-        if len(parts) == 1 and parts[0][1] == 0 and parts[0][2] == len(parts[0][0]):
-            return parts[0][0]
-        return b"".join([memoryview(data)[lo:lo + n] for data, lo, n in parts])
-
     def read_parts(self, nodeid: int, size: int, off: int) -> list[tuple[bytes, int, int]]:
-        """read() as (bytes, start, length) pieces of the span cache, not joined: the binding
-        replies with them as one iovec (no copy in this process)."""
+        """Up to size bytes of the file at off (fewer only at its end), as (bytes, start,
+        length) pieces of the decoded-span cache, not joined: the binding replies with them as
+        one iovec (no copy in this process)."""
         f = self._file(nodeid)
         n = min(size, f.size - off)
         if n <= 0:

@@ -1,4 +1,5 @@
-"""Decompressed spans of the layers' uncompressed streams, in an LRU bounded in bytes.
+"""Decoded spans: SPAN-sized pieces of the layers' uncompressed streams, in an LRU bounded in
+bytes (not the 64 KiB checksum spans of the compressed blobs, clipcy.storage.spans).
 
 A FUSE read asks for at most 1 MiB (the kernel's largest request, 256 pages), often much less;
 decompressing from a resume point for each request would inflate the same bytes many times.
@@ -34,10 +35,10 @@ AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
 BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
 STREAMS = 64  # streams (files being read) whose position is remembered
 
-__all__ = ["SPAN", "SpanCache"]
+__all__ = ["SPAN", "DecodedSpanCache"]
 
 
-class SpanCache:
+class DecodedSpanCache:
     """read(layer, offset, n): bytes of layer's uncompressed stream, through the cache."""
 
     def __init__(self, reader: Callable[[int], Any], budget: int, span: int = SPAN) -> None:
@@ -225,3 +226,6 @@ class SpanCache:
             self._ahead_done.clear()
             self._streamed.clear()
             self._held = 0
+
+
+SpanCache = DecodedSpanCache  # the former name, kept working for callers

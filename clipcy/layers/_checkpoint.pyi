@@ -32,13 +32,15 @@ class GzipIndexer:
 class _Source(Protocol):
     def pread(self, offset: int, n: int) -> bytes: ...
 
-class GzipStream:
+class GzipResumer:
     """A decoder resumed at a point; read() continues where the last read stopped."""
 
     position: int
     def __init__(self, source: int | _Source, comp_offset: int, bits: int, window: Buffer,
                  out_offset: int = 0) -> None: ...
     def read(self, n: int, skip: int = 0) -> bytes: ...
+
+GzipStream = GzipResumer
 
 def gzip_read(fd: int, comp_offset: int, bits: int, window: Buffer, skip: int,
               n: int) -> bytes: ...

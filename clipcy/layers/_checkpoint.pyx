@@ -477,7 +477,7 @@ cdef class GzipIndexer:
         return LayerAccess(kind=GZIP, span=self.span, points=points)
 
 
-# GzipStream failure kinds
+# GzipResumer failure kinds
 cdef enum:
     RF_NONE = 0
     RF_ZLIB = 1               # code: zlib return value
@@ -487,7 +487,7 @@ cdef enum:
     RF_SOURCE = 5             # the source's pread raised (kept in .exc)
 
 
-cdef class GzipStream:
+cdef class GzipResumer:
     """A decoder resumed at a point that keeps its place: read() continues where it stopped.
 
     The point is (comp_offset, bits, window) from a GzipIndexer, at uncompressed offset
@@ -496,7 +496,7 @@ cdef class GzipStream:
     object with pread(offset, n) -> bytes (short only at the end of the blob; in clipcy a
     clipcy.storage.VerifiedBlob, which checks span checksums), called with the GIL in pieces
     of READ_CHUNK while inflate runs without it, or an int fd read with pread(2) (tests).
-    One GzipStream must not be used by two threads at once. After an error the stream is
+    One GzipResumer must not be used by two threads at once. After an error the stream is
     dead (every later read raises; a source's exception is raised again as is).
     """
 
@@ -726,14 +726,18 @@ cdef class GzipStream:
         return out
 
 
+# the former name, kept working (clipcy.tar.streams.GzipStream is the walker's decompressor)
+GzipStream = GzipResumer
+
+
 def gzip_read(int fd, unsigned long long comp_offset, int bits, window,
               unsigned long long skip, Py_ssize_t n) -> bytes:
     """Read n bytes of the uncompressed stream starting `skip` bytes after a resume point.
 
-    One-shot GzipStream(fd, comp_offset, bits, window).read(n, skip).
+    One-shot GzipResumer(fd, comp_offset, bits, window).read(n, skip).
     """
     if n < 0:
         raise ValueError(f"negative read size {n}")
     if n == 0:
         return b""
-    return GzipStream(fd, comp_offset, bits, window).read(n, skip)
+    return GzipResumer(fd, comp_offset, bits, window).read(n, skip)

@@ -10,7 +10,7 @@ SpanChecksumError (naming the blob and the compressed offset), never other bytes
 pread is thread-safe: the blob is, and every call builds its own decompression state.
 
 * plain: the verified bytes themselves.
-* gzip: the last resume point <= offset, then a clipcy.layers._checkpoint.GzipStream (compiled, GIL
+* gzip: the last resume point <= offset, then a clipcy.layers._checkpoint.GzipResumer (compiled, GIL
   released): raw inflate primed with the point's bits and 32 KiB window (the reader keeps
   each window zstd-compressed and inflates it only to resume there), or a gzip-header
   inflate at a member start; output before `offset` is discarded; reads cross members. The
@@ -42,12 +42,12 @@ from clipcy.layers.packing import WindowPacker
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from clipcy.layers._checkpoint import GzipStream
+    from clipcy.layers._checkpoint import GzipResumer
     from clipcy.storage.spans import VerifiedBlob
 
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
-GZIP_READ_CHUNK = 1 << 17  # the compressed piece GzipStream asks its source for (_checkpoint)
+GZIP_READ_CHUNK = 1 << 17  # the compressed piece GzipResumer asks its source for (_checkpoint)
 CURSORS = 4  # per reader: decoders parked at the end of the last reads (gzip, large zstd frames)
 PREFETCH_OUT = 1 << 20  # prefetch(): the uncompressed bytes of a file's start to fetch ahead
 PREFETCH_MAX = 4 << 20  # ... and at most this many compressed bytes for them
@@ -234,10 +234,10 @@ class GzipReader(_Reader):
             raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
                             f"index (a resume point at compressed offset {last})")
         self._lock = threading.Lock()
-        self._parked: list[GzipStream] = []  # decoders left where the last reads ended
+        self._parked: list[GzipResumer] = []  # decoders left where the last reads ended
 
     def pread(self, offset: int, n: int) -> bytes:
-        from clipcy.layers._checkpoint import GzipStream
+        from clipcy.layers._checkpoint import GzipResumer
 
         self._check(offset, n)
         if n == 0:
@@ -255,7 +255,7 @@ class GzipReader(_Reader):
         try:
             if stream is None:
                 self._will_need(comp, bits, offset + n)
-                stream = GzipStream(self.blob, comp, bits, _unpack(window), start)
+                stream = GzipResumer(self.blob, comp, bits, _unpack(window), start)
             data = stream.read(n, offset - stream.position)
         except ClipError as e:
             where = "" if isinstance(e, BlobError) else f"layer blob {self.path}: "
