@@ -218,7 +218,7 @@ def _compress_blocks(cctx: zstandard.ZstdCompressor,
                      raws: list[bytes | bytearray | memoryview]) -> list[bytes]:
     """One zstd frame per node block. python-zstandard's C backend compresses a batch on
     several threads without the GIL (the 150k-node layer's 300 blocks: 0.08 s -> 0.04 s on
-    two cores, issue 13); each frame is the same bytes compress() makes of it alone."""
+    two cores); each frame is the same bytes compress() makes of it alone."""
     threads = min(2, os.cpu_count() or 1)
     if threads > 1 and len(raws) > 1 and hasattr(cctx, "multi_compress_to_buffer"):
         batch = cctx.multi_compress_to_buffer(raws, threads=threads)

@@ -179,10 +179,8 @@ cdef extern from "fuse_lowlevel.h" nogil:
                                    void *userdata)
     int fuse_session_mount(fuse_session *se, const char *mountpoint)
     int fuse_session_loop_mt(fuse_session *se, fuse_loop_config *config)
-    void fuse_session_exit(fuse_session *se)
     void fuse_session_unmount(fuse_session *se)
     void fuse_session_destroy(fuse_session *se)
-    int fuse_session_fd(fuse_session *se)
     fuse_loop_config *fuse_loop_cfg_create()
     void fuse_loop_cfg_destroy(fuse_loop_config *config)
     void fuse_loop_cfg_set_max_threads(fuse_loop_config *config, unsigned int value)
@@ -699,9 +697,6 @@ cdef class Session:
         global _xattrs
         _xattrs = enabled
 
-    def fd(self) -> int:
-        return fuse_session_fd(self.se)
-
     def serve(self, int threads=16) -> int:
         """Answer requests until the filesystem is unmounted (returns libfuse's status)."""
         global _log_to_stderr
@@ -718,10 +713,6 @@ cdef class Session:
         finally:
             fuse_loop_cfg_destroy(cfg)
         return rc
-
-    def exit(self) -> None:
-        if self.se != NULL:
-            fuse_session_exit(self.se)
 
     def close(self) -> None:
         """Unmount (if still mounted) and free the session."""

@@ -458,8 +458,8 @@ def iter_nodes(Tree tree):
 def encode_tree(Tree tree):
     """The tree as the archive's node blocks: what the writer's encode_blocks makes of
     iter_nodes(tree), byte for byte, with the records written straight from the inodes (no
-    Node per path: ~0.1 s of the 150k-node layer's 0.2 s serial tail, issue 13). Empties the
-    tree."""
+    Node per path: that saves ~0.1 s of the 150k-node layer's 0.2 s serial tail). Empties
+    the tree."""
     cdef list keys, inodes
     cdef dict subdirs
     keys, inodes, subdirs = _in_path_order(tree)

@@ -9,7 +9,7 @@ its tar entries, resume points, uncompressed size, diff_id and (if asked) file d
   its payload) is ignored and rewritten.
 - Bounded: after a write, the least recently used entries are removed until the directory is
   under its size limit (reads refresh an entry's mtime).
-- A hit must prove the blob is the one that was verified (issue 12): the entry is keyed by
+- A hit must prove the blob is the one that was verified: the entry is keyed by
   the descriptor's digest, but the file at the blob path may have changed since. After a
   blob's sha256 was checked, its stat fingerprint (st_dev, st_ino, size, mtime_ns, ctime_ns,
   as git's index) is kept in a small sidecar file; a later hit whose blob stats the same is

@@ -25,7 +25,6 @@ apply_layer = _impl.apply_layer
 apply_stream = _impl.apply_stream
 iter_nodes = _impl.iter_nodes
 encode_tree = _impl.encode_tree
-to_nodes = _impl.to_nodes
 merge_layers = _impl.merge_layers
 clean_path = _impl.clean_path
 split_path = _impl.split_path
@@ -46,5 +45,4 @@ __all__ = [
     "merge_layers",
     "split_mtime",
     "split_path",
-    "to_nodes",
 ]

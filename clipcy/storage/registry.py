@@ -290,7 +290,7 @@ class RemoteStore:
     """Blob sources of a docker:// or http(s):// ref, sharing one connection pool, one
     authorizer and one span cache."""
 
-    prefetches = True  # its blobs fetch ahead on prefetch() hints (clipcy.files.BlobStore)
+    prefetches = True  # its blobs fetch ahead on prefetch() hints (archive.files.LayerReaders)
 
     def __init__(self, ref: StorageRef, options: RemoteOptions | None = None) -> None:
         if not ref.remote:
