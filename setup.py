@@ -1,12 +1,15 @@
 """Build the compiled core. Everything else is declared in pyproject.toml."""
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 
 from build_manpages import build_manpages, get_build_py_cmd, get_install_cmd
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build import build as _build
 
 # CLIPCY_DEBUG_BUILD=1 keeps bounds checks and writes the annotated HTML.
 debug = bool(os.environ.get("CLIPCY_DEBUG_BUILD"))
@@ -51,6 +54,18 @@ if FUSE3:
 else:
     print("clipcy: libfuse3 headers not found (pkg-config fuse3): building without mount")
 
+class build(_build):
+    """Build directories outside the source tree (`pip install .` used to leave build/ in
+    it): $TMPDIR/clipcy-build-UID-HASH, one per checkout, unless --build-base is given."""
+
+    def initialize_options(self) -> None:
+        super().initialize_options()
+        here = os.path.dirname(os.path.abspath(__file__))
+        tag = hashlib.sha256(here.encode()).hexdigest()[:12]
+        self.build_base = os.path.join(tempfile.gettempdir(),
+                                       f"clipcy-build-{os.getuid()}-{tag}")
+
+
 setup(
     ext_modules=cythonize(
         EXTENSIONS,
@@ -65,6 +80,7 @@ setup(
         },
     ),
     cmdclass={
+        "build": build,
         "build_manpages": build_manpages,
         "build_py": get_build_py_cmd(),
         "install": get_install_cmd(),
