@@ -13,6 +13,7 @@ import errno
 import hashlib
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -394,3 +395,162 @@ def test_mount_from_a_registry(exec_layouts: Path, tmp_path: Path, mnt: Path) ->
         assert r2.stdout == "hello from the image\n20000 /data/sub/numbers.txt\n"
     finally:
         reg.stop()
+
+
+# -- stale mounts, --lazy, --mkdir, nonempty, logs, -f's line, --xattrs (the sample image) --
+SAMPLE = ROOT / "clipcy" / "sample"
+
+
+@pytest.fixture(scope="module")
+def sample_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _index(SAMPLE, tmp_path_factory.mktemp("sample") / "sample.clip", "--tag", "latest")
+
+
+def _served_pid(stderr: str) -> int:
+    return int(stderr.split("(pid ", 1)[1].split(",", 1)[0])
+
+
+def test_stale_mount_says_so_and_umount_clears_it(sample_archive: Path, mnt: Path) -> None:
+    r = clipctl("mount", str(sample_archive), str(mnt))
+    pidfd = os.pidfd_open(_served_pid(r.stderr))
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the mount stays, its process goes
+        select.select([pidfd], [], [], 30)  # readable once the process has exited
+    finally:
+        os.close(pidfd)
+    with pytest.raises(OSError) as e:
+        os.statvfs(mnt)
+    assert e.value.errno == errno.ENOTCONN
+    assert _error("mount", str(sample_archive), str(mnt)) == (
+        f"clipctl: error: {mnt}: stale mount (its process is gone): run clipctl umount {mnt}")
+    clipctl("umount", str(mnt))
+    assert not is_mounted(mnt) and os.listdir(mnt) == []
+
+
+def test_umount_lazy_detaches_a_busy_mount(sample_archive: Path, mnt: Path) -> None:
+    clipctl("mount", str(sample_archive), str(mnt))
+    fd = os.open(mnt / "etc", os.O_RDONLY | os.O_DIRECTORY)  # keeps the mount busy
+    try:
+        assert "busy" in _error("umount", str(mnt)).lower()
+        assert is_mounted(mnt)
+        clipctl("umount", "--lazy", str(mnt))
+        assert not is_mounted(mnt)
+        assert "hostname" in os.listdir(fd)  # the detached tree still serves the open fd
+    finally:
+        os.close(fd)
+
+
+def test_mount_mkdir_and_nonempty(sample_archive: Path, tmp_path: Path, mnt: Path) -> None:
+    a = str(sample_archive)
+    new = tmp_path / "new" / "mnt"
+    assert "does not exist (--mkdir creates it)" in _error("mount", a, str(new))
+    clipctl("mount", "--mkdir", a, str(new))
+    try:
+        assert (new / "etc" / "hostname").read_bytes()
+    finally:
+        clipctl("umount", str(new))
+    (mnt / "mine").write_text("hidden by a mount")
+    assert _error("mount", a, str(mnt)) == (
+        f"clipctl: error: mountpoint {mnt} is not empty: the mount would hide its 1 entries "
+        "(-o nonempty mounts anyway)")
+    assert not is_mounted(mnt)
+    clipctl("mount", a, str(mnt), "-o", "nonempty")
+    try:
+        assert not (mnt / "mine").exists() and (mnt / "etc").is_dir()
+    finally:
+        clipctl("umount", str(mnt))
+    assert (mnt / "mine").read_text() == "hidden by a mount"
+    m = clipcy.mount(sample_archive, tmp_path / "api" / "mnt", mkdir=True)  # the API too
+    with m:
+        assert os.listdir(m.mountpoint)
+
+
+def test_mount_logs_one_file_per_mount_pruned(sample_archive: Path, tmp_path: Path,
+                                              mnt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipcy.fusemount.service import LOGS_KEPT
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    logs = state / "clipcy" / "mounts"
+    logs.mkdir(parents=True)
+    dead = 1 << 30  # above any pid_max: no such process
+    for i in range(LOGS_KEPT + 5):  # older logs of mounts that ended
+        old = logs / f"mount-old-{dead + i}.log"
+        old.write_text("old\n")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    r = clipctl("mount", str(sample_archive), str(mnt))
+    pid = _served_pid(r.stderr)
+    tag = str(mnt.resolve()).strip("/").replace("/", "_")
+    log = logs / f"mount-{tag}-{pid}.log"
+    assert f"log {log})" in r.stderr
+    second = tmp_path / "mnt2"
+    second.mkdir()
+    m = clipcy.mount(sample_archive, second)
+    try:
+        assert m.log_path == str(logs / f"mount-{str(second).strip('/').replace('/', '_')}-"
+                                        f"{m.pid}.log")
+        names = sorted(p.name for p in logs.iterdir())
+        assert len(names) == LOGS_KEPT and log.name in names
+        # the oldest went first
+        assert f"mount-old-{dead}.log" not in names and f"mount-old-{dead + 24}.log" in names
+    finally:
+        m.unmount()
+        clipctl("umount", str(mnt))
+    assert log.exists() and Path(m.log_path).exists()
+
+
+def _foreground(archive: Path, mnt: Path, *extra: str) -> subprocess.Popen[str]:
+    """clipctl -v mount -f, read until its warm-up is done (its log on the stderr pipe)."""
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "clipcy", "-v", "mount", "-f",
+                             *extra, str(archive), str(mnt)], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "warm-up done" in line:
+            break
+    else:
+        raise AssertionError("".join(lines))
+    serving = [x for x in lines if x.startswith("clipctl: serving")]
+    assert serving == [f"clipctl: serving {archive} at {mnt} (pid {proc.pid}); stop with "
+                       f"Ctrl-C or clipctl umount {mnt}\n"], lines
+    return proc
+
+
+@pytest.fixture(scope="module")
+def no_xattrs_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import make_tar, write_layout
+
+    root = tmp_path_factory.mktemp("noxattrs")
+    write_layout(root / "img", [make_tar([("etc", "dir", b""),
+                                          ("etc/os-release", "file", b"ID=plain\n")])])
+    return _index(root / "img", root / "plain.clip", "--tag", "latest")
+
+
+@pytest.mark.parametrize("forced", [False, True])
+def test_xattrs_enosys_by_default_real_with_flag(no_xattrs_archive: Path, mnt: Path,
+                                                 forced: bool) -> None:
+    with open_archive(no_xattrs_archive) as arc:
+        assert not any(n.xattrs for n in arc.walk())
+    proc = _foreground(no_xattrs_archive, mnt, *(["--xattrs"] if forced else []))
+    try:
+        f = mnt / "etc" / "os-release"
+        r = subprocess.run(["getfattr", "-d", str(f)], capture_output=True, text=True)
+        if forced:
+            assert os.listxattr(f) == []
+            with pytest.raises(OSError) as e:
+                os.getxattr(f, "user.nothing")
+            assert e.value.errno == errno.ENODATA
+            assert r.returncode == 0 and r.stdout == r.stderr == ""
+        else:
+            with pytest.raises(OSError) as e:
+                os.listxattr(f)
+            assert e.value.errno == errno.EOPNOTSUPP
+            assert "Operation not supported" in r.stderr
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not is_mounted(mnt)

@@ -63,12 +63,16 @@ class Mount:
 def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
           storage: str | os.PathLike[str] | None = None, cache_mib: int = DEFAULT_CACHE_MIB,
           options: Sequence[str] = (), log_path: str | None = None,
-          layout: str | os.PathLike[str] | None = None) -> Mount:
+          layout: str | os.PathLike[str] | None = None, xattrs: bool = False,
+          mkdir: bool = False) -> Mount:
     """Mount archive read-only at mountpoint (returns once the tree is visible).
 
     storage: where the layer blobs are when not at the archive's storage ref, any storage ref
     (a layout directory, docker://HOST/REPO, http(s)://BASE); layout: the same, deprecated;
-    cache_mib: the decoded-span cache; options: FUSE -o options (e.g. "allow_other").
+    cache_mib: the decoded-span cache; options: FUSE -o options (e.g. "allow_other",
+    "nonempty"); log_path: the serving process's log (default: one file per mount in
+    service.log_dir()); xattrs: real getxattr answers for an image without xattrs (default:
+    ENOSYS, see docs/CLI.md); mkdir: create a missing mountpoint.
     Raises MountError (a ClipError) with a one-line message when it cannot mount."""
     if layout is not None:
         if storage is not None:
@@ -78,5 +82,5 @@ def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *
         storage = layout
     where = ["--storage", os.fspath(storage)] if storage is not None else []
     proc, log = start(os.fspath(archive), os.fspath(mountpoint), where, cache_mib, options,
-                      log_path)
+                      log_path, xattrs=xattrs, mkdir=mkdir)
     return Mount(proc, os.path.realpath(mountpoint), log)

@@ -81,7 +81,9 @@ def check_mountpoint(mountpoint: str, nonempty: bool = False, mkdir: bool = Fals
     directory unless nonempty (files under a mount are hidden: fuse2's rule); mkdir creates
     a missing one."""
     try:
-        os.stat(mountpoint)
+        # statfs, not stat: the kernel may answer stat from its cache even when the mount's
+        # process is gone, statfs always asks it (and gets ENOTCONN from a dead mount)
+        os.statvfs(mountpoint)
     except OSError as e:
         if e.errno == errno.ENOTCONN:  # a FUSE mount whose process died
             raise stale_error(mountpoint) from None
