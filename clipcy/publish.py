@@ -104,8 +104,9 @@ def _made_for(path: str) -> str:
     return str(digest)
 
 
-def find_archive(reg: Registry, ref: str, platform: str | None) -> tuple[Found, Candidate]:
-    """The image's manifest digest and the archive to take for it."""
+def find_archive(reg: Registry, ref: str, platform: str | None
+                 ) -> tuple[Found, list[Candidate]]:
+    """The image's manifest digest and the archives to try for it, best first."""
     from clipcy.archive.format import FORMAT_MAJOR
     from clipcy.storage.artifact import choose, find_archives, parse_image_ref, resolve_image
 
@@ -122,7 +123,12 @@ def pull_archive(ref: str, out: str | os.PathLike[str], *, platform: str | None 
     found through the referrers API, else the referrers tag, else the tag TAG.clip; the
     newest format this clipcy reads. Checked: the blob's digest, and that the archive
     indexes that image. On any error out is not written (nor a partial file left)."""
-    from clipcy.storage.artifact import ArtifactError, fetch_archive, parse_image_ref
+    from clipcy.storage.artifact import (
+        ArchiveGone,
+        ArtifactError,
+        fetch_archive,
+        parse_image_ref,
+    )
 
     image = parse_image_ref(ref)
     out = os.fspath(out)
@@ -131,16 +137,21 @@ def pull_archive(ref: str, out: str | os.PathLike[str], *, platform: str | None 
         raise ClipError(f"cannot write {out}: no such directory {parent}")
     reg = _registry(image.repo, remote, push=False)
     try:
-        found, cand = find_archive(reg, ref, platform)
+        found, order = find_archive(reg, ref, platform)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part",
                                    dir=parent)
         os.close(fd)
         try:
-            try:
-                blob, size = fetch_archive(reg, cand, found.image, tmp, _made_for)
-            except ArchiveError as e:
-                raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
-                                    f"usable clipcy archive: {e}") from None
+            for i, cand in enumerate(order):
+                try:
+                    blob, size = fetch_archive(reg, cand, found.image, tmp, _made_for)
+                    break
+                except ArchiveGone:
+                    if i == len(order) - 1:
+                        raise
+                except ArchiveError as e:
+                    raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
+                                        f"usable clipcy archive: {e}") from None
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, out)
         except BaseException:

@@ -195,10 +195,10 @@ class Registry:
         return f"{self.ref.host}/{self.ref.repo}"
 
     def request(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-                body: bytes = b"", limit: int = MANIFEST_MAX) -> Response:
-        """One request with the readers' retries (connection errors, 429, 5xx) and one
-        re-authentication on a 401; the body is read up to limit bytes. Any other status
-        is returned for the caller to judge."""
+                body: bytes = b"", limit: int = MANIFEST_MAX, retry: bool = True) -> Response:
+        """One request with the readers' retries (connection errors, 429, 5xx; none
+        without `retry`) and one re-authentication on a 401; the body is read up to limit
+        bytes. Any other status is returned for the caller to judge."""
         import urllib3
 
         opts = self.client.options
@@ -238,16 +238,23 @@ class Registry:
                     else:
                         data = b"" if method == "HEAD" else resp.read(limit + 1)
                         if len(data) > limit:
+                            resp.close()  # (not drained: the rest may be large)
                             raise RemoteError(f"{what}: the answer from {redact(url)} is "
                                               f"larger than {limit} bytes")
                         return Response(st, {k.lower(): v for k, v in resp.headers.items()},
                                         data, url)
+                except ClipError:  # (RemoteError is an OSError too)
+                    resp.close()
+                    raise
                 except (urllib3.exceptions.HTTPError, OSError) as e:
                     last = _describe(e)
+                    resp.close()
                 finally:
+                    if not resp.closed:
+                        resp.drain_conn()  # an unread error body must not reach the next
                     resp.release_conn()
             attempt += 1
-            if attempt >= opts.tries:
+            if attempt >= opts.tries or not retry:
                 raise RemoteError(f"{what}: {last} from {redact(url)} (after {attempt} tries)")
             self.client.backoff(attempt, wait)
 
@@ -284,11 +291,7 @@ class Registry:
             raise RemoteError(f"{what}: the registry sent a manifest whose digest is {digest}, "
                               f"not {reference}")
         media = r.headers.get("content-type", "").split(";")[0].strip()
-        try:
-            doc = json.loads(r.body)
-        except ValueError:
-            raise RemoteError(f"{what}: manifest {reference} in {self.where} is not "
-                              "JSON") from None
+        doc = _json(r.body)  # (whether it is what the caller wants: the caller's check)
         if isinstance(doc, dict) and isinstance(doc.get("mediaType"), str):
             media = doc["mediaType"]
         return digest, media, r.body
@@ -307,7 +310,10 @@ class Registry:
         """Put a blob into the repository unless it is there: False if it was. One POST
         that mounts the blob from this same repository (201: it is there), else the upload
         session it opened: one PUT with the bytes (up to `chunk`), or PATCHes of `chunk`
-        bytes resumed where the registry says it has them, then the closing PUT."""
+        bytes, then the closing PUT. A PATCH that fails is resumed where the registry says
+        the session stands; a session the registry no longer accepts (the distribution
+        registry drops one whose state token fell behind, as when only a PATCH's answer
+        was lost) is started again."""
         what = f"upload blob {digest} to {self.where}"
         q = urllib.parse.urlencode({"mount": digest, "from": self.ref.repo})
         r = self.request("POST", f"{self.base}/blobs/uploads/?{q}", what)
@@ -320,33 +326,44 @@ class Registry:
             self._close_upload(location, digest, reader(0, size), what)
             return True
         done = 0
-        resumed = 0
+        failures = 0
         while done < size:
             n = min(chunk, size - done)
             try:
+                # not retried as is: the registry may hold the chunk already (only the
+                # answer was lost), and then the same PATCH would not fit
                 r = self.request("PATCH", location, what, {
                     "Content-Type": "application/octet-stream",
-                    "Content-Range": f"{done}-{done + n - 1}"}, reader(done, n))
+                    "Content-Range": f"{done}-{done + n - 1}"}, reader(done, n), retry=False)
+                if r.status != 202:
+                    raise self.fail(what, r)
             except RemoteError as e:
-                if isinstance(e, RemoteAuthError) or resumed >= self.client.options.tries:
+                failures += 1
+                if isinstance(e, RemoteAuthError) or failures >= self.client.options.tries:
                     raise
-                resumed += 1
-                done = self._upload_offset(location, what)  # where to go on from
+                self.client.backoff(failures, None)
+                location, done = self._resume(location, what)
                 continue
-            if r.status != 202:
-                raise self.fail(what, r)
             location = urllib.parse.urljoin(r.url, r.headers.get("location") or location)
             done += n
         self._close_upload(location, digest, b"", what)
         return True
 
-    def _upload_offset(self, location: str, what: str) -> int:
-        """How many bytes of an upload session the registry holds (its Range: 0-END)."""
+    def _resume(self, location: str, what: str) -> tuple[str, int]:
+        """Where an upload goes on: (session URL, bytes the registry holds), from the
+        session's status (its Range: 0-END), or a new session from 0."""
         r = self.request("GET", location, what)
-        if r.status != 204:
+        if r.status == 204:
+            m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", r.headers.get("range", ""))
+            loc = urllib.parse.urljoin(r.url, r.headers.get("location") or location)
+            return loc, (int(m.group(1)) + 1 if m else 0)
+        if r.status not in (400, 404, 416):
             raise self.fail(what + " (resuming)", r)
-        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", r.headers.get("range", ""))
-        return int(m.group(1)) + 1 if m else 0
+        log.debug("upload session gone (HTTP %d): starting again", r.status)
+        r = self.request("POST", f"{self.base}/blobs/uploads/", what)
+        if r.status != 202 or not r.headers.get("location"):
+            raise self.fail(what, r)
+        return urllib.parse.urljoin(r.url, r.headers["location"]), 0
 
     def _close_upload(self, location: str, digest: str, data: bytes, what: str) -> None:
         sep = "&" if urllib.parse.urlsplit(location).query else "?"
@@ -523,7 +540,7 @@ def push_archive(reg: Registry, path: str | os.PathLike[str], image_digest: str,
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -645,8 +662,10 @@ def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) ->
     return found
 
 
-def choose(found: Found, reads: int, where: str) -> Candidate:
-    """The newest format this reader (major `reads`) can read; the last listed of equals."""
+def choose(found: Found, reads: int, where: str) -> list[Candidate]:
+    """The candidates this reader (format major `reads`) can read, the one to take first:
+    the newest format, and of equals the last listed (the last pushed, in a referrers tag's
+    index)."""
     if not found.candidates:
         raise ArtifactError(f"no clipcy archive for image {found.image} in {where} (looked in "
                             + ", ".join(found.looked) + ")")
@@ -655,8 +674,12 @@ def choose(found: Found, reads: int, where: str) -> Candidate:
         have = ", ".join(sorted({f"{c.version[0]}.{c.version[1]}" for c in found.candidates}))
         raise ArtifactError(f"the clipcy archives for image {found.image} in {where} are of "
                             f"format {have}; this clipcy reads {reads}.x")
-    best = max(c.version for c in ok)
-    return [c for c in ok if c.version == best][-1]
+    order = list(reversed(ok))
+    return sorted(order, key=lambda c: c.version[1], reverse=True)
+
+
+class ArchiveGone(ArtifactError):
+    """A referrer that is listed but whose manifest is gone (deleted, garbage-collected)."""
 
 
 def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
@@ -668,7 +691,7 @@ def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
     what = f"the clipcy archive {cand.digest} in {reg.where}"
     got = reg.get_manifest(cand.digest, f"read {what}")
     if got is None:
-        raise ArtifactError(f"{what} is listed but not there (HTTP 404)")
+        raise ArchiveGone(f"{what} is listed but not there (HTTP 404)")
     doc = _json(got[2])
     if not _is_clipcy(doc):
         raise ArtifactError(f"{what} is not a clipcy archive manifest")
