@@ -271,6 +271,12 @@ def _index_layout(sub: Any) -> None:
         help="change one input limit for this run, e.g. entries_per_layer=8000000 "
         "(names and defaults: docs/LIMITS.md; the layer cache is not used then)",
     )
+    p.add_argument(
+        "--prefetch",
+        metavar="FILE",
+        help="store this prefetch list in the archive (one absolute image path per line, as "
+        "clipctl mount --record writes it): every mount replays it unless told otherwise",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_progress(p)
     p.set_defaults(func=_handler("cmd_index_layout"))

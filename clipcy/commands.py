@@ -80,6 +80,7 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
             progress=reporter,
             limits=limits,
+            prefetch=args.prefetch,
         )
     finally:
         if reporter is not None:
@@ -115,6 +116,17 @@ def _check_storage(args: argparse.Namespace, limits: Any) -> None:
 
 
 # -- inspect -------------------------------------------------------------------------------
+
+
+def _prefetch_info(arc: Archive) -> dict[str, int] | None:
+    """The stored prefetch list: how many files and bytes it covers (None: no list)."""
+    from clipcy.archive.prefetch import coverage
+
+    positions = arc.prefetch_positions()
+    if positions is None:
+        return None
+    files, size = coverage(arc, positions)
+    return {"files": files, "bytes": size}
 
 
 def inspect_dict(arc: Archive) -> dict[str, Any]:
@@ -158,6 +170,7 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
         "layers": layers,
         "image_size": image_size,
         "nodes": {"total": arc.node_count, **dict(sorted(counts.items()))},
+        "prefetch": _prefetch_info(arc),
         "created_by": md.get("created_by"),
     }
 
@@ -188,6 +201,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"command:   {json.dumps((cfg.get('Entrypoint') or []) + (cfg.get('Cmd') or []))}")
     nodes = info["nodes"]
     print("nodes:     " + ", ".join(f"{v} {k}" for k, v in nodes.items()))
+    pre = info["prefetch"]
+    print("prefetch:  " + (f"{pre['files']} files, {human(pre['bytes'])} (replayed at mount)"
+                           if pre is not None else "none"))
     print(f"layers:    {len(info['layers'])} ({human(info['image_size'])} compressed)")
     for layer in info["layers"]:
         print(

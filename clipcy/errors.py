@@ -74,6 +74,10 @@ class ArchiveWriteError(ClipError, ValueError):
     """The writer was given input it cannot store (unsorted paths, out-of-range fields...)."""
 
 
+class PrefetchListError(ClipError, ValueError):
+    """A prefetch list (clipctl index-layout/mount --prefetch) that cannot be used."""
+
+
 # -- blob stores (clipcy/storage) --------------------------------------------------------
 class StorageRefError(ClipError, ValueError):
     """A storage ref (--storage-ref, --storage, storage=) is malformed or unsupported."""

@@ -49,18 +49,26 @@ def exceeded(name: str, limit: int, what: str) -> str:
 DEFAULT = Limits()
 NAMES = tuple(f.name for f in dataclasses.fields(Limits))
 __all__ = ["ARCHIVE_SECTIONS", "DEFAULT", "MAX_ACCESS_RAW", "MAX_BLOCK_RAW", "MAX_METADATA_RAW",
-           "NAMES", "LimitError", "Limits", "exceeded",
-           "parse_overrides"]
+           "MAX_PREFETCH_RAW", "NAMES", "PREFETCH_FILES", "PREFETCH_LIST_BYTES", "LimitError",
+           "Limits", "exceeded", "parse_overrides"]
 
 # Sections of a .clip archive, checked by the reader before it decompresses them.
 MAX_BLOCK_RAW = 64 * 1024 * 1024  # one node block, decompressed
 MAX_METADATA_RAW = 64 * 1024 * 1024  # the metadata JSON, decompressed
 MAX_ACCESS_RAW = 512 * 1024 * 1024  # one layer's access frame, decompressed
+MAX_PREFETCH_RAW = 1 << 20  # the prefetch list, decompressed (PREFETCH_FILES varints of <= 5 bytes)
 ARCHIVE_SECTIONS = {
     "node_block_raw": MAX_BLOCK_RAW,
     "metadata_raw": MAX_METADATA_RAW,
     "access_raw": MAX_ACCESS_RAW,
+    "prefetch_raw": MAX_PREFETCH_RAW,
 }
+
+# Prefetch lists (docs/FORMAT.md "Prefetch lists"): a container start reads hundreds to a few
+# thousand files; a list far longer than that is not a start but a copy of the image, which
+# `--fetch-all` is for.
+PREFETCH_FILES = 65_536  # files in one list
+PREFETCH_LIST_BYTES = 16 << 20  # bytes of a list file (65,536 paths of 256 bytes)
 
 
 def parse_overrides(items: Iterable[str], base: Limits = DEFAULT) -> Limits:

@@ -23,6 +23,7 @@ from clipcy.errors import ArchiveWriteError
 from clipcy.limits import MAX_ACCESS_RAW as MAX_ACCESS_RAW
 from clipcy.limits import MAX_BLOCK_RAW as MAX_BLOCK_RAW
 from clipcy.limits import MAX_METADATA_RAW as MAX_METADATA_RAW
+from clipcy.limits import MAX_PREFETCH_RAW as MAX_PREFETCH_RAW
 from clipcy.storage.checksums import CHECKSUM_BLAKE3 as CHECKSUM_BLAKE3
 from clipcy.storage.checksums import CHECKSUM_BLAKE3_128 as CHECKSUM_BLAKE3_128
 from clipcy.storage.checksums import CHECKSUM_DIGEST_SIZES as CHECKSUM_DIGEST_SIZES
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 MAGIC = b"\x89CLIP\r\n\x1a"  # PNG-style: high bit, CR LF and ^Z catch text-mode mangling
 FORMAT_MAJOR = 2  # a reader refuses any other major (2.0: span checksums in access data)
 FORMAT_MINOR = 0  # a reader accepts any minor of its major (newer minors only add sections)
+# 2.1 added the optional PREFETCH section; writers write minor 1 only in an archive that has
+# one, so an archive without a list is byte-identical to 2.0
+FORMAT_MINOR_PREFETCH = 1
 HEADER = struct.Struct("<8sHHIQII")  # magic, major, minor, flags, file_size, nsections, crc
 HEADER_SIZE = HEADER.size  # 32
 HEADER_CRC_OFFSET = 28  # the crc32 covers header bytes 0..27 plus the whole section table
@@ -55,11 +59,12 @@ SEC_NODE_INDEX = 2  # u64 node count, u32 block count, block entries
 SEC_NODE_BLOCKS = 3  # concatenated zstd frames, one per node block
 SEC_ACCESS_INDEX = 4  # u32 layer count, layer entries
 SEC_ACCESS_DATA = 5  # concatenated zstd frames, one per layer
+SEC_PREFETCH = 6  # optional (2.1): u64 raw length + zstd frame of the prefetch list
 REQUIRED_SECTIONS = (SEC_METADATA, SEC_NODE_INDEX, SEC_NODE_BLOCKS, SEC_ACCESS_INDEX,
                      SEC_ACCESS_DATA)
 SECTION_NAMES = {SEC_METADATA: "metadata", SEC_NODE_INDEX: "node index",
                  SEC_NODE_BLOCKS: "node blocks", SEC_ACCESS_INDEX: "access index",
-                 SEC_ACCESS_DATA: "access data"}
+                 SEC_ACCESS_DATA: "access data", SEC_PREFETCH: "prefetch"}
 # Sections whose crc32 the reader checks when opening (small); the two data sections are
 # checked item by item when read, and as wholes by verify().
 CHECKED_AT_OPEN = (SEC_METADATA, SEC_NODE_INDEX, SEC_ACCESS_INDEX)
@@ -279,3 +284,26 @@ def assemble(meta_json: bytes, node_count: int,
     head = head[:HEADER_CRC_OFFSET] + U32.pack(crc)
     body = b"".join([head, table_bytes] + [s for _, s in sections])
     return body + TRAILER.pack(hashlib.sha256(body).digest(), TRAILER_MAGIC)
+
+
+def add_section(archive: bytes, kind: int, body: bytes, minor: int) -> bytes:
+    """An assembled archive with one more section (appended after the others) and the format
+    minor raised to at least `minor`: header, table and trailer laid out again, the sections'
+    bytes unchanged."""
+    magic, major, old_minor, flags, _, nsec, _ = HEADER.unpack_from(archive, 0)
+    table_end = HEADER_SIZE + SECTION_SIZE * nsec
+    entries = [SECTION.unpack_from(archive, HEADER_SIZE + i * SECTION_SIZE) for i in range(nsec)]
+    if any(k == kind for k, _, _, _ in entries):
+        raise ArchiveWriteError(f"the archive has a {SECTION_NAMES.get(kind, kind)} section "
+                                f"already")
+    shift = SECTION_SIZE  # the table grows by one entry
+    data_end = len(archive) - TRAILER_SIZE
+    table = [SECTION.pack(k, crc, off + shift, length) for k, crc, off, length in entries]
+    table.append(SECTION.pack(kind, zlib.crc32(body), data_end + shift, len(body)))
+    table_bytes = b"".join(table)
+    file_size = data_end + shift + len(body) + TRAILER_SIZE
+    head = HEADER.pack(magic, major, max(old_minor, minor), flags, file_size, nsec + 1, 0)
+    crc = zlib.crc32(table_bytes, zlib.crc32(head[:HEADER_CRC_OFFSET]))
+    head = head[:HEADER_CRC_OFFSET] + U32.pack(crc)
+    out = b"".join([head, table_bytes, archive[table_end:data_end], body])
+    return out + TRAILER.pack(hashlib.sha256(out).digest(), TRAILER_MAGIC)

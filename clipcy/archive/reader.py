@@ -489,11 +489,28 @@ class Archive:
             raise self._error(f"{seen} nodes decoded, index says {self.node_count}")
         for i in range(len(self._access)):
             self.access(i)
+        self.prefetch_positions()  # the optional list, decoded and bounds-checked
 
     def section_sizes(self) -> dict[str, int]:
         """Bytes per section, by name ("metadata", "node index", "node blocks", ...)."""
         return {F.SECTION_NAMES.get(k, f"section {k}"): length
                 for k, (_, length, _) in sorted(self._sections.items())}
+
+    def prefetch_positions(self) -> list[int] | None:
+        """The node positions of the stored prefetch list (the PREFETCH section, format 2.1)
+        in list order, or None when the archive has none (clipcy.archive.prefetch)."""
+        if F.SEC_PREFETCH not in self._sections:
+            return None
+        from clipcy.archive.prefetch import decode_section
+
+        try:
+            body = self._section(F.SEC_PREFETCH)
+        except _Corrupt as e:
+            raise self._error(str(e)) from None
+        try:
+            return decode_section(body, self.node_count)
+        except ValueError as e:
+            raise self._error(f"{e} at offset {self._sections[F.SEC_PREFETCH][0]}") from None
 
     # -- file data: one path for every reader (files.py) ------------------------------------
     @property

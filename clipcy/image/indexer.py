@@ -535,17 +535,24 @@ def create_index_only_archive_from_oci_layout(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    prefetch: str | os.PathLike[str] | None = None,
 ) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
     `layout_dir` may also be a reference: "oci:DIR:TAG", "oci-layout://DIR:TAG", "DIR@sha256:...".
     `cache_dir`: a layer cache (cache.py) keyed by blob digest; layers found there are not
     streamed again (their blob's size is checked, its digest was checked when cached).
+    `prefetch`: a prefetch list file (clipcy.archive.prefetch), stored in the archive for
+    mounts to replay (read before anything is indexed; its paths must be in the image).
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
     run = IndexRun(verify=verify, file_digests=file_digests, checkpoint_span=checkpoint_span,
                    cache_dir=cache_dir, progress=progress, limits=limits, workers=workers)
+    if prefetch is not None:
+        from clipcy.archive.prefetch import read_list
+
+        run.prefetch = (read_list(prefetch), os.fspath(prefetch))
     return run.run(layout_dir, tag, digest, platform, storage_ref, Path(archive_path))
 
 
@@ -586,6 +593,7 @@ class IndexRun:
         self.abort = threading.Event()
         self.stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
         self.awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
+        self.prefetch: tuple[list[bytes], str] | None = None  # a list's paths, its file name
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -620,6 +628,11 @@ class IndexRun:
         metadata, count = self.metadata(image, storage, source)
         with step("sort the tree and encode the archive"):
             data = self.encode(metadata)
+        if self.prefetch is not None:
+            from clipcy.archive.prefetch import attach_paths
+
+            with step("store the prefetch list"):
+                data = attach_paths(data, *self.prefetch)
         with step("write archive"):
             write_atomic(out, data)
         summary = IndexSummary(
