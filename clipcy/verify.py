@@ -72,14 +72,14 @@ def verify_archive(
 def _blob_file(store: LayerReaders, i: int) -> Iterator[Path]:
     """The layer blob as a local file: in its layout, or (a remote store) downloaded into a
     temp file for the time of its re-index (its digest is checked by that re-index)."""
-    if hasattr(store.store, "blob_path"):
-        yield Path(store.blob_path(i))
+    local = store.blob_path(i)
+    if local is not None:
+        yield local
         return
     layer = store.layers[i]
     with tempfile.TemporaryDirectory(prefix="clipcy-verify-") as tmp:
         path = Path(tmp) / "blob"
-        download = getattr(store.store, "download")  # noqa: B009 - remote stores only
-        download(layer["digest"], layer["size"], path)
+        store.store.download(layer["digest"], layer["size"], path)
         yield path
 
 

@@ -14,12 +14,19 @@ import pytest
 from clipcy.archive.format import CHECKSUM_BLAKE3, CHECKSUM_BLAKE3_128
 from clipcy.errors import BlobError, SpanChecksumError
 from clipcy.storage.local import LocalBlob, LocalStore, open_file
-from clipcy.storage.spans import SPAN_SIZE, SpanHasher, SpanTable, VerifiedBlob, hash_file
+from clipcy.storage.spans import (
+    SPAN_SIZE,
+    BlobSource,
+    SpanHasher,
+    SpanTable,
+    VerifiedBlob,
+    hash_file,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
 
-class Source:
+class Source(BlobSource):
     """An in-memory blob that counts its fetches."""
 
     def __init__(self, data: bytes) -> None:

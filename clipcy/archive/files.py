@@ -25,6 +25,7 @@ from clipcy.storage.spans import SpanTable
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
     from clipcy.layers.access import LayerAccess
+    from clipcy.layers.blobread import LayerReader
     from clipcy.storage.registry import RemoteOptions
 
 READ_PIECE = 1 << 20
@@ -49,21 +50,15 @@ class LayerReaders:
                                 remote)
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access
-        self._readers: dict[int, Any] = {}
+        self._readers: dict[int, LayerReader] = {}
         self._opening: dict[int, threading.Lock] = {}  # one per layer, made under _lock
         self._lock = threading.Lock()
 
-    @property
-    def root(self) -> Path:
-        """The layout directory (local stores only)."""
-        return Path(getattr(self.store, "root", ""))
+    def blob_path(self, layer: int) -> Path | None:
+        """Where layer's blob is as a local file, or None (a remote store)."""
+        return self.store.blob_path(self.layers[layer]["digest"])
 
-    def blob_path(self, layer: int) -> Path:
-        """Where layer's blob is (local stores only)."""
-        path: Path = self.store.blob_path(self.layers[layer]["digest"])  # type: ignore[attr-defined]
-        return path
-
-    def reader(self, layer: int, first: tuple[int, int] | None = None) -> Any:
+    def reader(self, layer: int, first: tuple[int, int] | None = None) -> LayerReader:
         """The layer's reader, opened on first use. first: the uncompressed range the
         caller reads next; a remote store starts fetching it while the reader opens."""
         r = self._readers.get(layer)
@@ -89,7 +84,7 @@ class LayerReaders:
                 spans = access.spans if access.spans is not None else SpanTable(
                     CHECKSUM_WRITTEN, [], b"")
                 blob = self.store.open_blob(desc, spans)
-                if first is not None and getattr(self.store, "prefetches", False):
+                if first is not None and self.store.prefetches:
                     from clipcy.layers.blobread import first_fetch
 
                     # the request travels while the reader opens (its windows are
@@ -105,7 +100,7 @@ class LayerReaders:
         (the next files of an extract). A remote store fetches the first compressed bytes of
         each now, on helper threads (never past a file's end; verified when read like any
         fetch); a local store ignores it."""
-        if not getattr(self.store, "prefetches", False):
+        if not self.store.prefetches:
             return
         for node in nodes:
             if node.type != FILE or node.size <= 0:
@@ -113,17 +108,13 @@ class LayerReaders:
             start = node.offset
             stop = node.offset + (node.size if node.sparse is None
                                   else sum(length for _, length in node.sparse))
-            reader = self.reader(node.layer)
-            hint = getattr(reader, "prefetch", None)
-            if hint is not None and stop > start:
-                hint(start, stop)
+            if stop > start:
+                self.reader(node.layer).prefetch(start, stop)
 
     def close(self) -> None:
         with self._lock:
             for r in list(self._readers.values()):  # reader() adds without _lock
-                close = getattr(r, "close", None)
-                if close is not None:
-                    close()
+                r.close()
             self._readers.clear()
             self.store.close()
 
@@ -149,7 +140,7 @@ class ArchiveFile(io.RawIOBase):
             for off, length in node.sparse:
                 self._runs.append((off, length, data))
                 data += length
-            self._starts = [r[0] for r in self._runs]
+            self._starts = [start for start, _, _ in self._runs]
 
     def readable(self) -> bool:
         return True
@@ -202,12 +193,10 @@ class ArchiveFile(io.RawIOBase):
         reader = self._store.reader(node.layer, (node.offset + pos, node.offset + pos + n)
                                     if self._runs is None else None)
         if self._runs is None:
-            reading = getattr(reader, "reading", None)
-            if reading is not None:
-                # remote blobs read ahead for a file read in order (or from its start in
-                # large pieces, as cat and extract do), and never past the file's end
-                on = pos == self._next or (pos == 0 and n >= READ_PIECE)
-                reading(node.offset + pos, node.offset + self._size, on)
+            # remote blobs read ahead for a file read in order (or from its start in large
+            # pieces, as cat and extract do), and never past the file's end
+            on = pos == self._next or (pos == 0 and n >= READ_PIECE)
+            reader.reading(node.offset + pos, node.offset + self._size, on)
             self._next = pos + n
             data: bytes = reader.pread(node.offset + pos, n)
             if len(data) != n:
@@ -218,7 +207,7 @@ class ArchiveFile(io.RawIOBase):
             return data
         return self._pread_sparse(reader, pos, n)
 
-    def _pread_sparse(self, reader: Any, pos: int, n: int) -> bytes:
+    def _pread_sparse(self, reader: LayerReader, pos: int, n: int) -> bytes:
         assert self._runs is not None
         out = bytearray(n)  # holes stay zero
         end = pos + n

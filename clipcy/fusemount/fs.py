@@ -141,9 +141,8 @@ class ImageFS:
         if rec[TYPE] != "dir":
             raise _err(errno.ENOTDIR)
         path = rec[PATH]
-        parent = self.arc.locate(path.rpartition(b"/")[0] or b"/")
-        entries: list[tuple[bytes, int, Record]] = [
-            (b".", 0, rec), (b"..", 0, parent[1] if parent is not None else rec)]
+        _, up = self.arc.locate(path.rpartition(b"/")[0] or b"/") or (0, rec)
+        entries: list[tuple[bytes, int, Record]] = [(b".", 0, rec), (b"..", 0, up)]
         entries += [(name, pos + 1, r) for name, pos, r in self.arc.children(path)]
         with self._lock:
             self._listings[nodeid] = entries

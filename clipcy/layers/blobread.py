@@ -54,9 +54,15 @@ PREFETCH_MAX = 4 << 20  # ... and at most this many compressed bytes for them
 
 
 class LayerReader(Protocol):
+    """A reader of one layer's uncompressed stream (PlainReader, GzipReader, ZstdReader)."""
+
     path: str
 
     def pread(self, offset: int, n: int) -> bytes: ...
+
+    def reading(self, offset: int, end: int, on: bool = False) -> None: ...
+
+    def prefetch(self, offset: int, end: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -150,7 +156,7 @@ def first_fetch(access: LayerAccess, blob_size: int, offset: int, end: int) -> t
 
 class _Reader:
     def __init__(self, blob: VerifiedBlob) -> None:
-        self.blob: Any = blob
+        self.blob = blob
         self.path: str = blob.path
         self.blob_size: int = blob.size
         self._closed = False
@@ -163,16 +169,13 @@ class _Reader:
 
     def _raw(self, offset: int, n: int) -> bytes:
         """n verified compressed bytes at offset (short only at the end of the blob)."""
-        data: bytes = self.blob.pread(offset, n)
-        return data
+        return self.blob.pread(offset, n)
 
     def reading(self, offset: int, end: int, on: bool = False) -> None:
         """A hint: a file's reader is in [offset, end) of the uncompressed stream and may
         read up to end (`on`: it reads in order); a remote blob then fetches ahead (only if
         `on`) no further than the compressed bytes that end needs."""
-        limit = getattr(self.blob, "read_limit", None)
-        if limit is not None:
-            limit(self._compressed_end(end), on)
+        self.blob.read_limit(self._compressed_end(end), on)
 
     def _compressed_end(self, end: int) -> int:
         """The compressed offset that reading the uncompressed stream up to end needs."""
@@ -183,13 +186,12 @@ class _Reader:
         start soon, e.g. the next file of an extract. A remote blob fetches the compressed
         bytes of its first PREFETCH_OUT bytes now, on a helper thread; others ignore it.
         Never past the compressed bytes that end needs."""
-        hint = getattr(self.blob, "prefetch", None)
-        if hint is None or not 0 <= offset < end:
+        if not 0 <= offset < end:
             return
         lo, hi = self._compressed_range(offset, min(end, offset + PREFETCH_OUT))
         hi = min(hi, lo + PREFETCH_MAX, self._compressed_end(end))
         if lo < hi:
-            hint(lo, hi)
+            self.blob.prefetch(lo, hi)
 
     def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
         """The compressed bytes a read of [offset, end) from nothing decoded consumes."""
@@ -276,9 +278,8 @@ class GzipReader(_Reader):
         """Tell the blob which compressed bytes a read from the point at comp up to the
         uncompressed offset end consumes at most (a remote blob then asks for them in one
         request)."""
-        hint = getattr(self.blob, "will_need", None)
-        if hint is not None:
-            hint(*_gzip_range(self._points, self._starts, self.blob_size, comp, bits, end))
+        self.blob.will_need(*_gzip_range(self._points, self._starts, self.blob_size, comp, bits,
+                                         end))
 
     def _compressed_range(self, offset: int, end: int) -> tuple[int, int]:
         # from the point at or before offset: a decoder parked between that point and

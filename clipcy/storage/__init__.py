@@ -9,16 +9,18 @@ checksums of that blob into a VerifiedBlob: every byte it returns belongs to a s
 BLAKE3 digest matched the archive (clipcy.storage.spans). The decompressing readers
 (clipcy.layers.blobread) take their compressed input only from a VerifiedBlob.
 
-A store for another transport implements BlobSource.fetch(offset, n) (one call per run of
-adjacent spans, so HTTP can ask for one Range) and may pass a SpanCache to VerifiedBlob so
-verified spans are kept (and looked up) in its own cache. open_store() picks the store from
-the reference; add new schemes there.
+A store for another transport subclasses BlobStore and BlobSource: it implements
+BlobSource.fetch(offset, n) (one call per run of adjacent spans, so HTTP can ask for one Range),
+overrides the hints it can use (will_need, read_limit, prefetch, discard: no-ops by default),
+and may pass a SpanCache to VerifiedBlob so verified spans are kept (and looked up) in its own
+cache. open_store() picks the store from the reference; add new schemes there.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from clipcy.errors import ClipError
 from clipcy.storage.spans import (
@@ -33,11 +35,34 @@ __all__ = ["BlobStore", "BlobSource", "SpanCache", "SpanHasher", "SpanTable", "V
            "open_store"]
 
 
-class BlobStore(Protocol):
-    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
-                  cache: SpanCache | None = None) -> VerifiedBlob: ...
+class BlobStore:
+    """Where the layer blobs of a storage ref are: open_blob() gives each one's verified
+    reader. What a store can do beyond that is declared here, with defaults, not probed."""
 
-    def close(self) -> None: ...
+    # its blobs fetch ahead on prefetch() hints: a reader that knows what it reads next
+    # (extract's walk, a file's first read) says so; False: hints would be wasted work
+    prefetches = False
+
+    def open_blob(self, layer: dict[str, Any], spans: SpanTable,
+                  cache: SpanCache | None = None) -> VerifiedBlob:
+        """The verified reader of the blob of a layer descriptor ({"digest", "size"})."""
+        raise NotImplementedError
+
+    def blob_path(self, digest: str) -> Path | None:
+        """The blob as a local file, or None when it is not one (a remote store)."""
+        return None
+
+    def download(self, digest: str, size: int, dest: str | os.PathLike[str]) -> None:
+        """The whole blob into the file dest (unverified: the caller checks its digest)."""
+        path = self.blob_path(digest)
+        if path is None:
+            raise NotImplementedError
+        with open(path, "rb") as src, open(dest, "wb") as out:
+            while piece := src.read(8 << 20):
+                out.write(piece)
+
+    def close(self) -> None:
+        """Release connections, helper threads and open blobs' shared state."""
 
 
 def open_store(ref: str | os.PathLike[str] | None, options: Any = None) -> BlobStore:

@@ -8,13 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from clipcy.errors import BlobError
+from clipcy.storage import BlobStore
 from clipcy.storage.refs import parse_digest
-from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
+from clipcy.storage.spans import BlobSource, SpanCache, SpanTable, VerifiedBlob
 
 
-class LocalBlob:
+class LocalBlob(BlobSource):
     """One blob file: must be a regular file of the descriptor's size; opened once, read with
-    os.pread (thread-safe, no shared position), every read bounded by that size."""
+    os.pread (thread-safe, no shared position), every read bounded by that size. Reads are
+    cheap, so it takes none of BlobSource's hints."""
+
+    _fd = -1  # until opened (close() from __del__ after a failed open finds nothing)
 
     def __init__(self, path: Path, digest: str, size: int) -> None:
         self.path = str(path)
@@ -61,7 +65,7 @@ class LocalBlob:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:
-        fd, self._fd = getattr(self, "_fd", -1), -1
+        fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
 
@@ -69,7 +73,7 @@ class LocalBlob:
         self.close()
 
 
-class LocalStore:
+class LocalStore(BlobStore):
     """The blobs of the OCI layout at root."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
@@ -79,6 +83,7 @@ class LocalStore:
         return f"<LocalStore {str(self.root)!r}>"
 
     def blob_path(self, digest: str) -> Path:
+        """Where the blob is (a file of the layout)."""
         alg, hexpart = parse_digest(digest, "layer")
         return self.root / "blobs" / alg / hexpart
 

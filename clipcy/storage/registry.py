@@ -9,12 +9,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from clipcy.storage import BlobStore
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.diskcache import DEFAULT_MAX_MIB, DiskSpanCache
 from clipcy.storage.http import BlobURL, HttpClient, HttpOptions, redact
 from clipcy.storage.refs import DIR, DOCKER, HTTP, LOOPBACK, StorageRef, parse_storage_ref
+from clipcy.storage.spans import BlobSource
 
 if TYPE_CHECKING:
     from clipcy.storage.spans import SpanCache, SpanTable, VerifiedBlob
@@ -45,10 +47,192 @@ def _past(ranges: list[tuple[int, int]], top: int) -> int:
     return top
 
 
-class RemoteBlob:
+Request = tuple[int, int, "Future[bytes]"]  # a range on its way: start, end, the fetch
+
+
+@dataclass
+class ReadAhead:
+    """The read-ahead state of one remote blob, and its transitions: what is fetched (held
+    unverified, in memory) or on its way, and what its reader said (hints) or did (fetches).
+    RemoteBlob holds one and changes it only through these methods, with its lock held; the
+    requests themselves run on the pool, without the lock."""
+
+    WINDOW0: ClassVar[int] = 2 << 20  # the first read-ahead window; each next one doubles
+    BUFFERED: ClassVar[int] = 32 << 20  # most bytes held fetched ahead and not yet reached
+    NEAR: ClassVar[int] = 256 << 10  # a fetch this close to the last one's end: sequential
+
+    size: int
+    readahead: int  # the largest window (0: no read-ahead)
+    bufs: list[tuple[int, bytes]] = field(default_factory=list)  # (start, bytes) fetched
+    pending: list[Request] = field(default_factory=list)  # read-ahead on its way
+    pre: list[Request] = field(default_factory=list)  # prefetches not yet reached
+    pre_at: dict[int, int] = field(default_factory=dict)  # id of each: fetches when made
+    fetches: int = 0
+    hint: tuple[int, int] = (0, 0)  # will_need's range, until a fetch in it asks for it all
+    hint_end: int = 0  # the end of the last hint: reading past it is reading on
+    last_end: int = -1  # where the last fetch ended
+    window: int = 0  # the size of the next read-ahead window
+    limit: int = -1  # no read-ahead past this (the end of the file being read); -1: size
+    then: int = 0  # ... or past this: the end of the next files, when they follow it
+    on: bool = False  # the file's reader reads in order: read ahead from the first fetch
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            self.limit = self.size
+
+    # -- the reader's hints -----------------------------------------------------------------
+    def hinted(self, offset: int, end: int) -> None:
+        """will_need: the next fetch in [offset, end) asks for all of it."""
+        self.hint = (offset, min(end, self.size))
+        self.hint_end = self.hint[1]
+
+    def limited(self, end: int, on: bool) -> None:
+        """read_limit: no read-ahead past end; `on`: the reader reads in order."""
+        self.limit = min(max(end, 0), self.size)
+        self.on = on
+
+    def follows(self, offset: int, end: int) -> bool:
+        """A prefetch of [offset, end) that follows what is being read: read-ahead goes on
+        up to its end, in the usual windows (many small files: a few large requests, not one
+        per file)."""
+        if 0 <= self.last_end - self.NEAR <= offset <= self.limit + self.WINDOW0 or (
+                0 <= self.last_end <= offset <= self.limit + self.WINDOW0):
+            self.then = max(self.then, end)
+            return True
+        return False
+
+    def prefetch_room(self) -> bool:
+        """Whether another prefetch may be held: fewer than PREFETCH, or the oldest was never
+        reached after PREFETCH_STALE fetches (its file was read from elsewhere): forgotten."""
+        if len(self.pre) < RemoteBlob.PREFETCH:
+            return True
+        if self.fetches - self.pre_at.get(id(self.pre[0]), 0) < RemoteBlob.PREFETCH_STALE:
+            return False
+        del self.pre[0]
+        return True
+
+    def prefetching(self, request: Request) -> None:
+        """A prefetch is on its way."""
+        self.pre.append(request)
+        self.pre_at = {id(p): self.pre_at.get(id(p), self.fetches) for p in self.pre}
+
+    # -- fetches ------------------------------------------------------------------------------
+    def fetching(self, offset: int, end: int) -> bool:
+        """A fetch of [offset, end) begins: True when it reads on (right after the last
+        fetch, and past what the reader said it needs); prefetches it reaches become its
+        read-ahead."""
+        self.fetches += 1
+        near = abs(offset - self.last_end) <= self.NEAR
+        if not near:
+            self.then = 0  # the reader went elsewhere
+        self.last_end = end
+        for p in [p for p in self.pre if p[0] < end and offset < p[1]]:
+            self.pre.remove(p)
+            self.pending.append(p)
+        return near and end > self.hint_end
+
+    def request_end(self, start: int, end: int, sequential: bool) -> int:
+        """Where the request for the missing [start, end) ends: the hinted range it starts
+        in, or (reading on with nothing fetched ahead) one read-ahead window, never into
+        bytes already on their way."""
+        want = end
+        hs, he = self.hint
+        if hs <= start < he:
+            want = max(want, he)
+            self.hint = (0, 0)
+        if sequential and self.readahead:
+            # one window now; the next ones are asked for while it decodes
+            want = max(want, min(start + self.WINDOW0, self.stop()))
+            self.window = min(self.readahead, self.WINDOW0 * 2)
+        elif not sequential:
+            self.window = 0
+        return max(end, min(want, self.size, self.next_start(end - 1)))
+
+    def from_bufs(self, offset: int, end: int) -> bytes:
+        """The longest run of bytes from offset (up to end) that the buffers hold."""
+        parts = []
+        pos = offset
+        while pos < end:
+            for s, b in self.bufs:
+                if s <= pos < s + len(b):
+                    piece = b[pos - s:min(end, s + len(b)) - s]
+                    parts.append(piece)
+                    pos += len(piece)
+                    break
+            else:
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def keep(self, start: int, data: bytes) -> None:
+        """Hold fetched bytes for the reads to come; what the reader left far behind or far
+        ahead goes, and the total stays under BUFFERED."""
+        lo = self.last_end - self.NEAR
+        hi = self.last_end + 4 * max(self.readahead, self.WINDOW0)
+        self.bufs = [(s, b) for s, b in self.bufs if s + len(b) > lo and s < hi]
+        self.bufs.append((start, data))
+        # bounded by bytes, not count: many small prefetches must not push out read-ahead
+        # not yet reached (it would be fetched again)
+        held = sum(len(b) for _, b in self.bufs)
+        while held > self.BUFFERED and len(self.bufs) > 1:
+            held -= len(self.bufs.pop(0)[1])
+
+    def arrived(self, requests: list[Request]) -> None:
+        """Read-ahead that has arrived moves into the buffers (a failed one is dropped: the
+        reader's own fetch asks again, with retries)."""
+        for p in requests:
+            if p in self.pending and p[2].done():
+                self.pending.remove(p)
+                if p[2].exception() is None:
+                    self.keep(p[0], p[2].result())
+
+    # -- read-ahead ---------------------------------------------------------------------------
+    def stop(self) -> int:
+        """No read-ahead past this: the end of the file being read, or of the next files
+        when they follow it."""
+        return self.limit if self.then <= self.limit else self.then
+
+    def next_start(self, pos: int) -> int:
+        """Where the first request on its way that starts after pos starts (or the size)."""
+        return min((p[0] for p in self.pending + self.pre if p[0] > pos), default=self.size)
+
+    def on_the_way(self) -> list[tuple[int, int]]:
+        """The ranges fetched or on their way (buffers, read-ahead, prefetches), sorted."""
+        return sorted([(s, s + len(b)) for s, b in self.bufs]
+                      + [(p[0], p[1]) for p in self.pending + self.pre])
+
+    def forget_far(self, end: int) -> None:
+        """Read-ahead left behind elsewhere (the reader moved on) is forgotten."""
+        far = 4 * max(self.readahead, self.WINDOW0)
+        self.pending = [p for p in self.pending if end - self.NEAR < p[1] and p[0] < end + far]
+
+    def enough_ahead(self, top: int, end: int) -> bool:
+        """Whether what is on its way up to top, the reader being at end, is enough: more
+        than two windows."""
+        return top - end > 2 * max(self.window, self.WINDOW0)
+
+    def next_window(self, top: int) -> int:
+        """The end of the read-ahead window from top (never past stop() or into a request on
+        its way); the window after it is twice as large, up to `readahead`."""
+        window = max(self.window, self.WINDOW0)
+        self.window = min(self.readahead, window * 2)
+        return min(self.stop(), top + window, self.next_start(top))
+
+    def reading_ahead(self, request: Request) -> None:
+        """A read-ahead window is on its way."""
+        self.pending.append(request)
+
+    def clear(self) -> None:
+        """Everything fetched ahead is forgotten (it failed verification)."""
+        self.bufs.clear()
+        self.pending.clear()
+        self.pre.clear()
+        self.hint = (0, 0)
+
+
+class RemoteBlob(BlobSource):
     """The BlobSource of one remote blob: fetch(offset, n) = one range request, plus
     read-ahead, so that a reader decoding compressed bytes piece by piece waits for one round
-    trip, not one per piece.
+    trip, not one per piece. Its state is a ReadAhead.
 
     - will_need(offset, end): the reader knows it will consume [offset, end) (a gzip read
       from its resume point up to the point after its end): the next fetch in that range
@@ -66,13 +250,13 @@ class RemoteBlob:
     fetch (which checks them before use); what the reader has passed is dropped. A fetch
     that the buffers cover in part asks only for the rest."""
 
-    WINDOW0 = 2 << 20
+    WINDOW0 = ReadAhead.WINDOW0
     AHEAD = 2
     PREFETCH = 4
-    BUFFERED = 32 << 20  # most bytes held fetched ahead and not yet reached
+    BUFFERED = ReadAhead.BUFFERED
     PREFETCH_STALE = 64  # a prefetch not reached after this many fetches may be dropped
     PREFETCH_REST = 1 << 20  # a prefetch whose start is already on its way: only a rest this big
-    NEAR = 256 << 10  # a fetch this close to the last one's end counts as sequential
+    NEAR = ReadAhead.NEAR
 
     def __init__(self, url: BlobURL, readahead: int, pool: ThreadPoolExecutor | None,
                  cached: Callable[[int], bool] | None = None) -> None:
@@ -84,96 +268,45 @@ class RemoteBlob:
         self._max = readahead
         self._pool = pool
         self._lock = threading.Lock()
-        self._bufs: list[tuple[int, bytes]] = []  # (start, bytes): fetched, not yet verified
-        self._pending: list[tuple[int, int, Future[bytes]]] = []  # start, end, future
-        self._pre: list[tuple[int, int, Future[bytes]]] = []  # prefetches not yet reached
-        self._pre_at: dict[int, int] = {}  # id of each: the fetch count when it was made
-        self._fetches = 0
-        self._hint = (0, 0)
-        self._hint_end = 0  # the end of the last hint: reading past it is reading on
-        self._last_end = -1
-        self._window = 0
-        self._limit = url.size  # no read-ahead past this (the end of the file being read)
-        self._then = 0  # ... or past this: the end of the next files, when they follow it
-        self._on = False  # the file's reader reads in order: read ahead from the first fetch
+        self._state = ReadAhead(url.size, readahead)
 
     def __repr__(self) -> str:
         return f"<RemoteBlob {self.digest} at {self.path}>"
 
     def will_need(self, offset: int, end: int) -> None:
         with self._lock:
-            self._hint = (offset, min(end, self.size))
-            self._hint_end = self._hint[1]
+            self._state.hinted(offset, end)
 
     def read_limit(self, end: int, on: bool = False) -> None:
         with self._lock:
-            self._limit = min(max(end, 0), self.size)
-            self._on = on
-
-    def _from_bufs(self, offset: int, end: int) -> bytes:
-        """The longest run of bytes from offset (up to end) that the buffers hold."""
-        parts = []
-        pos = offset
-        while pos < end:
-            for s, b in self._bufs:
-                if s <= pos < s + len(b):
-                    piece = b[pos - s:min(end, s + len(b)) - s]
-                    parts.append(piece)
-                    pos += len(piece)
-                    break
-            else:
-                break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            self._state.limited(end, on)
 
     def prefetch(self, offset: int, end: int) -> None:
         if self._pool is None or not self._max:
             return
         end = min(end, self.size)
+        st = self._state
         with self._lock:
-            if not self.url.resolved and (self._pending or self._pre or self._last_end >= 0):
+            if not self.url.resolved and (st.pending or st.pre or st.last_end >= 0):
                 return  # (it would take its turn before the reader's own fetch; the
                 # first fetch of a blob, made while its reader opens, may resolve the URL)
-            if 0 <= self._last_end - self.NEAR <= offset <= self._limit + self.WINDOW0 or (
-                    0 <= self._last_end <= offset <= self._limit + self.WINDOW0):
-                # it follows what is being read: read-ahead goes on up to its end, in the
-                # usual windows (many small files: a few large requests, not one per file)
-                self._then = max(self._then, end)
+            if st.follows(offset, end):
                 return
-            top = _past(self._on_the_way(), offset)  # skip what is buffered or on its way
+            top = _past(st.on_the_way(), offset)  # skip what is buffered or on its way
         if top >= end or (top > offset and end - top < self.PREFETCH_REST):
             return  # (a small rest: the reads will ask for it with their own bytes)
         if self._cached is not None and self._cached(top):
             return
         with self._lock:
-            if len(self._pre) >= self.PREFETCH:
-                oldest = self._pre[0]
-                if self._fetches - self._pre_at.get(id(oldest), 0) < self.PREFETCH_STALE:
-                    return  # enough held or on its way: this file's reads ask for it
-                del self._pre[0]  # never reached (its file was read from elsewhere)
-            entry = (top, end, self._pool.submit(self.url.fetch, top, end - top))
-            self._pre.append(entry)
-            self._pre_at = {id(p): self._pre_at.get(id(p), self._fetches) for p in self._pre}
-
-    def _stop(self) -> int:
-        """No read-ahead past this: the end of the file being read, or of the next files
-        when they follow it."""
-        return self._limit if self._then <= self._limit else self._then
-
-    def _next_start(self, pos: int) -> int:
-        """Where the first request on its way that starts after pos starts (or the size)."""
-        return min((p[0] for p in self._pending + self._pre if p[0] > pos), default=self.size)
-
-    def _adopt(self, offset: int, end: int) -> None:
-        """Prefetches that a fetch of [offset, end) reached become its read-ahead."""
-        for p in [p for p in self._pre if p[0] < end and offset < p[1]]:
-            self._pre.remove(p)
-            self._pending.append(p)
+            if not st.prefetch_room():
+                return  # enough held or on its way: this file's reads ask for it
+            st.prefetching((top, end, self._pool.submit(self.url.fetch, top, end - top)))
 
     def _harvest(self, wait_lo: int = -1, wait_hi: int = -1) -> None:
         """Move arrived read-ahead into the buffers (first waiting for the requests that
         overlap [wait_lo, wait_hi), if any). Called with the lock released."""
         with self._lock:
-            pending = list(self._pending)
+            pending = list(self._state.pending)
         for p in pending:
             if p[0] < wait_hi and wait_lo < p[1]:
                 try:
@@ -181,116 +314,73 @@ class RemoteBlob:
                 except Exception:  # noqa: BLE001 - the synchronous fetch retries and reports
                     pass
         with self._lock:
-            for p in pending:
-                if p in self._pending and p[2].done():
-                    self._pending.remove(p)
-                    if p[2].exception() is None:
-                        self._keep(p[0], p[2].result())
+            self._state.arrived(pending)
 
     def fetch(self, offset: int, n: int) -> bytes:
         end = offset + n
         if n <= 0:
             return b""
+        st = self._state
         with self._lock:
-            # reading on: right after the last fetch, and past what the reader said it needs
-            self._fetches += 1
-            near = abs(offset - self._last_end) <= self.NEAR
-            sequential = near and end > self._hint_end
-            if not near:
-                self._then = 0  # the reader went elsewhere
-            self._last_end = end
-            self._adopt(offset, end)
-            data = self._from_bufs(offset, end)
-        if len(data) < n and self._pending:
+            sequential = st.fetching(offset, end)
+            data = st.from_bufs(offset, end)
+        if len(data) < n and st.pending:
             self._harvest(offset + len(data), end)
             with self._lock:
-                data = self._from_bufs(offset, end)
+                data = st.from_bufs(offset, end)
         if len(data) < n:
             head, start = data, offset + len(data)  # the rest: one request
             with self._lock:
-                hs, he = self._hint
-                want = end
-                if hs <= start < he:
-                    want = max(want, he)
-                    self._hint = (0, 0)
-                if sequential and self._max:  # reading on, and nothing was fetched ahead:
-                    # one window now; _read_ahead asks for the next ones while it decodes
-                    want = max(want, min(start + self.WINDOW0, self._stop()))
-                    self._window = min(self._max, self.WINDOW0 * 2)
-                elif not sequential:
-                    self._window = 0
-                # not into bytes already on their way (prefetches, read-ahead) past end
-                want = max(end, min(want, self.size, self._next_start(end - 1)))
-            if self._on and self.url.resolved:  # the next windows travel while this one
+                want = st.request_end(start, end, sequential)
+            if st.on and self.url.resolved:  # the next windows travel while this one
                 # does (not before the blob's URL is resolved: they would take their turn
                 # first, and the reader would wait for them)
                 self._read_ahead(want, True)
             got = self.url.fetch(start, want - start)
             with self._lock:
                 if len(got) > end - start:
-                    self._keep(start, got)
+                    st.keep(start, got)
             tail = got[:end - start] if len(got) > end - start else got
             data = head + tail if head else tail
-        self._read_ahead(end, sequential or self._on or self._then > end)
+        self._read_ahead(end, sequential or st.on or st.then > end)
         return data
-
-    def _keep(self, start: int, data: bytes) -> None:
-        lo, hi = self._last_end - self.NEAR, self._last_end + 4 * max(self._max, self.WINDOW0)
-        self._bufs = [(s, b) for s, b in self._bufs if s + len(b) > lo and s < hi]
-        self._bufs.append((start, data))
-        # bounded by bytes, not count: many small prefetches must not push out read-ahead
-        # not yet reached (it would be fetched again)
-        held = sum(len(b) for _, b in self._bufs)
-        while held > self.BUFFERED and len(self._bufs) > 1:
-            held -= len(self._bufs.pop(0)[1])
 
     def _read_ahead(self, end: int, sequential: bool) -> None:
         if self._pool is None or not self._max or not sequential:
             return
         self._harvest()
+        st = self._state
         with self._lock:
-            far = 4 * max(self._max, self.WINDOW0)  # read-ahead left behind elsewhere: forget
-            self._pending = [p for p in self._pending
-                             if end - self.NEAR < p[1] and p[0] < end + far]
-            ranges = self._on_the_way()
+            st.forget_far(end)
+            ranges = st.on_the_way()
             top = _past(ranges, end)
-            limit = self._stop()
-            while len(self._pending) < self.AHEAD and top < limit:
-                window = max(self._window, self.WINDOW0)
-                if top - end > 2 * window:
-                    break  # enough is on its way
+            limit = st.stop()
+            while len(st.pending) < self.AHEAD and top < limit:
+                if st.enough_ahead(top, end):
+                    break
                 if self._cached is not None and self._cached(top):
                     break  # the reader will find it on disk
-                stop = min(limit, top + window, self._next_start(top))
-                self._window = min(self._max, window * 2)  # the next one is larger
-                self._pending.append((top, stop, self._pool.submit(self.url.fetch, top,
-                                                                   stop - top)))
+                stop = st.next_window(top)
+                st.reading_ahead((top, stop, self._pool.submit(self.url.fetch, top,
+                                                               stop - top)))
                 ranges.append((top, stop))
                 top = _past(ranges, stop)
 
-    def _on_the_way(self) -> list[tuple[int, int]]:
-        """The ranges fetched or on their way (buffers, read-ahead, prefetches), sorted;
-        called with the lock held."""
-        return sorted([(s, s + len(b)) for s, b in self._bufs]
-                      + [(p[0], p[1]) for p in self._pending + self._pre])
-
-    def discard(self) -> None:
+    def discard(self) -> bool:
         """Forget bytes fetched ahead (they failed verification: fetch them again)."""
         with self._lock:
-            self._bufs.clear()
-            self._pending.clear()
-            self._pre.clear()
-            self._hint = (0, 0)
+            self._state.clear()
+        return True
 
     def close(self) -> None:
         self.discard()
 
 
-class RemoteStore:
+class RemoteStore(BlobStore):
     """Blob sources of a docker:// or http(s):// ref, sharing one connection pool, one
     authorizer and one span cache."""
 
-    prefetches = True  # its blobs fetch ahead on prefetch() hints (archive.files.LayerReaders)
+    prefetches = True  # its blobs fetch ahead on prefetch() hints
 
     def __init__(self, ref: StorageRef, options: RemoteOptions | None = None) -> None:
         if not ref.remote:

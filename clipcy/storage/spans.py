@@ -138,15 +138,36 @@ class SpanHasher:
         return SpanTable(CHECKSUM_WRITTEN, self._lengths, b"".join(self._digests))
 
 
-class BlobSource(Protocol):
-    """Raw bytes of one blob (local file, HTTP range requests...). Thread-safe. May also
-    have close() and a `path` for messages."""
+class BlobSource:
+    """Raw bytes of one blob (a local file, HTTP range requests...), thread-safe: subclasses
+    implement fetch(). The hints below tell a source that can fetch ahead (a remote one) what
+    the reader will consume; by default they do nothing, so a source declares what it can do
+    by overriding them, and callers never ask."""
 
-    size: int  # its descriptor's size; fetch never reads past it
+    size: int = 0  # its descriptor's size; fetch never reads past it
+    digest: str = ""  # for messages and cache keys
+    path: str = ""  # where it is, for messages
 
     def fetch(self, offset: int, n: int) -> bytes:
         """Exactly n bytes at offset (BlobError if the blob cannot give them)."""
-        ...
+        raise NotImplementedError
+
+    def will_need(self, offset: int, end: int) -> None:
+        """Hint: the reader will consume [offset, end) (span-aligned) next."""
+
+    def read_limit(self, end: int, on: bool = False) -> None:
+        """Hint: reading stops at compressed offset end; `on`: it goes on in order."""
+
+    def prefetch(self, offset: int, end: int) -> None:
+        """Hint: [offset, end) will be read soon (the start of a file read next)."""
+
+    def discard(self) -> bool:
+        """Forget bytes fetched ahead, because they failed their checksum; True when a
+        second fetch may give other bytes (damage in transit), False when it cannot."""
+        return False
+
+    def close(self) -> None:
+        """Release what the source holds (a file descriptor, buffers)."""
 
 
 class SpanCache(Protocol):
@@ -168,7 +189,7 @@ class VerifiedBlob:
     def __init__(self, source: BlobSource, table: SpanTable, cache: SpanCache | None = None,
                  digest: str | None = None) -> None:
         """digest: the blob's, for messages and cache keys (default: source.digest)."""
-        digest = str(digest or getattr(source, "digest", None) or getattr(source, "name", ""))
+        digest = digest or source.digest
         problem = table.problem()
         if problem:
             raise BlobError(f"layer blob {digest}: unusable span checksums ({problem})")
@@ -179,7 +200,7 @@ class VerifiedBlob:
         self.table = table
         self.digest = digest
         self.size = source.size
-        self.path = str(getattr(source, "path", digest))  # for messages
+        self.path = source.path or digest  # for messages
         self._cache = cache
         self._recent: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -239,20 +260,18 @@ class VerifiedBlob:
     def will_need(self, offset: int, end: int) -> None:
         """A hint: the reader will soon consume [offset, end). A source that can (HTTP) then
         fetches the whole span-aligned range in one request; others ignore it."""
-        hint = getattr(self.source, "will_need", None)
         end = min(end, self.size)
-        if hint is not None and 0 <= offset < end:
+        if 0 <= offset < end:
             t = self.table
-            hint(t.bounds(t.index(offset))[0], t.bounds(t.index(end - 1))[1])
+            self.source.will_need(t.bounds(t.index(offset))[0], t.bounds(t.index(end - 1))[1])
 
     def prefetch(self, offset: int, end: int) -> None:
         """A hint: a reader will soon consume [offset, end) (the start of the next file it
         reads). A source that can (HTTP) fetches those spans now, on a helper thread, less
         the leading ones already verified here; others ignore it. What is fetched goes
         through the same checks as any fetch before it is used."""
-        hint = getattr(self.source, "prefetch", None)
         end = min(end, self.size)
-        if hint is None or not 0 <= offset < end:
+        if not 0 <= offset < end:
             return
         t = self.table
         i, j = t.index(offset), t.index(end - 1)
@@ -260,15 +279,14 @@ class VerifiedBlob:
             while i <= j and i in self._recent:
                 i += 1
         if i <= j:
-            hint(t.bounds(i)[0], t.bounds(j)[1])
+            self.source.prefetch(t.bounds(i)[0], t.bounds(j)[1])
 
     def read_limit(self, end: int, on: bool = False) -> None:
         """A hint: reading will not go past the compressed offset end, and (`on`) goes on in
         order; a source that reads ahead (HTTP) then does, up to there (a span boundary)."""
-        limit = getattr(self.source, "read_limit", None)
         end = min(end, self.size)
-        if limit is not None and end > 0:
-            limit(self.table.bounds(self.table.index(end - 1))[1], on)
+        if end > 0:
+            self.source.read_limit(self.table.bounds(self.table.index(end - 1))[1], on)
 
     def _fetch(self, i: int, j: int, got: dict[int, bytes]) -> None:
         try:
@@ -276,10 +294,8 @@ class VerifiedBlob:
         except SpanChecksumError:
             # bytes damaged in transit (a remote source): fetch them again, once; a blob
             # that really changed fails the second time too
-            discard = getattr(self.source, "discard", None)
-            if discard is None:
+            if not self.source.discard():
                 raise
-            discard()
             self._fetch_once(i, j, got)
 
     def _fetch_once(self, i: int, j: int, got: dict[int, bytes]) -> None:
@@ -306,9 +322,7 @@ class VerifiedBlob:
     def close(self) -> None:
         with self._lock:
             self._recent.clear()
-        close = getattr(self.source, "close", None)
-        if close is not None:
-            close()
+        self.source.close()
 
 
 def hash_file(path: str | os.PathLike[str], span_size: int = SPAN_SIZE) -> SpanTable:
