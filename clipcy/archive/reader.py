@@ -37,6 +37,7 @@ from clipcy.storage.spans import SpanTable
 
 if TYPE_CHECKING:
     from clipcy.archive.files import ArchiveFile, LayerReaders
+    from clipcy.layers.blobread import LayerReader
     from clipcy.storage.registry import RemoteOptions
 
 __all__ = ["Archive", "open_archive", "normalize_path", "decode_block", "BLOCK_CACHE_BYTES"]
@@ -560,7 +561,7 @@ class Archive:
             node = resolve_file(self, path)
         return ArchiveFile(node, self.layer_readers())
 
-    def layer_reader(self, layer: int) -> Any:
+    def layer_reader(self, layer: int) -> LayerReader:
         """The shared reader of layer `layer`'s uncompressed stream (pread(offset, n))."""
         return self.layer_readers().reader(layer)
 
