@@ -4,7 +4,8 @@ Public API (imports are lazy so that `import clipcy` stays cheap):
 
 - walk_tar(source): the entries of one plain, gzip or zstd tar stream.
 - create_index_only_archive_from_oci_layout(layout_dir, tag, archive_path, ...)
-- open_archive(path): an Archive with .metadata, .lookup(), .listdir(), .walk(), .layers.
+- open_archive(path): an Archive with .metadata, .lookup(), .listdir(), .walk(), .layers;
+  path may be an image reference, docker://HOST/REPO:TAG (its archive from the registry).
 - mount(archive, mountpoint, ...): the archive as a read-only FUSE filesystem (a context
   manager; needs libfuse3, see docs/API.md).
 """
@@ -26,14 +27,14 @@ __all__ = [
 _LAZY = {
     "walk_tar": "clipcy.tar.tarparse",
     "create_index_only_archive_from_oci_layout": "clipcy.image.indexer",
-    "open_archive": "clipcy.archive.reader",
+    "open_archive": "clipcy.publish",  # (local archives: clipcy.archive.reader's)
     "mount": "clipcy.fusemount",
 }
 
 if TYPE_CHECKING:
-    from clipcy.archive.reader import open_archive
     from clipcy.fusemount import mount
     from clipcy.image.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.publish import open_archive
     from clipcy.tar.tarparse import walk_tar
 
 

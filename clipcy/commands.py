@@ -14,12 +14,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcy.archive.reader import Archive, open_archive
+from clipcy.archive.reader import Archive
 from clipcy.errors import ClipError
 from clipcy.export import decode_path, node_record, write_export
 from clipcy.logs import step
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.progress import make_reporter
+from clipcy.publish import open_archive  # also takes docker://HOST/REPO:TAG
 
 if TYPE_CHECKING:
     from clipcy.storage.registry import RemoteOptions
@@ -488,11 +489,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     from clipcy.fusemount import service
 
+    archive, storage = args.archive, blob_ref(args)
+    if archive.startswith("docker://"):  # an image reference: its archive, from the cache
+        from clipcy.publish import fetch_by_reference
+
+        archive, repo = fetch_by_reference(archive, remote_options(args))
+        storage = storage or repo
     if args.foreground or args.ready_fd is not None:
-        return service.serve(args.archive, args.mountpoint, blob_ref(args), args.cache_mib,
+        return service.serve(archive, args.mountpoint, storage, args.cache_mib,
                              args.options, args.ready_fd, remote_options(args),
                              xattrs=args.xattrs, mkdir=args.mkdir)
-    pid, log_path = service.fork_and_serve(args.archive, args.mountpoint, blob_ref(args),
+    pid, log_path = service.fork_and_serve(archive, args.mountpoint, storage,
                                            args.cache_mib, args.options, remote_options(args),
                                            args.log, xattrs=args.xattrs, mkdir=args.mkdir)
     print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {pid}, log "

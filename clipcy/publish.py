@@ -1,4 +1,5 @@
-"""Archives in the image's registry: push_archive, pull_archive (clipctl push, pull).
+"""Archives in the image's registry: push_archive, pull_archive (clipctl push, pull), and
+open_archive by image reference (the readers and the mount take docker://HOST/REPO:TAG).
 
 The registry side (the artifact manifest, blob uploads, referrers) is
 clipcy.storage.artifact; this module joins it to the archive reader (what a push needs from
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from clipcy.errors import ArchiveError, ClipError
 
 if TYPE_CHECKING:
+    from clipcy.archive.reader import Archive
     from clipcy.storage.artifact import Candidate, Found, Pushed, Registry
     from clipcy.storage.registry import RemoteOptions
 
@@ -170,3 +172,72 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def archive_cache_dir(remote: RemoteOptions | None) -> str:
+    """Where archives fetched by image reference are kept: CACHE_DIR/archives with
+    --cache-dir, else $XDG_CACHE_HOME/clipcy/archives (~/.cache/clipcy/archives)."""
+    if remote is not None and remote.cache_dir:
+        return os.path.join(remote.cache_dir, "archives")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "clipcy", "archives")
+
+
+def fetch_by_reference(ref: str, remote: RemoteOptions | None = None,
+                       platform: str | None = None) -> tuple[str, str]:
+    """The image's archive as a local file, and the storage ref of its blobs (the image's
+    repository): found as pull finds it, and kept in the cache by the artifact's digest,
+    so that a second open downloads no archive (it still resolves the image and lists its
+    referrers: a newer archive is taken when there is one)."""
+    from clipcy.storage.artifact import ArchiveGone, ArtifactError, fetch_archive, parse_image_ref
+
+    image = parse_image_ref(ref)
+    cache = archive_cache_dir(remote)
+    reg = _registry(image.repo, remote, push=False)
+    try:
+        found, order = find_archive(reg, ref, platform)
+        for i, cand in enumerate(order):
+            path = os.path.join(cache, cand.digest.replace(":", "-") + ".clip")
+            if os.path.isfile(path):
+                return path, image.repo.text
+            try:
+                os.makedirs(cache, exist_ok=True)
+            except OSError as e:
+                raise ClipError(f"cannot create the archive cache {cache}: "
+                                f"{e.strerror or e}") from None
+            fd, tmp = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=cache)
+            os.close(fd)
+            try:
+                fetch_archive(reg, cand, found.image, tmp, _made_for)
+                os.replace(tmp, path)
+                return path, image.repo.text
+            except ArchiveGone:
+                if i == len(order) - 1:
+                    raise
+            except ArchiveError as e:
+                raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
+                                    f"usable clipcy archive: {e}") from None
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        raise AssertionError("unreachable: choose() returns at least one candidate")
+    finally:
+        reg.close()
+
+
+def open_archive(path: str | os.PathLike[str], layout: str | os.PathLike[str] | None = None,
+                 *, storage: str | os.PathLike[str] | None = None,
+                 remote: RemoteOptions | None = None) -> Archive:
+    """clipcy.archive.reader.open_archive, which also takes an image reference
+    (docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]): its archive is fetched as pull fetches
+    it (kept in the cache dir by digest) and its blobs are read from that repository,
+    unless storage names another place."""
+    from clipcy.archive.reader import open_archive as open_local
+
+    text = os.fspath(path)
+    if isinstance(text, str) and text.startswith("docker://"):
+        local, repo = fetch_by_reference(text, remote)
+        if storage is None and layout is None:
+            storage = repo
+        return open_local(local, layout, storage=storage, remote=remote)
+    return open_local(path, layout, storage=storage, remote=remote)

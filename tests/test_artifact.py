@@ -735,3 +735,92 @@ def test_token_auth(tmp_path: Path, archives: dict[str, Path]) -> None:
     finally:
         reg.stop()
         issuer.close()
+
+
+# -- image references where an archive is taken -------------------------------------------------
+def _fresh_env(tmp: Path) -> dict[str, str]:
+    """No local files: a new HOME and cache."""
+    return {"HOME": str(tmp / "home"), "XDG_CACHE_HOME": str(tmp / "cache"),
+            "XDG_STATE_HOME": str(tmp / "state"), "REGISTRY_AUTH_FILE": "",
+            "XDG_RUNTIME_DIR": ""}
+
+
+def test_readers_take_an_image_reference(registry: rs.Registry, archives: dict[str, Path],
+                                         tmp_path: Path) -> None:
+    """cat, ls, stat, inspect, extract, verify and open_archive take docker://REPO:TAG: the
+    archive is fetched once (then from the cache by digest), the blobs are read from that
+    repository (the archive records a local layout, which is not used)."""
+    ok(cli("push", str(archives["latest"]), f"docker://{registry.host}/sample"))
+    proxy = Proxy(registry.host)
+    try:
+        ref = f"docker://{proxy.host}/sample:latest"
+        env = _fresh_env(tmp_path)
+        blob = sha(archives["latest"].read_bytes())
+        r = ok(cli("cat", ref, "/etc/os-release", "--no-cache", env=env))
+        expected = ok(cli("cat", str(archives["latest"]), "/etc/os-release")).stdout
+        assert r.stdout == expected and "Hello" in expected
+        assert proxy.count("GET", f"/blobs/{blob}") == 1
+        layer_reads = proxy.count("GET", r"/blobs/sha256:") - 1
+        assert layer_reads >= 1  # the file's bytes came from this repository
+        cached = list((tmp_path / "cache" / "clipcy" / "archives").iterdir())
+        assert [p.read_bytes() for p in cached] == [archives["latest"].read_bytes()]
+        for args in (["ls", ref, "/etc"], ["stat", ref, "/etc/os-release"], ["inspect", ref],
+                     ["extract", ref, "-C", str(tmp_path / "x"), "--no-cache"],
+                     ["verify", ref, "--no-cache"]):
+            ok(cli(*args, env=env))
+        assert (tmp_path / "x" / "etc" / "os-release").read_text() == expected
+        assert proxy.count("GET", f"/blobs/{blob}") == 1  # never downloaded again
+        # the Python API
+        import clipcy
+
+        os.environ["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+        try:
+            with clipcy.open_archive(ref) as arc:
+                assert arc.metadata["manifest_digest"] == layout_manifest(SAMPLE, "latest")
+                with arc.open("/etc/os-release") as f:
+                    assert f.read().decode() == expected
+        finally:
+            del os.environ["XDG_CACHE_HOME"]
+        assert proxy.count("GET", f"/blobs/{blob}") == 1
+        err = one_line(cli("cat", f"docker://{proxy.host}/sample:v1", "/etc/os-release",
+                           env=env))
+        assert "no clipcy archive for image" in err
+    finally:
+        proxy.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the mount tests run as root")
+def test_mount_by_reference(registry: rs.Registry, archives: dict[str, Path],
+                            tmp_path: Path) -> None:
+    """With no local files, a mount by image reference is ready after at most 5 requests
+    (the tag, the referrers API's 404, the referrers tag, the artifact, the archive), and
+    reads its files from the registry."""
+    from clipcy.fusemount import available
+
+    if not available():
+        pytest.skip("FUSE unavailable")
+    ok(cli("push", str(archives["latest"]), f"docker://{registry.host}/sample"))
+    proxy = Proxy(registry.host)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        env = _fresh_env(tmp_path)
+        ok(cli("mount", f"docker://{proxy.host}/sample:latest", str(mnt), env=env))
+        try:
+            assert len(proxy.log) <= 5, proxy.log
+            before = len(proxy.log)
+            text = (mnt / "etc" / "os-release").read_text()
+            assert "Hello" in text
+            assert len(proxy.log) > before  # read from the registry
+        finally:
+            ok(cli("umount", str(mnt)))
+        # mounted again: the archive from the cache
+        proxy.log.clear()
+        ok(cli("mount", f"docker://{proxy.host}/sample:latest", str(mnt), env=env))
+        try:
+            assert proxy.count("GET", "/blobs/") == 0 and len(proxy.log) <= 3, proxy.log
+            assert (mnt / "etc" / "os-release").read_text() == text
+        finally:
+            ok(cli("umount", str(mnt)))
+    finally:
+        proxy.close()
