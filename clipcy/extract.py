@@ -3,17 +3,29 @@
 Every path is opened component by component from the destination's directory fd with
 O_NOFOLLOW, so neither a `..`/absolute name in a hostile archive nor a symlink created earlier
 in the tree can redirect a write outside DEST. Owners, devices and xattrs are applied only when
-running as root; directory modes and times are set last, deepest first.
+running as root.
+
+The order is the data's, not the paths': directories first (path order); then the regular
+files of each layer in the order their bytes lie in it, each layer read once from its first
+needed byte to its last (a layer reader's decoder continues from the end of one file to the
+next, and resumes at a recorded point only to skip a gap longer than the way to that point),
+layers on WORKERS threads (inflate runs without the GIL); then hardlinks (their target is
+written), symlinks and special files; last, directory modes and times, deepest first. A layer
+made in readdir order is thus streamed like `tar -x` does, not inflated again from a resume
+point for each file.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
 import os
+import signal
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import starmap
 from typing import TYPE_CHECKING, Any
@@ -30,8 +42,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("clipcy")
 COPY_PIECE = 1 << 20
 LOOKAHEAD_BYTES = 8 << 20  # a remote store is told about the next files up to this many bytes
-LOOKAHEAD_NODES = 256  # ... or this many nodes of the walk ahead of the one being extracted
+LOOKAHEAD_NODES = 256  # ... or this many files of the layer ahead of the one being extracted
+WORKERS = 2  # threads writing regular files, one layer each at a time
+DIR_FDS = 64  # directory fds each of those threads (and the main one) keeps open
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def safe_parts(path: bytes) -> list[bytes]:
@@ -44,15 +59,16 @@ def safe_parts(path: bytes) -> list[bytes]:
 
 
 class Fds:
-    """The file descriptors an Extractor holds, kept so that an interrupt cannot make it close
-    one twice or lose one.
+    """The file descriptors one thread of an Extractor holds, kept so that an interrupt cannot
+    make it close one twice or lose one.
 
     A signal's exception (KeyboardInterrupt, or SIGTERM's Terminated) is raised between
     bytecodes, e.g. as soon as os.open or os.close returns. So an fd enters the list inside
     the C call that opens it (list.extend over starmap: no bytecode between the two), leaves
     the list before it is closed (never closed twice: a second close could hit another
     thread's new fd of the same number), and whatever is still listed when the work is cut
-    short is closed by close_all(). Only fds in the list are ever closed.
+    short is closed by close_all(). Only fds in the list are ever closed. One per thread:
+    the list's index-then-delete is not atomic across threads.
     """
 
     __slots__ = ("held",)
@@ -101,17 +117,115 @@ class Fds:
                 self.close_all()
 
 
+class Dirs:
+    """fds of directories under DEST for one thread, each opened component by component with
+    O_NOFOLLOW from DEST's fd (created when missing), the last DIR_FDS used kept open: the
+    files of one directory mostly lie together in a layer, so most files need no directory
+    open. An fd names the directory it was opened on; the extractor never replaces a
+    directory, so a kept fd stays the directory its path names. The fds are held in fds (and
+    closed with it): fds of this cache are never closed by its users."""
+
+    def __init__(self, fds: Fds, root_fd: int) -> None:
+        self.fds = fds
+        self.root_fd = root_fd
+        self.kept: OrderedDict[bytes, int] = OrderedDict()
+
+    def parent(self, parts: list[bytes]) -> int:
+        """The fd of the directory holding parts[-1]."""
+        return self.open(parts[:-1])
+
+    def open(self, parts: list[bytes]) -> int:
+        """The fd of the directory at parts (DEST for []), made if missing."""
+        kept = self.kept
+        n = len(parts)
+        k = n
+        fd = self.root_fd
+        # the longest kept prefix, among the last few (a path deeper than that is opened
+        # from DEST: cheap next to the quadratic keys of a hostile, very deep path)
+        while k > 0 and k > n - 8:
+            got = kept.get(b"/".join(parts[:k]))
+            if got is not None:
+                kept.move_to_end(b"/".join(parts[:k]))
+                fd = got
+                break
+            k -= 1
+        else:
+            k = 0
+        for i in range(k, n):
+            comp = parts[i]
+            try:
+                nfd = self.fds.open(comp, DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(comp, 0o755, dir_fd=fd)
+                nfd = self.fds.open(comp, DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ClipError(
+                        f"refusing to extract through non-directory "
+                        f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
+                    ) from e
+                raise
+            kept[b"/".join(parts[:i + 1])] = fd = nfd
+            if len(kept) > DIR_FDS:  # the oldest: never the one just opened, which is
+                _, old = kept.popitem(last=False)  # the newest (DIR_FDS > 1)
+                self.fds.close(old)  # (still held if an interrupt lands before this)
+        return fd
+
+
+class _Stopped(Exception):
+    """A writing thread gives up: another one failed, or the extract was interrupted."""
+
+
+@dataclass
+class Plan:
+    """The nodes of an extract by phase: directories (path order); regular files by layer,
+    each layer's in data order; the extra paths of hardlinked files; the rest (symlinks,
+    FIFOs, devices) in path order."""
+
+    dirs: list[Node] = field(default_factory=list)
+    layers: dict[int, list[Node]] = field(default_factory=dict)
+    links: list[Node] = field(default_factory=list)
+    rest: list[Node] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, nodes: Iterable[Node], unique: bool = False) -> Plan:
+        """unique: drop a path seen before (overlapping subtrees)."""
+        plan = cls()
+        seen: set[bytes] = set()
+        written: set[int] = set()  # ino of hardlinked files whose data one path carries
+        for node in nodes:
+            if unique:
+                if node.path in seen:
+                    continue
+                seen.add(node.path)
+            if node.type == DIR:
+                plan.dirs.append(node)
+            elif node.type == FILE:
+                if node.nlink > 1:
+                    if node.ino in written:
+                        plan.links.append(node)
+                        continue
+                    written.add(node.ino)
+                plan.layers.setdefault(node.layer, []).append(node)
+            else:
+                plan.rest.append(node)
+        for files in plan.layers.values():
+            files.sort(key=lambda n: n.offset)  # stable: path order where offsets tie
+        return plan
+
+
 class Extractor:
     def __init__(
         self, dest: str | os.PathLike[str], store: LayerReaders, progress: Any = None
     ) -> None:
         os.makedirs(dest, exist_ok=True)
-        self.fds = Fds()
+        self.fds = Fds()  # the calling thread's; each writing thread has its own
         try:
             self.root_fd = self.fds.open(dest, os.O_RDONLY | os.O_DIRECTORY)
         except BaseException:
             self.fds.close_all()
             raise
+        self.paths = Dirs(self.fds, self.root_fd)
         self.store = store
         self.as_root = os.geteuid() == 0
         self.first_path: dict[int, list[bytes]] = {}  # ino -> parts of its first extracted path
@@ -119,39 +233,12 @@ class Extractor:
         self.progress = progress
         self.files = 0
         self.bytes = 0
-        self.upcoming: list[Node] = []  # the next regular files to extract (prefetch hints)
+        self.lookahead = store.store.prefetches
+        self._count_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the destination's fd and any other still open (after an interrupt)."""
         self.fds.close_all()
-
-    # -- path handling ---------------------------------------------------------------
-    def _open_parent(self, parts: list[bytes]) -> int:
-        """An fd of the directory holding parts[-1], created if missing, never via a symlink."""
-        fds = self.fds
-        fd = fds.dup(self.root_fd)
-        try:
-            for comp in parts[:-1]:
-                try:
-                    nfd = fds.open(comp, DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    os.mkdir(comp, 0o755, dir_fd=fd)
-                    nfd = fds.open(comp, DIR_FLAGS, dir_fd=fd)
-                except OSError as e:
-                    if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise ClipError(
-                            f"refusing to extract through non-directory "
-                            f"{os.fsdecode(comp)!r} in {os.fsdecode(b'/'.join(parts))}"
-                        ) from e
-                    raise
-                # fd names the new directory before the old one is closed: an interrupt
-                # right after that close must not make the cleanup below close it again
-                old, fd = fd, nfd
-                fds.close(old)
-            return fd
-        except BaseException:
-            fds.discard(fd)
-            raise
 
     @staticmethod
     def _clear(name: bytes, fd: int, want_dir: bool) -> None:
@@ -165,42 +252,77 @@ class Extractor:
             raise ClipError(f"cannot replace existing directory {os.fsdecode(name)!r}")
         os.unlink(name, dir_fd=fd)
 
-    # -- one node --------------------------------------------------------------------
-    def extract(self, node: Node) -> None:
-        parts = safe_parts(node.path)
-        if not parts:  # the root: only its metadata, applied at the end
-            self.dirs.append((parts, node))
-            return
-        fd = self._open_parent(parts)
-        name = parts[-1]
-        try:
-            self._extract_at(fd, name, parts, node)
-        finally:
-            self.fds.discard(fd)
+    # -- the phases ------------------------------------------------------------------
+    def run(self, plan: Plan) -> None:
+        """Extract plan's nodes, phase by phase (the module's docstring)."""
+        for node in plan.dirs:
+            self._one(node, self._make_dir)
+        self.write_layers(plan.layers)
+        for node in plan.links:
+            self._one(node, self._make_file)
+        for node in plan.rest:
+            self._one(node, self._make_other)
+        self.finish()
 
-    def _extract_at(self, fd: int, name: bytes, parts: list[bytes], node: Node) -> None:
-        self._clear(name, fd, node.type == DIR)
+    def extract(self, node: Node) -> None:
+        """One node, on the calling thread (a directory's metadata waits for finish())."""
         if node.type == DIR:
+            self._make_dir(node)
+        elif node.type == FILE:
+            self._make_file(node)
+        else:
+            self._make_other(node)
+
+    @staticmethod
+    def _one(node: Node, make: Any) -> None:
+        try:
+            make(node)
+        except OSError as e:
+            raise ClipError(
+                f"failed to extract {os.fsdecode(node.path)}: {e.strerror or e}"
+            ) from e
+
+    def _make_dir(self, node: Node) -> None:
+        parts = safe_parts(node.path)
+        if parts:  # (the root: only its metadata, applied at the end)
+            fd, name = self.paths.parent(parts), parts[-1]
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
             except FileExistsError:
-                pass
-            self.dirs.append((parts, node))
-            return
-        if node.type == FILE:
-            first = self.first_path.get(node.ino)
-            if first is not None and node.nlink > 1:
-                src_fd = self._open_parent(first)
+                self._clear(name, fd, True)  # a directory there is kept
                 try:
-                    os.link(
-                        first[-1], name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False
-                    )
-                finally:
-                    self.fds.discard(src_fd)
-                return
-            self._write_file(fd, name, node)
-            self.first_path[node.ino] = parts
-        elif node.type == SYMLINK:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+        self.dirs.append((parts, node))
+
+    def _make_file(self, node: Node) -> None:
+        """A regular file on the calling thread: a link to the path its data went to, if it
+        is a hardlink and that path was written, else the file."""
+        parts = safe_parts(node.path)
+        first = self.first_path.get(node.ino)
+        if first is None or node.nlink <= 1:
+            self._write_file(self.fds, self.paths, parts, node)
+            return
+        fds = self.fds
+        src = fds.dup(self.paths.parent(first))  # (opening parts' parent may drop it)
+        try:
+            fd, name = self.paths.parent(parts), parts[-1]
+            try:
+                os.link(first[-1], name, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
+            except FileExistsError:
+                self._clear(name, fd, False)
+                os.link(first[-1], name, src_dir_fd=src, dst_dir_fd=fd, follow_symlinks=False)
+        finally:
+            fds.discard(src)
+
+    def _make_other(self, node: Node) -> None:
+        parts = safe_parts(node.path)
+        if not parts:
+            raise ClipError(f"the archive's root is a {node.type}, not a directory")
+        fd, name = self.paths.parent(parts), parts[-1]
+        self._clear(name, fd, False)
+        if node.type == SYMLINK:
             os.symlink(node.linkname, name, dir_fd=fd)
         elif node.type == FIFO:
             os.mkfifo(name, 0o600, dir_fd=fd)
@@ -210,47 +332,158 @@ class Extractor:
                 return
             kind = stat.S_IFCHR if node.type == CHAR else stat.S_IFBLK
             os.mknod(name, kind | 0o600, os.makedev(node.devmajor, node.devminor), dir_fd=fd)
+        else:
+            raise ClipError(f"corrupt archive: {os.fsdecode(node.path)} has type {node.type}")
         self._apply_meta(fd, name, node)
 
-    def _write_file(self, fd: int, name: bytes, node: Node) -> None:
-        fds = self.fds
-        out = -1
+    # -- regular files, layers on threads -----------------------------------------------
+    def write_layers(self, layers: dict[int, list[Node]]) -> None:
+        """Write each layer's files in data order, the layers on up to WORKERS threads (the
+        largest first). An error on one thread stops the others (each removes the file it
+        was writing) and is raised here; an interrupt of this thread does the same."""
+        queue = sorted(layers.values(), key=lambda fs: sum(n.size for n in fs))  # pop(): largest
+        if not queue:
+            return
+        abort = threading.Event()
+        errors: list[BaseException] = []
+        done = [threading.Event() for _ in range(min(WORKERS, len(queue)))]
+        threads = [threading.Thread(target=self._worker, args=(queue, abort, errors, d),
+                                    name=f"clipcy-extract-{i}", daemon=True)
+                   for i, d in enumerate(done)]
+        started: list[threading.Event] = []
         try:
-            out = fds.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd
-            )
+            _start(threads, done, started)
+            for d in started:
+                d.wait()
+        finally:
+            abort.set()
+            _wait(started)
+        if errors:
+            raise errors[0]
+
+    def _worker(self, queue: list[list[Node]], abort: threading.Event,
+                errors: list[BaseException], done: threading.Event) -> None:
+        try:
+            fds = Fds()
+            try:
+                paths = Dirs(fds, self.root_fd)
+                while not abort.is_set():
+                    try:
+                        files = queue.pop()  # (atomic)
+                    except IndexError:
+                        return
+                    self._write_layer(files, fds, paths, abort)
+            except _Stopped:
+                pass
+            except BaseException as e:  # noqa: BLE001 - raised by write_layers, whatever it is
+                errors.append(e)
+                abort.set()
+            finally:
+                try:
+                    fds.close_all()
+                except BaseException as e:  # noqa: BLE001 - (an interrupt after a close)
+                    errors.append(e)
+                    abort.set()
+        finally:
+            done.set()
+
+    def _write_layer(self, files: list[Node], fds: Fds, paths: Dirs,
+                     abort: threading.Event) -> None:
+        upcoming: list[Node] = []  # files to tell a remote store of after the next read
+        told = 0  # files[:told] were told
+        ahead = 0  # bytes of files[i + 1:told]
+        lookahead = self.lookahead and LOOKAHEAD_NODES > 0
+        for i, node in enumerate(files):
+            if abort.is_set():
+                raise _Stopped
+            if lookahead:
+                # the order is known: a remote store learns of the files after this one (in
+                # batches, after a file's first read) and fetches ahead; in data order the
+                # next files follow this one, so its read-ahead runs on into them
+                if i < told:
+                    ahead -= files[i].size
+                told = max(told, i + 1)
+                while told < len(files) and ahead < LOOKAHEAD_BYTES and \
+                        told - i <= LOOKAHEAD_NODES:
+                    ahead += files[told].size
+                    upcoming.append(files[told])
+                    told += 1
+            try:
+                self._write_file(fds, paths, safe_parts(node.path), node, upcoming, abort)
+            except OSError as e:
+                raise ClipError(
+                    f"failed to extract {os.fsdecode(node.path)}: {e.strerror or e}"
+                ) from e
+
+    def _create(self, fds: Fds, fd: int, name: bytes) -> int:
+        try:
+            return fds.open(name, FILE_FLAGS, 0o600, dir_fd=fd)
+        except FileExistsError:
+            self._clear(name, fd, False)
+        return fds.open(name, FILE_FLAGS, 0o600, dir_fd=fd)
+
+    def _write_file(self, fds: Fds, paths: Dirs, parts: list[bytes], node: Node,
+                    upcoming: list[Node] | None = None,
+                    abort: threading.Event | None = None) -> None:
+        if not parts:
+            raise ClipError("the archive's root is a file, not a directory")
+        fd, name = paths.parent(parts), parts[-1]
+        out = -1
+        written = 0
+        try:
+            out = self._create(fds, fd, name)
             src = ArchiveFile(node, self.store)
             runs = node.sparse if node.sparse is not None else ((0, node.size),)
-            ahead = bool(self.upcoming)
             for off, length in runs:
                 pos = off
                 while pos < off + length:
+                    if abort is not None and abort.is_set():
+                        raise _Stopped
                     data = src.pread(pos, min(COPY_PIECE, off + length - pos))
-                    if ahead:  # after this file's first read, which needs the connection
+                    if upcoming:  # after this file's first read, which needs the connection
                         # first: the next files' starts travel while this one is written
-                        ahead = False
-                        upcoming, self.upcoming = self.upcoming, []
-                        self.store.prefetch(n for n in upcoming if not (
-                            n.nlink > 1 and n.ino in self.first_path))  # (linked, not read)
+                        self.store.prefetch(list(upcoming))
+                        upcoming.clear()
                     os.pwrite(out, data, pos)
                     pos += len(data)
-                    self.bytes += len(data)
-            os.ftruncate(out, node.size)  # sparse tails and holes
+                    written += len(data)
+            if node.sparse is not None:
+                os.ftruncate(out, node.size)  # holes, and a hole at the end
+            self._apply_meta_fd(out, node)
             fds.close(out)  # its error (e.g. EIO, ENOSPC on NFS) fails the file
         except BaseException:
             try:
                 fds.discard(out)  # nothing if it was closed, or not opened
             finally:
                 # a file cut short (an interrupt; or its blob changed: SpanChecksumError) is
-                # not left. _clear() emptied the name, so what is there is this call's file.
+                # not left. _create() emptied the name, so what is there is this call's file.
                 try:
                     os.unlink(name, dir_fd=fd)
                 except OSError:
                     pass
             raise
-        self.files += 1
-        if self.progress is not None:
-            self.progress("progress", {"files": self.files, "bytes": self.bytes})
+        self.first_path[node.ino] = parts
+        with self._count_lock:
+            self.files += 1
+            self.bytes += written
+            if self.progress is not None:
+                self.progress("progress", {"files": self.files, "bytes": self.bytes})
+
+    # -- metadata --------------------------------------------------------------------
+    def _apply_meta_fd(self, fd: int, node: Node) -> None:
+        """A regular file's owner, xattrs, mode and times, through its open fd."""
+        if self.as_root:
+            os.fchown(fd, node.uid, node.gid)
+            for key, value in node.xattrs.items():
+                try:
+                    os.setxattr(fd, key, value)
+                except OSError as e:
+                    log.warning(
+                        "cannot set xattr %s on %s: %s", key, os.fsdecode(node.path), e.strerror
+                    )
+        os.fchmod(fd, node.mode)
+        ns = node.mtime_sec * 1_000_000_000 + node.mtime_nsec
+        os.utime(fd, ns=(ns, ns))
 
     def _apply_meta(self, fd: int, name: bytes, node: Node) -> None:
         is_link = node.type == SYMLINK
@@ -273,14 +506,15 @@ class Extractor:
     def finish(self) -> None:
         """Directory metadata last, deepest first, so writing children does not disturb it."""
         for parts, node in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
-            if not parts:
-                self._apply_meta_root(node)
-                continue
-            fd = self._open_parent(parts)
             try:
-                self._apply_meta(fd, parts[-1], node)
-            finally:
-                self.fds.discard(fd)
+                if not parts:
+                    self._apply_meta_root(node)
+                else:
+                    self._apply_meta(self.paths.parent(parts), parts[-1], node)
+            except OSError as e:
+                raise ClipError(
+                    f"failed to extract {os.fsdecode(node.path)}: {e.strerror or e}"
+                ) from e
 
     def _apply_meta_root(self, node: Node) -> None:
         fd = self.root_fd
@@ -294,6 +528,33 @@ class Extractor:
         os.fchmod(fd, node.mode)
         ns = node.mtime_sec * 1_000_000_000 + node.mtime_nsec
         os.utime(fd, ns=(ns, ns))
+
+
+def _start(threads: list[threading.Thread], done: list[threading.Event],
+           started: list[threading.Event]) -> None:
+    """Start threads, adding each one's done event to started, with SIGINT and SIGTERM
+    blocked: the threads inherit the mask (the signals are the calling thread's to take), and
+    no interrupt lands between a thread's start and its entry in started."""
+    sigs = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        for t, d in zip(threads, done, strict=True):
+            t.start()
+            started.append(d)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _wait(done: list[threading.Event]) -> None:
+    """Wait until every started thread is done, even if interrupted meanwhile (the last
+    interrupt comes out, once none runs). Not Thread.join: an interrupted join can leave a
+    running thread marked as stopped (CPython 3.11)."""
+    try:
+        for d in done:
+            d.wait()
+    finally:
+        if not all(d.is_set() for d in done):
+            _wait(done)
 
 
 def select_nodes(arc: Any, paths: Iterable[str] | None) -> Iterator[Node]:
@@ -318,51 +579,22 @@ def extract_archive(
     progress: Any = None,
     layout: str | os.PathLike[str] | None = None,
 ) -> tuple[int, int]:
-    """Extract into dest; returns (files written, bytes written). The bytes come through the
-    archive's layer readers (the storage it was opened with), or through readers of their
-    own when storage (a storage ref overriding the archive's; layout: the same, deprecated)
-    or remote (RemoteOptions) is given."""
+    """Extract into dest, in data order (the module's docstring); returns (files written,
+    bytes written). The bytes come through the archive's layer readers (the storage it was
+    opened with), or through readers of their own when storage (a storage ref overriding the
+    archive's; layout: the same, deprecated) or remote (RemoteOptions) is given."""
     storage = storage_or_layout(storage, layout)
+    paths = list(paths) if paths else None
+    plan = Plan.of(select_nodes(arc, paths), unique=bool(paths and len(paths) > 1))
     own = storage is not None or remote is not None
     store = arc.open_layer_readers(storage, remote) if own else arc.layer_readers()
-    ex = Extractor(dest, store, progress)
-    walk = iter(select_nodes(arc, paths))
-    window: collections.deque[Node] = collections.deque()
-    ahead = 0  # bytes of the regular files in the window
-    lookahead = getattr(store.store, "prefetches", False)
     try:
-        while True:
-            if window:
-                node = window.popleft()
-                if node.type == FILE and node.size:
-                    ahead -= node.size
-            else:
-                got = next(walk, None)
-                if got is None:
-                    break
-                node = got
-            # the walk order is known: a remote store learns of the files after this one
-            # (in batches, after each file's first read) and fetches them ahead
-            while lookahead and ahead < LOOKAHEAD_BYTES and len(window) < LOOKAHEAD_NODES:
-                following = next(walk, None)
-                if following is None:
-                    lookahead = False
-                    break
-                window.append(following)
-                if following.type == FILE and following.size:
-                    ahead += following.size
-                    ex.upcoming.append(following)
-            try:
-                ex.extract(node)
-            except OSError as e:
-                raise ClipError(
-                    f"failed to extract {os.fsdecode(node.path)}: {e.strerror or e}"
-                ) from e
-        ex.finish()
-    finally:
+        ex = Extractor(dest, store, progress)
         try:
-            ex.close()
+            ex.run(plan)
         finally:
-            if own:
-                store.close()
+            ex.close()
+    finally:
+        if own:
+            store.close()
     return ex.files, ex.bytes
