@@ -49,14 +49,14 @@ MiB = 1 << 20
 
 
 def _store(arc: Any) -> Any:
-    return arc._store.store  # the BlobStore's clipcy.storage store
+    return arc.layer_readers().store  # the clipcy.storage store of the layer readers
 
 
 def _make_cold(arc: Any) -> None:
     """Forget every decoded or fetched byte of the archive's open layer readers: parked
     decoders, the verified-span memo, bytes fetched ahead. The store, its connections and
     the decoded access data stay (a running reader's steady state)."""
-    for reader in arc._store._readers.values():
+    for reader in arc.layer_readers()._readers.values():
         getattr(reader, "_parked", []).clear()
         blob = reader.blob
         blob._recent.clear()
