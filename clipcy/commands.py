@@ -63,8 +63,11 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
         raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
     limits = parse_overrides(args.limit)
-    if args.storage_ref is not None and args.check_storage:
-        _check_storage(args, limits)
+    remote = None
+    if args.authfile is not None:  # urllib3 and the rest only for a registry
+        from clipcy.storage.registry import RemoteOptions
+
+        remote = RemoteOptions(authfile=args.authfile, cache=False)
     reporter = make_reporter(args.progress)
     try:
         summary = create_index_only_archive_from_oci_layout(
@@ -82,6 +85,8 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             progress=reporter,
             limits=limits,
             prefetch=args.prefetch,
+            check_storage=args.check_storage,
+            remote=remote,
         )
     finally:
         if reporter is not None:
@@ -97,23 +102,6 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
             f"{human(summary.image_size)}), {mbs:.0f} MiB/s"
         )
     return 0
-
-
-def _check_storage(args: argparse.Namespace, limits: Any) -> None:
-    """--storage-ref: every layer blob of the image is there (one probe each), before
-    anything is indexed."""
-    from clipcy.image.layout import Layout, parse_layout_ref, resolve
-    from clipcy.storage.check import check_storage_ref
-    from clipcy.storage.refs import parse_storage_ref
-    from clipcy.storage.registry import RemoteOptions
-
-    parse_storage_ref(args.storage_ref)  # a bad ref: its own error, first
-    ref = parse_layout_ref(args.layout, args.tag, args.digest)
-    image = resolve(Layout(ref.path, limits), ref.tag, ref.digest, args.platform)
-    with step(f"check storage ref {args.storage_ref}"):
-        n = check_storage_ref(args.storage_ref, [(x.digest, x.size) for x in image.layers],
-                              RemoteOptions(authfile=args.authfile, cache=False))
-    log.info("storage ref %s holds the %d layer blobs", args.storage_ref, n)
 
 
 # -- inspect -------------------------------------------------------------------------------

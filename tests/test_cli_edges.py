@@ -414,3 +414,21 @@ def test_index_layout_takes_authfile(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                        str(auth))) == 0
     finally:
         reg.stop()
+
+
+def test_storage_ref_check_in_the_api(tmp_path: Path) -> None:
+    from clipcy import create_index_only_archive_from_oci_layout
+    from clipcy.errors import StorageRefError
+
+    out = tmp_path / "api.clip"
+    nope = str(tmp_path / "nope")
+    with pytest.raises(StorageRefError, match="no such directory"):
+        create_index_only_archive_from_oci_layout(SAMPLE, "latest", out, storage_ref=nope,
+                                                  check_storage=True)
+    assert not out.exists()
+    # off by default in the API (blobs pushed after indexing), as --no-check-storage
+    create_index_only_archive_from_oci_layout(SAMPLE, "latest", out, storage_ref=nope)
+    create_index_only_archive_from_oci_layout(SAMPLE, "latest", out, storage_ref=str(SAMPLE),
+                                              check_storage=True)
+    with open_archive(out) as arc:
+        assert arc.metadata["storage_ref"] == str(SAMPLE)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipcy import __version__
 from clipcy.archive.format import CHECKSUM_WRITTEN, EncodedAccess, encode_packed_access
@@ -44,6 +44,9 @@ from clipcy.limits import DEFAULT as DEFAULT_LIMITS
 from clipcy.limits import LimitError, Limits, exceeded
 from clipcy.logs import step
 from clipcy.storage.spans import SpanHasher, SpanTable
+
+if TYPE_CHECKING:
+    from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy")
 
@@ -536,6 +539,8 @@ def create_index_only_archive_from_oci_layout(
     progress: ProgressFn | None = None,
     limits: Limits = DEFAULT_LIMITS,
     prefetch: str | os.PathLike[str] | None = None,
+    check_storage: bool = False,
+    remote: RemoteOptions | None = None,
 ) -> IndexSummary:
     """Index the image `tag` of the OCI layout `layout_dir` into `archive_path`.
 
@@ -544,6 +549,10 @@ def create_index_only_archive_from_oci_layout(
     streamed again (their blob's size is checked, its digest was checked when cached).
     `prefetch`: a prefetch list file (clipcy.archive.prefetch), stored in the archive for
     mounts to replay (read before anything is indexed; its paths must be in the image).
+    `check_storage` (what `clipctl index-layout` does unless --no-check-storage): every layer
+    blob must be at `storage_ref` before anything is indexed (clipcy.storage.check: a stat
+    each in a directory, one 1-byte range request each remotely; `remote`: the
+    registry.RemoteOptions to reach it, e.g. its auth file); StorageRefError otherwise.
     Returns an IndexSummary. Raises a ClipError subclass on any problem; then no archive is
     written and an existing file at archive_path is untouched.
     """
@@ -553,6 +562,8 @@ def create_index_only_archive_from_oci_layout(
         from clipcy.archive.prefetch import read_list
 
         run.prefetch = (read_list(prefetch), os.fspath(prefetch))
+    run.storage_check = check_storage
+    run.remote = remote
     return run.run(layout_dir, tag, digest, platform, storage_ref, Path(archive_path))
 
 
@@ -594,6 +605,8 @@ class IndexRun:
         self.stream0: queue.Queue[list[Any] | None] = queue.Queue(STREAM_DEPTH)
         self.awaiting: dict[int, Any] = {}  # layer 0: data offset -> inode waiting for its digest
         self.prefetch: tuple[list[bytes], str] | None = None  # a list's paths, its file name
+        self.storage_check = False  # probe the storage ref's blobs first (clipcy.storage.check)
+        self.remote: RemoteOptions | None = None  # how to reach a remote storage ref
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -610,6 +623,12 @@ class IndexRun:
         with step("resolve layout"):
             layout, image = self.resolve(ref, platform)
         log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
+        if self.storage_check and storage_ref is not None:
+            from clipcy.storage.check import check_storage_ref
+
+            with step(f"check storage ref {storage_ref}"):
+                check_storage_ref(storage_ref, [(x.digest, x.size) for x in image.layers],
+                                  self.remote)
         self.emit(
             "start",
             {
