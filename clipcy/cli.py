@@ -456,6 +456,20 @@ def _mount(sub: Any) -> None:
                    "$XDG_STATE_HOME/clipcy/mounts/mount-MOUNTPOINT-PID.log, "
                    "~/.local/state/clipcy/mounts without XDG_STATE_HOME; the newest 20 "
                    "and those of live mounts are kept; named on stderr)")
+    p.add_argument("--record", metavar="FILE",
+                   help="write the files read (opened or executed) to FILE when the mount "
+                   "ends, in first-access order: a prefetch list for index-layout --prefetch "
+                   "or mount --prefetch (docs/FORMAT.md \"Prefetch lists\")")
+    p.add_argument("--record-seconds", type=float, metavar="N",
+                   help="with --record: write FILE N seconds after the mount is ready, if it "
+                   "is still mounted then")
+    pre = p.add_mutually_exclusive_group()
+    pre.add_argument("--prefetch", metavar="FILE",
+                     help="replay this prefetch list instead of the one stored in the archive: "
+                     "the listed files' bytes are fetched (merged ranges, several in flight) "
+                     "and inflated before the program reads them")
+    pre.add_argument("--no-prefetch", action="store_true",
+                     help="replay no prefetch list, not even the archive's")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     add_storage_options(p)
     p.set_defaults(func=_handler("cmd_mount"))

@@ -483,13 +483,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
         archive, repo = fetch_by_reference(archive, remote_options(args))
         storage = storage or repo
+    if args.record_seconds is not None and args.record is None:
+        raise ClipError("--record-seconds needs --record FILE")
+    pre = service.PrefetchOptions(record=args.record, record_seconds=args.record_seconds,
+                                  list_file=args.prefetch, replay=not args.no_prefetch)
     if args.foreground or args.ready_fd is not None:
         return service.serve(archive, args.mountpoint, storage, args.cache_mib,
                              args.options, args.ready_fd, remote_options(args),
-                             xattrs=args.xattrs, mkdir=args.mkdir)
+                             xattrs=args.xattrs, mkdir=args.mkdir, prefetch=pre)
     pid, log_path = service.fork_and_serve(archive, args.mountpoint, storage,
                                            args.cache_mib, args.options, remote_options(args),
-                                           args.log, xattrs=args.xattrs, mkdir=args.mkdir)
+                                           args.log, xattrs=args.xattrs, mkdir=args.mkdir,
+                                           prefetch=pre)
     print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {pid}, log "
           f"{log_path}); unmount with: clipctl umount {args.mountpoint}", file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.errno cimport EIO, ENODATA, ENOSYS, ERANGE, EROFS
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdio cimport fflush, fputs, stderr
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from posix.unistd cimport W_OK
 
@@ -210,6 +210,46 @@ cdef bint _xattrs = True
 cdef bint _no_open = False
 cdef bint _no_opendir = False
 
+# Recording (clipctl mount --record): the node ids of the files read, in first-access order.
+# One byte per node says "seen" (set with an atomic exchange, so each id is appended once even
+# when two threads read it first at the same time); the order array is filled by an atomic
+# counter. Both are touched without the GIL, before the read's own work: a few nanoseconds.
+cdef extern from *:
+    """
+    static inline int clipcy_first_touch(unsigned char *seen, unsigned long long i) {
+        return __atomic_exchange_n(&seen[i], (unsigned char)1, __ATOMIC_RELAXED) == 0;
+    }
+    static inline unsigned long long clipcy_next(unsigned long long *n) {
+        return __atomic_fetch_add(n, 1ULL, __ATOMIC_RELAXED);
+    }
+    static inline void clipcy_store(unsigned long long *p, unsigned long long v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline unsigned long long clipcy_load(unsigned long long *p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    """
+    int clipcy_first_touch(unsigned char *seen, unsigned long long i) nogil
+    unsigned long long clipcy_next(unsigned long long *n) nogil
+    void clipcy_store(unsigned long long *p, unsigned long long v) nogil
+    unsigned long long clipcy_load(unsigned long long *p) nogil
+
+cdef unsigned char *_seen = NULL  # node id -> touched (ids < _nseen)
+cdef unsigned long long *_order = NULL  # node ids in first-access order (up to _cap)
+cdef unsigned long long _nseen = 0
+cdef unsigned long long _cap = 0
+cdef unsigned long long _count = 0
+cdef bint _recording = False
+
+
+cdef inline void _touch(fuse_ino_t ino) noexcept nogil:
+    cdef unsigned long long i
+    if _recording and ino < _nseen and clipcy_first_touch(_seen, ino):
+        i = clipcy_next(&_count)
+        if i < _cap:
+            clipcy_store(&_order[i], ino)
+
+
 # libfuse's messages (unknown options, mount failures): the last one is kept for the error
 # we raise; once serving, they also go to stderr (the log).
 cdef char _last_log[1024]
@@ -363,6 +403,7 @@ cdef void _readlink(fuse_req_t req, fuse_ino_t ino) noexcept nogil:
 
 
 cdef void _open(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi) noexcept nogil:
+    _touch(ino)
     if fi.flags & 3:  # O_WRONLY or O_RDWR
         fuse_reply_err(req, EROFS)
     elif _no_open:
@@ -411,6 +452,7 @@ cdef void _read_g(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
 
 cdef void _read(fuse_req_t req, fuse_ino_t ino, size_t size, long off,
                 fuse_file_info *fi) noexcept nogil:
+    _touch(ino)
     with gil:
         _read_g(req, ino, size, off, fi)
 
@@ -696,6 +738,44 @@ cdef class Session:
         """False: the image has no xattrs; answer ENOSYS so that the kernel stops asking."""
         global _xattrs
         _xattrs = enabled
+
+    def record_start(self, unsigned long long nodes, unsigned long long most) -> None:
+        """Start recording the node ids (1..nodes) of files opened or read, the first `most`
+        of them in first-access order. Once per process (the buffers live as long as it)."""
+        global _seen, _order, _nseen, _cap, _count, _recording
+        if _seen != NULL:
+            raise RuntimeError("recording was started already")
+        _seen = <unsigned char *>calloc(nodes + 1, 1)
+        _order = <unsigned long long *>calloc(most if most else 1, sizeof(unsigned long long))
+        if _seen == NULL or _order == NULL:
+            free(_seen)
+            free(_order)
+            _seen = NULL
+            _order = NULL
+            raise MemoryError()
+        _cap = most
+        _count = 0
+        _nseen = nodes + 1
+        _recording = True
+
+    def record_stop(self) -> list:
+        """Stop recording; the node ids recorded, in first-access order (the buffers stay
+        allocated: a callback may still be looking at them)."""
+        global _recording
+        _recording = False
+        cdef unsigned long long n = clipcy_load(&_count), i, v
+        out = []
+        if _order == NULL:
+            return out
+        for i in range(min(n, _cap)):
+            v = clipcy_load(&_order[i])
+            if v:  # 0: a slot taken but not yet written when recording stopped
+                out.append(v)
+        return out
+
+    def recorded_count(self) -> int:
+        """Distinct files touched so far (also beyond the recorded `most`)."""
+        return clipcy_load(&_count)
 
     def serve(self, int threads=16) -> int:
         """Answer requests until the filesystem is unmounted (returns libfuse's status)."""

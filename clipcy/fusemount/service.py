@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import logging
 import os
 import shutil
@@ -19,12 +20,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from clipcy.errors import MountError
+from clipcy.errors import ClipError, MountError
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -34,8 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clipcy.mount")
 
-__all__ = ["DEFAULT_CACHE_MIB", "serve", "start", "unmount", "is_mounted", "default_log_path",
-           "LOGS_KEPT"]
+__all__ = ["DEFAULT_CACHE_MIB", "PrefetchOptions", "serve", "start", "unmount", "is_mounted",
+           "default_log_path", "LOGS_KEPT"]
 
 # the decompressed-span cache (perf/RESULTS-mount.md: a sequential read needs a few spans,
 # a container start's files fit in a few MiB; 64 MiB keeps the process within its budget)
@@ -47,6 +50,23 @@ LOGS_KEPT = 20
 MISSING_LIBFUSE = ("clipctl mount needs libfuse3: install the Debian packages fuse3 and "
                    "libfuse3-dev (apt-get install fuse3 libfuse3-dev), then reinstall clipcy "
                    "(pip install --force-reinstall --no-deps clipcy)")
+
+
+@dataclass(frozen=True)
+class PrefetchOptions:
+    """What a mount records and replays (clipctl mount --record, --prefetch, --no-prefetch)."""
+
+    record: str | None = None  # write the files read here when the mount ends
+    record_seconds: float | None = None  # ... or this long after ready, if sooner
+    list_file: str | None = None  # replay this list instead of the archive's
+    replay: bool = True  # False: replay no list at all
+
+    def argv(self) -> list[str]:
+        out = ["--record", self.record] if self.record is not None else []
+        if self.record_seconds is not None:
+            out += ["--record-seconds", str(self.record_seconds)]
+        out += ["--prefetch", self.list_file] if self.list_file is not None else []
+        return out + ([] if self.replay else ["--no-prefetch"])
 
 
 def _mountinfo() -> list[tuple[str, str]]:
@@ -246,14 +266,16 @@ def _bound_malloc() -> None:
 def serve(archive: str, mountpoint: str, storage: str | None = None,
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           ready_fd: int | None = None, remote: RemoteOptions | None = None, *,
-          xattrs: bool = False, mkdir: bool = False) -> int:
+          xattrs: bool = False, mkdir: bool = False,
+          prefetch: PrefetchOptions | None = None) -> int:
     """Mount and serve until unmounted. Errors before the mount is ready: MountError (and,
     with ready_fd, the message on that pipe). xattrs: answer getxattr/listxattr even for an
     image without any (by default they answer ENOSYS then, and the kernel stops asking);
-    mkdir: create a missing mountpoint."""
+    mkdir: create a missing mountpoint; prefetch: what to record and replay."""
+    pre = prefetch or PrefetchOptions()
     try:
-        session, arc, fs = _prepare(archive, mountpoint, storage, cache_mib, options, remote,
-                                    mkdir)
+        session, arc, fs, positions = _prepare(archive, mountpoint, storage, cache_mib,
+                                               options, remote, mkdir, pre)
     except MountError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"error {e}\n".encode())
@@ -281,6 +303,7 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    recorder = _Recorder(session, arc, pre, archive) if pre.record is not None else None
     worker = threading.Thread(target=loop, name="clipcy-fuse", daemon=True)
     worker.start()
     _raise_readahead(mp)
@@ -303,20 +326,102 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
         fs.warm(set_xattrs)
         log.info("warm-up done")
 
+    replay = None
+    if positions:
+        from clipcy.fusemount.replay import Replay
+
+        replay = Replay(arc, fs.spans, positions)
+        replay.start()
     threading.Thread(target=warm, name="clipcy-warm", daemon=True).start()
+    if recorder is not None and pre.record_seconds is not None:
+        timer = threading.Timer(pre.record_seconds, recorder.write)
+        timer.daemon = True
+        timer.start()
     while not done.wait(0.5):  # wake now and then so that signal handlers run
         pass
+    if recorder is not None:
+        recorder.write()
     session.close_after_unmount(is_mounted(mp, FSTYPE))
+    log.info("counters %s", json.dumps(mount_counters(fs, replay), sort_keys=True))
     arc.close()
     log.info("unmounted %s", mp)
     return 0
 
 
+def mount_counters(fs: ImageFS, replay: Any = None) -> dict[str, Any]:
+    """The mount's counters as one dict: the decoded-span cache's, and the replay's."""
+    sp = fs.spans
+    return {
+        "spans": {"hits": sp.hits, "misses": sp.misses, "read_misses": sp.read_misses,
+                  "replay_hits": sp.replay_hits, "decompressed": sp.decompressed,
+                  "held": sp.held},
+        "replay": replay.counters.snapshot() if replay is not None else {"state": "off"},
+    }
+
+
+class _Recorder:
+    """--record: the files read, written (atomically, once) when the mount ends or after
+    --record-seconds, whichever comes first."""
+
+    def __init__(self, session: Session, arc: Archive, pre: PrefetchOptions,
+                 archive: str) -> None:
+        from clipcy.limits import PREFETCH_FILES
+
+        self.session, self.arc, self.path, self.archive = session, arc, pre.record, archive
+        self._once = threading.Lock()
+        self._written = False
+        session.record_start(arc.node_count, PREFETCH_FILES)
+
+    def write(self) -> None:
+        with self._once:
+            if self._written:
+                return
+            self._written = True
+            ids = self.session.record_stop()
+        from clipcy.archive.prefetch import format_list
+        from clipcy.limits import PREFETCH_FILES
+
+        assert self.path is not None
+        total = self.session.recorded_count()
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        header = (f"clipcy prefetch list: files read by a start of "
+                  f"{os.path.basename(self.archive)}, in first-access order\n"
+                  f"recorded {when}: {len(ids)} files"
+                  + (f" (the first {PREFETCH_FILES} of {total})" if total > PREFETCH_FILES
+                     else ""))
+        try:
+            text = format_list(self.arc, [i - 1 for i in ids], header)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            log.info("recorded %d files to %s", len(ids), self.path)
+        except (OSError, ClipError) as e:
+            log.error("cannot write the record %s: %s", self.path, e)
+
+
+def _replay_list(arc: Archive, pre: PrefetchOptions) -> list[int] | None:
+    """The node positions to replay: --prefetch FILE's, else the archive's stored list (None:
+    nothing to replay). A bad list is a MountError, before ready."""
+    if not pre.replay:
+        return None
+    from clipcy.archive.prefetch import read_list, resolve
+
+    try:
+        if pre.list_file is not None:
+            return resolve(arc, read_list(pre.list_file), pre.list_file)
+        return arc.prefetch_positions()
+    except ClipError as e:
+        raise MountError(str(e)) from None
+
+
 def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
              options: Sequence[str], remote: RemoteOptions | None,
-             mkdir: bool = False) -> tuple[Session, Archive, ImageFS]:
-    from clipcy.errors import ClipError
-
+             mkdir: bool = False,
+             pre: PrefetchOptions | None = None
+             ) -> tuple[Session, Archive, ImageFS, list[int] | None]:
     fuse = binding()
     extra = [o for opt in options for o in opt.split(",") if o]
     # nonempty: fuse2's option, which libfuse3 rejects; it is clipcy's check that it lifts
@@ -330,6 +435,21 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
         arc = open_archive(archive, storage=storage, remote=remote)
     except ClipError as e:
         raise MountError(str(e)) from None
+    pre = pre or PrefetchOptions()
+    if pre.record is not None:
+        where = os.path.dirname(os.path.abspath(pre.record))
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            arc.close()
+            raise MountError(f"cannot write the record {pre.record}: {where} is not a "
+                             f"writable directory")
+    if pre.record_seconds is not None and not pre.record_seconds > 0:
+        arc.close()
+        raise MountError(f"--record-seconds must be more than 0, not {pre.record_seconds}")
+    try:
+        positions = _replay_list(arc, pre)
+    except MountError:
+        arc.close()
+        raise
     fs = ImageFS(arc, cache_mib << 20)
     name = os.path.abspath(archive).replace(",", "_").replace("\\", "_")
     opts = ["ro", "default_permissions", f"fsname=clipcy:{name}", "subtype=clipcy"]
@@ -340,13 +460,14 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     except OSError as e:
         arc.close()
         raise MountError(str(e)) from None
-    return session, arc, fs
+    return session, arc, fs, positions
 
 
 def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
                    cache_mib: int, options: Sequence[str], remote: RemoteOptions | None,
                    log_path: str | None, *, xattrs: bool = False,
-                   mkdir: bool = False) -> tuple[int, str]:
+                   mkdir: bool = False,
+                   prefetch: PrefetchOptions | None = None) -> tuple[int, str]:
     """`clipctl mount` without -f: fork (this process has no threads yet, and the child
     needs no second interpreter start), serve in the child, return (its pid, its log) once
     the mount is ready; the child's one-line error otherwise."""
@@ -365,7 +486,7 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
             os.dup2(logfd, 1)
             os.dup2(logfd, 2)
             rc = serve(archive, mountpoint, storage, cache_mib, options, wfd, remote,
-                       xattrs=xattrs, mkdir=mkdir)
+                       xattrs=xattrs, mkdir=mkdir, prefetch=prefetch)
         except MountError:
             rc = 1  # already on the ready pipe
         except BaseException as e:  # noqa: BLE001 - the child must never return to the CLI
@@ -393,7 +514,8 @@ def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           log_path: str | None = None,
           timeout: float = 60.0, *, xattrs: bool = False,
-          mkdir: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+          mkdir: bool = False,
+          prefetch: PrefetchOptions | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """Run the mount process in the background; (the process, its log) once the mount is
     ready."""
     rfd, wfd = os.pipe()
@@ -405,6 +527,7 @@ def start(archive: str, mountpoint: str, storage_argv: Sequence[str] = (),
     cmd += list(storage_argv)  # --layout, --storage and the remote options
     cmd += ["--xattrs"] if xattrs else []
     cmd += ["--mkdir"] if mkdir else []
+    cmd += prefetch.argv() if prefetch is not None else []
     for o in options:
         cmd += ["-o", o]
     try:

@@ -60,6 +60,13 @@ class DecodedSpanCache:
         self.decompressed = 0  # bytes produced by the layer readers (for perf and tests)
         self.hits = 0
         self.misses = 0
+        # replay (clipcy.fusemount.replay) fills spans ahead of the program's reads with fill();
+        # before a read decodes a span itself, on_miss(layer, k) lets the replay make it wait
+        # for compressed bytes already on their way (they are fetched once)
+        self.on_miss: Callable[[int, int], None] | None = None
+        self._replayed: set[tuple[int, int]] = set()  # filled by the replay, not read yet
+        self.replay_hits = 0  # reads that found a span the replay filled
+        self.read_misses = 0  # spans a read decoded itself (not the helper, not the replay)
 
     @property
     def held(self) -> int:
@@ -109,6 +116,9 @@ class DecodedSpanCache:
                 if data is not None:
                     self._lru.move_to_end(key)
                     self.hits += 1
+                    if not helper and key in self._replayed:
+                        self._replayed.discard(key)
+                        self.replay_hits += 1
                     if helper or key not in self._ahead_done:
                         return data
                     self._ahead_done.discard(key)  # a reader reached the span read ahead:
@@ -126,6 +136,7 @@ class DecodedSpanCache:
                 if wait is None:
                     mine = self._busy[key] = threading.Event()
                     self.misses += 1
+                    self.read_misses += not helper
                     break
             wait.wait()  # another thread is producing this span (or one before it)
         if data is not None:
@@ -133,6 +144,9 @@ class DecodedSpanCache:
             return data
         data, read = b"", False
         try:
+            on_miss = self.on_miss
+            if on_miss is not None and not helper:
+                on_miss(layer, k)
             data = bytes(self._reader(layer).pread(k * self.span, self.span))
             read = True
         finally:
@@ -146,6 +160,7 @@ class DecodedSpanCache:
                         self._held -= len(dropped)
                         self._ahead_done.discard(old)
                         self._streamed.discard(old)
+                        self._replayed.discard(old)
                 del self._busy[key]
                 if read and len(data) < self.span:  # the stream ends: read no further ahead
                     self._ends[layer] = k if data else k - 1
@@ -165,6 +180,38 @@ class DecodedSpanCache:
         if ahead:
             self._prefetch(layer, k + 1, stop)
         return data
+
+    def fill(self, layer: int, k: int) -> int:
+        """Decode span k of layer into the cache for reads to come (the replay): the bytes
+        decoded, 0 when the span is cached or being decoded already. A read that asks for it
+        meanwhile waits for it instead of decoding it again. Errors are the caller's."""
+        key = (layer, k)
+        with self._lock:
+            if key in self._lru or key in self._busy or k > self._ends.get(layer, k):
+                return 0
+            mine = self._busy[key] = threading.Event()
+        data, read = b"", False
+        try:
+            data = bytes(self._reader(layer).pread(k * self.span, self.span))
+            read = True
+        finally:
+            with self._lock:
+                self.decompressed += len(data)
+                if data and len(data) <= self.budget:
+                    self._lru[key] = data
+                    self._held += len(data)
+                    self._replayed.add(key)
+                    while self._held > self.budget:
+                        old, dropped = self._lru.popitem(last=False)
+                        self._held -= len(dropped)
+                        self._ahead_done.discard(old)
+                        self._streamed.discard(old)
+                        self._replayed.discard(old)
+                del self._busy[key]
+                if read and len(data) < self.span:
+                    self._ends[layer] = k if data else k - 1
+            mine.set()
+        return len(data)
 
     def _reached(self, layer: int, stop: int | None, k: int) -> None:
         """A reader of the stream (layer, stop) got span k (the lock is held)."""
@@ -225,6 +272,7 @@ class DecodedSpanCache:
             self._lru.clear()
             self._ahead_done.clear()
             self._streamed.clear()
+            self._replayed.clear()
             self._held = 0
 
 
