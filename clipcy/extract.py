@@ -338,18 +338,25 @@ class Extractor:
 
     # -- regular files, layers on threads -----------------------------------------------
     def write_layers(self, layers: dict[int, list[Node]]) -> None:
-        """Write each layer's files in data order, the layers on up to WORKERS threads (the
-        largest first). An error on one thread stops the others (each removes the file it
-        was writing) and is raised here; an interrupt of this thread does the same."""
-        queue = sorted(layers.values(), key=lambda fs: sum(n.size for n in fs))  # pop(): largest
-        if not queue:
+        """Write each layer's files in data order, the layers on up to WORKERS threads (each
+        layer, the largest first, to the thread with the fewest bytes so far: a fixed split,
+        so that a run's work per thread does not depend on timing). An error on one thread
+        stops the others (each removes the file it was writing) and is raised here; an
+        interrupt of this thread does the same."""
+        shares: list[list[list[Node]]] = [[] for _ in range(min(WORKERS, len(layers)))]
+        if not shares:
             return
+        loads = [0] * len(shares)
+        for files in sorted(layers.values(), key=lambda fs: -sum(n.size for n in fs)):
+            k = loads.index(min(loads))
+            shares[k].append(files)
+            loads[k] += sum(n.size for n in files)
         abort = threading.Event()
         errors: list[BaseException] = []
-        done = [threading.Event() for _ in range(min(WORKERS, len(queue)))]
-        threads = [threading.Thread(target=self._worker, args=(queue, abort, errors, d),
+        done = [threading.Event() for _ in shares]
+        threads = [threading.Thread(target=self._worker, args=(share, abort, errors, d),
                                     name=f"clipcy-extract-{i}", daemon=True)
-                   for i, d in enumerate(done)]
+                   for i, (share, d) in enumerate(zip(shares, done, strict=True))]
         started: list[threading.Event] = []
         try:
             _start(threads, done, started)
@@ -361,17 +368,13 @@ class Extractor:
         if errors:
             raise errors[0]
 
-    def _worker(self, queue: list[list[Node]], abort: threading.Event,
+    def _worker(self, share: list[list[Node]], abort: threading.Event,
                 errors: list[BaseException], done: threading.Event) -> None:
         try:
             fds = Fds()
             try:
                 paths = Dirs(fds, self.root_fd)
-                while not abort.is_set():
-                    try:
-                        files = queue.pop()  # (atomic)
-                    except IndexError:
-                        return
+                for files in share:
                     self._write_layer(files, fds, paths, abort)
             except _Stopped:
                 pass

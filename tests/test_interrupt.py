@@ -70,12 +70,18 @@ def _content(i: int, size: int) -> bytes:
 
 
 def _content_layout(root: Path, hostile: Any) -> tuple[Path, dict[bytes, bytes]]:
-    """One layer of 20 directories x 150 files of 1 to 4000 bytes, with one of 1.5 MiB every
+    """Two layers of 10 directories x 150 files of 1 to 4000 bytes, with one of 1.5 MiB every
     50 (written in two pieces, read from a few resume points: most of the extract's time is
-    spent in those, so a signal often lands in the middle of one)."""
+    spent in those, so a signal often lands in the middle of one). Two layers: extract
+    writes them on two threads, both running when the signal lands."""
     files: dict[bytes, bytes] = {}
     parts = []
+    layers = []
     for d in range(20):
+        if d == 10:
+            parts.append(hostile.END)
+            layers.append(hostile.tar_layer(b"".join(parts)))
+            parts = []
         parts.append(hostile.header(b"d%02d/" % d, b"5"))
         for k in range(150):
             i = d * 150 + k
@@ -84,7 +90,8 @@ def _content_layout(root: Path, hostile: Any) -> tuple[Path, dict[bytes, bytes]]
             files[b"/" + name] = data = _content(i, size)
             parts.append(hostile.member(name, data))
     parts.append(hostile.END)
-    hostile.layout(root, [hostile.tar_layer(b"".join(parts))])
+    layers.append(hostile.tar_layer(b"".join(parts)))
+    hostile.layout(root, layers)
     return root, files
 
 
@@ -258,28 +265,32 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.parametrize("layers", [1, 2])
 def test_interrupt_after_every_close(
     hostile: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], layers: int,
 ) -> None:
     """Every close the extractor makes, followed at once by an interrupt: the interrupt comes
     out as itself (not as "failed to extract ...: Bad file descriptor"), through the API
-    and the CLI (exit 130/143), with no fd left open and no file left short."""
+    and the CLI (exit 130/143), with no fd left open and no file left short. With two
+    layers the files are written on two threads, and the interrupt comes from either."""
     big = _content(1, 2 * extract.COPY_PIECE + 123)  # written in three pieces
     files = {b"/top": _content(2, 10), b"/a/x": _content(3, 100),
              b"/a/b/c/f1": _content(4, 3000), b"/a/b/c/big": big, b"/a/b/empty": b""}
-    tar = b"".join([
-        hostile.header(b"a/", b"5"), hostile.header(b"a/b/", b"5"),
-        hostile.header(b"a/b/c/", b"5"),
-        *(hostile.member(p[1:], d) for p, d in files.items()),
-        hostile.header(b"a/b/c/hl", b"1", linkname=b"a/b/c/f1"),  # a second open_parent
-        hostile.header(b"a/s", b"2", linkname=b"b/c/f1"),
-        hostile.END,
-    ])
+    dirs = [hostile.header(b"a/", b"5"), hostile.header(b"a/b/", b"5"),
+            hostile.header(b"a/b/c/", b"5")]
+    members = [hostile.member(p[1:], d) for p, d in files.items()]
+    links = [hostile.header(b"a/b/c/hl", b"1", linkname=b"a/b/c/f1"),  # a second open_parent
+             hostile.header(b"a/s", b"2", linkname=b"b/c/f1")]
+    if layers == 1:
+        tars = [b"".join([*dirs, *members, *links, hostile.END])]
+    else:  # /a/b/c/big alone in the second layer
+        tars = [b"".join([*dirs, *members[:3], members[4], *links, hostile.END]),
+                b"".join([*dirs, members[3], hostile.END])]
     written = (len(files), sum(map(len, files.values())))
     files[b"/a/b/c/hl"] = files[b"/a/b/c/f1"]
     layout = tmp_path / "layout"
-    hostile.layout(layout, [hostile.tar_layer(tar)])
+    hostile.layout(layout, [hostile.tar_layer(t) for t in tars])
     arc_path = tmp_path / "x.clip"
     assert clipctl(["-q", "index-layout", "--layout", str(layout), "--out", str(arc_path),
                     "--no-cache"]) == 0
