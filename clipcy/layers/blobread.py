@@ -30,14 +30,15 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 import zstandard
 
 from clipcy.errors import BlobError, ClipError, CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD, LayerAccess
-from clipcy.layers.packing import WindowPacker
+from clipcy.layers.packing import Point, WindowPacker
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -122,14 +123,15 @@ def _check_frames(frames: list[tuple[int, int, int, int]]) -> str:
     return ""
 
 
-def _gzip_stop(points: list[Any], starts: list[int], blob_size: int, end: int) -> int:
+def _gzip_stop(points: Sequence[Point], starts: list[int], blob_size: int, end: int) -> int:
     """The compressed offset no decoder reading up to the uncompressed offset end passes:
     just past the byte that holds the first point at or after end, or the blob's end."""
     k = bisect.bisect_left(starts, end)
     return points[k][0] + 1 if k < len(points) else blob_size
 
 
-def _gzip_range(points: list[Any], starts: list[int], blob_size: int, comp: int, bits: int,
+def _gzip_range(points: Sequence[Point], starts: list[int], blob_size: int, comp: int,
+                bits: int,
                 end: int) -> tuple[int, int]:
     """The compressed bytes that decoding from the point at comp up to the uncompressed
     offset end consumes at most: up to _gzip_stop, in the decoder's READ_CHUNK pieces."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ClipError
 from clipcy.storage.spans import (
@@ -30,6 +30,9 @@ from clipcy.storage.spans import (
     SpanTable,
     VerifiedBlob,
 )
+
+if TYPE_CHECKING:
+    from clipcy.storage.registry import RemoteOptions
 
 __all__ = ["BlobStore", "BlobSource", "SpanCache", "SpanHasher", "SpanTable", "VerifiedBlob",
            "open_store"]
@@ -65,7 +68,8 @@ class BlobStore:
         """Release connections, helper threads and open blobs' shared state."""
 
 
-def open_store(ref: str | os.PathLike[str] | None, options: Any = None) -> BlobStore:
+def open_store(ref: str | os.PathLike[str] | None,
+               options: RemoteOptions | None = None) -> BlobStore:
     """The store for a storage ref (clipcy.storage.refs.parse_storage_ref): a layout
     directory ("DIR", "oci:DIR[:TAG]", "oci-layout://DIR"), "docker://HOST/REPO" or
     "http(s)://BASE" (options: a registry.RemoteOptions)."""
