@@ -21,9 +21,10 @@
 # compares source trees and is run by hand.) perf/RESULTS.md is the curated summary: each
 # figure there names the table it comes from.
 #
-# Full run: roughly an hour on 2 shared cores, most of it bench_index (5 interleaved runs of
-# each command), mount.py and remote.py. --quick is a smoke of every script, ~10 minutes:
-# one run each, smaller inputs (data at --scale 0.25, a 64 MiB lazy layer, a 30k-node
+# Full run: not timed end to end; roughly an hour on 2 cores going by the scripts' own runs,
+# most of it bench_index (5 interleaved runs of each command), mount.py and remote.py.
+# --quick is a smoke of every script (9.5 minutes here at load average 11): one run each,
+# smaller inputs (data at --scale 0.25, a 64 MiB lazy layer, a 30k-node
 # archive, 30 reads); its tables go to perf/out/quick/ and the committed tables are untouched
 # (quick figures are not comparable to the full ones: do not quote them).
 # A script whose tools are missing is skipped with the reason; the exit status is then 3.
@@ -55,13 +56,14 @@ skip() { echo "   skipped: $1"; SKIPPED+=("$1"); }
 have() { for c in "$@"; do command -v "$c" >/dev/null || return 1; done; }
 
 if [ "$QUICK" = 1 ]; then
-    DATA=${DATA%/}-quick
+    DATA=${DATA%/}/quick   # inside the (git-ignored) data directory
     OUT=perf/out/quick
     mkdir -p "$OUT"
     RUNS=1 ROUNDS=1 SCALE=0.25
     LAZY=(--size-mib 64 --reads 30 --from-start 5 --out "$OUT/RESULTS-lazy.md")
     ARCH=(--nodes 30000 --out "$OUT/RESULTS-archive.md")
     WALK=(--repeat 1 --no-write)
+    MOUNTW=(--work /tmp/clipcy-perf-mount-quick)   # mount.py keeps its archives there
     READS=30
 else
     OUT=perf
@@ -69,6 +71,7 @@ else
     LAZY=()
     ARCH=()
     WALK=()
+    MOUNTW=()
     READS=200
 fi
 SECONDS=0
@@ -110,7 +113,7 @@ if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ] || ! have umoci tar; then
 elif ! "$PY" -c "import clipcy.fusemount._fuse" 2>/dev/null; then
     skip "mount.py: clipcy was built without libfuse3 (apt-get install libfuse3-dev, reinstall)"
 else
-    "$PY" -I perf/mount.py --data "$DATA" --out "$OUT/RESULTS-mount.md"
+    "$PY" -I perf/mount.py --data "$DATA" ${MOUNTW[@]+"${MOUNTW[@]}"} --out "$OUT/RESULTS-mount.md"
 fi
 
 step "remote.py"
