@@ -470,6 +470,15 @@ def _mount(sub: Any) -> None:
                      "and inflated before the program reads them")
     pre.add_argument("--no-prefetch", action="store_true",
                      help="replay no prefetch list, not even the archive's")
+    p.add_argument("--prefetch-wait", action="store_true",
+                   help="return (ready) only once the replay has fetched and inflated the "
+                   "list (as stargz-snapshotter prefetches before the container starts); "
+                   "by default the replay runs while the program starts")
+    p.add_argument("--fetch-all", action="store_true",
+                   help="after the prefetch list, fetch the rest of every layer blob into "
+                   "the disk span cache at low priority (2 requests in flight, paused while "
+                   "reads fetch), so that the mount survives the registry going away; "
+                   "clipctl stats says when it is done")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     add_storage_options(p)
     p.set_defaults(func=_handler("cmd_mount"))
@@ -490,6 +499,22 @@ def _umount(sub: Any) -> None:
                    help="detach the mount now and clean up once it is no longer busy "
                    "(umount -l, fusermount3 -z)")
     p.set_defaults(func=_handler("cmd_umount"))
+
+
+@_command
+def _stats(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "stats",
+        "a live mount's counters: requests and bytes (reads, replay, background fetch), "
+        "span caches, read errors by kind, the replay and the background fetch",
+        "  clipctl stats /mnt/img\n"
+        "  clipctl stats --json /mnt/img | jq .background.done\n",
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where clipctl mount serves")
+    p.add_argument("--json", action="store_true",
+                   help="print the counters as one JSON object (keys: docs/CLI.md)")
+    p.set_defaults(func=_handler("cmd_stats"))
 
 
 def _add_registry_options(p: argparse.ArgumentParser) -> None:

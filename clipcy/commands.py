@@ -486,7 +486,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.record_seconds is not None and args.record is None:
         raise ClipError("--record-seconds needs --record FILE")
     pre = service.PrefetchOptions(record=args.record, record_seconds=args.record_seconds,
-                                  list_file=args.prefetch, replay=not args.no_prefetch)
+                                  list_file=args.prefetch, replay=not args.no_prefetch,
+                                  wait=args.prefetch_wait, fetch_all=args.fetch_all)
     if args.foreground or args.ready_fd is not None:
         return service.serve(archive, args.mountpoint, storage, args.cache_mib,
                              args.options, args.ready_fd, remote_options(args),
@@ -512,6 +513,56 @@ def cmd_umount(args: argparse.Namespace) -> int:
         raise MountError(f"{mp} is not a clipcy mount")
     service.unmount(mp, lazy=args.lazy)
     return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from clipcy.fusemount.stats import query
+
+    doc = query(args.mountpoint)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+    print(format_stats(doc))
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def format_stats(doc: dict[str, Any]) -> str:
+    """clipctl stats without --json: the counters a person asks about first."""
+    m, req, cache = doc["mount"], doc["requests"], doc["span_cache"]
+    lines = [f"mount       {m['mountpoint']} (pid {m['pid']}, up {doc['uptime_seconds']:.1f} s)"]
+    for lane in ("foreground", "replay", "background"):
+        r = req[lane]
+        lines.append(f"{lane + ' fetches':<22}{r['requests']:>8}  {_mib(r['bytes'])}")
+    if doc.get("http") is not None:
+        h = doc["http"]
+        lines.append(f"{'http requests':<22}{h['requests']:>8}  {_mib(h['bytes'])}")
+    lines.append(f"{'decoded span hits':<22}{cache['hits']:>8}  (of which replayed "
+                 f"{cache['replay_hits']})")
+    lines.append(f"{'spans decoded':<22}{cache['spans_decoded']:>8}  "
+                 f"{_mib(cache['bytes_decoded'])}")
+    if cache.get("disk_hits") is not None:
+        lines.append(f"{'disk span cache':<22}{cache['disk_hits']:>8}  hits, "
+                     f"{cache['disk_misses']} misses")
+    errors = doc["read_errors"]
+    lines.append(f"{'read errors':<22}{doc['read_errors_total']:>8}"
+                 + ("  " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+                    if errors else ""))
+    rp = doc["replay"]
+    lines.append(f"replay      {rp['state']}: {rp.get('files_planned', 0)} of "
+                 f"{rp.get('files', 0)} files, {rp.get('spans_filled', 0)} of "
+                 f"{rp.get('spans', 0)} spans decoded"
+                 + (f", error: {rp['error']}" if rp.get("error") else ""))
+    bg = doc["background"]
+    lines.append(f"background  {bg['state']}"
+                 + (f": {_mib(bg['bytes_fetched'] + bg['bytes_cached'])} of "
+                    f"{_mib(bg['bytes_total'])} cached ({_mib(bg['bytes_fetched'])} fetched)"
+                    if bg["state"] != "off" else "")
+                 + (f", error: {bg['error']}" if bg.get("error") else ""))
+    return "\n".join(lines)
 
 
 # -- push / pull ---------------------------------------------------------------------------

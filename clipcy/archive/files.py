@@ -20,7 +20,7 @@ from clipcy.archive.format import CHECKSUM_WRITTEN
 from clipcy.errors import ArchivePathError, BlobError, ClipError
 from clipcy.node import FILE, SYMLINK, Node
 from clipcy.pathwalk import follow_symlinks
-from clipcy.storage.spans import SpanTable
+from clipcy.storage.spans import FetchObserver, SpanTable
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -53,6 +53,8 @@ class LayerReaders:
         self._readers: dict[int, LayerReader] = {}
         self._opening: dict[int, threading.Lock] = {}  # one per layer, made under _lock
         self._lock = threading.Lock()
+        # told of every fetch of the blobs opened from now on (a mount's counters)
+        self.observer: FetchObserver | None = None
 
     def blob_path(self, layer: int) -> Path | None:
         """Where layer's blob is as a local file, or None (a remote store)."""
@@ -84,6 +86,7 @@ class LayerReaders:
                 spans = access.spans if access.spans is not None else SpanTable(
                     CHECKSUM_WRITTEN, [], b"")
                 blob = self.store.open_blob(desc, spans)
+                blob.observer = self.observer
                 if first is not None and self.store.prefetches:
                     from clipcy.layers.blobread import first_fetch
 

@@ -24,6 +24,7 @@ from clipcy.archive.format import F_XATTR
 from clipcy.archive.reader import Archive
 from clipcy.archive.record import LAYER, LINKNAME, OFFSET, PATH, SIZE, SPARSE, TYPE, XATTRS, Record
 from clipcy.errors import ClipError
+from clipcy.fusemount.counters import MountCounters
 from clipcy.fusemount.spans import DecodedSpanCache
 
 log = logging.getLogger("clipcy.mount")
@@ -62,9 +63,9 @@ class ImageFS:
     def __init__(self, arc: Archive, cache_bytes: int) -> None:
         self.arc = arc
         self.spans = DecodedSpanCache(arc.layer_reader, cache_bytes)
+        self.counters = MountCounters()  # the mount's one counters object (clipctl stats)
         self._listings: OrderedDict[int, list[tuple[bytes, int, Record]]] = OrderedDict()
         self._files: OrderedDict[int, _File] = OrderedDict()
-        self._failed: set[int] = set()  # layers whose failure was logged already
         self._lock = threading.Lock()
         self.image_bytes = sum(int(la.get("uncompressed_size") or la.get("size") or 0)
                                for la in arc.layers)
@@ -204,12 +205,12 @@ class ImageFS:
         return bytes(out)
 
     def _log_failure(self, f: _File, e: BaseException) -> None:
-        """One log line per failing layer, naming its blob (the read answers EIO)."""
-        with self._lock:
-            if f.layer in self._failed:
-                return
-            self._failed.add(f.layer)
+        """Count a failed read (it answers EIO) by its kind; the first of each kind is logged,
+        naming the file and its blob (a registry gone away fails every read: one line)."""
+        first = self.counters.read_error(e)
         layers = self.arc.layers
         digest = layers[f.layer].get("digest", "?") if 0 <= f.layer < len(layers) else "?"
-        log.error("reading %s: layer blob %s: %s (reads of this layer return EIO)",
-                  f.path.decode("utf-8", "replace"), digest, e)
+        (log.error if first else log.debug)(
+            "reading %s: layer blob %s: %s (the read returns EIO%s)",
+            f.path.decode("utf-8", "replace"), digest, e,
+            "; further errors of this kind are counted, see clipctl stats" if first else "")

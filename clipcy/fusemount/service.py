@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from clipcy.errors import ClipError, MountError
 
 if TYPE_CHECKING:
+    import socket
+
     from clipcy.archive.reader import Archive
     from clipcy.fusemount._fuse import Session
     from clipcy.fusemount.fs import ImageFS
@@ -60,12 +62,16 @@ class PrefetchOptions:
     record_seconds: float | None = None  # ... or this long after ready, if sooner
     list_file: str | None = None  # replay this list instead of the archive's
     replay: bool = True  # False: replay no list at all
+    wait: bool = False  # report ready only once the replay is done
+    fetch_all: bool = False  # then fetch the rest of every layer into the disk span cache
 
     def argv(self) -> list[str]:
         out = ["--record", self.record] if self.record is not None else []
         if self.record_seconds is not None:
             out += ["--record-seconds", str(self.record_seconds)]
         out += ["--prefetch", self.list_file] if self.list_file is not None else []
+        out += ["--prefetch-wait"] if self.wait else []
+        out += ["--fetch-all"] if self.fetch_all else []
         return out + ([] if self.replay else ["--no-prefetch"])
 
 
@@ -307,6 +313,23 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     worker = threading.Thread(target=loop, name="clipcy-fuse", daemon=True)
     worker.start()
     _raise_readahead(mp)
+    replay = None
+    if positions:
+        from clipcy.fusemount.replay import Replay
+
+        replay = Replay(arc, fs.spans, positions, fs.counters.replay)
+        replay.start()
+        if pre.wait:
+            replay.wait()
+    if pre.fetch_all:
+        from clipcy.fusemount.background import BackgroundFetch
+
+        BackgroundFetch(arc, fs.counters, replay.wait if replay is not None else None).start()
+    try:
+        stats = _serve_stats(mp, archive, fs)
+    except (OSError, MountError) as e:
+        stats = None
+        log.warning("clipctl stats will not answer for this mount: %s", e)
     log.info("serving %s on %s", archive, mp)
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
@@ -326,12 +349,6 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
         fs.warm(set_xattrs)
         log.info("warm-up done")
 
-    replay = None
-    if positions:
-        from clipcy.fusemount.replay import Replay
-
-        replay = Replay(arc, fs.spans, positions)
-        replay.start()
     threading.Thread(target=warm, name="clipcy-warm", daemon=True).start()
     if recorder is not None and pre.record_seconds is not None:
         timer = threading.Timer(pre.record_seconds, recorder.write)
@@ -342,21 +359,30 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     if recorder is not None:
         recorder.write()
     session.close_after_unmount(is_mounted(mp, FSTYPE))
-    log.info("counters %s", json.dumps(mount_counters(fs, replay), sort_keys=True))
+    if stats is not None:
+        stats.close()
+    log.info("counters %s", json.dumps(mount_counters(fs), sort_keys=True))
     arc.close()
     log.info("unmounted %s", mp)
     return 0
 
 
-def mount_counters(fs: ImageFS, replay: Any = None) -> dict[str, Any]:
-    """The mount's counters as one dict: the decoded-span cache's, and the replay's."""
-    sp = fs.spans
-    return {
-        "spans": {"hits": sp.hits, "misses": sp.misses, "read_misses": sp.read_misses,
-                  "replay_hits": sp.replay_hits, "decompressed": sp.decompressed,
-                  "held": sp.held},
-        "replay": replay.counters.snapshot() if replay is not None else {"state": "off"},
-    }
+def mount_counters(fs: ImageFS) -> dict[str, Any]:
+    """The mount's counters as one dict (clipctl stats --json; the keys: docs/CLI.md)."""
+    return fs.counters.snapshot(fs.spans, fs.arc.layer_readers())
+
+
+def _serve_stats(mp: str, archive: str, fs: ImageFS) -> socket.socket:
+    """Answer clipctl stats on the mount's socket (clipcy.fusemount.stats), before ready."""
+    from clipcy.fusemount.stats import serve_stats
+
+    pid = os.getpid()
+
+    def answer() -> dict[str, Any]:
+        return {"mount": {"pid": pid, "mountpoint": mp, "archive": os.path.abspath(archive)},
+                **mount_counters(fs)}
+
+    return serve_stats(os.stat(mp).st_dev, answer)
 
 
 class _Recorder:
@@ -417,6 +443,22 @@ def _replay_list(arc: Archive, pre: PrefetchOptions) -> list[int] | None:
         raise MountError(str(e)) from None
 
 
+def _check_storage(arc: Archive, fs: ImageFS) -> None:
+    """Fail fast: every distinct blob answers one cheap probe (a stat in a layout directory,
+    a 1-byte range request from a registry, credentials included) before the mount is
+    ready, or MountError with the line clipctl cat would print. The store stays open for the
+    reads, its blobs counted by the mount's counters from the first fetch."""
+    from clipcy.storage.check import check_store
+
+    try:
+        readers = arc.layer_readers()
+        readers.observer = fs.counters
+        check_store(readers.store, [(str(la["digest"]), int(la["size"])) for la in arc.layers
+                                    if la.get("size")])
+    except ClipError as e:
+        raise MountError(str(e)) from None
+
+
 def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
              options: Sequence[str], remote: RemoteOptions | None,
              mkdir: bool = False,
@@ -451,6 +493,11 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
         arc.close()
         raise
     fs = ImageFS(arc, cache_mib << 20)
+    try:
+        _check_storage(arc, fs)
+    except MountError:
+        arc.close()
+        raise
     name = os.path.abspath(archive).replace(",", "_").replace("\\", "_")
     opts = ["ro", "default_permissions", f"fsname=clipcy:{name}", "subtype=clipcy"]
     opts += [o for o in extra if o != "nonempty"]

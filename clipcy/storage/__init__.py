@@ -64,6 +64,20 @@ class BlobStore:
             while piece := src.read(8 << 20):
                 out.write(piece)
 
+    def probe(self, digest: str, size: int) -> None:
+        """One cheap check that a blob can be read (it is there, the credentials are
+        accepted): raises the error a read of it would (clipcy.storage.check.check_store)."""
+
+    def background_blob(self, layer: dict[str, Any], spans: SpanTable) -> VerifiedBlob | None:
+        """A verified reader of the blob that fills the store's span cache and shares no
+        read-ahead state with the readers (a mount's --fetch-all), or None when the store
+        keeps no cache (a local layout: nothing to fetch ahead)."""
+        return None
+
+    def cached(self, digest: str, offset: int, length: int) -> bool:
+        """Whether the store's span cache holds that span (unchecked: reads check it)."""
+        return False
+
     def close(self) -> None:
         """Release connections, helper threads and open blobs' shared state."""
 

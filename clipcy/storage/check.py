@@ -1,6 +1,7 @@
-"""index-layout --storage-ref: are the blobs really where the archive will say they are?
+"""Are the blobs really where the archive says they are? index-layout --storage-ref asks
+before indexing (check_storage_ref), a mount before it reports ready (check_store).
 
-One cheap probe per layer blob, before anything is indexed: in a directory, a stat (a
+One cheap probe per layer blob: in a directory, a stat (a
 regular file of the descriptor's size at blobs/ALG/HEX); on a registry or HTTP server, one
 1-byte range request for the blob's last byte (a missing blob is a 404, a shorter one a 416
 or a short answer). The bytes themselves are checked by every reader (span checksums).
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING
 from clipcy.errors import ClipError, StorageRefError
 
 if TYPE_CHECKING:
+    from clipcy.storage import BlobStore
     from clipcy.storage.registry import RemoteOptions
 
 # probes are one request each: a dead host should fail in seconds, not after the readers' retries
 CHECK_TRIES = 2
+PROBES = 8  # a mount's probes in flight at once
 
 
 def check_storage_ref(ref: str, blobs: Iterable[tuple[str, int]],
@@ -56,6 +59,28 @@ def check_storage_ref(ref: str, blobs: Iterable[tuple[str, int]],
         store.close()
         store.client.close()
     return len(blobs)
+
+
+def check_store(store: BlobStore, blobs: Iterable[tuple[str, int]],
+                workers: int = PROBES) -> int:
+    """A mount's storage check before it reports ready: BlobStore.probe (a stat and open in a
+    directory, one 1-byte range request remotely) of every distinct (digest, size) blob, up
+    to `workers` at a time, so a registry costs about one round trip (plus the auth
+    exchange). Raises the error the first failing blob's read would give (the same line
+    clipctl cat prints); returns how many blobs were probed."""
+    distinct = list(dict.fromkeys(blobs))
+    if len(distinct) <= 1 or workers <= 1:
+        for digest, size in distinct:
+            store.probe(digest, size)
+        return len(distinct)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(workers, len(distinct)),
+                            thread_name_prefix="clipcy-check") as pool:
+        futures = [pool.submit(store.probe, digest, size) for digest, size in distinct]
+        for f in futures:  # in layer order: the first failing blob is the one named
+            f.result()
+    return len(distinct)
 
 
 def _check_directory(ref: str, root: str, blobs: list[tuple[str, int]]) -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from clipcy.errors import RemoteError
 from clipcy.storage import BlobStore
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.diskcache import DEFAULT_MAX_MIB, DiskSpanCache
@@ -442,6 +443,28 @@ class RemoteStore(BlobStore):
         source = RemoteBlob(self.source(digest, size), self.options.readahead_mib << 20,
                             self._pool, cached)
         return VerifiedBlob(source, spans, cache if cache is not None else self.cache, digest)
+
+    def probe(self, digest: str, size: int) -> None:
+        """One 1-byte range request for the blob's last byte (a missing blob is a 404, a
+        shorter one a 416 or a short answer; credentials are asked for and checked), with
+        the readers' retries, so its error is the one a read would give."""
+        if size and len(self.source(digest, size).fetch(size - 1, 1)) != 1:
+            raise RemoteError(f"cannot read blob {digest} from {redact(self.blob_url(digest))}:"
+                              f" shorter than its {size} bytes")
+
+    def background_blob(self, layer: dict[str, Any], spans: SpanTable) -> VerifiedBlob | None:
+        """A reader without read-ahead (its fetches are exactly what it asks for) whose
+        verified spans go to the disk span cache."""
+        from clipcy.storage.spans import VerifiedBlob
+
+        if self.cache is None:
+            return None
+        digest, size = layer["digest"], layer["size"]
+        return VerifiedBlob(RemoteBlob(self.source(digest, size), 0, None), spans, self.cache,
+                            digest)
+
+    def cached(self, digest: str, offset: int, length: int) -> bool:
+        return self.cache is not None and self.cache.has(digest, offset, length)
 
     def close(self) -> None:
         with self._lock:

@@ -180,11 +180,22 @@ class SpanCache(Protocol):
     def put(self, digest: str, offset: int, data: bytes) -> None: ...
 
 
+class FetchObserver(Protocol):
+    """Told of every fetch from a blob's source (a mount's counters: clipcy.fusemount.counters):
+    fetching() before it, with what it returns handed back to fetched() after it."""
+
+    def fetching(self) -> int: ...
+
+    def fetched(self, token: int, n: int) -> None: ...
+
+
 class VerifiedBlob:
     """pread(offset, n) of a blob's compressed bytes, every span checked before use.
 
     Thread-safe: the source is, the recent-span memo has a lock, and nothing else changes.
     """
+
+    observer: FetchObserver | None = None  # set by whoever opened it (LayerReaders)
 
     def __init__(self, source: BlobSource, table: SpanTable, cache: SpanCache | None = None,
                  digest: str | None = None) -> None:
@@ -301,7 +312,15 @@ class VerifiedBlob:
     def _fetch_once(self, i: int, j: int, got: dict[int, bytes]) -> None:
         t = self.table
         start, end = t.bounds(i)[0], t.bounds(j)[1]
-        raw = self.source.fetch(start, end - start)
+        obs = self.observer
+        if obs is None:
+            raw = self.source.fetch(start, end - start)
+        else:
+            token, raw = obs.fetching(), b""
+            try:
+                raw = self.source.fetch(start, end - start)
+            finally:
+                obs.fetched(token, len(raw))
         if len(raw) != end - start:
             raise BlobError(f"layer blob {self.digest} gave {len(raw)} bytes at compressed "
                             f"offset {start}, asked for {end - start}")
