@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # compiles every extension (minutes on a loaded machine); CI runs it
 @pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree")
 def test_build_writes_outside_the_tree(tmp_path: Path) -> None:
     src = tmp_path / "src"
