@@ -11,7 +11,6 @@ without FUSE (the cache is plain Python over Archive.layer_reader).
 from __future__ import annotations
 
 import threading
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -216,21 +215,38 @@ def test_parts_are_the_cached_spans(sample: Path) -> None:
         assert cache.parts(node.layer, 1 << 30, 10) == []
 
 
-class Slow(Counting):
-    """A layer reader that takes a while per span and records how many decode at once."""
+class Gated(Counting):
+    """A layer reader that records how many decode at once, and holds its first decode
+    until another thread waits for it (on `cache`, for `layer`): no sleep decides whether
+    the second reader arrives while the decoder runs."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__(inner)
         self.running = 0
         self.most = 0
-        self.started = threading.Event()
+        self.started = threading.Event()  # the first decode has begun
+        self.waited = threading.Event()  # another thread waits for it
+        self.cache: SpanCache | None = None
+        self.layer = 0
 
     def pread(self, off: int, n: int) -> bytes:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
-        self.started.set()
-        time.sleep(0.02)
+            first = not self.started.is_set()
+        if first:
+            assert self.cache is not None
+            # the event this decode sets when done: what a second reader waits on
+            ev = self.cache._busy[(self.layer, off // self.cache.span)]
+            wait = ev.wait
+
+            def watched(timeout: float | None = None) -> bool:
+                self.waited.set()
+                return wait(timeout)
+
+            ev.wait = watched  # type: ignore[method-assign]
+            self.started.set()
+            assert self.waited.wait(60), "no reader waited for the running decoder"
         try:
             return super().pread(off, n)
         finally:
@@ -245,10 +261,11 @@ def test_a_request_ahead_of_a_running_decoder_waits_for_it(sample: Path) -> None
     with open_archive(sample) as arc:
         node = _largest_file(arc)
         want = arc.open(node.path).read()
-        slow = Slow(arc.layer_reader(node.layer))
+        slow = Gated(arc.layer_reader(node.layer))
         span = 4096
         # room for 3 spans: below 4, no helper thread (two readers only)
         cache = SpanCache(lambda layer: slow, budget=3 * span, span=span)
+        slow.cache, slow.layer = cache, node.layer
         first = node.offset // span + 1
         got: dict[str, bytes] = {}
 
