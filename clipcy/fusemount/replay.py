@@ -8,8 +8,9 @@ those files cover, in list order, then:
    (blobread.first_fetch: from its resume point to the point after it; the zstd frames under
    it; the bytes themselves for a plain layer), merged per layer where they lie less than
    MERGE_GAP apart, up to MAX_REQUEST per request, FETCHERS requests in flight, first the
-   ranges the list needs first. Each goes through the layer's VerifiedBlob, so every span is
-   checked against the archive's checksums and kept in the disk span cache.
+   ranges the list needs first. Each goes through a VerifiedBlob of the replay's own
+   (BlobStore.background_blob: no read-ahead shared with the reads), so every span is checked
+   against the archive's checksums before it is kept in the disk span cache.
 2. inflate: INFLATERS threads take runs of consecutive spans in list order and decode them
    into the mount's DecodedSpanCache (fill), each once its range has arrived.
 
@@ -38,6 +39,7 @@ from clipcy.archive.record import LAYER, OFFSET, SIZE, SPARSE, TYPE
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
     from clipcy.fusemount.spans import DecodedSpanCache
+    from clipcy.storage.spans import VerifiedBlob
 
 log = logging.getLogger("clipcy.mount")
 
@@ -107,6 +109,7 @@ class Replay:
         self._inflight: dict[int, list[tuple[int, int, Future[None]]]] = {}  # layer -> ranges
         self._span_range: dict[tuple[int, int], tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self._blobs: dict[int, VerifiedBlob] = {}  # layer -> the replay's own reader
 
     def start(self) -> None:
         self.counters.state = "planning"
@@ -151,7 +154,7 @@ class Replay:
         """Per layer: the compressed (start, end) each planned span needs, with the list
         order of its run (requests go out in that order)."""
         from clipcy.layers.access import GZIP, PLAIN, ZSTD
-        from clipcy.layers.blobread import first_fetch
+        from clipcy.layers.blobread import GZIP_READ_CHUNK, first_fetch
 
         span = self.cache.span
         out: dict[int, list[tuple[int, int, int]]] = {}
@@ -172,7 +175,9 @@ class Replay:
                         if under else (0, 0)
                 else:
                     continue
-                hi = min(hi, size)
+                # a decoder continued from an earlier span reads its 128 KiB pieces from
+                # that span's point: one piece more covers where they end
+                hi = min(hi + GZIP_READ_CHUNK if acc.kind == GZIP else hi, size)
                 if lo < hi:
                     out.setdefault(layer, []).append((lo, hi, order))
                     self._span_range[(layer, k)] = (lo, hi)
@@ -201,15 +206,19 @@ class Replay:
         pool: ThreadPoolExecutor | None = None
         try:
             runs = self.plan()
-            readers = self.arc.layer_readers()
-            store = readers.store
-            remote = bool(getattr(store, "prefetches", False))
-            if remote and getattr(store, "cache", None) is None:
-                log.info("replay: no disk span cache: each span is fetched by its decode")
-                remote = False
+            store = self.arc.layer_readers().store
             c.state = "running"
-            if remote and runs:
-                ranges = self._ranges(runs)
+            for layer in sorted({r[0] for r in runs}):
+                # a verified reader that fills the store's span cache, with no read-ahead
+                # shared with the reads; None for a local layout (a pread is no round trip)
+                # or a store without a cache (each span is then fetched by its decode)
+                spans = self.arc.access(layer).spans
+                blob = store.background_blob(self.arc.layers[layer], spans) \
+                    if spans is not None else None
+                if blob is not None:
+                    self._blobs[layer] = blob
+            if self._blobs:
+                ranges = self._ranges([r for r in runs if r[0] in self._blobs])
                 requests = sorted(((order, layer, lo, hi) for layer, rs in ranges.items()
                                    for lo, hi, order in self.merge(rs)))
                 pool = ThreadPoolExecutor(FETCHERS, thread_name_prefix="clipcy-replay-fetch")
@@ -246,17 +255,15 @@ class Replay:
             log.warning("replay stopped: %s; reads fetch for themselves", e)
         finally:
             self.cache.on_miss = None
+            for blob in self._blobs.values():
+                blob.close()
             c.seconds = round(time.perf_counter() - t0, 4)
             self._done.set()
             log.info("replay %s: %s", c.state, c.snapshot())
 
     def _fetch(self, layer: int, lo: int, hi: int) -> None:
         try:
-            blob = getattr(self.arc.layer_reader(layer), "blob", None)
-            if blob is None:
-                return
-            blob.read_limit(hi)  # no read-ahead past what the replay asks for
-            blob.pread(lo, hi - lo)  # verified span by span, kept in the disk span cache
+            self._blobs[layer].pread(lo, hi - lo)  # verified span by span, kept in the cache
         except Exception as e:  # noqa: BLE001 - counted; the reads fetch for themselves
             self.counters.failed("fetch", e)
 
