@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 from clipcy import __version__
 from clipcy.archive.format import CHECKSUM_WRITTEN, EncodedAccess, encode_packed_access
-from clipcy.errors import BlobError, ClipError, DigestMismatchError
+from clipcy.errors import BlobError, ClipError, DigestMismatchError, RemoteError
 from clipcy.image.cache import Fingerprint, LayerCache, trusted_fingerprint
 from clipcy.image.digests import FileHasher
 from clipcy.image.hashpipe import HashPipe
 from clipcy.image.layout import (
+    READ_CHUNK,
+    ImageSource,
+    LayerBlob,
     LayerInfo,
     Layout,
-    LayoutRef,
     ResolvedImage,
     open_blob,
     parse_layout_ref,
@@ -50,7 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clipcy")
 
-READ_CHUNK = 1 << 20
 _RUNS = itertools.count()  # numbers each run's worker threads
 STREAM_DEPTH = 64  # batches of layer-0 entries in flight to the merging thread
 
@@ -103,52 +104,25 @@ def index_layer(
     keep_entries: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     abort: threading.Event | None = None,
+    source: ImageSource | None = None,
 ) -> LayerResult:
     """Stream one layer blob: check its digest and diff_id, parse its tar, record access.
 
     on_entries gets each batch of entries as it is parsed (their data may not have streamed
     yet); with keep_entries=False the result holds no entries (the callback had them all).
     Once `abort` is set (the run failed or was interrupted), the next chunk raises ClipError.
+    `source`: where the blob is read from (its open_layer); default: the file info.path.
     """
     return LayerStream(info, index, verify=verify, file_digests=file_digests, span=span,
                        progress=progress, on_entries=on_entries, keep_entries=keep_entries,
-                       limits=limits, abort=abort).run()
+                       limits=limits, abort=abort, source=source).run()
 
 
-class _BoundedBlob:
-    """A layer blob open for one pass: a regular file of the descriptor's size inside the
-    layout (or refused unread), every read bounded by that size + 1 byte so that a blob that
-    grew is noticed without reading the rest of it."""
+def _open_file(info: LayerInfo) -> LayerBlob:
+    from clipcy.image.layout import BoundedFile
 
-    def __init__(self, info: LayerInfo) -> None:
-        self.digest = info.digest
-        self.file = open_blob(info.path, info.size, f"layer blob {info.digest}")
-        self.before = os.fstat(self.file.fileno())  # the layer cache's fingerprint (cache.py)
-        self.left = info.size + 1
-
-    def read(self) -> bytes:
-        """The next chunk (b"" at the end or past the bound)."""
-        data = self.file.read(min(READ_CHUNK, self.left)) if self.left > 0 else b""
-        self.left -= len(data)
-        return data
-
-    def first(self) -> bytes:
-        try:
-            return self.read()
-        except OSError as e:
-            raise self.read_error(e) from e
-
-    def read_error(self, e: OSError) -> BlobError:
-        return BlobError(f"failed to read layer blob {self.digest}: {e.strerror or e}")
-
-    def stat(self) -> os.stat_result:
-        return os.fstat(self.file.fileno())
-
-    def __enter__(self) -> _BoundedBlob:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
+    assert info.path is not None, "a layer blob with no file needs its source"
+    return BoundedFile(info.path, info.size, info.digest)
 
 
 class LayerStream:
@@ -167,8 +141,11 @@ class LayerStream:
     def __init__(self, info: LayerInfo, index: int, *, verify: bool, file_digests: bool,
                  span: int | None, progress: ProgressFn | None,
                  on_entries: Callable[[list[Any]], None] | None, keep_entries: bool,
-                 limits: Limits, abort: threading.Event | None) -> None:
+                 limits: Limits, abort: threading.Event | None,
+                 source: ImageSource | None = None) -> None:
         self.info, self.index, self.verify, self.span = info, index, verify, span
+        self.open: Callable[[LayerInfo], LayerBlob] = (
+            source.open_layer if source is not None else _open_file)
         self.progress, self.on_entries, self.keep_entries = progress, on_entries, keep_entries
         self.limits, self.abort = limits, abort
         self.want_file_digests = file_digests
@@ -182,18 +159,21 @@ class LayerStream:
         cpu0 = time.thread_time()  # this thread's CPU: inflate + parse (the debug log's profile)
         started = time.time_ns()
         info = self.info
-        with _BoundedBlob(info) as blob:
+        with self.open(info) as blob:
             head = blob.first()
             self._set_up(head)
             try:
                 read = self._stream(blob, head)
+            except RemoteError:
+                raise  # the blob could not be read (it names the blob); nothing to explain
             except ClipError as e:
                 raise self._explain(e, blob) from e
             except OSError as e:
                 raise blob.read_error(e) from e
             finally:
                 self.pipe.close()
-            after = blob.stat()
+            fingerprint = blob.fingerprint(started) if self.verify and read == info.size \
+                else None
         if read != info.size:
             raise DigestMismatchError(
                 f"{self.where}: blob is {'longer' if read > info.size else 'shorter'}"
@@ -215,7 +195,6 @@ class LayerStream:
             time.thread_time() - cpu0,
             self.pipe.cpu_seconds,
         )
-        fingerprint = trusted_fingerprint(blob.before, after, started) if self.verify else None
         return self._result(spans, seconds, diff_id, fingerprint)
 
     def _set_up(self, head: bytes) -> None:
@@ -249,7 +228,7 @@ class LayerStream:
         self.gz = self.indexer if isinstance(self.indexer, GzipIndexer) else None
         self.packer = WindowPacker()
 
-    def _stream(self, blob: _BoundedBlob, head: bytes) -> int:
+    def _stream(self, blob: LayerBlob, head: bytes) -> int:
         """Feed the whole blob through; the number of bytes read (the size + 1 if longer)."""
         # locals: this loop runs once per piece of tar bytes
         info, index, verify = self.info, self.index, self.verify
@@ -299,7 +278,7 @@ class LayerStream:
             self.count = count
         return read
 
-    def _explain(self, e: ClipError, blob: _BoundedBlob) -> ClipError:
+    def _explain(self, e: ClipError, blob: LayerBlob) -> ClipError:
         """The error to raise for a failed stream, naming the layer."""
         if self.verify:
             # A corrupt stream is most often a changed blob: say so when the digest agrees.
@@ -365,6 +344,7 @@ def _rehash(info: LayerInfo, index: int, spans: SpanTable | None = None
     import hashlib
 
     where = f"layer {index} ({info.digest})"
+    assert info.path is not None  # (cache hits are used for layouts only: _from_cache)
     started = time.time_ns()
     use_spans = (spans is not None and spans.kind == CHECKSUM_WRITTEN
                  and spans.size == info.size)
@@ -423,7 +403,7 @@ def _fan_out(sinks: list[Callable[[list[Any]], None]]) -> Callable[[list[Any]], 
 def _from_cache(
     cache: LayerCache | None, key: str, info: LayerInfo, index: int, verify: bool
 ) -> LayerResult | None:
-    if cache is None:
+    if cache is None or info.path is None:
         return None
     hit = cache.get(key)
     if hit is None:
@@ -607,6 +587,7 @@ class IndexRun:
         self.prefetch: tuple[list[bytes], str] | None = None  # a list's paths, its file name
         self.storage_check = False  # probe the storage ref's blobs first (clipcy.storage.check)
         self.remote: RemoteOptions | None = None  # how to reach a remote storage ref
+        self.source: ImageSource | None = None  # where the image is read from, once resolved
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         if self.progress is not None:
@@ -614,14 +595,39 @@ class IndexRun:
 
     def run(self, layout_dir: str | os.PathLike[str], tag: str | None, digest: str | None,
             platform: str | None, storage_ref: str | None, out: Path) -> IndexSummary:
-        t0 = time.perf_counter()
+        """Index the image of a layout reference (index-layout)."""
+        self.check_ref(storage_ref)
+        ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
+        return self.run_source(lambda: Layout(ref.path, self.limits), ref.tag, ref.digest,
+                               platform, storage_ref, out, "layout")
+
+    @staticmethod
+    def check_ref(storage_ref: str | None) -> None:
         if storage_ref is not None:  # a bad ref fails now, not on the machine that reads later
             from clipcy.storage.refs import parse_storage_ref
 
             parse_storage_ref(storage_ref)
-        ref = parse_layout_ref(os.fspath(layout_dir), tag, digest)
-        with step("resolve layout"):
-            layout, image = self.resolve(ref, platform)
+
+    def run_source(self, open_source: Callable[[], ImageSource], tag: str | None,
+                   digest: str | None, platform: str | None, storage_ref: str | None,
+                   out: Path, what: str) -> IndexSummary:
+        """Index the image `tag` or `digest` of the source open_source() opens (a layout, a
+        registry: `what`, for the log) into `out` (storage_ref: checked by check_ref)."""
+        t0 = time.perf_counter()
+        with step(f"resolve {what}"):
+            source = open_source()
+            try:
+                image = self.resolve(source, tag, digest, platform)
+            except BaseException:
+                source.close()
+                raise
+        try:
+            return self._run(source, image, storage_ref, out, tag, t0)
+        finally:
+            source.close()
+
+    def _run(self, source: ImageSource, image: ResolvedImage, storage_ref: str | None,
+             out: Path, tag: str | None, t0: float) -> IndexSummary:
         log.info("manifest %s: %d layers", image.manifest_digest, len(image.layers))
         if self.storage_check and storage_ref is not None:
             from clipcy.storage.check import check_storage_ref
@@ -642,9 +648,8 @@ class IndexRun:
             self.cache = LayerCache(self.cache_dir)
         with step("index and merge layers"):
             self.index_and_merge(image)
-        storage = storage_ref if storage_ref is not None else str(layout.root.resolve())
-        source = ref.path if ref.tag is None else f"{ref.path}:{ref.tag}"
-        metadata, count = self.metadata(image, storage, source)
+        storage = storage_ref if storage_ref is not None else source.storage_ref()
+        metadata, count = self.metadata(image, storage, source.source_ref(tag))
         with step("sort the tree and encode the archive"):
             data = self.encode(metadata)
         if self.prefetch is not None:
@@ -670,11 +675,12 @@ class IndexRun:
 
     # -- 1. resolve ----------------------------------------------------------------------------
 
-    def resolve(self, ref: LayoutRef, platform: str | None) -> tuple[Layout, ResolvedImage]:
-        layout = Layout(ref.path, self.limits)
-        image = resolve(layout, ref.tag, ref.digest, platform)
+    def resolve(self, source: ImageSource, tag: str | None, digest: str | None,
+                platform: str | None) -> ResolvedImage:
+        self.source = source
+        image = resolve(source, tag, digest, platform)
         self.layers = image.layers
-        return layout, image
+        return image
 
     # -- 2. per-layer read, on a worker thread -------------------------------------------------
 
@@ -723,6 +729,7 @@ class IndexRun:
                 keep_entries=i != 0,
                 limits=self.limits,
                 abort=self.abort,
+                source=self.source,
             )
         except BaseException:
             if writer is not None:

@@ -1,8 +1,10 @@
-"""OCI image layout resolution: refs, index.json, nested indexes, platforms, blobs, digests.
+"""OCI image resolution: refs, index.json, nested indexes, platforms, blobs, digests.
 
-Follows the OCI image-layout and image-spec rules (and Docker v2 schema 2 media types). Every
-small blob (index, manifest, config) is read whole and checked against its descriptor's digest
-and size; layer blobs are only located here and are checked while indexer.py streams them.
+Follows the OCI image-layout and image-spec rules (and Docker v2 schema 2 media types). An
+image comes from an ImageSource: a Layout (a directory on disk) here, or a registry
+(image/registry.py, the distribution API); resolve() is the same for both. Every small blob
+(index, manifest, config) is read whole and checked against its descriptor's digest and
+size; layer blobs are only located here and are checked while indexer.py streams them.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import platform as _platform
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from clipcy.errors import BlobError, DigestMismatchError, LayoutError, ManifestNotFoundError
 from clipcy.limits import DEFAULT as DEFAULT_LIMITS
 from clipcy.limits import Limits, exceeded
 from clipcy.storage.refs import parse_digest
+
+if TYPE_CHECKING:
+    from clipcy.image.cache import Fingerprint
 
 log = logging.getLogger("clipcy")
 
@@ -54,6 +59,7 @@ FOREIGN_LAYER_TYPES = (
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 )
 
+READ_CHUNK = 1 << 20  # a layer blob is streamed in pieces of this size
 MAX_JSON_BLOB = DEFAULT_LIMITS.json_size  # index, manifest, config: larger ones are refused
 MAX_INDEX_DEPTH = DEFAULT_LIMITS.index_depth
 
@@ -170,10 +176,90 @@ class Descriptor:
         return cls(media_type, str(digest), size, {str(k): str(v) for k, v in ann.items()}, plat)
 
 
-class Layout:
+class LayerBlob:
+    """A layer blob open for one pass (indexer.LayerStream): its bytes in chunks, every read
+    bounded by the descriptor's size + 1 byte so that a longer blob is noticed without
+    reading the rest of it."""
+
+    def read(self) -> bytes:
+        """The next chunk (b"" at the end or past the bound)."""
+        raise NotImplementedError
+
+    def first(self) -> bytes:
+        """The first chunk (its read errors said as the blob's)."""
+        return self.read()
+
+    def read_error(self, e: OSError) -> BlobError:
+        """The error for an OSError out of read()."""
+        return BlobError(f"failed to read a layer blob: {e.strerror or e}")
+
+    def fingerprint(self, started: int) -> Fingerprint | None:
+        """What the layer cache remembers of a blob verified in this pass (None: nothing
+        vouches for a later read of it; started: time.time_ns() before the pass)."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LayerBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageSource:
+    """Where an image's manifests, config and layer blobs come from: resolve() reads the
+    small documents through it, the indexer streams the layers from it."""
+
+    limits: Limits = DEFAULT_LIMITS
+
+    def top(self, tag: str | None, digest: str | None) -> Descriptor:
+        """The descriptor the image reference names (by tag or digest)."""
+        raise NotImplementedError
+
+    def read_blob(self, desc: Descriptor, what: str) -> bytes:
+        """A small blob (manifest, index, config), read whole and checked (check_blob)."""
+        raise NotImplementedError
+
+    def read_json(self, desc: Descriptor, what: str) -> dict[str, Any]:
+        if desc.size > self.limits.json_size:
+            what_size = f"{what} {desc.digest} of {desc.size} bytes"
+            raise LayoutError(exceeded("json_size", self.limits.json_size, what_size))
+        data = self.read_blob(desc, what)
+        try:
+            obj = json.loads(data)
+        except ValueError as e:
+            raise LayoutError(f"failed to parse {what} {desc.digest}: {e}") from e
+        if not isinstance(obj, dict):
+            raise LayoutError(f"failed to parse {what} {desc.digest}: not a JSON object")
+        return obj
+
+    def layer_path(self, digest: str) -> Path | None:
+        """The layer blob's file, if it is one on this machine."""
+        return None
+
+    def open_layer(self, info: LayerInfo) -> LayerBlob:
+        """The layer blob, open for one pass."""
+        raise NotImplementedError
+
+    def storage_ref(self) -> str:
+        """Where the blobs are, as recorded when no --storage-ref is given."""
+        raise NotImplementedError
+
+    def source_ref(self, tag: str | None) -> str:
+        """The image, as recorded in the archive's source_ref."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Layout(ImageSource):
     """An OCI image layout directory on disk."""
 
     def __init__(self, root: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> None:
+        self.text = os.fspath(root)  # as given: the archive's source_ref says it so
         self.root = Path(root)
         self.limits = limits
         if not self.root.is_dir():
@@ -214,9 +300,6 @@ class Layout:
 
     def read_blob(self, desc: Descriptor, what: str) -> bytes:
         """A small blob, read whole and checked against its descriptor."""
-        if desc.size > self.limits.json_size:
-            what_size = f"{what} {desc.digest} of {desc.size} bytes"
-            raise LayoutError(exceeded("json_size", self.limits.json_size, what_size))
         path = self.blob_path(desc.digest)
         with open_blob(path, desc.size, f"{what} blob {desc.digest}") as f:
             try:
@@ -228,18 +311,57 @@ class Layout:
         check_blob(data, desc, what)
         return data
 
-    def read_json(self, desc: Descriptor, what: str) -> dict[str, Any]:
-        data = self.read_blob(desc, what)
-        try:
-            obj = json.loads(data)
-        except ValueError as e:
-            raise LayoutError(f"failed to parse {what} {desc.digest}: {e}") from e
-        if not isinstance(obj, dict):
-            raise LayoutError(f"failed to parse {what} {desc.digest}: not a JSON object")
-        return obj
-
     def descriptors(self) -> list[Descriptor]:
         return [Descriptor.parse(m, "index.json") for m in self.index.get("manifests", [])]
+
+    def top(self, tag: str | None, digest: str | None) -> Descriptor:
+        return select_top(self, tag, digest)
+
+    def layer_path(self, digest: str) -> Path:
+        return self.blob_path(digest)
+
+    def open_layer(self, info: LayerInfo) -> LayerBlob:
+        assert info.path is not None
+        return BoundedFile(info.path, info.size, info.digest)
+
+    def storage_ref(self) -> str:
+        return str(self.root.resolve())
+
+    def source_ref(self, tag: str | None) -> str:
+        return self.text if tag is None else f"{self.text}:{tag}"
+
+
+class BoundedFile(LayerBlob):
+    """A layer blob of a layout: a regular file of the descriptor's size inside the layout
+    (or refused unread)."""
+
+    def __init__(self, path: Path, size: int, digest: str) -> None:
+        self.digest = digest
+        self.file = open_blob(path, size, f"layer blob {digest}")
+        self.before = os.fstat(self.file.fileno())  # the layer cache's fingerprint (cache.py)
+        self.left = size + 1
+
+    def read(self) -> bytes:
+        data = self.file.read(min(READ_CHUNK, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+    def first(self) -> bytes:
+        try:
+            return self.read()
+        except OSError as e:
+            raise self.read_error(e) from e
+
+    def read_error(self, e: OSError) -> BlobError:
+        return BlobError(f"failed to read layer blob {self.digest}: {e.strerror or e}")
+
+    def fingerprint(self, started: int) -> Fingerprint | None:
+        from clipcy.image.cache import trusted_fingerprint
+
+        return trusted_fingerprint(self.before, os.fstat(self.file.fileno()), started)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def check_blob(data: bytes, desc: Descriptor, what: str) -> None:
@@ -369,12 +491,12 @@ class LayerInfo:
     media_type: str
     announced: str  # compression announced by the media type: plain, gzip or zstd
     diff_id: str
-    path: Path
+    path: Path | None  # the blob's file; None when it is not on this machine (a registry)
 
 
 @dataclass(slots=True)
 class ResolvedImage:
-    layout: Layout
+    layout: ImageSource
     manifest_digest: str
     manifest_media_type: str
     manifest: dict[str, Any]
@@ -443,9 +565,12 @@ def _pick_platform(descs: list[Descriptor], want: Platform, where: str) -> Descr
 
 
 def resolve(
-    layout: Layout, tag: str | None = None, digest: str | None = None, platform: str | None = None
+    layout: ImageSource, tag: str | None = None, digest: str | None = None,
+    platform: str | None = None
 ) -> ResolvedImage:
-    desc = select_top(layout, tag, digest)
+    """The image `tag` or `digest` names in the source: an image index resolved for
+    `platform` (default: this machine), its manifest, config and layer descriptors."""
+    desc = layout.top(tag, digest)
     want = Platform.parse(platform) if platform else None
     seen: set[str] = set()
     depth = layout.limits.index_depth
@@ -464,7 +589,7 @@ def resolve(
 
 
 def _resolve_manifest(
-    layout: Layout,
+    layout: ImageSource,
     desc: Descriptor,
     manifest: dict[str, Any],
     want: Platform | None,
@@ -497,7 +622,7 @@ def _resolve_manifest(
         if ldesc.media_type in FOREIGN_LAYER_TYPES or raw.get("urls"):
             raise LayoutError(
                 f"layer {i} ({ldesc.digest}) is a foreign (non-distributable) "
-                f"layer: its blob is not in the layout"
+                f"layer: its blob is not in the image"
             )
         announced = LAYER_TYPES.get(ldesc.media_type)
         if announced is None:
@@ -511,7 +636,7 @@ def _resolve_manifest(
                 ldesc.media_type,
                 announced,
                 str(diff_id),
-                layout.blob_path(ldesc.digest),
+                layout.layer_path(ldesc.digest),
             )
         )
     return ResolvedImage(
