@@ -519,13 +519,17 @@ def test_span_cache_roundtrip_and_damage(tmp_path: Path) -> None:
 
 def test_span_cache_lru_bound(tmp_path: Path) -> None:
     c = DiskSpanCache(tmp_path / "c", 100_000)
+    base = time.time() - 10_000
+
+    def age(offset: int, t: float) -> None:  # explicit times: no two entries in one tick
+        os.utime(next((tmp_path / "c").rglob(f"{offset}-10000")), (t, t))
+
     for i in range(30):
         c.put(DIG, i * 10_000, bytes([i]) * 10_000)
-        if i == 5:
-            time.sleep(0.01)
+        age(i * 10_000, base + i)
         if i > 5:
-            c.get(DIG, 0, 10_000)  # keep span 0 young
-            os.utime(next((tmp_path / "c").rglob("0-10000")))
+            assert c.get(DIG, 0, 10_000) == bytes([0]) * 10_000  # span 0 stays in use
+            age(0, base + i + 0.5)
     assert c.size() <= 100_000
     assert c.get(DIG, 0, 10_000) == bytes([0]) * 10_000
     assert c.get(DIG, 29 * 10_000, 10_000) == bytes([29]) * 10_000
