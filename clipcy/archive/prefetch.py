@@ -26,9 +26,10 @@ from clipcy.pathwalk import follow_symlinks
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
+    from clipcy.layers.access import LayerAccess
 
-__all__ = ["attach", "coverage", "decode_section", "encode_section", "format_list",
-           "parse_list", "read_list", "resolve"]
+__all__ = ["attach", "attach_paths", "compressed_range", "coverage", "decode_section",
+           "encode_section", "format_list", "parse_list", "read_list", "resolve"]
 
 
 def _show(path: bytes) -> str:
@@ -226,3 +227,25 @@ def coverage(arc: Archive, positions: list[int]) -> tuple[int, int]:
             sparse = rec[SPARSE]
             total += rec[SIZE] if sparse is None else sum(n for _, n in sparse)
     return files, total
+
+
+def compressed_range(access: LayerAccess, blob_size: int, offset: int,
+                     end: int) -> tuple[int, int]:
+    """The compressed bytes decoding [offset, end) of a layer's stream needs (a replay fetches
+    them ahead): gzip from the resume point at or before offset to the point after end, plus
+    one decoder piece (a decoder continued from an earlier point reads its pieces from
+    there); the zstd frames under the range; the range itself for a plain layer. (0, 0): none."""
+    from clipcy.layers.access import GZIP, PLAIN, ZSTD
+    from clipcy.layers.blobread import GZIP_READ_CHUNK, first_fetch
+
+    if access.kind == PLAIN:
+        return first_fetch(access, blob_size, offset, end)
+    if access.kind == GZIP:
+        lo, hi = first_fetch(access, blob_size, offset, end)
+        return lo, min(hi + GZIP_READ_CHUNK, blob_size) if lo < hi else hi
+    if access.kind == ZSTD:
+        under = [(c, c + n) for c, n, u, un in access.frames if u < end and offset < u + un]
+        if under:
+            return min(c for c, _ in under), min(max(e for _, e in under), blob_size)
+    return 0, 0
+

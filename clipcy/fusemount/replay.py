@@ -153,8 +153,7 @@ class Replay:
     def _ranges(self, runs: list[Run]) -> dict[int, list[tuple[int, int, int]]]:
         """Per layer: the compressed (start, end) each planned span needs, with the list
         order of its run (requests go out in that order)."""
-        from clipcy.layers.access import GZIP, PLAIN, ZSTD
-        from clipcy.layers.blobread import GZIP_READ_CHUNK, first_fetch
+        from clipcy.archive.prefetch import compressed_range
 
         span = self.cache.span
         out: dict[int, list[tuple[int, int, int]]] = {}
@@ -162,22 +161,9 @@ class Replay:
         for order, (layer, first, last) in enumerate(runs):
             if layer not in access:
                 access[layer] = self.arc.access(layer)
-            acc = access[layer]
             size = int(self.arc.layers[layer]["size"])
             for k in range(first, last + 1):
-                lo_u, hi_u = k * span, (k + 1) * span
-                if acc.kind in (GZIP, PLAIN):
-                    lo, hi = first_fetch(acc, size, lo_u, hi_u)
-                elif acc.kind == ZSTD:
-                    under = [(c, c + n) for c, n, u, un in acc.frames
-                             if u < hi_u and lo_u < u + un]
-                    lo, hi = (min(c for c, _ in under), max(e for _, e in under)) \
-                        if under else (0, 0)
-                else:
-                    continue
-                # a decoder continued from an earlier span reads its 128 KiB pieces from
-                # that span's point: one piece more covers where they end
-                hi = min(hi + GZIP_READ_CHUNK if acc.kind == GZIP else hi, size)
+                lo, hi = compressed_range(access[layer], size, k * span, (k + 1) * span)
                 if lo < hi:
                     out.setdefault(layer, []).append((lo, hi, order))
                     self._span_range[(layer, k)] = (lo, hi)
