@@ -268,8 +268,8 @@ class FaultProxy:
     truncate (half the body, then FIN), 200 (the whole blob, Range ignored), flip (one byte
     of the body inverted), badrange (206 with a shifted Content-Range), redirect (307 to the
     same path on a second server at 127.0.0.2, which serves it like object storage: no auth
-    needed, and every request's headers recorded), stall (1.5 s of silence before the
-    answer), expire (that second server answers its
+    needed, and every request's headers recorded), stall (no answer: the connection is
+    held until the client hangs up; logged with status 0), expire (that second server answers its
     next request 403). `delay` seconds are added to every request. `always` is a fault
     applied to every blob GET."""
 
@@ -352,9 +352,15 @@ class FaultProxy:
             with self.lock:
                 fault = self.faults.popleft() if self.faults else self.always
         rng = h.headers.get("Range", "")
-        if fault == "stall":  # answer only after the client's read timeout
-            time.sleep(1.5)
-            fault = ""
+        if fault == "stall":  # never answer: wait until the client gives up and hangs up
+            self.log.append((h.path, rng, 0))
+            h.connection.settimeout(120)  # (a bound for a client that never gives up)
+            try:
+                h.connection.recv(1)
+            except OSError:
+                pass
+            h.close_connection = True
+            return None
         if fault in ("503", "429"):
             self.log.append((h.path, rng, int(fault)))
             extra = [("Retry-After", "1")] if fault == "429" else []
