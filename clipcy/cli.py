@@ -283,6 +283,92 @@ def _index_layout(sub: Any) -> None:
 
 
 @_command
+def _index(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "index",
+        "index an image straight from a registry (or a layout) into an index-only .clip "
+        "archive",
+        "  clipctl index docker://registry.example/team/app:v1 --out app.clip\n"
+        "  clipctl index docker://registry.example/team/app@sha256:<hex> --out app.clip\n"
+        "  clipctl index docker://registry.example/team/app:v1 --out app.clip --push\n"
+        "  clipctl index oci:./img:latest --out img.clip\n",
+    )
+    p.add_argument(
+        "image",
+        metavar="IMAGE",
+        help="docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX] (default tag: latest), each layer "
+        "blob streamed once from the registry; or a layout, as index-layout's --layout",
+    )
+    p.add_argument("--out", required=True, metavar="FILE", help="the .clip archive to write")
+    p.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to pick from an image index (default: linux and the host's architecture)",
+    )
+    p.add_argument(
+        "--storage-ref",
+        metavar="REF",
+        help="where the blobs will live at run time (as index-layout's); default: the "
+        "image's repository, docker://HOST[:PORT]/REPO (for a layout: its absolute path)",
+    )
+    p.add_argument(
+        "--no-check-storage",
+        dest="check_storage",
+        action="store_false",
+        help="do not check that the blobs are at --storage-ref (its syntax still is)",
+    )
+    p.add_argument(
+        "--push",
+        nargs="?",
+        const="",
+        metavar="TAG",
+        help="then push the archive beside the image, as clipctl push does (TAG names the "
+        "artifact; default: the image's tag + '.clip')",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking blob digests and diff_ids (faster, not recommended)",
+    )
+    p.add_argument(
+        "--file-digests",
+        action="store_true",
+        help="record each file's sha256 (checked by verify; export shows it)",
+    )
+    p.add_argument(
+        "--checkpoint-mib",
+        type=float,
+        metavar="N",
+        help="gzip resume points every N MiB of uncompressed data "
+        "(default: chosen by measurement, see docs/FORMAT.md)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="layers streamed and indexed at once (default: the number of CPUs)",
+    )
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="change one input limit for this run (names and defaults: docs/LIMITS.md)",
+    )
+    p.add_argument(
+        "--prefetch",
+        metavar="FILE",
+        help="store this prefetch list in the archive (as index-layout --prefetch)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_progress(p)
+    _add_registry_options(p)
+    p.set_defaults(func=_handler("cmd_index"))
+
+
+@_command
 def _inspect(sub: Any) -> None:
     p = _sub(
         sub,

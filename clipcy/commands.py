@@ -104,6 +104,73 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from clipcy.image.indexer import (
+        create_index_only_archive_from_oci_layout,
+        create_index_only_archive_from_registry,
+    )
+    from clipcy.limits import parse_overrides
+
+    if args.workers is not None and args.workers < 1:
+        raise ClipError("--workers must be at least 1")
+    if args.checkpoint_mib is not None and not 0 < args.checkpoint_mib <= 1024:
+        raise ClipError("--checkpoint-mib must be more than 0 and at most 1024")
+    limits = parse_overrides(args.limit)
+    remote = registry_options(args)
+    from_registry = args.image.startswith("docker://")
+    push = None
+    if args.push is not None:
+        if not from_registry:
+            raise ClipError("--push needs an image in a registry (docker://...); push a "
+                            "layout's archive with clipctl push")
+        from clipcy.storage.artifact import parse_image_ref
+
+        repo = parse_image_ref(args.image).repo.text
+        push = f"{repo}:{args.push}" if args.push else repo
+        parse_image_ref(push, default_tag=None)  # a bad TAG fails before the indexing
+    reporter = make_reporter(args.progress)
+    common: dict[str, Any] = dict(
+        platform=args.platform, storage_ref=args.storage_ref, verify=args.verify,
+        workers=args.workers, file_digests=args.file_digests,
+        checkpoint_span=int(args.checkpoint_mib * (1 << 20)) if args.checkpoint_mib else None,
+        progress=reporter, limits=limits, prefetch=args.prefetch,
+        check_storage=args.check_storage, remote=remote)
+    try:
+        if from_registry:
+            summary = create_index_only_archive_from_registry(args.image, args.out, **common)
+        else:
+            from clipcy.image.cache import default_cache_dir
+
+            summary = create_index_only_archive_from_oci_layout(
+                args.image, None, args.out, cache_dir=default_cache_dir(), **common)
+    finally:
+        if reporter is not None:
+            reporter.close()
+    doc = summary.as_dict()
+    if push is not None:
+        from clipcy.publish import push_archive
+
+        with step(f"push {args.out} to {push}"):
+            done = push_archive(args.out, push, remote=remote)
+        doc["pushed"] = {"artifact": done.artifact, "tag": done.tag, "subject": done.subject,
+                         "referrers": done.referrers, "uploaded": done.uploaded,
+                         "requests": done.requests}
+    if args.json:
+        _print_json(doc)
+        return 0
+    pct = 100.0 * summary.archive_size / summary.image_size if summary.image_size else 0.0
+    mbs = summary.bytes_indexed / (1 << 20) / summary.seconds if summary.seconds else 0.0
+    print(
+        f"wrote {summary.archive}: {summary.node_count} nodes from {summary.layer_count} "
+        f"layers, {human(summary.archive_size)} ({pct:.2f}% of "
+        f"{human(summary.image_size)}), {mbs:.0f} MiB/s"
+    )
+    if push is not None:
+        print(f"pushed {args.out} as {done.artifact}, tagged {done.tag}, for image "
+              f"{done.subject}")
+    return 0
+
+
 # -- inspect -------------------------------------------------------------------------------
 
 

@@ -547,6 +547,49 @@ def create_index_only_archive_from_oci_layout(
     return run.run(layout_dir, tag, digest, platform, storage_ref, Path(archive_path))
 
 
+def create_index_only_archive_from_registry(
+    ref: str,
+    archive_path: str | os.PathLike[str],
+    *,
+    platform: str | None = None,
+    storage_ref: str | None = None,
+    verify: bool = True,
+    workers: int | None = None,
+    file_digests: bool = False,
+    checkpoint_span: int | None = None,
+    progress: ProgressFn | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    prefetch: str | os.PathLike[str] | None = None,
+    check_storage: bool = False,
+    remote: RemoteOptions | None = None,
+) -> IndexSummary:
+    """Index the image at `ref` in a registry (docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX],
+    default tag latest) into `archive_path`, as create_index_only_archive_from_oci_layout
+    indexes a layout: the same resolution (an index by `platform`, default this machine),
+    checks and archive. Each layer blob is streamed once from the registry (no copy on
+    disk; `workers` layers at a time, default the number of CPUs), resumed by Range where a
+    body breaks; its digest and diff_id are checked as it streams. The storage ref recorded
+    is the image's repository (docker://HOST[:PORT]/REPO) unless `storage_ref` says
+    otherwise (then `check_storage` probes it). `remote`: a registry.RemoteOptions (auth
+    file, insecure, timeouts, retries). No layer cache. On any error no archive is
+    written."""
+    from clipcy.image.registry import RegistrySource
+    from clipcy.storage.artifact import parse_image_ref
+
+    run = IndexRun(verify=verify, file_digests=file_digests, checkpoint_span=checkpoint_span,
+                   cache_dir=None, progress=progress, limits=limits, workers=workers)
+    run.check_ref(storage_ref)
+    image = parse_image_ref(os.fspath(ref))
+    if prefetch is not None:
+        from clipcy.archive.prefetch import read_list
+
+        run.prefetch = (read_list(prefetch), os.fspath(prefetch))
+    run.storage_check = check_storage
+    run.remote = remote
+    return run.run_source(lambda: RegistrySource(image, remote, limits), image.tag,
+                          image.digest, platform, storage_ref, Path(archive_path), "image")
+
+
 class IndexRun:
     """The index-layout pipeline (create_index_only_archive_from_oci_layout), in stages:
 
