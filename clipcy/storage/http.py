@@ -189,6 +189,13 @@ def _describe(e: BaseException) -> str:
     return name
 
 
+def _untrusted(e: BaseException) -> bool:
+    """Whether a transport error is a certificate that failed verification."""
+    import ssl  # loaded with urllib3 already
+
+    return any(isinstance(a, ssl.SSLCertVerificationError) for a in getattr(e, "args", ()))
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
     if not value:
@@ -334,6 +341,8 @@ class BlobURL:
             resp = self.client.request(url, headers)
         except urllib3.exceptions.HTTPError as e:
             log.debug("GET %s %s: %s", redact(url), headers["Range"], _describe(e))
+            if _untrusted(e):  # the same certificate again: no retry can succeed
+                raise self._fail(_describe(e)) from None
             raise _Retry(_describe(e)) from None
         log.debug("GET %s %s: HTTP %d", redact(url), headers["Range"], resp.status)
         keep = False
