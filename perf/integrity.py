@@ -1,6 +1,6 @@
 """What span checksums and the cache's blob check cost (issue 12 part A).
 
-    python perf/integrity.py --data /work/perfdata [--out perf/RESULTS-integrity.md]
+    python perf/integrity.py --data perf/data [--out perf/RESULTS-integrity.md]
 
 Every figure is a ratio to a baseline measured in the same run, best of --repeat:
 1. checksum candidates: throughput over 64 KiB spans of a real layer blob (blake3, xxh3-64,

@@ -1,7 +1,7 @@
 """`clipctl mount` benchmark: every figure of issue 10's Performance list, as ratios to a
 baseline measured in the same run (perf/RESULTS-mount.md).
 
-    python perf/mount.py --data /work/perfdata [--work DIR] [--out perf/RESULTS-mount.md]
+    python perf/mount.py --data perf/data [--work DIR] [--out perf/RESULTS-mount.md]
 
 Needs root, /dev/fuse, umoci, GNU tar and the compiled clipcy (installed: run with -I or from
 perf/run.sh). Archives, extracted trees and the extra layouts are made once in --work:
@@ -408,7 +408,7 @@ def main() -> None:
     head = [
         "# clipctl mount: measured",
         "",
-        f"`python perf/mount.py --data /work/perfdata` on {platform.node()} "
+        f"`python perf/mount.py --data {args.data}` on {platform.node()} "
         f"({os.cpu_count()} cores, {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). Ratios are to the baseline "
         "measured in the same run.",

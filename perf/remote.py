@@ -1,6 +1,6 @@
 """Remote reads over a loopback registry vs the same reads from the local layout directory.
 
-    python perf/remote.py --data /work/perfdata [--reads 200] [--out perf/RESULTS-remote.md]
+    python perf/remote.py --data perf/data [--reads 200] [--out perf/RESULTS-remote.md]
 
 1. Starts Debian's docker-registry on 127.0.0.1 (filesystem storage in a temp dir), pushes
    DATA/single (one ~250 MB gzip layer of a 500 MB tar) with skopeo --preserve-digests, and
