@@ -16,6 +16,9 @@
 #   integrity.py    span checksums and the layer cache check       -> perf/RESULTS-integrity.md
 #   mount.py        clipctl mount (root, /dev/fuse, umoci)         -> perf/RESULTS-mount.md
 #   remote.py       a loopback docker-registry (docker-registry, skopeo) -> RESULTS-remote.md
+#   any_order.py    extract of layers tarred in readdir order      -> RESULTS-any_order.md
+#   startup.py      cold container starts: tree vs mounts, with and without a prefetch list
+#                   (root, /dev/fuse, umoci)                       -> RESULTS-startup.md
 # (tarfile_walker.py, zlib_loop.py, ratarmount_index.py are bench_index's baselines,
 # mount_mfusepy.py is mount.py's binding baseline when mfusepy is installed; mount_ab.py
 # compares source trees and is run by hand.) perf/RESULTS.md is the curated summary: each
@@ -64,6 +67,7 @@ if [ "$QUICK" = 1 ]; then
     ARCH=(--nodes 30000 --out "$OUT/RESULTS-archive.md")
     WALK=(--repeat 1 --no-write)
     MOUNTW=(--work /tmp/clipcy-perf-mount-quick)   # mount.py keeps its archives there
+    ANYO=(--scale 0.1 --data "$(realpath -m "$DATA")/any_order")   # absolute: it runs tar elsewhere
     READS=30
 else
     OUT=perf
@@ -72,6 +76,7 @@ else
     ARCH=()
     WALK=()
     MOUNTW=()
+    ANYO=()
     READS=200
 fi
 SECONDS=0
@@ -121,6 +126,17 @@ if ! have docker-registry skopeo; then
     skip "remote.py: needs docker-registry and skopeo (apt-get install docker-registry skopeo)"
 else
     "$PY" perf/remote.py --data "$DATA" --reads "$READS" --out "$OUT/RESULTS-remote.md"
+fi
+
+step "any_order.py"
+"$PY" perf/any_order.py --runs "$RUNS" ${ANYO[@]+"${ANYO[@]}"} --out "$OUT/RESULTS-any_order.md"
+
+step "startup.py"
+if [ "$(id -u)" != 0 ] || [ ! -e /dev/fuse ] || ! have umoci busybox bash; then
+    skip "startup.py: needs root, /dev/fuse, umoci, busybox and bash"
+else
+    # it prints its table (and the rows as JSON); kept as it printed them
+    "$PY" -I perf/startup.py --reps "$RUNS" | tee "$OUT/RESULTS-startup.md"
 fi
 
 echo
