@@ -220,21 +220,21 @@ class Extractor:
     ) -> None:
         os.makedirs(dest, exist_ok=True)
         self.fds = Fds()  # the calling thread's; each writing thread has its own
-        try:
+        try:  # up to the end: the caller gets no Extractor to close if this raises
             self.root_fd = self.fds.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+            self.paths = Dirs(self.fds, self.root_fd)
+            self.store = store
+            self.as_root = os.geteuid() == 0
+            self.first_path: dict[int, list[bytes]] = {}  # ino -> parts of its first path
+            self.dirs: list[tuple[list[bytes], Node]] = []
+            self.progress = progress
+            self.files = 0
+            self.bytes = 0
+            self.lookahead = store.store.prefetches
+            self._count_lock = threading.Lock()
         except BaseException:
             self.fds.close_all()
             raise
-        self.paths = Dirs(self.fds, self.root_fd)
-        self.store = store
-        self.as_root = os.geteuid() == 0
-        self.first_path: dict[int, list[bytes]] = {}  # ino -> parts of its first extracted path
-        self.dirs: list[tuple[list[bytes], Node]] = []
-        self.progress = progress
-        self.files = 0
-        self.bytes = 0
-        self.lookahead = store.store.prefetches
-        self._count_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the destination's fd and any other still open (after an interrupt)."""
