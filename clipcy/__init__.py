@@ -4,6 +4,8 @@ Public API (imports are lazy so that `import clipcy` stays cheap):
 
 - walk_tar(source): the entries of one plain, gzip or zstd tar stream.
 - create_index_only_archive_from_oci_layout(layout_dir, tag, archive_path, ...)
+- create_index_only_archive_from_registry(ref, archive_path, ...): the image at
+  docker://HOST/REPO:TAG, its layer blobs streamed from the registry.
 - open_archive(path): an Archive with .metadata, .lookup(), .listdir(), .walk(), .layers;
   path may be an image reference, docker://HOST/REPO:TAG (its archive from the registry).
 - mount(archive, mountpoint, ...): the archive as a read-only FUSE filesystem (a context
@@ -20,6 +22,7 @@ __all__ = [
     "__version__",
     "walk_tar",
     "create_index_only_archive_from_oci_layout",
+    "create_index_only_archive_from_registry",
     "open_archive",
     "mount",
 ]
@@ -27,13 +30,17 @@ __all__ = [
 _LAZY = {
     "walk_tar": "clipcy.tar.tarparse",
     "create_index_only_archive_from_oci_layout": "clipcy.image.indexer",
+    "create_index_only_archive_from_registry": "clipcy.image.indexer",
     "open_archive": "clipcy.publish",  # (local archives: clipcy.archive.reader's)
     "mount": "clipcy.fusemount",
 }
 
 if TYPE_CHECKING:
     from clipcy.fusemount import mount
-    from clipcy.image.indexer import create_index_only_archive_from_oci_layout
+    from clipcy.image.indexer import (
+        create_index_only_archive_from_oci_layout,
+        create_index_only_archive_from_registry,
+    )
     from clipcy.publish import open_archive
     from clipcy.tar.tarparse import walk_tar
 

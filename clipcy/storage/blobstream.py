@@ -85,8 +85,6 @@ class BlobStream:
         """The next chunk of the blob, or b"" at its end (or once size + 1 bytes were read).
         RemoteError / RemoteAuthError once retries are spent or on an answer that cannot
         be retried (404, 403, ...)."""
-        import urllib3
-
         while self.pos < self.limit:
             if self._resp is None:
                 if self.end is not None and self.pos >= self.end:
@@ -98,35 +96,52 @@ class BlobStream:
                     continue
             resp = self._resp
             assert resp is not None
-            try:
-                while self._skip:  # a 200 to a resume: drop what was handed out already
-                    got = resp.read(min(self._skip, self.chunk), decode_content=False)
-                    if not got:
-                        raise _Again("body truncated before the resume point")
-                    self.client.count(len(got))
-                    self._skip -= len(got)
-                data = resp.read(min(self.chunk, self.limit - self.pos), decode_content=False)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            data, broken = self._take(resp)
+            if data:
+                self.client.count(len(data))
+                self.pos += len(data)
+                self._failures = 0
+                if broken:
+                    self._drop()  # the next read goes on from self.pos
+                return data
+            if broken:
                 self._drop()
-                self._again(f"{_describe(e)} after {self.pos} of {self.size} bytes", None)
+                self._again(f"{broken} after {self.pos} of {self.size} bytes", None)
                 continue
-            except _Again as e:
-                self._drop()
-                self._again(str(e), None)
+            self._release()
+            if self.end is not None and self.pos < self.end:
+                self._again(f"body truncated after {self.pos} of {self.end} bytes", None)
                 continue
-            if not data:
-                self._release()
-                if self.end is not None and self.pos < self.end:
-                    self._again(f"body truncated after {self.pos} of {self.end} bytes", None)
-                    continue
-                self.end = self.pos
-                return b""
-            self.client.count(len(data))
-            self.pos += len(data)
-            self._failures = 0
-            return data
+            self.end = self.pos
+            return b""
         self._drop()  # bounded: whatever is left is not read
         return b""
+
+    def _take(self, resp: urllib3.BaseHTTPResponse) -> tuple[bytes, str]:
+        """Up to a chunk of the body (less at its end), and why the body broke ("" if it did
+        not). What arrived before a break is kept: read1 hands out what is there, where
+        read(n) would drop a partial piece with the error."""
+        import urllib3
+
+        want = min(self.chunk, self.limit - self.pos)
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while self._skip:  # a 200 to a resume: drop what was handed out already
+                b = resp.read1(min(self._skip, self.chunk), decode_content=False)
+                if not b:
+                    return b"", "body truncated before the resume point"
+                self.client.count(len(b))
+                self._skip -= len(b)
+            while got < want:
+                b = resp.read1(want - got, decode_content=False)
+                if not b:
+                    break
+                parts.append(b)
+                got += len(b)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            return b"".join(parts), _describe(e)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), ""
 
     def _again(self, why: str, wait: float | None) -> None:
         self._failures += 1
