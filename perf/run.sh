@@ -126,6 +126,7 @@ if ! have docker-registry skopeo; then
     skip "remote.py: needs docker-registry and skopeo (apt-get install docker-registry skopeo)"
 else
     "$PY" perf/remote.py --data "$DATA" --reads "$READS" --out "$OUT/RESULTS-remote.md"
+    "$PY" perf/registry_native.py --data "$DATA" --runs "$RUNS" --out "$OUT/RESULTS-registry.md"
 fi
 
 step "any_order.py"
