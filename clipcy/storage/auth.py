@@ -267,7 +267,7 @@ class RegistryAuth:
                     raise RemoteAuthError(self._no_credentials())
                 if sent.get("Authorization") == creds.basic():
                     raise RemoteAuthError(f"registry {self.host} rejected the credentials "
-                                          f"from {creds.source}")
+                                          f"from {creds.source} (HTTP 401)")  # = rejected()
                 self._mode = "basic"
                 return
             if scheme == "bearer" and params.get("realm"):
