@@ -534,6 +534,10 @@ def _mount(sub: Any) -> None:
                    "return once the mount is ready and serve in the background)")
     p.add_argument("--cache-mib", type=int, default=64, metavar="N",
                    help="decompressed-span cache in MiB (default: 64)")
+    p.add_argument("--decoded-cache-mib", type=int, default=2048, metavar="N",
+                   help="bound of the on-disk cache of decoded spans (CACHE_DIR/decoded, "
+                   "default $XDG_CACHE_HOME/clipcy/decoded), shared by mounts; least recently "
+                   "used spans go first; 0 or --no-cache: none (default: 2048)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT...]",
                    help="FUSE mount options, e.g. allow_other (the mount is always ro); "
                    "nonempty mounts over a directory that has files (they are hidden)")

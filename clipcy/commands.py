@@ -400,11 +400,14 @@ def remote_options(args: argparse.Namespace) -> RemoteOptions:
         raise ClipError("--retries must be 0 or more")
     if args.cache_max_mib < 0:
         raise ClipError("--cache-max-mib must be 0 or more")
+    decoded_mib = getattr(args, "decoded_cache_mib", 2048)
+    if decoded_mib < 0:
+        raise ClipError("--decoded-cache-mib must be 0 or more")
     http = HttpOptions(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
                        tries=args.retries + 1)
     return RemoteOptions(authfile=args.authfile, http=http, insecure=args.insecure,
                          cache=not args.no_cache, cache_dir=args.cache_dir,
-                         cache_max_mib=args.cache_max_mib)
+                         cache_max_mib=args.cache_max_mib, decoded_cache_mib=decoded_mib)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:

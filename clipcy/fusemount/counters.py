@@ -161,6 +161,17 @@ class MountCounters:
                          replay_hits=spans.replay_hits,
                          spans_decoded=spans.misses + int(replay.get("spans_filled", 0)),
                          bytes_decoded=spans.decompressed, held=spans.held)
+        decoded: dict[str, Any] | None = None  # the on-disk decoded cache (None: off)
+        if spans is not None and spans.disk is not None:
+            dc = spans.disk.cache
+            on_disk = dc.approx_bytes
+            decoded = {"dir": str(dc.root), "max_bytes": dc.max_bytes,
+                       "disk_bytes": on_disk if on_disk is not None else dc.size(),
+                       "hits": spans.disk_hits, "bytes_read": spans.disk_bytes,
+                       "puts": spans.disk_puts, "damaged": dc.damaged,
+                       "write_errors": dc.write_errors, "layers_streamed": spans.streams_started,
+                       "spans_streamed": spans.streamed, "stream_waits": spans.stream_waits,
+                       "stream_errors": spans.stream_errors}
         http = None
         if readers is not None:
             from clipcy.storage.registry import RemoteStore
@@ -173,5 +184,6 @@ class MountCounters:
                     cache.update(disk_hits=store.cache.hits, disk_misses=store.cache.misses)
         return {"uptime_seconds": round(time.monotonic() - self.started, 3),
                 "requests": requests, "http": http, "span_cache": cache,
+                "decoded_cache": decoded,
                 "read_errors": errors, "read_errors_total": sum(errors.values()),
                 "replay": replay, "background": self.background.snapshot()}

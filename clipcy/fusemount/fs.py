@@ -26,6 +26,7 @@ from clipcy.archive.record import LAYER, LINKNAME, OFFSET, PATH, SIZE, SPARSE, T
 from clipcy.errors import ClipError
 from clipcy.fusemount.counters import MountCounters
 from clipcy.fusemount.spans import DecodedSpanCache
+from clipcy.storage.decodedcache import DecodedDiskCache, LayerSpans
 
 log = logging.getLogger("clipcy.mount")
 
@@ -60,9 +61,16 @@ class _File:
 class ImageFS:
     """The callbacks' Python half (clipcy.fusemount._fuse calls these with the GIL)."""
 
-    def __init__(self, arc: Archive, cache_bytes: int) -> None:
+    def __init__(self, arc: Archive, cache_bytes: int,
+                 decoded: DecodedDiskCache | None = None) -> None:
         self.arc = arc
         self.spans = DecodedSpanCache(arc.layer_reader, cache_bytes)
+        self.decoded = decoded
+        if decoded is not None:  # compressed layers only: a plain one is read in place
+            self.spans.disk = LayerSpans(decoded, [
+                (str(la.get("digest", "")), int(la.get("uncompressed_size") or 0)
+                 if la.get("compression") in ("gzip", "zstd") else 0) for la in arc.layers],
+                self.spans.span)
         self.counters = MountCounters()  # the mount's one counters object (clipctl stats)
         self._listings: OrderedDict[int, list[tuple[bytes, int, Record]]] = OrderedDict()
         self._files: OrderedDict[int, _File] = OrderedDict()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
     from clipcy.fusemount._fuse import Session
     from clipcy.fusemount.fs import ImageFS
+    from clipcy.storage.decodedcache import DecodedDiskCache
     from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy.mount")
@@ -459,6 +460,18 @@ def _check_storage(arc: Archive, fs: ImageFS) -> None:
         raise MountError(str(e)) from None
 
 
+def _decoded_cache(remote: RemoteOptions | None) -> DecodedDiskCache | None:
+    """The on-disk cache of decoded spans (storage.decodedcache): under the readers'
+    --cache-dir, bounded by --decoded-cache-mib; none with --no-cache or a bound of 0."""
+    from clipcy.storage.decodedcache import DecodedDiskCache, decoded_cache_dir
+    from clipcy.storage.registry import RemoteOptions
+
+    opts = remote or RemoteOptions()
+    if not opts.cache or opts.decoded_cache_mib <= 0:
+        return None
+    return DecodedDiskCache(decoded_cache_dir(opts.cache_dir), opts.decoded_cache_mib << 20)
+
+
 def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
              options: Sequence[str], remote: RemoteOptions | None,
              mkdir: bool = False,
@@ -492,7 +505,7 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     except MountError:
         arc.close()
         raise
-    fs = ImageFS(arc, cache_mib << 20)
+    fs = ImageFS(arc, cache_mib << 20, _decoded_cache(remote))
     try:
         _check_storage(arc, fs)
     except MountError:

@@ -20,6 +20,16 @@ file being read, and at most a quarter of the budget), so the decoder rarely wai
 request: the kernel reads ahead 1 MiB at a time, the helper 2 MiB beyond that. A sequential
 reader leaves BEHIND spans cached behind it and drops older ones it streamed (the kernel
 keeps the file's pages).
+
+Below the memory LRU, `disk` (a storage.decodedcache.LayerSpans, set by the mount unless
+--no-cache) keeps every span decoded, by anyone, on local disk: a span missing here is looked
+up there before it is inflated, and an inflated one is put there. A layer read out of its
+data order (SCATTERED_AFTER read misses that continue no span just decoded, net of those that
+do) is streamed once, on the STREAMER thread, from the lowest span so missed to its end, into
+the disk cache (STREAM_CHUNK per layer read, the decoder running on from one to the next); a
+read missing a span at most WAIT_AHEAD spans ahead of the streamer waits for it rather than
+inflate from a resume point what the streamer is about to inflate. stream(layer) is the same
+for a caller that knows the whole layer will be read (mount --fetch-all).
 """
 
 from __future__ import annotations
@@ -34,8 +44,23 @@ SPAN = 256 << 10
 AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
 BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
 STREAMS = 64  # streams (files being read) whose position is remembered
+SCATTERED_AFTER = 8  # scattered read misses in a layer that have it streamed to the disk cache
+WAIT_AHEAD = 64  # a read waits for the streamer when its span is at most this far ahead (16 MiB)
+STREAM_CHUNK = 16  # spans the streamer asks of the layer reader at once (4 MiB)
 
-__all__ = ["SPAN", "DecodedSpanCache"]
+__all__ = ["SPAN", "DecodedSpanCache", "LayerStream"]
+
+
+class LayerStream:
+    """A layer being streamed into the disk cache: spans first..last, `pos` the next one the
+    streamer produces (guarded by the cache's lock)."""
+
+    __slots__ = ("layer", "first", "last", "pos", "active", "started")
+
+    def __init__(self, layer: int, first: int, last: int) -> None:
+        self.layer, self.first, self.last, self.pos = layer, first, last, first
+        self.active = True  # False once done or stopped (waiters then decode themselves)
+        self.started = False
 
 
 class DecodedSpanCache:
@@ -67,6 +92,21 @@ class DecodedSpanCache:
         self._replayed: set[tuple[int, int]] = set()  # filled by the replay, not read yet
         self.replay_hits = 0  # reads that found a span the replay filled
         self.read_misses = 0  # spans a read decoded itself (not the helper, not the replay)
+        # the on-disk decoded cache (storage.decodedcache.LayerSpans) and the streamer
+        self.disk: Any = None
+        self.disk_hits = 0  # spans found in the disk cache (not inflated)
+        self.disk_bytes = 0  # ... their bytes
+        self.disk_puts = 0  # spans put in the disk cache
+        self.stream_waits = 0  # reads that waited for the streamer
+        self.streamed = 0  # spans the streamer put in the disk cache
+        self.streams_started = 0  # layers queued for streaming
+        self.stream_errors = 0
+        self._scatter: dict[int, int] = {}  # layer -> scattered read misses (net)
+        self._scatter_low: dict[int, int] = {}  # layer -> the lowest span so missed
+        self._streams: dict[int, LayerStream] = {}  # layer -> its stream (once per mount)
+        self._stream_q: queue.SimpleQueue[LayerStream] = queue.SimpleQueue()
+        self._streamer: threading.Thread | None = None
+        self._moved = threading.Condition(self._lock)  # a stream's pos advanced or it ended
 
     @property
     def held(self) -> int:
@@ -137,21 +177,26 @@ class DecodedSpanCache:
                     mine = self._busy[key] = threading.Event()
                     self.misses += 1
                     self.read_misses += not helper
+                    # scattered: no span just before k is cached or being decoded (a reader
+                    # in data order, or two at once, always continue one)
+                    scattered = not helper and (layer, k - 1) not in self._lru and not any(
+                        (layer, j) in self._busy for j in range(k - 2, k))
                     break
             wait.wait()  # another thread is producing this span (or one before it)
         if data is not None:
             self._prefetch(layer, k + 1, stop)
             return data
-        data, read = b"", False
+        data, read, inflated = b"", False, False
         try:
-            on_miss = self.on_miss
-            if on_miss is not None and not helper:
-                on_miss(layer, k)
-            data = bytes(self._reader(layer).pread(k * self.span, self.span))
+            data, inflated = self._load(layer, k, not helper)
             read = True
         finally:
             with self._lock:
-                self.decompressed += len(data)
+                if data and not inflated:
+                    self.disk_hits += 1
+                    self.disk_bytes += len(data)
+                else:
+                    self.decompressed += len(data)
                 if data and len(data) <= self.budget:
                     self._lru[key] = data  # before waking the waiters: they find it here
                     self._held += len(data)
@@ -176,10 +221,124 @@ class DecodedSpanCache:
                     if ahead:
                         self._streamed.add(key)
                         self._drop_behind(layer, k)
+                stream = inflated and self._scattered(layer, k, scattered)
             mine.set()
         if ahead:
             self._prefetch(layer, k + 1, stop)
+        if stream:
+            self.stream(layer, self._scatter_low.get(layer, 0))
         return data
+
+    # -- the disk cache and the streamer ------------------------------------------------------
+    def _load(self, layer: int, k: int, read: bool) -> tuple[bytes, bool]:
+        """Span k's bytes and whether they were inflated (else: from the disk cache). A
+        program's read (`read`) may wait for the streamer, and for the replay (on_miss)."""
+        disk = self.disk
+        if disk is not None:
+            data = disk.get(layer, k)
+            if data is not None:
+                return data, False
+            if read and self._wait_stream(layer, k):
+                data = disk.get(layer, k)
+                if data is not None:
+                    return data, False
+        if read and self.on_miss is not None:
+            self.on_miss(layer, k)
+        data = bytes(self._reader(layer).pread(k * self.span, self.span))
+        if disk is not None and disk.put(layer, k, data):
+            with self._lock:
+                self.disk_puts += 1
+        return data, True
+
+    def _scattered(self, layer: int, k: int, scattered: bool) -> bool:
+        """Count a read's inflating miss; whether the layer should now be streamed (the lock
+        is held)."""
+        if self.disk is None or layer in self._streams:
+            return False
+        n = self._scatter.get(layer, 0)
+        if not scattered:
+            self._scatter[layer] = max(0, n - 1)
+            return False
+        self._scatter[layer] = n + 1
+        self._scatter_low[layer] = min(k, self._scatter_low.get(layer, k))
+        return n + 1 >= SCATTERED_AFTER and bool(self.disk.room_for(layer))
+
+    def _wait_stream(self, layer: int, k: int) -> bool:
+        """Wait for the streamer to pass span k if it is at most WAIT_AHEAD spans ahead of
+        it; whether it was waited for."""
+        with self._lock:
+            st = self._streams.get(layer)
+            if (st is None or not st.active or not st.started or not st.pos <= k <= st.last
+                    or k - st.pos > WAIT_AHEAD):
+                return False
+            self.stream_waits += 1
+            while st.active and st.pos <= k:
+                self._moved.wait()
+        return True
+
+    def stream(self, layer: int, first: int = 0) -> bool:
+        """Have the streamer inflate layer's spans from `first` to its end into the disk
+        cache (skipping those it holds), once per layer and mount; False when there is no
+        disk cache, no room for the layer, or it was streamed already. The hook of a caller
+        that knows the whole layer will be read (mount --fetch-all)."""
+        disk = self.disk
+        if disk is None or not disk.room_for(layer):
+            return False
+        with self._lock:
+            if layer in self._streams:
+                return False
+            st = self._streams[layer] = LayerStream(layer, first, disk.spans(layer) - 1)
+            self.streams_started += 1
+            if self._streamer is None:
+                self._streamer = threading.Thread(target=self._stream_loop, daemon=True,
+                                                  name="clipcy-stream")
+                self._streamer.start()
+        self._stream_q.put(st)
+        return True
+
+    def _stream_loop(self) -> None:
+        while True:
+            st = self._stream_q.get()
+            try:
+                self._stream_layer(st)
+            except Exception as e:  # noqa: BLE001 - reads that need the spans decode them
+                with self._lock:
+                    self.stream_errors += 1
+                import logging
+
+                logging.getLogger("clipcy.mount").warning(
+                    "streaming layer %d into the decoded cache stopped: %s", st.layer, e)
+            finally:
+                with self._lock:
+                    st.active = False
+                    self._moved.notify_all()
+
+    def _stream_layer(self, st: LayerStream) -> None:
+        disk, span = self.disk, self.span
+        reader = self._reader(st.layer)
+        failed = disk.cache.write_errors
+        with self._lock:
+            st.started = True
+        k = st.first
+        while k <= st.last:
+            n = min(STREAM_CHUNK, st.last - k + 1)
+            todo = [j for j in range(k, k + n) if not disk.has(st.layer, j)]
+            if todo:
+                lo = todo[0]
+                data = memoryview(bytes(reader.pread(lo * span, (k + n - lo) * span)))
+                for j in range(lo, k + n):
+                    piece = bytes(data[(j - lo) * span:(j - lo + 1) * span])
+                    if not piece:
+                        break
+                    if j in todo and disk.put(st.layer, j, piece):
+                        with self._lock:
+                            self.streamed += 1
+            with self._lock:
+                st.pos = k + n
+                self._moved.notify_all()
+            if disk.cache.write_errors != failed:
+                raise OSError("the disk cache cannot be written (full?)")
+            k += n
 
     def fill(self, layer: int, k: int) -> int:
         """Decode span k of layer into the cache for reads to come (the replay): the bytes
@@ -190,13 +349,17 @@ class DecodedSpanCache:
             if key in self._lru or key in self._busy or k > self._ends.get(layer, k):
                 return 0
             mine = self._busy[key] = threading.Event()
-        data, read = b"", False
+        data, read, inflated = b"", False, False
         try:
-            data = bytes(self._reader(layer).pread(k * self.span, self.span))
+            data, inflated = self._load(layer, k, False)
             read = True
         finally:
             with self._lock:
-                self.decompressed += len(data)
+                if data and not inflated:
+                    self.disk_hits += 1
+                    self.disk_bytes += len(data)
+                else:
+                    self.decompressed += len(data)
                 if data and len(data) <= self.budget:
                     self._lru[key] = data
                     self._held += len(data)

@@ -44,7 +44,13 @@ def _sum(key: str, data: bytes) -> bytes:
 
 
 class DiskSpanCache:
-    """get/put of verified spans, shared by threads and processes."""
+    """get/put of verified spans, shared by threads and processes. A subclass may keep other
+    entries in the same way (storage.decodedcache: decoded spans) by setting `magic` and
+    `sum_size` and overriding `checksum`."""
+
+    magic = MAGIC
+    sum_size = _SUM
+    kind = "span cache"  # in log lines
 
     def __init__(self, root: str | os.PathLike[str] | None = None,
                  max_bytes: int = DEFAULT_MAX_MIB << 20) -> None:
@@ -54,6 +60,17 @@ class DiskSpanCache:
         self._lock = threading.Lock()
         self._approx: int | None = None  # bytes believed cached (None: not scanned yet)
         self.hits = self.misses = 0
+        self.write_errors = 0  # puts that failed (a full disk): the first is logged
+        self.damaged = 0  # entries that failed their check (deleted, counted as misses)
+
+    def checksum(self, key: str, data: bytes) -> bytes:
+        """The entry's check value (sum_size bytes) over its key and bytes."""
+        return _sum(key, data)
+
+    @property
+    def approx_bytes(self) -> int | None:
+        """Bytes this process believes are cached (None until a put or evict scanned)."""
+        return self._approx
 
     def __repr__(self) -> str:
         return f"<DiskSpanCache {self.root} max {self.max_bytes >> 20} MiB>"
@@ -67,20 +84,22 @@ class DiskSpanCache:
     def get(self, digest: str, offset: int, length: int) -> bytes | None:
         path = self._path(digest, offset, length)
         key = path.name + digest
+        magic, head = self.magic, len(self.magic) + self.sum_size
         try:
             with open(path, "rb") as f:
-                raw = f.read(len(MAGIC) + _SUM + length + 1)
+                raw = f.read(head + length + 1)
         except OSError:
             with self._lock:
                 self.misses += 1
             return None
-        data = raw[len(MAGIC) + _SUM:]
-        if (raw[:len(MAGIC)] != MAGIC or len(data) != length
-                or raw[len(MAGIC):len(MAGIC) + _SUM] != _sum(key, data)):
-            log.warning("span cache: dropping a damaged entry %s", path)
+        data = raw[head:]
+        if (raw[:len(magic)] != magic or len(data) != length
+                or raw[len(magic):head] != self.checksum(key, data)):
+            log.warning("%s: dropping a damaged entry %s", self.kind, path)
             self._unlink(path)
             with self._lock:
                 self.misses += 1
+                self.damaged += 1
             return None
         try:
             if time.time() - path.stat().st_mtime > 1.0:
@@ -89,36 +108,42 @@ class DiskSpanCache:
             pass
         with self._lock:
             self.hits += 1
-        log.debug("span cache hit: %s at %d (%d bytes)", digest, offset, length)
+        log.debug("%s hit: %s at %d (%d bytes)", self.kind, digest, offset, length)
         return data
 
     def has(self, digest: str, offset: int, length: int) -> bool:
         """Whether an entry exists (unchecked: get() checks it)."""
         return self._path(digest, offset, length).exists()
 
-    def put(self, digest: str, offset: int, data: bytes) -> None:
-        """Store a span that the caller has verified. Errors (a full disk) only log."""
+    def put(self, digest: str, offset: int, data: bytes) -> bool:
+        """Store a span that the caller has verified; whether it was written. Errors (a full
+        disk) only log: the first at warning level, the others at debug level."""
         if self.max_bytes <= 0 or len(data) > self.max_bytes // 4:
-            return
+            return False
         path = self._path(digest, offset, len(data))
         tmp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(MAGIC + _sum(path.name + digest, data) + data)
+                f.write(self.magic + self.checksum(path.name + digest, data) + data)
             os.replace(tmp, path)
         except OSError as e:
-            log.warning("span cache: cannot write %s: %s", path, e.strerror or e)
+            with self._lock:
+                self.write_errors += 1
+                first = self.write_errors == 1
+            (log.warning if first else log.debug)("%s: cannot write %s: %s", self.kind, path,
+                                                  e.strerror or e)
             self._unlink(tmp)
-            return
+            return False
         with self._lock:
             if self._approx is None:
                 self._approx = self._scan_size()
             else:
-                self._approx += len(data) + len(MAGIC) + _SUM
+                self._approx += len(data) + len(self.magic) + self.sum_size
             over = self._approx > self.max_bytes
         if over:
             self.evict()
+        return True
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         out = []
@@ -140,24 +165,26 @@ class DiskSpanCache:
     def _scan_size(self) -> int:
         return sum(size for _, size, _ in self._entries())
 
-    def evict(self) -> None:
-        """Delete the least recently used entries until the cache is at 90% of its limit."""
+    def evict(self, target: int | None = None) -> int:
+        """Delete the least recently used entries until the cache is at `target` bytes (by
+        default 90% of its limit); the bytes left (-1: another process is evicting)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
-            log.warning("span cache: cannot lock %s: %s", self.root, e.strerror or e)
-            return
+            log.warning("%s: cannot lock %s: %s", self.kind, self.root, e.strerror or e)
+            return -1
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    return  # another process is evicting
+                    return -1  # another process is evicting
                 raise
             entries = sorted(self._entries())
             total = sum(size for _, size, _ in entries)
-            target = self.max_bytes * 9 // 10
+            if target is None:
+                target = self.max_bytes * 9 // 10
             for _, size, p in entries:
                 if total <= target:
                     break
@@ -165,6 +192,7 @@ class DiskSpanCache:
                     total -= size
             with self._lock:
                 self._approx = total
+            return total
         finally:
             os.close(fd)
 
@@ -179,3 +207,21 @@ class DiskSpanCache:
     def size(self) -> int:
         """Bytes on disk in entries (a fresh scan)."""
         return self._scan_size()
+
+    def usage(self) -> tuple[int, int]:
+        """(entries, bytes) on disk (a fresh scan)."""
+        entries = self._entries()
+        return len(entries), sum(size for _, size, _ in entries)
+
+    def blob_usage(self, digest: str) -> tuple[int, int]:
+        """(entries, bytes of the spans they hold) of one blob (a scan of its directory)."""
+        d = self._path(digest, 0, 0).parent
+        try:
+            names = [n for n in os.listdir(d) if not n.startswith(".")]
+        except OSError:
+            return 0, 0
+        total = 0
+        for name in names:
+            _, _, length = name.partition("-")
+            total += int(length) if length.isdigit() else 0
+        return len(names), total

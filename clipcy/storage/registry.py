@@ -38,6 +38,8 @@ class RemoteOptions:
     cache_dir: str | None = None
     cache_max_mib: int = DEFAULT_MAX_MIB
     readahead_mib: int = 8  # most bytes fetched ahead of a sequential reader (0: none)
+    # the mount's on-disk cache of decoded spans (storage.decodedcache; off with cache=False)
+    decoded_cache_mib: int = 2048
 
 
 def _past(ranges: list[tuple[int, int]], top: int) -> int:

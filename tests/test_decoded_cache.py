@@ -1,0 +1,277 @@
+"""The on-disk cache of decoded spans (storage/decodedcache.py) through real FUSE mounts.
+
+An image of two gzip layers tarred by GNU tar in a shuffled (readdir-like) order is read file
+by file in path order: the mount puts what it inflates in the decoded cache and, the reads
+being scattered, streams the layers into it; after a remount every file is served from it
+with nothing inflated (the mount's counters, clipctl stats --json). A damaged cache (a
+flipped byte, a truncated entry, another entry's bytes in its place), a full one (a small
+tmpfs) and two mounts sharing one give the image's bytes, every file compared. clipctl cache
+info and prune report and remove what they say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clipcy.fusemount import available
+from clipcy.fusemount.service import is_mounted, unmount
+
+pytestmark = [
+    pytest.mark.skipif(not available() or os.geteuid() != 0,
+                       reason="FUSE unavailable, or not root (the mount tests run as root)"),
+    pytest.mark.skipif(not shutil.which("umoci") or not shutil.which("tar"),
+                       reason="needs umoci and GNU tar"),
+]
+
+
+def clipctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-I", "-m", "clipcy", *args], capture_output=True,
+                       text=True, timeout=300)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _content(rnd: random.Random, size: int) -> bytes:
+    """Half random, half text: gzip keeps about half of it."""
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(48) + b"a line of text that repeats itself %d\n" % len(out) * 2
+    return bytes(out[:size])
+
+
+class Image:
+    """Two gzip layers of ~6 MB of files each, in shuffled order (umoci keeps the tar's)."""
+
+    def __init__(self, tmp: Path) -> None:
+        rnd = random.Random(2121)
+        self.files: dict[str, bytes] = {}
+        layout = tmp / "layout"
+        subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+        subprocess.run(["umoci", "new", "--image", f"{layout}:latest"], check=True)
+        for layer in range(2):
+            stage = tmp / f"stage{layer}"
+            names = []
+            for d in range(10):
+                (stage / f"l{layer}" / f"d{d}").mkdir(parents=True)
+                for i in range(60):
+                    name = f"l{layer}/d{d}/f{i:03d}"
+                    data = _content(rnd, rnd.choice([0, 10, 900, 5000, 20000, 40000]))
+                    (stage / name).write_bytes(data)
+                    self.files["/" + name] = data
+                    names.append(name)
+            big = f"l{layer}/big"
+            self.files["/" + big] = _content(rnd, 2 << 20)
+            (stage / big).write_bytes(self.files["/" + big])
+            names.append(big)
+            rnd.shuffle(names)
+            dirs = [f"l{layer}"] + [f"l{layer}/d{d}" for d in range(10)]
+            (tmp / "list").write_text("".join(n + "\n" for n in dirs + names))
+            tar = tmp / f"layer{layer}.tar"
+            subprocess.run(["tar", "-C", str(stage), "--no-recursion", "--format=posix", "-cf",
+                            str(tar), "-T", str(tmp / "list")], check=True)
+            subprocess.run(["umoci", "raw", "add-layer", "--no-history", "--image",
+                            f"{layout}:latest", str(tar)], check=True, capture_output=True)
+        self.archive = tmp / "image.clip"
+        clipctl("index-layout", "--layout", str(layout), "--out", str(self.archive),
+                "--no-cache")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    return Image(tmp_path_factory.mktemp("decoded"))
+
+
+@pytest.fixture
+def mnts(tmp_path: Path) -> Iterator[list[Path]]:
+    made: list[Path] = []
+    for i in range(2):
+        d = tmp_path / f"mnt{i}"
+        d.mkdir()
+        made.append(d)
+    yield made
+    for d in made:
+        for _ in range(3):
+            if not is_mounted(d):
+                break
+            unmount(d, lazy=True)
+
+
+def cache_root() -> Path:
+    return Path(os.environ["XDG_CACHE_HOME"]) / "clipcy" / "decoded"
+
+
+def mount(image: Image, mnt: Path, *extra: str) -> int:
+    # a 1 MiB span cache (4 spans): reads miss in memory, so the disk cache is what serves
+    r = clipctl("mount", "--cache-mib", "1", str(image.archive), str(mnt), *extra)
+    return int(r.stderr.split("(pid ")[1].split(",")[0])
+
+
+def umount(mnt: Path, pid: int) -> None:
+    import select
+
+    fd = os.pidfd_open(pid)
+    try:
+        clipctl("umount", str(mnt))
+        assert select.select([fd], [], [], 60)[0], "the mount process did not exit"
+    finally:
+        os.close(fd)
+
+
+def stats(mnt: Path) -> dict[str, Any]:
+    got: dict[str, Any] = json.loads(clipctl("stats", "--json", str(mnt)).stdout)
+    return got
+
+
+def read_all(image: Image, mnt: Path) -> None:
+    """Every file, in path order, compared with the image's bytes."""
+    for path in sorted(image.files):
+        assert (mnt / path[1:]).read_bytes() == image.files[path], path
+
+
+def entries() -> list[Path]:
+    return sorted(p for p in cache_root().rglob("*-*") if p.is_file()
+                  and not p.name.startswith("."))
+
+
+def test_remount_reads_from_the_decoded_cache(image: Image, mnts: list[Path]) -> None:
+    mnt = mnts[0]
+    pid = mount(image, mnt)
+    try:
+        read_all(image, mnt)
+        first = stats(mnt)
+    finally:
+        umount(mnt, pid)
+    dc = first["decoded_cache"]
+    assert dc is not None and dc["dir"] == str(cache_root())
+    assert first["span_cache"]["bytes_decoded"] > 0
+    assert dc["puts"] + dc["spans_streamed"] > 0
+    # reads in path order of layers in shuffled order: both are streamed into the cache
+    assert dc["layers_streamed"] == 2, dc
+    assert entries()
+    pid = mount(image, mnt)
+    try:
+        read_all(image, mnt)
+        second = stats(mnt)
+    finally:
+        umount(mnt, pid)
+    # every span a read needed is in the cache: nothing inflated, nothing streamed again
+    assert second["span_cache"]["bytes_decoded"] == 0, second["span_cache"]
+    assert second["decoded_cache"]["hits"] > 0
+    assert second["decoded_cache"]["layers_streamed"] == 0
+    assert second["read_errors_total"] == 0
+
+
+def test_no_cache_and_zero_bound_keep_none(image: Image, mnts: list[Path]) -> None:
+    for flag in (["--no-cache"], ["--decoded-cache-mib", "0"]):
+        pid = mount(image, mnts[0], *flag)
+        try:
+            read_all(image, mnts[0])
+            assert stats(mnts[0])["decoded_cache"] is None
+        finally:
+            umount(mnts[0], pid)
+        assert not cache_root().exists() or not entries()
+    r = clipctl("mount", str(image.archive), str(mnts[0]), "--decoded-cache-mib", "-1",
+                check=False)
+    assert r.returncode == 1 and r.stderr.startswith("clipctl: error: --decoded-cache-mib")
+    assert r.stderr.count("\n") == 1
+
+
+def _warm(image: Image, mnt: Path) -> None:
+    pid = mount(image, mnt)
+    try:
+        read_all(image, mnt)
+    finally:
+        umount(mnt, pid)
+
+
+def test_damaged_entries_are_misses_never_wrong_bytes(image: Image, mnts: list[Path]) -> None:
+    _warm(image, mnts[0])
+    found = entries()
+    assert len(found) >= 6
+    damaged = 0
+    for i, p in enumerate(found):
+        raw = bytearray(p.read_bytes())
+        if i % 3 == 0:  # a flipped byte in the data
+            raw[len(raw) // 2] ^= 0x20
+            p.write_bytes(bytes(raw))
+        elif i % 3 == 1:  # truncated
+            p.write_bytes(bytes(raw[: len(raw) // 2]))
+        else:  # another entry's (intact) bytes renamed into its place
+            other = found[i - 1]
+            if other.stat().st_size != len(raw):
+                continue
+            os.replace(other, p)
+        damaged += 1
+    pid = mount(image, mnts[0])
+    try:
+        read_all(image, mnts[0])
+        got = stats(mnts[0])
+    finally:
+        umount(mnts[0], pid)
+    assert got["read_errors_total"] == 0
+    assert got["decoded_cache"]["damaged"] > 0
+    assert got["span_cache"]["bytes_decoded"] > 0  # the damaged spans inflated again
+
+
+def test_a_full_disk_gives_the_image_bytes(image: Image, mnts: list[Path],
+                                           tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        pid = mount(image, mnts[0], "--cache-dir", str(small))
+        try:
+            read_all(image, mnts[0])
+            got = stats(mnts[0])
+        finally:
+            umount(mnts[0], pid)
+        dc = got["decoded_cache"]
+        assert dc["dir"] == str(small / "decoded")
+        assert dc["write_errors"] > 0, dc
+        assert got["read_errors_total"] == 0
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_two_mounts_share_the_cache(image: Image, mnts: list[Path]) -> None:
+    pids = [mount(image, m) for m in mnts]
+    errors: list[BaseException] = []
+
+    def reader(m: Path, reverse: bool) -> None:
+        try:
+            for path in sorted(image.files, reverse=reverse):
+                assert (m / path[1:]).read_bytes() == image.files[path], path
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=reader, args=(m, i == 1))
+                   for i, m in enumerate(mnts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+    finally:
+        for m, pid in zip(mnts, pids, strict=True):
+            umount(m, pid)
+    pid = mount(image, mnts[0])
+    try:
+        read_all(image, mnts[0])
+        got = stats(mnts[0])
+    finally:
+        umount(mnts[0], pid)
+    assert got["span_cache"]["bytes_decoded"] == 0
+    assert got["decoded_cache"]["damaged"] == 0
