@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from clipcy.limits import DEFAULT as DEFAULT_LIMITS
 from clipcy.limits import LimitError, Limits, exceeded
 from clipcy.logs import step
 from clipcy.storage.spans import SpanHasher, SpanTable
+from clipcy.tempfiles import TempFile, close_held, open_held
 
 if TYPE_CHECKING:
     from clipcy.storage.registry import RemoteOptions
@@ -472,35 +472,33 @@ def build_metadata(
 def write_atomic(path: Path, data: bytes) -> None:
     """Write data to path through a temp file in the same directory, fsync and rename."""
     directory = path.parent
+    tmp = TempFile(directory, f".{path.name}.", ".tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise ClipError(f"failed to create {path}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
+        try:
+            fd = tmp.create()
+        except OSError as e:
+            raise ClipError(f"failed to create {path}: {e.strerror or e}") from e
+        with open(fd, "wb", closefd=False) as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+        tmp.close()
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        os.chmod(tmp.path, 0o666 & ~umask)
+        os.replace(tmp.path, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        tmp.discard()
         if isinstance(e, OSError):
             raise ClipError(f"failed to write {path}: {e.strerror or e}") from e
         raise
+    dfd: list[int] = []
     try:
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        os.fsync(open_held(dfd, directory, os.O_RDONLY))
     except OSError:
         pass  # some file systems cannot fsync a directory; the rename is done
+    finally:
+        close_held(dfd)
 
 
 def create_index_only_archive_from_oci_layout(

@@ -1,0 +1,146 @@
+"""Temp files and fds under an interrupt at every point: an interrupt raised as soon as any
+call made by the code under test returns (a signal's exception lands there: after a C call
+such as os.open, os.close, mkstemp's open, or a Python call returning) propagates as itself,
+leaves no fd open and no temp file, and leaves the destination either as it was or whole.
+
+The interrupt is raised by a profile function (sys.setprofile) on the n-th `c_return` or
+`return` event of a call made from the functions under test, for every n up to the number
+of such events in an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from clipcy import tempfiles
+from clipcy.image import indexer
+
+
+class _Interrupter:
+    """Counts the returns of calls made by code in `files` (restricted to the functions
+    named in `funcs`, or all of a file's functions for names absent from it) and raises
+    KeyboardInterrupt on the n-th (n=0: never)."""
+
+    def __init__(self, n: int, where: dict[str, set[str] | None]) -> None:
+        self.n = n
+        self.where = where
+        self.events = 0
+        self.raised: BaseException | None = None
+
+    def _ours(self, frame: FrameType | None) -> bool:
+        if frame is None:
+            return False
+        code = frame.f_code
+        funcs = self.where.get(code.co_filename, ())
+        return funcs is None or code.co_name in funcs
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
+        if self.raised is not None:
+            return
+        if event == "c_return":
+            caller: FrameType | None = frame
+        elif event == "return":
+            caller = frame.f_back
+        else:
+            return
+        if not self._ours(caller):
+            return
+        self.events += 1
+        if self.events == self.n:
+            self.raised = KeyboardInterrupt()
+            raise self.raised
+
+
+@contextmanager
+def _profiled(it: _Interrupter) -> Iterator[_Interrupter]:
+    sys.setprofile(it)
+    try:
+        yield it
+    finally:
+        sys.setprofile(None)
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _every_point(where: dict[str, set[str] | None], run: Callable[[int], None],
+                 check: Callable[[int, bool], None]) -> int:
+    """run(n) under an interrupt at each point n (n=0: none); check(n, interrupted) after
+    each. Returns the number of points."""
+    before = _fds()
+    with _profiled(_Interrupter(0, where)) as it:
+        run(0)
+    check(0, False)
+    assert _fds() == before
+    total = it.events
+    assert total > 3, total
+    for n in range(1, total + 1):
+        before = _fds()
+        try:
+            with _profiled(_Interrupter(n, where)) as it:
+                run(n)
+        except KeyboardInterrupt as e:
+            assert e is it.raised, n  # itself, not another error raised over it
+        else:
+            raise AssertionError(f"no interrupt at point {n} of {total}")
+        assert _fds() == before, f"fd left open after an interrupt at point {n}"
+        check(n, True)
+    return total
+
+
+def _file(mod: Any) -> str:
+    return mod.__file__  # type: ignore[no-any-return]
+
+
+def test_tempfile_every_point(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+
+    def run(n: int) -> None:
+        tmp = tempfiles.TempFile(tmp_path, ".dest.", ".tmp")
+        try:
+            fd = tmp.create()
+            os.write(fd, b"new %d" % n)
+            tmp.close()
+            os.replace(tmp.path, dest)
+        except BaseException:
+            tmp.discard()
+            raise
+
+    def check(n: int, interrupted: bool) -> None:
+        assert [p.name for p in tmp_path.iterdir()] == ["dest"], n
+        dest.write_bytes(b"old")
+
+    _every_point({_file(tempfiles): None, __file__: {"run"}}, run, check)
+
+
+def test_tempfile_discard_keeps_another_file(tmp_path: Path) -> None:
+    """create() failing (the name taken) leaves the other file alone."""
+    tmp = tempfiles.TempFile(tmp_path, "x.")
+    Path(tmp.path).write_bytes(b"another's")
+    with pytest.raises(FileExistsError):
+        tmp.create()
+    tmp.discard()
+    assert Path(tmp.path).read_bytes() == b"another's"
+
+
+def test_write_atomic_every_point(tmp_path: Path) -> None:
+    out = tmp_path / "x.clip"
+    out.write_bytes(b"old")
+    new = b"new archive " * 1000
+
+    def check(n: int, interrupted: bool) -> None:
+        assert [p.name for p in tmp_path.iterdir()] == ["x.clip"], n
+        assert out.read_bytes() in (b"old", new), n
+        out.write_bytes(b"old")
+
+    _every_point({_file(tempfiles): None, _file(indexer): {"write_atomic"}},
+                 lambda n: indexer.write_atomic(out, new), check)
