@@ -275,3 +275,37 @@ def test_two_mounts_share_the_cache(image: Image, mnts: list[Path]) -> None:
         umount(mnts[0], pid)
     assert got["span_cache"]["bytes_decoded"] == 0
     assert got["decoded_cache"]["damaged"] == 0
+
+
+def test_stream_fills_the_cache_for_whole_layer_readers(image: Image, tmp_path: Path) -> None:
+    """DecodedSpanCache.stream (mount --fetch-all's hook): each layer inflated once into the
+    disk cache; a second cache over it then serves every file without inflating a byte."""
+    from clipcy import open_archive
+    from clipcy.fusemount.fs import ImageFS
+    from clipcy.storage.decodedcache import DecodedDiskCache
+
+    root = tmp_path / "decoded"
+    with open_archive(image.archive) as arc:
+        fs = ImageFS(arc, 1 << 20, DecodedDiskCache(root))
+        streams = [fs.spans.stream(layer) for layer in range(arc.layer_count)]
+        assert all(s is not None for s in streams)
+        assert fs.spans.stream(0) is None  # once per layer
+        for s in streams:
+            assert s is not None
+            s.done.wait()
+        assert fs.spans.stream_errors == 0
+        assert fs.spans.decompressed == 0  # the streamer's bytes went to disk only
+        streamed = fs.spans.streamed
+        assert streamed > 0
+
+        class Refuse:
+            def pread(self, offset: int, n: int) -> bytes:
+                raise AssertionError(f"inflated {n} bytes at {offset}")
+
+        again = ImageFS(arc, 1 << 20, DecodedDiskCache(root))
+        again.spans._reader = lambda layer: Refuse()
+        files = {n.path.decode(): n for n in arc.walk() if n.type == "file"}
+        for path, want in image.files.items():
+            n = files[path]
+            assert again.spans.read(n.layer, n.offset, n.size, n.offset + n.size) == want
+        assert again.spans.disk_hits > 0 and again.spans.decompressed == 0

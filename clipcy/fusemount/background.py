@@ -14,9 +14,9 @@ The first error stops the background fetch (each request has the readers' retrie
 it is counted and logged once, and reads are unaffected: they fetch what they need themselves.
 `clipctl stats` shows the state (background.done once every span is in the cache).
 
-Hook for a decoded cache: each run goes through _fetch_run; a later on-disk cache of decoded
-spans would be filled there too (inflate the run's layer range through the layer reader,
-once its compressed bytes are cached), by the same threads, under the same foreground rule.
+Once done (or at once for a local layout: nothing to fetch), each layer is handed to
+`decode` (the mount's DecodedSpanCache.stream): inflated once, in order, into the on-disk
+decoded cache, so that a later mount of the image reads no compressed byte at all.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ class BackgroundFetch:
     the store's span cache once after() returns (the replay's wait)."""
 
     def __init__(self, arc: Archive, counters: MountCounters,
-                 after: Callable[[], object] | None = None) -> None:
+                 after: Callable[[], object] | None = None,
+                 decode: Callable[[int], object] | None = None) -> None:
         self.arc = arc
         self.counters = counters
         self.after = after
+        self.decode = decode  # layer -> streamed into the decoded cache, once fetched
         self._done = threading.Event()
 
     def start(self) -> None:
@@ -139,6 +141,9 @@ class BackgroundFetch:
             if failed:
                 raise failed[0]
             c.state = "done"
+            if self.decode is not None:
+                for layer in range(self.arc.layer_count):
+                    self.decode(layer)
         except Exception as e:  # noqa: BLE001 - best effort: reads fetch for themselves
             with c.lock:
                 c.state = "failed"

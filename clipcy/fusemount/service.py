@@ -325,7 +325,8 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     if pre.fetch_all:
         from clipcy.fusemount.background import BackgroundFetch
 
-        BackgroundFetch(arc, fs.counters, replay.wait if replay is not None else None).start()
+        BackgroundFetch(arc, fs.counters, replay.wait if replay is not None else None,
+                        fs.spans.stream).start()
     try:
         stats = _serve_stats(mp, archive, fs)
     except (OSError, MountError) as e:

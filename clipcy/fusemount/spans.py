@@ -55,12 +55,13 @@ class LayerStream:
     """A layer being streamed into the disk cache: spans first..last, `pos` the next one the
     streamer produces (guarded by the cache's lock)."""
 
-    __slots__ = ("layer", "first", "last", "pos", "active", "started")
+    __slots__ = ("layer", "first", "last", "pos", "active", "started", "done")
 
     def __init__(self, layer: int, first: int, last: int) -> None:
         self.layer, self.first, self.last, self.pos = layer, first, last, first
         self.active = True  # False once done or stopped (waiters then decode themselves)
         self.started = False
+        self.done = threading.Event()  # set when the streamer is through with it
 
 
 class DecodedSpanCache:
@@ -276,17 +277,18 @@ class DecodedSpanCache:
                 self._moved.wait()
         return True
 
-    def stream(self, layer: int, first: int = 0) -> bool:
+    def stream(self, layer: int, first: int = 0) -> LayerStream | None:
         """Have the streamer inflate layer's spans from `first` to its end into the disk
-        cache (skipping those it holds), once per layer and mount; False when there is no
-        disk cache, no room for the layer, or it was streamed already. The hook of a caller
-        that knows the whole layer will be read (mount --fetch-all)."""
+        cache (skipping those it holds), once per layer and mount: the LayerStream (its
+        `done` is set at the end), None when there is no disk cache, no room for the layer,
+        or it was streamed already. The hook of a caller that knows the whole layer will be
+        read (mount --fetch-all)."""
         disk = self.disk
         if disk is None or not disk.room_for(layer):
-            return False
+            return None
         with self._lock:
             if layer in self._streams:
-                return False
+                return None
             st = self._streams[layer] = LayerStream(layer, first, disk.spans(layer) - 1)
             self.streams_started += 1
             if self._streamer is None:
@@ -294,7 +296,7 @@ class DecodedSpanCache:
                                                   name="clipcy-stream")
                 self._streamer.start()
         self._stream_q.put(st)
-        return True
+        return st
 
     def _stream_loop(self) -> None:
         while True:
@@ -312,6 +314,7 @@ class DecodedSpanCache:
                 with self._lock:
                     st.active = False
                     self._moved.notify_all()
+                st.done.set()
 
     def _stream_layer(self, st: LayerStream) -> None:
         disk, span = self.disk, self.span
