@@ -9,11 +9,11 @@ the archive, the check of a pulled one) and to the image's platforms.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ArchiveError, ClipError
+from clipcy.tempfiles import TempFile
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -140,13 +140,13 @@ def pull_archive(ref: str, out: str | os.PathLike[str], *, platform: str | None 
     reg = _registry(image.repo, remote, push=False)
     try:
         found, order = find_archive(reg, ref, platform)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.", suffix=".part",
-                                   dir=parent)
-        os.close(fd)
+        tmp = TempFile(parent, f".{os.path.basename(out)}.", ".part")
         try:
+            tmp.create()
+            tmp.close()
             for i, cand in enumerate(order):
                 try:
-                    blob, size = fetch_archive(reg, cand, found.image, tmp, _made_for)
+                    blob, size = fetch_archive(reg, cand, found.image, tmp.path, _made_for)
                     break
                 except ArchiveGone:
                     if i == len(order) - 1:
@@ -154,13 +154,10 @@ def pull_archive(ref: str, out: str | os.PathLike[str], *, platform: str | None 
                 except ArchiveError as e:
                     raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
                                         f"usable clipcy archive: {e}") from None
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, out)
+            os.chmod(tmp.path, 0o644 & ~_umask())
+            os.replace(tmp.path, out)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            tmp.discard()
             raise
         return Pulled(out, found.image, cand.digest, blob, size, cand.version, cand.found,
                       len(found.candidates), reg.client.requests)
@@ -205,11 +202,12 @@ def fetch_by_reference(ref: str, remote: RemoteOptions | None = None,
             except OSError as e:
                 raise ClipError(f"cannot create the archive cache {cache}: "
                                 f"{e.strerror or e}") from None
-            fd, tmp = tempfile.mkstemp(prefix=".fetch-", suffix=".part", dir=cache)
-            os.close(fd)
+            tmp = TempFile(cache, ".fetch-", ".part")
             try:
-                fetch_archive(reg, cand, found.image, tmp, _made_for)
-                os.replace(tmp, path)
+                tmp.create()
+                tmp.close()
+                fetch_archive(reg, cand, found.image, tmp.path, _made_for)
+                os.replace(tmp.path, path)
                 return path, image.repo.text
             except ArchiveGone:
                 if i == len(order) - 1:
@@ -218,8 +216,7 @@ def fetch_by_reference(ref: str, remote: RemoteOptions | None = None,
                 raise ArtifactError(f"the archive {cand.digest} in {reg.where} is not a "
                                     f"usable clipcy archive: {e}") from None
             finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+                tmp.discard()  # nothing left once renamed
         raise AssertionError("unreachable: choose() returns at least one candidate")
     finally:
         reg.close()

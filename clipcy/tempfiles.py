@@ -15,7 +15,6 @@ OSError (it runs while another exception is on its way).
 from __future__ import annotations
 
 import os
-import secrets
 from itertools import starmap
 
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
@@ -63,7 +62,7 @@ class TempFile:
 
     def __init__(self, directory: str | os.PathLike[str], prefix: str = "",
                  suffix: str = "") -> None:
-        self.path = os.path.join(os.fspath(directory), f"{prefix}{secrets.token_hex(8)}{suffix}")
+        self.path = os.path.join(os.fspath(directory), f"{prefix}{os.urandom(8).hex()}{suffix}")
         self.fds: list[int] = []
         self.made = False  # set before the fd leaves self.fds: the file is this one's
 

@@ -20,8 +20,15 @@ from typing import Any
 
 import pytest
 
-from clipcy import tempfiles
+from clipcy import publish, tempfiles
+from clipcy.cli import main as clipctl
 from clipcy.image import indexer
+from clipcy.storage.registry import RemoteOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import remoteserv as rs  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "clipcy" / "sample"
 
 
 class _Interrupter:
@@ -144,3 +151,47 @@ def test_write_atomic_every_point(tmp_path: Path) -> None:
 
     _every_point({_file(tempfiles): None, _file(indexer): {"write_atomic"}},
                  lambda n: indexer.write_atomic(out, new), check)
+
+
+@pytest.mark.skipif(not rs.have_tools(), reason="docker-registry/skopeo absent")
+def test_pull_every_point(tmp_path: Path) -> None:
+    """pull_archive (clipctl pull) and fetch_by_reference (an archive opened by image
+    reference, kept in the cache): no .part file left, the output absent or whole."""
+    reg = rs.Registry(tmp_path / "registry")
+    try:
+        r = reg.push(SAMPLE, "latest", "sample", "latest")
+        assert r.returncode == 0, r.stderr
+        arc = tmp_path / "sample.clip"
+        assert clipctl(["-q", "index-layout", "--layout", str(SAMPLE), "--tag", "latest",
+                        "--out", str(arc), "--no-cache"]) == 0
+        repo = f"docker://{reg.host}/sample"
+        assert clipctl(["-q", "push", str(arc), repo]) == 0
+        ref = f"{repo}:latest"
+        want = arc.read_bytes()
+
+        got = tmp_path / "got"
+        got.mkdir()
+        out = got / "x.clip"
+
+        def check_pull(n: int, interrupted: bool) -> None:
+            assert [p.name for p in got.iterdir()] in ([], ["x.clip"]), n
+            assert not out.exists() or out.read_bytes() == want, n
+            out.unlink(missing_ok=True)
+
+        _every_point({_file(tempfiles): None, _file(publish): {"pull_archive"}},
+                     lambda n: publish.pull_archive(ref, out), check_pull)
+
+        cache = tmp_path / "cache"
+        opts = RemoteOptions(cache_dir=str(cache))
+
+        def check_cached(n: int, interrupted: bool) -> None:
+            kept = list((cache / "archives").iterdir()) if (cache / "archives").exists() else []
+            assert [p.name for p in kept if not p.name.endswith(".clip")] == [], n
+            assert all(p.read_bytes() == want for p in kept), n
+            for p in kept:
+                p.unlink()
+
+        _every_point({_file(tempfiles): None, _file(publish): {"fetch_by_reference"}},
+                     lambda n: publish.fetch_by_reference(ref, opts), check_cached)
+    finally:
+        reg.stop()
