@@ -378,6 +378,9 @@ def _inspect(sub: Any) -> None:
     )
     p.add_argument("archive", metavar="FILE")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="the readers' --cache-dir, for how much of the image is cached "
+                   "(default: $XDG_CACHE_HOME/clipcy)")
     p.set_defaults(func=_handler("cmd_inspect"))
 
 
@@ -605,6 +608,39 @@ def _stats(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the counters as one JSON object (keys: docs/CLI.md)")
     p.set_defaults(func=_handler("cmd_stats"))
+
+
+@_command
+def _cache(sub: Any) -> None:
+    p = _sub(
+        sub,
+        "cache",
+        "what clipcy keeps on local disk (compressed spans, decoded spans, the layer cache, "
+        "archives fetched by image reference), and pruning it",
+        "  clipctl cache info\n"
+        "  clipctl cache info --json | jq .decoded.bytes\n"
+        "  clipctl cache prune --max-mib 512       # each span cache down to 512 MiB (LRU)\n"
+        "  clipctl cache prune --all --kind decoded\n",
+    )
+    p.add_argument("action", choices=("info", "prune"),
+                   help="info: where each cache is, its entries and bytes; prune: delete")
+    p.add_argument("--json", action="store_true", help="info (and prune's result) as JSON")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--all", action="store_true",
+                     help="prune: delete every entry of the kinds chosen")
+    how.add_argument("--max-mib", type=int, metavar="N",
+                     help="prune: delete the least recently used spans until each span cache "
+                     "(compressed, decoded) holds at most N MiB")
+    p.add_argument("--kind", action="append", choices=("spans", "decoded", "layers",
+                                                       "archives"),
+                   help="only this kind (repeatable; default: all four for --all, the two "
+                   "span caches for --max-mib)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="the readers' --cache-dir: spans in DIR, decoded spans in "
+                   "DIR/decoded, archives in DIR/archives (default: $XDG_CACHE_HOME/clipcy/"
+                   "spans, .../decoded, .../archives); the layer cache is always "
+                   "$XDG_CACHE_HOME/clipcy/layers")
+    p.set_defaults(func=_handler("cmd_cache"))
 
 
 def _add_registry_options(p: argparse.ArgumentParser) -> None:

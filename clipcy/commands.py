@@ -234,6 +234,7 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     with open_archive(args.archive) as arc:
         info = inspect_dict(arc)
+    info["cache"] = image_cached(info["layers"], getattr(args, "cache_dir", None))
     if args.json:
         _print_json(info)
         return 0
@@ -266,7 +267,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             f"  [{layer['index']}] {layer['digest']}  {human(layer['size'])} -> "
             f"{human(layer['uncompressed_size'])}  {layer['seekable']}"
         )
+    c = info["cache"]
+    print(f"cached:    {human(c['spans']['bytes'])} of {human(c['spans']['of'])} compressed "
+          f"(span cache), {human(c['decoded']['bytes'])} of {human(c['decoded']['of'])} "
+          f"decoded (decoded cache)")
     return 0
+
+
+def image_cached(layers: list[dict[str, Any]], cache_dir: str | None) -> dict[str, Any]:
+    """How much of the image's layers the two span caches hold on this machine (entries of
+    the layers' blob digests, unchecked)."""
+    dirs = _cache_dirs(cache_dir)
+    out: dict[str, Any] = {}
+    for kind, total_key in (("spans", "size"), ("decoded", "uncompressed_size")):
+        cache = _span_cache(kind, dirs[kind])
+        held = 0
+        for digest in {str(la["digest"]) for la in layers}:
+            held += cache.blob_usage(digest)[1]
+        out[kind] = {"dir": str(dirs[kind]), "bytes": held,
+                     "of": sum(int(la.get(total_key) or 0) for la in
+                               {str(la["digest"]): la for la in layers}.values())}
+    return out
 
 
 # -- ls / stat -----------------------------------------------------------------------------
@@ -617,6 +638,11 @@ def format_stats(doc: dict[str, Any]) -> str:
     if cache.get("disk_hits") is not None:
         lines.append(f"{'disk span cache':<22}{cache['disk_hits']:>8}  hits, "
                      f"{cache['disk_misses']} misses")
+    dc = doc.get("decoded_cache")
+    lines.append(f"{'decoded cache':<22}" + (
+        f"{dc['hits']:>8}  hits, {dc['puts']} put, {dc['spans_streamed']} streamed "
+        f"({dc['layers_streamed']} layers), {_mib(dc['disk_bytes'])} of "
+        f"{_mib(dc['max_bytes'])} on disk" if dc is not None else f"{'off':>8}"))
     errors = doc["read_errors"]
     lines.append(f"{'read errors':<22}{doc['read_errors_total']:>8}"
                  + ("  " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
@@ -633,6 +659,106 @@ def format_stats(doc: dict[str, Any]) -> str:
                     if bg["state"] != "off" else "")
                  + (f", error: {bg['error']}" if bg.get("error") else ""))
     return "\n".join(lines)
+
+
+# -- cache ---------------------------------------------------------------------------------
+
+CACHE_KINDS = ("spans", "decoded", "layers", "archives")
+
+
+def _cache_dirs(cache_dir: str | None) -> dict[str, Path]:
+    from clipcy.image.cache import default_cache_dir
+    from clipcy.publish import archive_cache_dir
+    from clipcy.storage.decodedcache import decoded_cache_dir
+    from clipcy.storage.diskcache import default_span_cache_dir
+    from clipcy.storage.registry import RemoteOptions
+
+    return {"spans": Path(cache_dir) if cache_dir else default_span_cache_dir(),
+            "decoded": decoded_cache_dir(cache_dir),
+            "layers": default_cache_dir(),
+            "archives": Path(archive_cache_dir(RemoteOptions(cache_dir=cache_dir)))}
+
+
+def _span_cache(kind: str, root: Path) -> Any:
+    from clipcy.storage.decodedcache import DecodedDiskCache
+    from clipcy.storage.diskcache import DiskSpanCache
+
+    return (DecodedDiskCache if kind == "decoded" else DiskSpanCache)(root)
+
+
+def _files(root: Path) -> list[Path]:
+    """The regular files under root (lock files left out: they are not entries)."""
+    out = []
+    for dirpath, _, names in os.walk(root):
+        out += [Path(dirpath) / n for n in names if n != "lock"]
+    return out
+
+
+def cache_usage(cache_dir: str | None) -> dict[str, dict[str, Any]]:
+    """Each kind of on-disk cache: its directory, entries and bytes."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind, root in _cache_dirs(cache_dir).items():
+        if kind in ("spans", "decoded"):
+            entries, size = _span_cache(kind, root).usage()
+        else:
+            sizes = []
+            for p in _files(root):
+                try:
+                    sizes.append(p.stat().st_size)
+                except OSError:
+                    continue
+            entries, size = len(sizes), sum(sizes)
+        out[kind] = {"dir": str(root), "entries": entries, "bytes": size}
+    return out
+
+
+def _print_usage(usage: dict[str, dict[str, Any]]) -> None:
+    names = {"spans": "compressed spans", "decoded": "decoded spans", "layers": "layer cache",
+             "archives": "archives"}
+    for kind, u in usage.items():
+        print(f"{names[kind]:<18}{u['entries']:>8} entries  {human(u['bytes']):>10}  {u['dir']}")
+    total = sum(u["bytes"] for u in usage.values())
+    print(f"{'total':<18}{'':>8}          {human(total):>10}")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    if args.action == "info":
+        if args.all or args.max_mib is not None or args.kind:
+            raise ClipError("cache info takes no --all, --max-mib or --kind")
+        usage = cache_usage(args.cache_dir)
+        if args.json:
+            _print_json(usage)
+        else:
+            _print_usage(usage)
+        return 0
+    if not args.all and args.max_mib is None:
+        raise ClipError("cache prune needs --all or --max-mib N")
+    if args.max_mib is not None and args.max_mib < 0:
+        raise ClipError("--max-mib must be 0 or more")
+    kinds = args.kind or (list(CACHE_KINDS) if args.all else ["spans", "decoded"])
+    if args.max_mib is not None and set(kinds) - {"spans", "decoded"}:
+        raise ClipError("--max-mib prunes the span caches only (--kind spans, decoded); "
+                        "use --all for the layer cache and archives")
+    target = 0 if args.all else args.max_mib << 20
+    dirs = _cache_dirs(args.cache_dir)
+    for kind in kinds:
+        root = dirs[kind]
+        if kind in ("spans", "decoded"):
+            if root.exists() and _span_cache(kind, root).evict(target) < 0:
+                raise ClipError(f"the {kind} cache in {root} is being pruned by another "
+                                f"process; try again")
+        else:
+            for p in _files(root):
+                try:
+                    p.unlink()
+                except OSError as e:
+                    raise ClipError(f"cannot remove {p}: {e.strerror or e}") from None
+    usage = cache_usage(args.cache_dir)
+    if args.json:
+        _print_json(usage)
+    else:
+        _print_usage(usage)
+    return 0
 
 
 # -- push / pull ---------------------------------------------------------------------------

@@ -309,3 +309,43 @@ def test_stream_fills_the_cache_for_whole_layer_readers(image: Image, tmp_path: 
             n = files[path]
             assert again.spans.read(n.layer, n.offset, n.size, n.offset + n.size) == want
         assert again.spans.disk_hits > 0 and again.spans.decompressed == 0
+
+
+def test_cache_info_prune_stats_and_inspect(image: Image, mnts: list[Path]) -> None:
+    pid = mount(image, mnts[0])
+    try:
+        read_all(image, mnts[0])
+        text = clipctl("stats", str(mnts[0])).stdout
+        assert "decoded cache" in text and "on disk" in text
+    finally:
+        umount(mnts[0], pid)
+    info = json.loads(clipctl("cache", "info", "--json").stdout)
+    assert set(info) == {"spans", "decoded", "layers", "archives"}
+    on_disk = entries()
+    assert info["decoded"]["dir"] == str(cache_root())
+    assert info["decoded"]["entries"] == len(on_disk)
+    assert info["decoded"]["bytes"] == sum(p.stat().st_size for p in on_disk)
+    assert "decoded spans" in clipctl("cache", "info").stdout
+    cached = json.loads(clipctl("inspect", "--json", str(image.archive)).stdout)["cache"]
+    decoded = cached["decoded"]
+    assert 0 < decoded["bytes"] <= decoded["of"]
+    assert cached["spans"]["bytes"] == 0  # a local layout: nothing fetched
+    # --max-mib: least recently used first, down to the bound
+    by_age = sorted(on_disk, key=lambda p: p.stat().st_mtime)
+    for i, p in enumerate(by_age):
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+    keep = info["decoded"]["bytes"] // 2
+    got = json.loads(clipctl("cache", "prune", "--json", "--max-mib",
+                             str(keep >> 20)).stdout)["decoded"]
+    assert got["bytes"] <= keep and got["entries"] > 0
+    left = set(entries())
+    assert left == set(by_age[len(by_age) - len(left):])  # the newest ones stay
+    clipctl("cache", "prune", "--all", "--kind", "decoded")
+    assert entries() == []
+    assert json.loads(clipctl("inspect", "--json", str(image.archive)).stdout)[
+        "cache"]["decoded"]["bytes"] == 0
+    for bad in (["prune"], ["prune", "--max-mib", "-1"], ["info", "--all"],
+                ["prune", "--max-mib", "1", "--kind", "layers"]):
+        r = clipctl("cache", *bad, check=False)
+        assert r.returncode == 1 and r.stderr.startswith("clipctl: error: "), r.stderr
+        assert r.stderr.count("\n") == 1
