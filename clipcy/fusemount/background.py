@@ -74,6 +74,7 @@ class BackgroundFetch:
                 continue  # its reads report the missing checksums
             blob = readers.store.background_blob(desc, spans)
             if blob is not None:
+                blob.observer = readers.observer  # counted in the background lane
                 out.append(blob)
         return out
 
