@@ -109,6 +109,16 @@ def test_stats_counts_move(sample: tuple[Path, Path], mnt: Path, env: dict[str, 
         assert before["read_errors"] == {} and before["read_errors_total"] == 0
         assert before["replay"]["state"] == "off" and before["background"]["state"] == "off"
         assert before["http"] is None  # a layout directory
+        # every key is documented in docs/CLI.md's stats section
+        cli = (Path(__file__).resolve().parents[1] / "docs" / "CLI.md").read_text()
+        section = cli[cli.index("`clipctl stats MOUNTPOINT [--json]`"):]
+        section = section[:section.index("\n- ", 1)]
+        for key, value in before.items():
+            assert f"`{key}`" in section, key
+            if isinstance(value, dict) and key not in ("requests", "read_errors",
+                                                       "decoded_cache"):
+                missing = [k for k in value if f"`{k}`" not in section]
+                assert not missing, (key, missing)
         # the mount's tree is the image, nothing more (no stats file in it)
         assert tree(mnt) == tree(expected)
         got = {p: f.read_bytes() for p, f in files(mnt).items()}
