@@ -15,12 +15,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
 
 from clipcy import publish, tempfiles
+from clipcy.archive.files import LayerReaders
+from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
 from clipcy.image import indexer
 from clipcy.storage.registry import RemoteOptions
@@ -36,7 +38,7 @@ class _Interrupter:
     named in `funcs`, or all of a file's functions for names absent from it) and raises
     KeyboardInterrupt on the n-th (n=0: never)."""
 
-    def __init__(self, n: int, where: dict[str, set[str] | None]) -> None:
+    def __init__(self, n: int, where: dict[str, set[str] | None] | set[CodeType]) -> None:
         self.n = n
         self.where = where
         self.events = 0
@@ -46,6 +48,8 @@ class _Interrupter:
         if frame is None:
             return False
         code = frame.f_code
+        if isinstance(self.where, set):
+            return code in self.where
         funcs = self.where.get(code.co_filename, ())
         return funcs is None or code.co_name in funcs
 
@@ -79,7 +83,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _every_point(where: dict[str, set[str] | None], run: Callable[[int], None],
+def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], None],
                  check: Callable[[int, bool], None]) -> int:
     """run(n) under an interrupt at each point n (n=0: none); check(n, interrupted) after
     each. Returns the number of points."""
@@ -195,3 +199,46 @@ def test_pull_every_point(tmp_path: Path) -> None:
                      lambda n: publish.fetch_by_reference(ref, opts), check_cached)
     finally:
         reg.stop()
+
+
+def test_layer_readers_close_every_point(tmp_path: Path) -> None:
+    """LayerReaders.close interrupted at any point (in a reader's close, between two, in
+    the store's): every reader and the store's blob fds are closed all the same, and the
+    interrupt comes out."""
+    arc_path = tmp_path / "sample.clip"
+    assert clipctl(["-q", "index-layout", "--layout", str(SAMPLE), "--tag", "latest",
+                    "--out", str(arc_path), "--no-cache"]) == 0
+    arc = open_archive(arc_path, storage=str(SAMPLE))
+    layers = len(arc.metadata["layers"])
+    assert layers >= 3
+    opened: list[Any] = []
+
+    def run(n: int) -> None:
+        store = arc.open_layer_readers()
+        opened[:] = [store.reader(i) for i in range(layers)]
+        with _profiled(_Interrupter(n, codes)) as it:
+            try:
+                store.close()
+            finally:
+                counts.append(it.events)
+
+    def check(n: int, interrupted: bool) -> None:
+        assert all(r._closed for r in opened), n
+
+    counts: list[int] = []
+    codes = {LayerReaders.close.__code__, LayerReaders._close_readers.__code__}
+    try:  # the profile around the close only: opening the readers is not under test
+        before = _fds()
+        run(0)
+        check(0, False)
+        assert _fds() == before
+        total = counts[-1]
+        assert total >= layers, total
+        for n in range(1, total + 1):
+            before = _fds()
+            with pytest.raises(KeyboardInterrupt):
+                run(n)
+            assert _fds() == before, f"fd left open after an interrupt at point {n}"
+            check(n, True)
+    finally:
+        arc.close()

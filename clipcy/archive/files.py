@@ -115,11 +115,34 @@ class LayerReaders:
                 self.reader(node.layer).prefetch(start, stop)
 
     def close(self) -> None:
+        """Close every reader, then the store. A close that raises (an error, or an
+        interrupt landing in it) leaves none of the others open: they are closed all the
+        same, then the first interrupt (else the first error) is raised."""
         with self._lock:
-            for r in list(self._readers.values()):  # reader() adds without _lock
-                r.close()
-            self._readers.clear()
-            self.store.close()
+            raised: list[BaseException] = []
+            try:
+                self._close_readers(raised)
+            finally:
+                try:
+                    self.store.close()
+                except BaseException as e:  # noqa: BLE001 (raised once all are closed)
+                    raised.append(e)
+            if raised:
+                raise next((e for e in raised if not isinstance(e, Exception)), raised[0])
+
+    def _close_readers(self, raised: list[BaseException]) -> None:
+        readers = self._readers  # reader() adds without _lock
+        try:
+            while readers:
+                layer = next(iter(readers))
+                try:
+                    readers[layer].close()
+                except BaseException as e:  # noqa: BLE001 (raised once all are closed)
+                    raised.append(e)
+                del readers[layer]
+        finally:
+            if readers:  # interrupted between two: the rest are closed all the same
+                self._close_readers(raised)
 
 
 class ArchiveFile(io.RawIOBase):
