@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import CodeType, FrameType
+from types import CodeType, FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from clipcy import publish, tempfiles
 from clipcy.archive.files import LayerReaders
 from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
+from clipcy.image import cache as layer_cache
 from clipcy.image import indexer
 from clipcy.storage.registry import RemoteOptions
 
@@ -62,11 +63,12 @@ class _Interrupter:
             caller = frame.f_back
         else:
             return
-        if not self._ours(caller):
+        if caller is None or not self._ours(caller):
             return
         self.events += 1
-        if self.events == self.n:
-            self.raised = KeyboardInterrupt()
+        if self.events == self.n:  # where, for a failure's message
+            self.raised = KeyboardInterrupt(f"{caller.f_code.co_name}:{caller.f_lineno} {event} "
+                                            f"{getattr(arg, '__name__', type(arg).__name__)}")
             raise self.raised
 
 
@@ -83,7 +85,7 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], None],
+def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], object],
                  check: Callable[[int, bool], None]) -> int:
     """run(n) under an interrupt at each point n (n=0: none); check(n, interrupted) after
     each. Returns the number of points."""
@@ -103,7 +105,7 @@ def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callabl
             assert e is it.raised, n  # itself, not another error raised over it
         else:
             raise AssertionError(f"no interrupt at point {n} of {total}")
-        assert _fds() == before, f"fd left open after an interrupt at point {n}"
+        assert _fds() == before, f"fd left open after an interrupt at {n}: {it.raised}"
         check(n, True)
     return total
 
@@ -242,3 +244,41 @@ def test_layer_readers_close_every_point(tmp_path: Path) -> None:
             check(n, True)
     finally:
         arc.close()
+
+
+def test_layer_cache_every_point(tmp_path: Path) -> None:
+    """The layer cache's entry (writer, add, commit; abort when interrupted, as the indexer
+    does) and its fingerprint (remember): no .tmp- file left, an entry whole or absent."""
+    d = tmp_path / "cache"
+    cache = layer_cache.LayerCache(d)
+    where: dict[str, set[str] | None] = {
+        _file(tempfiles): None,
+        _file(layer_cache): {"remember", "writer", "__init__", "start", "_write", "_record",
+                             "commit", "abort"},
+        __file__: {"write_entry"},
+    }
+    access = SimpleNamespace(kind="gzip", span=1 << 20, points=[], frames=[], spans=None)
+    sizes: dict[str, int] = {}
+
+    def write_entry(n: int) -> None:
+        w = cache.writer("key")
+        try:
+            assert w.start()
+            w.add([])
+            w.commit(access, "gzip", 123, "sha256:" + "0" * 64, None)  # type: ignore[arg-type]
+        except BaseException:
+            w.abort()
+            raise
+
+    def check(n: int, interrupted: bool) -> None:
+        names = sorted(p.name for p in d.iterdir()) if d.exists() else []
+        assert not [x for x in names if x.startswith(".tmp-")], (n, names)
+        for p in d.glob("*"):
+            if not interrupted:
+                sizes[p.suffix] = p.stat().st_size
+            assert p.stat().st_size == sizes[p.suffix], (n, p)  # whole
+            p.unlink()
+
+    _every_point(where, write_entry, check)
+    _every_point(where, lambda n: cache.remember("key", (1, 2, 3, 4, 5)), check)
+    assert set(sizes) == {".layer", ".fp"}

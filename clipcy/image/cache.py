@@ -35,10 +35,9 @@ import logging
 import marshal
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -46,6 +45,7 @@ from clipcy.archive.format import EncodedAccess
 from clipcy.layers.access import LayerAccess
 from clipcy.layers.packing import PackedAccess
 from clipcy.storage.spans import SpanTable
+from clipcy.tempfiles import TempFile
 
 log = logging.getLogger("clipcy")
 
@@ -128,18 +128,33 @@ class CachedLayer:
 
 
 class CacheWriter:
-    """Appends a layer's entries batch by batch; commit() renames the file into place."""
+    """Appends a layer's entries batch by batch; commit() renames the file into place.
+    Made with nothing open: start() creates the temp file, inside the caller's try that
+    calls abort() (an interrupt as the writer is returned loses no file)."""
 
-    def __init__(self, cache: LayerCache, key: str, fd: int, tmp: str) -> None:
-        self.cache, self.key, self.tmp = cache, key, tmp
-        self.f = os.fdopen(fd, "wb")
+    def __init__(self, cache: LayerCache, key: str) -> None:
+        self.cache, self.key = cache, key
+        self.tmp = TempFile(cache.dir, ".tmp-")
+        self.f: BinaryIO | None = None
         self.sha = hashlib.sha256()
         self.cctx = zstandard.ZstdCompressor(level=1)  # frames carry their content size
         self.failed = False
+
+    def start(self) -> bool:
+        """Create the temp file; False (a warning logged) when the cache cannot be written:
+        a cache that cannot be written is not an error."""
+        try:
+            self.cache.dir.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.tmp.create(), "wb", closefd=False)  # noqa: SIM115 (abort)
+        except OSError as e:
+            log.warning("cannot write the layer cache in %s: %s", self.cache.dir, e.strerror or e)
+            self.abort()
+            return False
         self._write(MAGIC + bytes([VERSION]))
+        return not self.failed
 
     def _write(self, data: bytes) -> None:
-        if self.failed:
+        if self.failed or self.f is None:
             return
         try:
             self.f.write(data)
@@ -184,29 +199,31 @@ class CacheWriter:
                 "encoded": tuple(encoded) if encoded is not None else None,
             }
         )
-        if self.failed:
+        if self.failed or self.f is None:
             return
         try:
             self.f.write(self.sha.digest())
             self.f.close()
-            os.replace(self.tmp, self.cache._path(self.key))
-        except OSError as e:
-            log.warning("cannot write the layer cache in %s: %s", self.cache.dir, e.strerror or e)
+            self.tmp.close()
+            os.replace(self.tmp.path, self.cache._path(self.key))
+        except BaseException as e:
             self.abort()
+            if not isinstance(e, OSError):
+                raise
+            log.warning("cannot write the layer cache in %s: %s", self.cache.dir, e.strerror or e)
             return
         self.cache.prune()
 
     def abort(self) -> None:
+        """Give the entry up: the temp file and its fd go (nothing after a commit)."""
         self.failed = True
         try:
-            self.f.close()
+            if self.f is not None:
+                self.f.close()
         except OSError:
             pass
         finally:  # the temp file goes even if a second interrupt lands in the close
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
+            self.tmp.discard()
 
 
 def _spans_tuple(spans: SpanTable | None) -> tuple[int, list[int], bytes] | None:
@@ -295,13 +312,17 @@ class LayerCache:
     def remember(self, key: str, fp: Fingerprint) -> None:
         """Record that the blob with this stat fingerprint was verified for entry key."""
         body = json.dumps({"key": key, "fingerprint": list(fp)}).encode()
+        tmp = TempFile(self.dir, ".tmp-")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp.create(), "wb", closefd=False) as f:
                 f.write(body)
-            os.replace(tmp, self._fp_path(key, fp[0], fp[1]))
-        except OSError as e:
+            tmp.close()
+            os.replace(tmp.path, self._fp_path(key, fp[0], fp[1]))
+        except BaseException as e:
+            tmp.discard()
+            if not isinstance(e, OSError):
+                raise
             log.warning("cannot write the layer cache in %s: %s", self.dir, e.strerror or e)
 
     def vouches(self, key: str, st: os.stat_result) -> bool:
@@ -312,15 +333,9 @@ class LayerCache:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def writer(self, key: str) -> CacheWriter | None:
-        """A writer for one layer's entry, or None when the directory cannot be written."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.dir)
-        except OSError as e:  # a cache that cannot be written is not an error
-            log.warning("cannot write the layer cache in %s: %s", self.dir, e.strerror or e)
-            return None
-        return CacheWriter(self, key, fd, tmp)
+    def writer(self, key: str) -> CacheWriter:
+        """A writer for one layer's entry (nothing created until its start())."""
+        return CacheWriter(self, key)
 
     def prune(self) -> None:
         try:

@@ -753,12 +753,14 @@ class IndexRun:
         """Stream the layer (index_layer), into the layer cache as it goes."""
         cache = self.cache
         writer = cache.writer(key) if cache is not None and self.verify else None
-        sinks: list[Callable[[list[Any]], None]] = []
-        if writer is not None:
-            sinks.append(writer.add)
-        if i == 0:
-            sinks.append(self._to_merge)
-        try:
+        try:  # up to the commit: the entry's temp file goes whatever raises before it
+            if writer is not None and not writer.start():
+                writer = None
+            sinks: list[Callable[[list[Any]], None]] = []
+            if writer is not None:
+                sinks.append(writer.add)
+            if i == 0:
+                sinks.append(self._to_merge)
             res = index_layer(
                 info,
                 i,
@@ -772,23 +774,23 @@ class IndexRun:
                 abort=self.abort,
                 source=self.source,
             )
+            if isinstance(res.access, PackedAccess):  # compress on this worker thread
+                res.encoded = encode_packed_access(res.access, i)
+            if writer is not None:
+                writer.commit(
+                    res.access,
+                    res.compression,
+                    res.uncompressed_size,
+                    res.diff_id,
+                    res.file_digests,
+                    res.encoded,
+                )
         except BaseException:
             if writer is not None:
-                writer.abort()
+                writer.abort()  # after the commit: nothing
             raise
-        if isinstance(res.access, PackedAccess):  # compress on this worker thread
-            res.encoded = encode_packed_access(res.access, i)
-        if writer is not None:
-            writer.commit(
-                res.access,
-                res.compression,
-                res.uncompressed_size,
-                res.diff_id,
-                res.file_digests,
-                res.encoded,
-            )
-            if res.fingerprint is not None and cache is not None:
-                cache.remember(key, res.fingerprint)
+        if writer is not None and res.fingerprint is not None and cache is not None:
+            cache.remember(key, res.fingerprint)
         return res
 
     def _to_merge(self, batch: list[Any]) -> None:
