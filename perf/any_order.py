@@ -18,6 +18,13 @@
    `python setup.py build_ext --inplace` in it), the code before data-order extraction;
    `clipctl extract IMG /copy1` (one layer's subtree). And a bare zlib loop over the blobs
    (one core), the floor of any gzip reader.
+3. The mount rows (--mount; root: the page cache is dropped), on `unsorted`, each RUNS times:
+   every file read in path order through a fresh mount with an empty decoded cache (against
+   the zlib loop); the same after a remount with the decoded cache (on the data's disk) warm
+   and the page cache dropped (against reading the unpacked tree from the same disk, its page
+   cache dropped); 200 random 64 KiB reads from the files over 64 KiB and one small file
+   read, each on a fresh mount, with the decoded cache and with --no-cache (the mount as it
+   was without one).
 Ratios are speed ratios (tar's time / clipctl's time) from medians of this one run.
 """
 
@@ -139,6 +146,133 @@ def _old_env(old: Path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=f"{old}:{site}", PYTHONNOUSERSITE="1")
 
 
+def _drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def _files(root: Path) -> list[Path]:
+    """Every regular file under root, in path order (as `find | sort` would list them)."""
+    out = []
+    for dirpath, dirs, names in os.walk(root):
+        dirs.sort()
+        out += [Path(dirpath) / n for n in sorted(names) if (Path(dirpath) / n).is_file()
+                and not (Path(dirpath) / n).is_symlink()]
+    return out
+
+
+def _read_all(files: list[Path]) -> float:
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    return time.perf_counter() - t0
+
+
+class _Mount:
+    """clipctl mount of ARC at MNT (its decoded cache under CACHE, or none), as a context."""
+
+    def __init__(self, py: list[str], env: dict[str, str], arc: Path, mnt: Path,
+                 cache: Path | None) -> None:
+        self.argv = [*py, "-m", "clipcy", "-q", "mount", str(arc), str(mnt)]
+        self.argv += ["--cache-dir", str(cache)] if cache is not None else ["--no-cache"]
+        self.env, self.mnt = env, mnt
+
+    def __enter__(self) -> Path:
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(self.argv, env=self.env, capture_output=True, text=True, cwd="/")
+        assert r.returncode == 0, r.stderr
+        self.pid = int(r.stderr.split("(pid ")[1].split(",")[0])
+        return self.mnt
+
+    def __exit__(self, *exc: object) -> None:
+        import select
+
+        fd = os.pidfd_open(self.pid)
+        subprocess.run([sys.executable, "-m", "clipcy", "umount", str(self.mnt)], check=True,
+                       env=self.env, cwd="/")
+        select.select([fd], [], [], 120)
+        os.close(fd)
+
+
+def _mount_jobs(py: list[str], env: dict[str, str], arc: Path, data: Path, runs: int,
+                zlib: list[str]) -> tuple[dict[str, list[float]], list[str]]:
+    """The mount rows' times by job, and their table lines."""
+    import random
+
+    work = data / "mount-work"
+    shutil.rmtree(work, ignore_errors=True)
+    tree, cache, mnt = work / "tree", work / "decoded", work / "mnt"
+    _run([*py, "-m", "clipcy", "-q", "extract", str(arc), "-C", str(tree)], env=env, cwd="/")
+    rel = [f.relative_to(tree) for f in _files(tree)]
+    big = [r for r in rel if (tree / r).stat().st_size > (64 << 10)]
+    small = [r for r in rel if 0 < (tree / r).stat().st_size <= 4096]
+    rnd = random.Random(64)
+    picks = [(rnd.choice(big), rnd.random()) for _ in range(200)]
+    one = small[len(small) // 2]
+    t: dict[str, list[float]] = {k: [] for k in (
+        "zlib loop", "mount, fresh: every file in path order",
+        "unpacked tree on disk, page cache dropped",
+        "mount, remounted: decoded cache warm, page cache dropped",
+        "mount: 200 random 64 KiB reads", "mount --no-cache: 200 random 64 KiB reads",
+        "mount: one small file", "mount --no-cache: one small file")}
+
+    def random_reads(m: Path) -> float:
+        t0 = time.perf_counter()
+        for r, where in picks:
+            with open(m / r, "rb") as fh:
+                fh.seek(int(where * ((tree / r).stat().st_size - (64 << 10))))
+                fh.read(64 << 10)
+        return time.perf_counter() - t0
+
+    def one_file(m: Path) -> float:
+        t0 = time.perf_counter()
+        (m / one).read_bytes()
+        return time.perf_counter() - t0
+
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(zlib, check=True, stdout=subprocess.DEVNULL)
+        t["zlib loop"].append(time.perf_counter() - t0)
+        shutil.rmtree(cache, ignore_errors=True)
+        with _Mount(py, env, arc, mnt, cache) as m:
+            t["mount, fresh: every file in path order"].append(_read_all([m / r for r in rel]))
+        _drop_caches()
+        t["unpacked tree on disk, page cache dropped"].append(_read_all([tree / r for r in rel]))
+        with _Mount(py, env, arc, mnt, cache) as m:
+            _drop_caches()
+            t["mount, remounted: decoded cache warm, page cache dropped"].append(
+                _read_all([m / r for r in rel]))
+        for name, c in (("mount", work / "fresh"), ("mount --no-cache", None)):
+            for job, fn in (("200 random 64 KiB reads", random_reads),
+                            ("one small file", one_file)):
+                if c is not None:
+                    shutil.rmtree(c, ignore_errors=True)
+                _drop_caches()
+                with _Mount(py, env, arc, mnt, c) as m:
+                    t[f"{name}: {job}"].append(fn(m))
+        for k, v in t.items():
+            print(f"{k}: {v[-1]:.3f} s", flush=True)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    size = sum((tree / r).stat().st_size for r in rel)
+    lines = ["", f"Mount rows (`unsorted`, {len(rel)} files, {size / 1e6:.0f} MB; "
+             "decoded cache on the data's disk):", "",
+             "| job | median s | runs (s) | ratio | against |", "| --- | --- | --- | --- | --- |"]
+    against = {"mount, fresh: every file in path order": "zlib loop",
+               "mount, remounted: decoded cache warm, page cache dropped":
+               "unpacked tree on disk, page cache dropped",
+               "mount: 200 random 64 KiB reads": "mount --no-cache: 200 random 64 KiB reads",
+               "mount: one small file": "mount --no-cache: one small file"}
+    for k, v in t.items():
+        base = against.get(k)
+        ratio = f"{med[base] / med[k]:.2f}x" if base else ""
+        lines.append(f"| {k} | {med[k]:.3f} | {' '.join(f'{x:.3f}' for x in v)} | {ratio} "
+                     f"| {base or ''} |")
+    shutil.rmtree(work, ignore_errors=True)
+    return t, lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=HERE / "data" / "any_order")
@@ -148,6 +282,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--old", type=Path, help="a checkout of the code to compare with")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "any_order.md")
+    ap.add_argument("--mount", action="store_true",
+                    help="also the mount rows (root: drops the page cache)")
+    ap.add_argument("--mount-only", action="store_true", help="only the mount rows")
     args = ap.parse_args()
     arcs = _build(args.data, args.layers, args.scale)
     py = [sys.executable, "-S"]  # -S: the import path is PYTHONPATH's, for --old
@@ -174,6 +311,8 @@ def main() -> None:
     zlib = [sys.executable, str(HERE / "zlib_loop.py"),
             *map(str, _blobs(args.data / "unsorted"))]
     jobs["zlib loop, unsorted"] = (zlib, None)
+    if args.mount_only:
+        jobs = {}
     times: dict[str, list[float]] = {k: [] for k in jobs}
     cpu: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(args.runs):
@@ -213,6 +352,8 @@ def main() -> None:
         runs = " ".join(f"{t:.2f}" for t in times[k])
         lines.append(f"| {k} | {med[k]:.2f} | {runs} | {ratio:.2f}x | {med_cpu[k]:.2f} "
                      f"| {cratio:.2f}x |")
+    if args.mount or args.mount_only:
+        lines += _mount_jobs(py, here, arcs["unsorted"], args.data, args.runs, zlib)[1]
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -45,7 +45,8 @@ AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
 BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
 STREAMS = 64  # streams (files being read) whose position is remembered
 SCATTERED_AFTER = 8  # scattered read misses in a layer that have it streamed to the disk cache
-WAIT_AHEAD = 64  # a read waits for the streamer when its span is at most this far ahead (16 MiB)
+WAIT_AHEAD = 4  # a read waits for the streamer when its span is at most this far ahead (1 MiB:
+# no further than the resume-point spacing, so waiting never costs more than inflating)
 STREAM_CHUNK = 16  # spans the streamer asks of the layer reader at once (4 MiB)
 
 __all__ = ["SPAN", "DecodedSpanCache", "LayerStream"]

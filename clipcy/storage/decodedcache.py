@@ -19,6 +19,7 @@ compressed span cache does. A full disk makes puts fail (logged once): reads the
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from zlib_ng import zlib_ng
@@ -54,6 +55,16 @@ class DecodedDiskCache(DiskSpanCache):
     def __init__(self, root: str | os.PathLike[str] | None = None,
                  max_bytes: int = DEFAULT_MAX_MIB << 20) -> None:
         super().__init__(root if root is not None else default_decoded_cache_dir(), max_bytes)
+        # the size on disk is scanned on a thread, not by the first put (a read's path): a
+        # full cache holds thousands of entries; puts meanwhile count from 0 (eviction
+        # recounts exactly)
+        self._approx = 0
+        threading.Thread(target=self._count, daemon=True, name="clipcy-decoded-scan").start()
+
+    def _count(self) -> None:
+        total = self._scan_size()
+        with self._lock:
+            self._approx = (self._approx or 0) + total
 
     def __repr__(self) -> str:
         return f"<DecodedDiskCache {self.root} max {self.max_bytes >> 20} MiB>"
