@@ -11,6 +11,7 @@ of such events in an uninterrupted run.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
 from clipcy.image import cache as layer_cache
 from clipcy.image import indexer
+from clipcy.storage import diskcache
 from clipcy.storage.registry import RemoteOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -282,3 +284,30 @@ def test_layer_cache_every_point(tmp_path: Path) -> None:
     _every_point(where, write_entry, check)
     _every_point(where, lambda n: cache.remember("key", (1, 2, 3, 4, 5)), check)
     assert set(sizes) == {".layer", ".fp"}
+
+
+def test_span_cache_every_point(tmp_path: Path) -> None:
+    """DiskSpanCache.put (and the eviction a put starts): no .tmp- file left, no lock fd
+    left open, every entry there whole."""
+    root = tmp_path / "spans"
+    cache = diskcache.DiskSpanCache(root, 12_000)  # the fourth put evicts
+    digest = "sha256:" + "ab" * 32
+    data = [bytes([k]) * 3000 for k in range(5)]
+
+    def put_all(n: int) -> None:
+        for k, d in enumerate(data):
+            assert cache.put(digest, k * 3000, d)
+
+    def check(n: int, interrupted: bool) -> None:
+        files = [p for p in root.rglob("*") if p.is_file() and p.name != "lock"]
+        assert not [p for p in files if p.name.startswith(".tmp-")], n
+        assert len(files) <= len(data)
+        kept = [k for k, d in enumerate(data) if cache.get(digest, k * 3000, 3000) == d]
+        assert len(kept) == len(files), n  # each entry there is whole
+        if not interrupted:
+            assert len(files) < len(data)  # evicted some
+        shutil.rmtree(root, ignore_errors=True)
+        cache._approx = None
+
+    _every_point({_file(tempfiles): None, _file(diskcache): {"put", "evict", "_unlink"}},
+                 put_all, check)

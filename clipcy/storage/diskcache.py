@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from clipcy.tempfiles import close_held, open_held
+
 log = logging.getLogger("clipcy")
 
 MAGIC = b"CLIPSPN1"
@@ -135,6 +137,9 @@ class DiskSpanCache:
                                                   e.strerror or e)
             self._unlink(tmp)
             return False
+        except BaseException:  # an interrupt: the temp file goes all the same
+            self._unlink(tmp)
+            raise
         with self._lock:
             if self._approx is None:
                 self._approx = self._scan_size()
@@ -168,10 +173,15 @@ class DiskSpanCache:
     def evict(self, target: int | None = None) -> int:
         """Delete the least recently used entries until the cache is at `target` bytes (by
         default 90% of its limit); the bytes left (-1: another process is evicting)."""
+        held: list[int] = []  # the lock's fd, held from inside its open (an interrupt)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
+            fd = open_held(held, self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                           0o644)
+        except BaseException as e:
+            close_held(held)
+            if not isinstance(e, OSError):
+                raise
             log.warning("%s: cannot lock %s: %s", self.kind, self.root, e.strerror or e)
             return -1
         try:
@@ -194,7 +204,7 @@ class DiskSpanCache:
                 self._approx = total
             return total
         finally:
-            os.close(fd)
+            close_held(held)
 
     @staticmethod
     def _unlink(p: Path) -> bool:
