@@ -248,20 +248,27 @@ def test_metadata_statfs_and_erofs(big_archive: Path, mnt: Path) -> None:
             os.lstat(mnt / "no-such-name")
 
 
-def test_missing_blob_gives_eio_and_one_log_line(corpus: Path, tmp_path: Path,
-                                                  mnt: Path) -> None:
+def test_missing_blob_fails_the_mount_and_a_broken_one_is_eio_logged_once(
+        corpus: Path, tmp_path: Path, mnt: Path) -> None:
+    """A blob missing at mount time fails clipctl mount (the storage check); one that breaks
+    after ready (truncated) fails its reads with EIO, logged once however many reads fail."""
     layout = tmp_path / "layout"
     shutil.copytree(corpus / "basic", layout)
     archive = _index(layout, tmp_path / "img.clip", "--tag", "latest")
     with open_archive(archive) as a:
         files = [n for n in a.walk() if n.type == "file" and n.size]
         digest = a.layers[files[0].layer]["digest"]
-    for blob in (layout / "blobs" / "sha256").iterdir():
-        if blob.name == digest.split(":")[1]:
-            blob.unlink()
+    blob = layout / "blobs" / "sha256" / digest.split(":")[1]
+    kept = blob.read_bytes()
+    blob.unlink()
+    r = clipctl("mount", str(archive), str(mnt), check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and digest in r.stderr, r.stderr
+    assert not is_mounted(mnt) and os.listdir(mnt) == []
+    blob.write_bytes(kept)
     log = tmp_path / "mount.log"
     clipctl("mount", str(archive), str(mnt), "--log", str(log))
     try:
+        os.truncate(blob, 0)
         victims = [n for n in files if a.layers[n.layer]["digest"] == digest][:3]
         for n in victims:
             with pytest.raises(OSError) as ei:
