@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from clipcy import publish, tempfiles
+from clipcy.archive import reader
 from clipcy.archive.files import LayerReaders
 from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
@@ -311,3 +312,18 @@ def test_span_cache_every_point(tmp_path: Path) -> None:
 
     _every_point({_file(tempfiles): None, _file(diskcache): {"put", "evict", "_unlink"}},
                  put_all, check)
+
+
+def test_archive_open_close_every_point(tmp_path: Path) -> None:
+    """An Archive opened and closed (its layer readers open) with an interrupt at any
+    point of Archive.__init__ or Archive.close: no fd left open."""
+    arc_path = tmp_path / "sample.clip"
+    assert clipctl(["-q", "index-layout", "--layout", str(SAMPLE), "--tag", "latest",
+                    "--out", str(arc_path), "--no-cache"]) == 0
+
+    def run(n: int) -> None:
+        with reader.Archive(arc_path, storage=str(SAMPLE)) as arc:
+            arc.layer_readers().reader(0)
+
+    _every_point({reader.Archive.__init__.__code__, reader.Archive.close.__code__}, run,
+                 lambda n, interrupted: None)

@@ -34,6 +34,7 @@ from clipcy.errors import ArchiveError, ArchivePathError
 from clipcy.layers.access import LayerAccess
 from clipcy.node import Node
 from clipcy.storage.spans import SpanTable
+from clipcy.tempfiles import close_held, open_held
 
 if TYPE_CHECKING:
     from clipcy.archive.files import ArchiveFile, LayerReaders
@@ -151,11 +152,16 @@ class Archive:
         self._cached = 0  # bytes held by _cache (NodeBlock.nbytes)
         self._cache_budget = BLOCK_CACHE_BYTES
         self._cache_lock = threading.Lock()
+        held: list[int] = []  # the fd from inside its open, until it is self._fd
         try:
-            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fd = open_held(held, path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             size = os.fstat(self._fd).st_size
-        except OSError as e:
+        except BaseException as e:
+            if self._fd is None:  # interrupted as the open returned
+                close_held(held)
             self.close()
+            if not isinstance(e, OSError):
+                raise
             raise ArchiveError(f"cannot open archive {self.name}: {e.strerror or e}") from e
         if size < F.HEADER_SIZE + F.TRAILER_SIZE:
             self.close()
@@ -641,11 +647,13 @@ class Archive:
             if readers is not None:
                 readers.close()
         finally:
-            with self._cache_lock:
-                self._cache.clear()
-                self._cached = 0
-            if fd is not None:
-                os.close(fd)
+            try:
+                if fd is not None:
+                    os.close(fd)
+            finally:
+                with self._cache_lock:
+                    self._cache.clear()
+                    self._cached = 0
 
     def __enter__(self) -> Archive:
         return self
