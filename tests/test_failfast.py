@@ -129,7 +129,9 @@ def test_unreachable_registry(sample_clip: Path, mnt: Path, env: dict[str, str])
         assert "cannot read blob sha256:" in line, line
     finally:
         stop.set()
-        srv.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not)
+        # wake the accept with one more connection: the loop then sees `stop` (a shutdown of
+        # the listener did not always wake it: the README's test run hung here)
+        socket.create_connection(srv.getsockname(), timeout=10).close()
         t.join()
         srv.close()
 
