@@ -299,3 +299,23 @@ def test_fetch_all_never_caches_wrong_bytes(faults: list[str], mnt: Path, env: d
         assert stats(mnt, env)["read_errors_total"] == 0
     finally:
         unmount(mnt)
+
+
+def test_python_api_stats_and_fetch_all(sample: tuple[Path, Path], mnt: Path) -> None:
+    """clipcy.mount(fetch_all=True) and Mount.stats(): a layout directory has nothing to
+    fetch, so the background fetch is done with no request."""
+    import clipcy
+
+    clip, expected = sample
+    with clipcy.mount(clip, mnt, storage=SAMPLE, fetch_all=True) as m:
+        assert (mnt / "etc" / "hostname").read_bytes() == \
+            (expected / "etc" / "hostname").read_bytes()
+        for _ in range(TRIES):
+            doc = m.stats()
+            if doc["background"]["state"] not in ("waiting", "running"):
+                break
+        assert doc["mount"]["pid"] == m.pid and set(doc) == KEYS
+        assert doc["background"]["state"] == "done" and doc["background"]["layers"] == 0
+        assert doc["background"]["bytes_fetched"] == doc["background"]["requests"] == 0
+        assert doc["read_errors_total"] == 0 and doc["http"] is None
+    assert not is_mounted(mnt)

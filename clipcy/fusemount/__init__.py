@@ -15,8 +15,15 @@ import subprocess
 import warnings
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
-from clipcy.fusemount.service import DEFAULT_CACHE_MIB, is_mounted, start, unmount
+from clipcy.fusemount.service import (
+    DEFAULT_CACHE_MIB,
+    PrefetchOptions,
+    is_mounted,
+    start,
+    unmount,
+)
 
 __all__ = ["DEFAULT_CACHE_MIB", "Mount", "mount", "unmount", "available"]
 
@@ -49,6 +56,12 @@ class Mount:
             self._proc.terminate()
             self._proc.wait()
 
+    def stats(self) -> dict[str, Any]:
+        """The mount's counters, as `clipctl stats --json` prints them (docs/CLI.md)."""
+        from clipcy.fusemount.stats import query
+
+        return query(self.mountpoint)
+
     def __enter__(self) -> Mount:
         return self
 
@@ -64,7 +77,7 @@ def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *
           storage: str | os.PathLike[str] | None = None, cache_mib: int = DEFAULT_CACHE_MIB,
           options: Sequence[str] = (), log_path: str | None = None,
           layout: str | os.PathLike[str] | None = None, xattrs: bool = False,
-          mkdir: bool = False) -> Mount:
+          mkdir: bool = False, fetch_all: bool = False) -> Mount:
     """Mount archive read-only at mountpoint (returns once the tree is visible).
 
     storage: where the layer blobs are when not at the archive's storage ref, any storage ref
@@ -72,7 +85,8 @@ def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *
     cache_mib: the decoded-span cache; options: FUSE -o options (e.g. "allow_other",
     "nonempty"); log_path: the serving process's log (default: one file per mount in
     service.log_dir()); xattrs: real getxattr answers for an image without xattrs (default:
-    ENOSYS, see docs/CLI.md); mkdir: create a missing mountpoint.
+    ENOSYS, see docs/CLI.md); mkdir: create a missing mountpoint; fetch_all: fetch every
+    layer blob into the disk span cache in the background (clipctl mount --fetch-all).
     Raises MountError (a ClipError) with a one-line message when it cannot mount."""
     if layout is not None:
         if storage is not None:
@@ -81,6 +95,7 @@ def mount(archive: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *
                       "directory included)", DeprecationWarning, stacklevel=2)
         storage = layout
     where = ["--storage", os.fspath(storage)] if storage is not None else []
+    pre = PrefetchOptions(fetch_all=True) if fetch_all else None
     proc, log = start(os.fspath(archive), os.fspath(mountpoint), where, cache_mib, options,
-                      log_path, xattrs=xattrs, mkdir=mkdir)
+                      log_path, xattrs=xattrs, mkdir=mkdir, prefetch=pre)
     return Mount(proc, os.path.realpath(mountpoint), log)

@@ -5,8 +5,9 @@ the mount ends.
 - Fetches from the blobs' sources (HTTP range requests for a registry, preads for a layout
   directory) are counted by lane: VerifiedBlob tells the counters of each (they are its
   FetchObserver, set on the archive's LayerReaders before any blob is opened), and the lane
-  is the fetching thread's: the replay's threads (named clipcy-replay*) and the background
-  fetcher's (clipcy-background*) are theirs, every other one is a read's (foreground). A
+  is the fetching thread's: the replay's threads (named clipcy-replay*) are the replay's,
+  the background fetcher's (clipcy-background*) and the decoded cache's streamer
+  (clipcy-stream) are the background's, every other one is a read's (foreground). A
   fetch is a round trip or a pread, so its lock costs nothing next to it; the reads' hot
   path (a decoded span found in the cache) touches no counter of this module.
 - The foreground fetches in flight are a gauge the background fetcher waits on
@@ -53,7 +54,8 @@ def current_lane() -> int:
     if v is None:
         name = threading.current_thread().name
         v = REPLAY if name.startswith("clipcy-replay") else \
-            BACKGROUND if name.startswith("clipcy-background") else FOREGROUND
+            BACKGROUND if name.startswith(("clipcy-background", "clipcy-stream")) else \
+            FOREGROUND
         _lane.v = v
     return v
 
