@@ -28,6 +28,7 @@ from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
 from clipcy.image import cache as layer_cache
 from clipcy.image import indexer
+from clipcy.image.layout import Layout
 from clipcy.storage import diskcache
 from clipcy.storage.registry import RemoteOptions
 
@@ -89,13 +90,13 @@ def _fds() -> set[str]:
 
 
 def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], object],
-                 check: Callable[[int, bool], None]) -> int:
-    """run(n) under an interrupt at each point n (n=0: none); check(n, interrupted) after
-    each. Returns the number of points."""
+                 check: Callable[[int, BaseException | None], None]) -> int:
+    """run(n) under an interrupt at each point n (n=0: none); check(n, interrupt raised or
+    None) after each. Returns the number of points."""
     before = _fds()
     with _profiled(_Interrupter(0, where)) as it:
         run(0)
-    check(0, False)
+    check(0, None)
     assert _fds() == before
     total = it.events
     assert total > 3, total
@@ -109,7 +110,7 @@ def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callabl
         else:
             raise AssertionError(f"no interrupt at point {n} of {total}")
         assert _fds() == before, f"fd left open after an interrupt at {n}: {it.raised}"
-        check(n, True)
+        check(n, it.raised)
     return total
 
 
@@ -131,7 +132,7 @@ def test_tempfile_every_point(tmp_path: Path) -> None:
             tmp.discard()
             raise
 
-    def check(n: int, interrupted: bool) -> None:
+    def check(n: int, interrupted: BaseException | None) -> None:
         assert [p.name for p in tmp_path.iterdir()] == ["dest"], n
         dest.write_bytes(b"old")
 
@@ -153,7 +154,7 @@ def test_write_atomic_every_point(tmp_path: Path) -> None:
     out.write_bytes(b"old")
     new = b"new archive " * 1000
 
-    def check(n: int, interrupted: bool) -> None:
+    def check(n: int, interrupted: BaseException | None) -> None:
         assert [p.name for p in tmp_path.iterdir()] == ["x.clip"], n
         assert out.read_bytes() in (b"old", new), n
         out.write_bytes(b"old")
@@ -182,7 +183,7 @@ def test_pull_every_point(tmp_path: Path) -> None:
         got.mkdir()
         out = got / "x.clip"
 
-        def check_pull(n: int, interrupted: bool) -> None:
+        def check_pull(n: int, interrupted: BaseException | None) -> None:
             assert [p.name for p in got.iterdir()] in ([], ["x.clip"]), n
             assert not out.exists() or out.read_bytes() == want, n
             out.unlink(missing_ok=True)
@@ -193,7 +194,7 @@ def test_pull_every_point(tmp_path: Path) -> None:
         cache = tmp_path / "cache"
         opts = RemoteOptions(cache_dir=str(cache))
 
-        def check_cached(n: int, interrupted: bool) -> None:
+        def check_cached(n: int, interrupted: BaseException | None) -> None:
             kept = list((cache / "archives").iterdir()) if (cache / "archives").exists() else []
             assert [p.name for p in kept if not p.name.endswith(".clip")] == [], n
             assert all(p.read_bytes() == want for p in kept), n
@@ -227,7 +228,7 @@ def test_layer_readers_close_every_point(tmp_path: Path) -> None:
             finally:
                 counts.append(it.events)
 
-    def check(n: int, interrupted: bool) -> None:
+    def check(n: int, interrupted: BaseException | None) -> None:
         assert all(r._closed for r in opened), n
 
     counts: list[int] = []
@@ -235,16 +236,16 @@ def test_layer_readers_close_every_point(tmp_path: Path) -> None:
     try:  # the profile around the close only: opening the readers is not under test
         before = _fds()
         run(0)
-        check(0, False)
+        check(0, None)
         assert _fds() == before
         total = counts[-1]
         assert total >= layers, total
         for n in range(1, total + 1):
             before = _fds()
-            with pytest.raises(KeyboardInterrupt):
+            with pytest.raises(KeyboardInterrupt) as ei:
                 run(n)
             assert _fds() == before, f"fd left open after an interrupt at point {n}"
-            check(n, True)
+            check(n, ei.value)
     finally:
         arc.close()
 
@@ -273,7 +274,7 @@ def test_layer_cache_every_point(tmp_path: Path) -> None:
             w.abort()
             raise
 
-    def check(n: int, interrupted: bool) -> None:
+    def check(n: int, interrupted: BaseException | None) -> None:
         names = sorted(p.name for p in d.iterdir()) if d.exists() else []
         assert not [x for x in names if x.startswith(".tmp-")], (n, names)
         for p in d.glob("*"):
@@ -299,7 +300,7 @@ def test_span_cache_every_point(tmp_path: Path) -> None:
         for k, d in enumerate(data):
             assert cache.put(digest, k * 3000, d)
 
-    def check(n: int, interrupted: bool) -> None:
+    def check(n: int, interrupted: BaseException | None) -> None:
         files = [p for p in root.rglob("*") if p.is_file() and p.name != "lock"]
         assert not [p for p in files if p.name.startswith(".tmp-")], n
         assert len(files) <= len(data)
@@ -327,3 +328,43 @@ def test_archive_open_close_every_point(tmp_path: Path) -> None:
 
     _every_point({reader.Archive.__init__.__code__, reader.Archive.close.__code__}, run,
                  lambda n, interrupted: None)
+
+
+def test_index_run_source_every_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """index-layout interrupted at each point of IndexRun.run_source (the source opened,
+    the resolve step ending, the run, the close): the source closed, no fd left open, no
+    temp file, the archive absent or whole."""
+    out = tmp_path / "out" / "x.clip"
+    out.parent.mkdir()
+    want: list[bytes] = []
+    sources: list[Any] = []
+
+    class Source(Layout):
+        closed = False
+
+        def __init__(self, *a: Any) -> None:
+            super().__init__(*a)
+            sources.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    monkeypatch.setattr(indexer, "Layout", Source)
+
+    def run(n: int) -> None:
+        indexer.create_index_only_archive_from_oci_layout(SAMPLE, "latest", out)
+
+    def check(n: int, interrupted: BaseException | None) -> None:
+        if not interrupted:
+            want.append(out.read_bytes())
+        assert [p.name for p in out.parent.iterdir()] in ([], ["x.clip"]), n
+        assert not out.exists() or out.read_bytes() == want[0], n
+        out.unlink(missing_ok=True)
+        assert len(sources) == 1 or (interrupted and not sources), n
+        # not closed only when the interrupt lands as open_source() returns, before the
+        # source is assigned: a window no caller can close
+        assert all(src.closed for src in sources) or "return Source" in str(interrupted), n
+        sources.clear()
+
+    _every_point({indexer.IndexRun.run_source.__code__}, run, check)

@@ -655,17 +655,15 @@ class IndexRun:
         """Index the image `tag` or `digest` of the source open_source() opens (a layout, a
         registry: `what`, for the log) into `out` (storage_ref: checked by check_ref)."""
         t0 = time.perf_counter()
-        with step(f"resolve {what}"):
-            source = open_source()
-            try:
+        source: ImageSource | None = None
+        try:  # one try from the open: an interrupt as the resolve step ends closes it too
+            with step(f"resolve {what}"):
+                source = open_source()
                 image = self.resolve(source, tag, digest, platform)
-            except BaseException:
-                source.close()
-                raise
-        try:
             return self._run(source, image, storage_ref, out, tag, t0)
         finally:
-            source.close()
+            if source is not None:
+                source.close()
 
     def _run(self, source: ImageSource, image: ResolvedImage, storage_ref: str | None,
              out: Path, tag: str | None, t0: float) -> IndexSummary:
