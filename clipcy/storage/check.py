@@ -56,8 +56,10 @@ def check_storage_ref(ref: str, blobs: Iterable[tuple[str, int]],
                 raise StorageRefError(f"storage ref {ref}: blob {digest} is shorter than its "
                                       f"{size} bytes")
     finally:
-        store.close()
-        store.client.close()
+        try:
+            store.close()
+        finally:  # an error or interrupt closing the store leaves no connection open
+            store.client.close()
     return len(blobs)
 
 
