@@ -319,3 +319,23 @@ def test_python_api_stats_and_fetch_all(sample: tuple[Path, Path], mnt: Path) ->
         assert doc["background"]["bytes_fetched"] == doc["background"]["requests"] == 0
         assert doc["read_errors_total"] == 0 and doc["http"] is None
     assert not is_mounted(mnt)
+
+
+def test_stats_of_a_stale_mount(sample: tuple[Path, Path], mnt: Path,
+                                env: dict[str, str]) -> None:
+    import signal
+
+    clip, _ = sample
+    clipctl("mount", str(clip), str(mnt), "--layout", str(SAMPLE), env=env)
+    try:
+        pid = stats(mnt, env)["mount"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        r = clipctl("stats", str(mnt), env=env, check=False)
+        for _ in range(TRIES):  # the process is reaped by init: until then it may answer
+            if r.returncode:
+                break
+            r = clipctl("stats", str(mnt), env=env, check=False)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{mnt}: stale mount (its process is gone)" in r.stderr, r.stderr
+    finally:
+        unmount(mnt, lazy=True)

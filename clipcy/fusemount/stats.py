@@ -79,6 +79,7 @@ def query(mountpoint: str) -> dict[str, Any]:
             raise MountError(f"mountpoint {mountpoint} does not exist or is not a directory")
         raise MountError(f"{mountpoint} is not a clipcy mount")
     try:
+        os.statvfs(mountpoint)  # statfs reaches the mount's process (stat may be cached)
         dev = os.stat(mountpoint).st_dev
     except OSError as e:
         if e.errno == errno.ENOTCONN:
