@@ -339,3 +339,20 @@ def test_stats_of_a_stale_mount(sample: tuple[Path, Path], mnt: Path,
         assert f"{mnt}: stale mount (its process is gone)" in r.stderr, r.stderr
     finally:
         unmount(mnt, lazy=True)
+
+
+def test_fetch_all_needs_room_in_the_span_cache(mnt: Path, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """Refused before anything is asked of the registry: no span cache, or one smaller than
+    the blobs (it would evict what it fetched)."""
+    layout = big_layout(tmp_path / "big")
+    clip = tmp_path / "big.clip"
+    clipctl("index-layout", "--layout", str(layout), "--out", str(clip), env=env)
+    nowhere = ["--storage", f"docker://127.0.0.1:{rs.free_port()}/sample"]
+    for extra, why in [(["--no-cache"], "not with --no-cache"),
+                       (["--cache-max-mib", "2"], "more than the span cache keeps")]:
+        r = clipctl("mount", str(clip), str(mnt), "--fetch-all", *nowhere, *extra, env=env,
+                    check=False)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith("clipctl: error: --fetch-all") and why in r.stderr, r.stderr
+        assert not is_mounted(mnt)

@@ -461,6 +461,25 @@ def _check_storage(arc: Archive, fs: ImageFS) -> None:
         raise MountError(str(e)) from None
 
 
+def _check_fetch_all(arc: Archive) -> None:
+    """--fetch-all keeps every blob in the remote store's span cache: refuse it when there is
+    none, or when the blobs would not fit (it would evict what it fetched, forever)."""
+    from clipcy.storage.registry import RemoteStore
+
+    store = arc.layer_readers().store
+    if not isinstance(store, RemoteStore):
+        return  # a layout directory: nothing to fetch
+    if store.cache is None:
+        raise MountError("--fetch-all keeps the blobs in the span cache: not with --no-cache "
+                         "or --cache-max-mib 0")
+    total = sum(int(la.get("size") or 0) for la in arc.layers)
+    room = store.cache.max_bytes * 9 // 10  # eviction brings the cache down to 90%
+    if total > room:
+        raise MountError(f"--fetch-all: the image's layer blobs are {total >> 20} MiB, more than "
+                         f"the span cache keeps ({room >> 20} MiB of --cache-max-mib "
+                         f"{store.cache.max_bytes >> 20}): give it more room")
+
+
 def _decoded_cache(remote: RemoteOptions | None) -> DecodedDiskCache | None:
     """The on-disk cache of decoded spans (storage.decodedcache): under the readers'
     --cache-dir, bounded by --decoded-cache-mib; none with --no-cache or a bound of 0."""
@@ -508,6 +527,8 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
         raise
     fs = ImageFS(arc, cache_mib << 20, _decoded_cache(remote))
     try:
+        if pre.fetch_all:
+            _check_fetch_all(arc)
         _check_storage(arc, fs)
     except MountError:
         arc.close()
