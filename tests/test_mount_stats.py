@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +357,51 @@ def test_fetch_all_needs_room_in_the_span_cache(mnt: Path, env: dict[str, str],
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith("clipctl: error: --fetch-all") and why in r.stderr, r.stderr
         assert not is_mounted(mnt)
+
+
+class _SeenWaiting(threading.Event):
+    """foreground_idle that tells the test when someone waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+@needs_registry
+def test_background_waits_for_the_foreground(tmp_path: Path,
+                                             registry: tuple[rs.Registry, rs.FaultProxy]
+                                             ) -> None:
+    """While a read's fetch is in flight the background fetch sends nothing; it goes on once
+    the fetch is done (the Python API, a real registry, the fetch counted at the proxy)."""
+    from clipcy.archive.reader import open_archive
+    from clipcy.fusemount.background import BackgroundFetch
+    from clipcy.fusemount.counters import MountCounters
+    from clipcy.storage.registry import RemoteOptions
+
+    reg, proxy = registry
+    layout = big_layout(tmp_path / "big")
+    clip = tmp_path / "big.clip"
+    clipctl("index-layout", "--layout", str(layout), "--out", str(clip))
+    assert reg.push(layout, "latest", "sample", "latest").returncode == 0
+    counters = MountCounters()
+    idle = counters.foreground_idle = _SeenWaiting()
+    idle.set()
+    with open_archive(clip, storage=f"docker://127.0.0.1:{proxy.port}/sample",
+                      remote=RemoteOptions(cache_dir=str(tmp_path / "spans"))) as arc:
+        arc.layer_readers().observer = counters
+        token = counters.fetching()  # a read's fetch is on its way (this thread: foreground)
+        assert not idle.is_set()
+        bg = BackgroundFetch(arc, counters)
+        bg.start()
+        assert idle.waiting.wait(60)  # a fetcher is held...
+        assert proxy.blob_requests() == 0  # ...and none has sent anything
+        counters.fetched(token, 0)
+        assert bg.wait(60)
+        c = counters.background.snapshot()
+        assert c["state"] == "done" and c["pauses"] >= 1, c
+        assert c["bytes_fetched"] == c["bytes_total"] > 0
+        assert proxy.blob_requests() == c["requests"] >= 2
