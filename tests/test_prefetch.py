@@ -356,6 +356,7 @@ def test_replay_from_registry(exec_layouts: Path, tmp_path: Path, mnt: Path,
     # one layer, nearby ranges: merged into few requests, and the reads needed none
     assert 1 <= rp["requests"] <= 3
     assert c["requests"]["foreground"]["requests"] == 0
+    assert c["requests"]["replay"]["requests"] == rp["requests"]  # counted in its lane
     # besides the replay's: the one probe of the blob before ready
     assert proxy.blob_requests() - before == rp["requests"] + 1
     assert c["span_cache"]["read_misses"] == 0 and c["span_cache"]["replay_hits"] > 0

@@ -202,6 +202,7 @@ class Replay:
                 blob = store.background_blob(self.arc.layers[layer], spans) \
                     if spans is not None else None
                 if blob is not None:
+                    blob.observer = self.arc.layer_readers().observer  # the replay's lane
                     self._blobs[layer] = blob
             if self._blobs:
                 ranges = self._ranges([r for r in runs if r[0] in self._blobs])
