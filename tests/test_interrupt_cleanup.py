@@ -10,6 +10,7 @@ of such events in an uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -22,13 +23,14 @@ from typing import Any
 import pytest
 
 from clipcy import publish, tempfiles
-from clipcy.archive import reader
+from clipcy.archive import prefetch, reader
 from clipcy.archive.files import LayerReaders
 from clipcy.archive.reader import open_archive
 from clipcy.cli import main as clipctl
 from clipcy.image import cache as layer_cache
 from clipcy.image import indexer
 from clipcy.image.layout import Layout
+from clipcy.node import FILE
 from clipcy.storage import diskcache
 from clipcy.storage.registry import RemoteOptions
 
@@ -107,8 +109,14 @@ def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callabl
                 run(n)
         except KeyboardInterrupt as e:
             assert e is it.raised, n  # itself, not another error raised over it
+            # raised in a callee's return event, its traceback holds the callee's frame
+            # (a signal's would not): dropped so that its locals can go
+            e.__traceback__ = None
         else:
             raise AssertionError(f"no interrupt at point {n} of {total}")
+        # an object whose finalizer closes it (a file, an Archive) lost to an interrupt as
+        # it was returned is closed by the collector, as it would be in the program
+        gc.collect()
         assert _fds() == before, f"fd left open after an interrupt at {n}: {it.raised}"
         check(n, it.raised)
     return total
@@ -368,3 +376,18 @@ def test_index_run_source_every_point(tmp_path: Path, monkeypatch: pytest.Monkey
         sources.clear()
 
     _every_point({indexer.IndexRun.run_source.__code__}, run, check)
+
+
+def test_prefetch_attach_every_point(tmp_path: Path) -> None:
+    """A prefetch list resolved in the archive read from a memfd: no fd left open whatever
+    point an interrupt lands on."""
+    arc_path = tmp_path / "sample.clip"
+    assert clipctl(["-q", "index-layout", "--layout", str(SAMPLE), "--tag", "latest",
+                    "--out", str(arc_path), "--no-cache"]) == 0
+    with open_archive(arc_path) as arc:
+        paths = [n.path for n in arc.walk() if n.type == FILE][:3]
+    assert paths
+    data = arc_path.read_bytes()
+    _every_point({prefetch.attach_paths.__code__},
+                 lambda n: prefetch.attach_paths(data, paths, "list"),
+                 lambda n, interrupted: None)

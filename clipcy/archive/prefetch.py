@@ -15,6 +15,7 @@ no path lookup.
 from __future__ import annotations
 
 import os
+from itertools import starmap
 from typing import TYPE_CHECKING
 
 from clipcy.archive import format as F
@@ -23,6 +24,7 @@ from clipcy.errors import PrefetchListError
 from clipcy.limits import DEFAULT as LIMITS
 from clipcy.limits import PREFETCH_FILES, PREFETCH_LIST_BYTES, exceeded
 from clipcy.pathwalk import follow_symlinks
+from clipcy.tempfiles import close_held
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -206,14 +208,16 @@ def attach_paths(archive: bytes, paths: list[bytes], name: str) -> bytes:
     the bytes are not written anywhere first)."""
     from clipcy.archive.reader import Archive
 
-    fd = os.memfd_create("clipcy-archive", os.MFD_CLOEXEC)
+    held: list[int] = []  # the memfd, from inside its creation (an interrupt cannot leak it)
     try:
+        held.extend(starmap(os.memfd_create, (("clipcy-archive", os.MFD_CLOEXEC),)))
+        fd = held[-1]
         with open(fd, "wb", closefd=False) as f:
             f.write(archive)
         with Archive(f"/proc/self/fd/{fd}") as arc:
             positions = resolve(arc, paths, name)
     finally:
-        os.close(fd)
+        close_held(held)
     return attach(archive, positions)
 
 

@@ -655,6 +655,12 @@ class Archive:
                     self._cache.clear()
                     self._cached = 0
 
+    def __del__(self) -> None:
+        # one never closed (an interrupt landed as it was returned, before a `with` or a
+        # `try` held it): its fd and readers go with it, as a file object's do
+        if getattr(self, "_fd", None) is not None:
+            self.close()
+
     def __enter__(self) -> Archive:
         return self
 
