@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -330,12 +331,13 @@ def test_stats_of_a_stale_mount(sample: tuple[Path, Path], mnt: Path,
     clipctl("mount", str(clip), str(mnt), "--layout", str(SAMPLE), env=env)
     try:
         pid = stats(mnt, env)["mount"]["pid"]
-        os.kill(pid, signal.SIGKILL)
+        pidfd = os.pidfd_open(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+            select.select([pidfd], [], [], 60)  # readable once the process has exited
+        finally:
+            os.close(pidfd)
         r = clipctl("stats", str(mnt), env=env, check=False)
-        for _ in range(TRIES):  # the process is reaped by init: until then it may answer
-            if r.returncode:
-                break
-            r = clipctl("stats", str(mnt), env=env, check=False)
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
         assert f"{mnt}: stale mount (its process is gone)" in r.stderr, r.stderr
     finally:
