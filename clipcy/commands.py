@@ -569,10 +569,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from clipcy.fusemount import service
 
     archive, storage = args.archive, blob_ref(args)
+    checked = False  # the storage proven by requests made here (no probe before ready)
     if archive.startswith("docker://"):  # an image reference: its archive, from the cache
         from clipcy.publish import fetch_by_reference
 
         archive, repo = fetch_by_reference(archive, remote_options(args))
+        checked = storage is None  # the blobs are read from the repository just asked
         storage = storage or repo
     if args.record_seconds is not None and args.record is None:
         raise ClipError("--record-seconds needs --record FILE")
@@ -582,11 +584,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground or args.ready_fd is not None:
         return service.serve(archive, args.mountpoint, storage, args.cache_mib,
                              args.options, args.ready_fd, remote_options(args),
-                             xattrs=args.xattrs, mkdir=args.mkdir, prefetch=pre)
+                             xattrs=args.xattrs, mkdir=args.mkdir, prefetch=pre,
+                             storage_checked=checked)
     pid, log_path = service.fork_and_serve(archive, args.mountpoint, storage,
                                            args.cache_mib, args.options, remote_options(args),
                                            args.log, xattrs=args.xattrs, mkdir=args.mkdir,
-                                           prefetch=pre)
+                                           prefetch=pre, storage_checked=checked)
     print(f"clipctl: serving {args.archive} at {args.mountpoint} (pid {pid}, log "
           f"{log_path}); unmount with: clipctl umount {args.mountpoint}", file=sys.stderr)
     return 0

@@ -274,7 +274,7 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
           cache_mib: int = DEFAULT_CACHE_MIB, options: Sequence[str] = (),
           ready_fd: int | None = None, remote: RemoteOptions | None = None, *,
           xattrs: bool = False, mkdir: bool = False,
-          prefetch: PrefetchOptions | None = None) -> int:
+          prefetch: PrefetchOptions | None = None, storage_checked: bool = False) -> int:
     """Mount and serve until unmounted. Errors before the mount is ready: MountError (and,
     with ready_fd, the message on that pipe). xattrs: answer getxattr/listxattr even for an
     image without any (by default they answer ENOSYS then, and the kernel stops asking);
@@ -282,7 +282,7 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     pre = prefetch or PrefetchOptions()
     try:
         session, arc, fs, positions = _prepare(archive, mountpoint, storage, cache_mib,
-                                               options, remote, mkdir, pre)
+                                               options, remote, mkdir, pre, storage_checked)
     except MountError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"error {e}\n".encode())
@@ -445,16 +445,23 @@ def _replay_list(arc: Archive, pre: PrefetchOptions) -> list[int] | None:
         raise MountError(str(e)) from None
 
 
-def _check_storage(arc: Archive, fs: ImageFS) -> None:
+def _check_storage(arc: Archive, fs: ImageFS, probe: bool = True) -> None:
     """Fail fast: every distinct blob answers one cheap probe (a stat in a layout directory,
     a 1-byte range request from a registry, credentials included) before the mount is
     ready, or MountError with the line clipctl cat would print. The store stays open for the
-    reads, its blobs counted by the mount's counters from the first fetch."""
+    reads, its blobs counted by the mount's counters from the first fetch.
+
+    probe=False: the caller's own requests proved the storage a moment ago. A mount by image
+    reference has just fetched the image manifest from the blobs' repository with the same
+    credentials, and a registry keeps every blob a manifest it holds refers to, so probing
+    each blob again would only add requests before ready."""
     from clipcy.storage.check import check_store
 
     try:
         readers = arc.layer_readers()
         readers.observer = fs.counters
+        if not probe:
+            return
         check_store(readers.store, [(str(la["digest"]), int(la["size"])) for la in arc.layers
                                     if la.get("size")])
     except ClipError as e:
@@ -495,7 +502,8 @@ def _decoded_cache(remote: RemoteOptions | None) -> DecodedDiskCache | None:
 def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
              options: Sequence[str], remote: RemoteOptions | None,
              mkdir: bool = False,
-             pre: PrefetchOptions | None = None
+             pre: PrefetchOptions | None = None,
+             storage_checked: bool = False
              ) -> tuple[Session, Archive, ImageFS, list[int] | None]:
     fuse = binding()
     extra = [o for opt in options for o in opt.split(",") if o]
@@ -529,7 +537,7 @@ def _prepare(archive: str, mountpoint: str, storage: str | None, cache_mib: int,
     try:
         if pre.fetch_all:
             _check_fetch_all(arc)
-        _check_storage(arc, fs)
+        _check_storage(arc, fs, probe=not storage_checked)
     except MountError:
         arc.close()
         raise
@@ -549,7 +557,8 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
                    cache_mib: int, options: Sequence[str], remote: RemoteOptions | None,
                    log_path: str | None, *, xattrs: bool = False,
                    mkdir: bool = False,
-                   prefetch: PrefetchOptions | None = None) -> tuple[int, str]:
+                   prefetch: PrefetchOptions | None = None,
+                   storage_checked: bool = False) -> tuple[int, str]:
     """`clipctl mount` without -f: fork (this process has no threads yet, and the child
     needs no second interpreter start), serve in the child, return (its pid, its log) once
     the mount is ready; the child's one-line error otherwise."""
@@ -568,7 +577,8 @@ def fork_and_serve(archive: str, mountpoint: str, storage: str | None,
             os.dup2(logfd, 1)
             os.dup2(logfd, 2)
             rc = serve(archive, mountpoint, storage, cache_mib, options, wfd, remote,
-                       xattrs=xattrs, mkdir=mkdir, prefetch=prefetch)
+                       xattrs=xattrs, mkdir=mkdir, prefetch=prefetch,
+                       storage_checked=storage_checked)
         except MountError:
             rc = 1  # already on the ready pipe
         except BaseException as e:  # noqa: BLE001 - the child must never return to the CLI
