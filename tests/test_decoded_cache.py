@@ -349,3 +349,78 @@ def test_cache_info_prune_stats_and_inspect(image: Image, mnts: list[Path]) -> N
         r = clipctl("cache", *bad, check=False)
         assert r.returncode == 1 and r.stderr.startswith("clipctl: error: "), r.stderr
         assert r.stderr.count("\n") == 1
+
+
+def _spread_reads(image: Image, layer: int, count: int, whole: bool) -> list[tuple[Any, int, int]]:
+    """`count` reads (node, offset in the file, length) of files of `layer`: each whole
+    file, or 4 KiB from the middle of one, within one span at least 2 spans from every other
+    read's: each read misses one span with none cached or decoded just before it, a
+    scattered miss."""
+    from clipcy import open_archive
+    from clipcy.fusemount.spans import SPAN
+
+    with open_archive(image.archive) as arc:
+        nodes = [n for n in arc.walk() if n.type == "file" and n.layer == layer
+                 and n.size > 8192]
+    random.Random(7).shuffle(nodes)
+    out: list[tuple[Any, int, int]] = []
+    taken: list[int] = []
+    for n in nodes:
+        off, length = (0, n.size) if whole else (n.size // 2, 4096)
+        k = (n.offset + off) // SPAN
+        if (n.offset + off + length - 1) // SPAN == k and all(abs(k - j) >= 2 for j in taken):
+            taken.append(k)
+            out.append((n, off, length))
+            if len(out) == count:
+                break
+    assert len(out) == count, "the image has too few spread files"
+    return out
+
+
+def test_streaming_policy_whole_files_and_reads_inside_files(image: Image,
+                                                             tmp_path: Path) -> None:
+    """Files read whole out of data order have the layer streamed after SCATTERED_AFTER
+    scattered misses, not one fewer; reads that start inside files count for a whole miss
+    only at a third of the layer's spans, so a few random reads stream nothing. Once a
+    layer is on disk, the same whole-file reads have its entries read ahead (warmed)."""
+    from clipcy import open_archive
+    from clipcy.fusemount.fs import ImageFS
+    from clipcy.fusemount.spans import INSIDE_SHARE, SCATTERED_AFTER
+    from clipcy.storage.decodedcache import DecodedDiskCache
+
+    with open_archive(image.archive) as arc:
+        # reads inside files: as many scattered misses as the whole-file rule would stream
+        # after, and more, still under a third of the layer's spans
+        fs = ImageFS(arc, 1 << 20, DecodedDiskCache(tmp_path / "inside"))
+        assert fs.spans.disk is not None
+        spans = fs.spans.disk.spans(0)
+        inside = max(SCATTERED_AFTER, spans // INSIDE_SHARE) - 1
+        assert inside >= SCATTERED_AFTER  # the test image is large enough to tell them apart
+        for n, off, length in _spread_reads(image, 0, inside, whole=False):
+            got = fs.spans.read(n.layer, n.offset + off, length, n.offset + n.size, n.offset)
+            assert got == image.files[n.path.decode()][off:off + length]
+        assert fs.spans.read_misses == inside
+        assert fs.spans.streams_started == 0
+
+        # whole files: SCATTERED_AFTER - 1 scattered misses stream nothing, one more does
+        fs = ImageFS(arc, 1 << 20, DecodedDiskCache(tmp_path / "whole"))
+        files = [n for n, _, _ in _spread_reads(image, 0, SCATTERED_AFTER, whole=True)]
+        for i, n in enumerate(files):
+            assert fs.spans.streams_started == 0, i
+            got = fs.spans.read(n.layer, n.offset, n.size, n.offset + n.size, n.offset)
+            assert got == image.files[n.path.decode()]
+        assert fs.spans.streams_started == 1
+        st = fs.spans.stream(0)  # the layer's stream exists: None, then wait for it
+        assert st is None
+        fs.spans._streams[0].done.wait()
+        assert fs.spans.stream_errors == 0 and fs.spans.streamed > 0
+
+        # the layer is on disk: the same reads from a new mount's view find every span
+        # there, and the SCATTERED_AFTER-th has the layer's entries read ahead, once
+        again = ImageFS(arc, 1 << 20, DecodedDiskCache(tmp_path / "whole"))
+        for i, n in enumerate(files):
+            assert again.spans.layers_warmed == 0, i
+            got = again.spans.read(n.layer, n.offset, n.size, n.offset + n.size, n.offset)
+            assert got == image.files[n.path.decode()]
+        assert again.spans.layers_warmed == 1
+        assert again.spans.decompressed == 0 and again.spans.streams_started == 0

@@ -186,7 +186,8 @@ class ImageFS:
             return []
         try:
             if f.runs is None:
-                parts = self.spans.parts(f.layer, f.offset + off, n, f.offset + f.size)
+                parts = self.spans.parts(f.layer, f.offset + off, n, f.offset + f.size,
+                                         f.offset)
             else:
                 data = self._read_sparse(f, off, n)
                 parts = [(data, 0, len(data))]

@@ -28,8 +28,11 @@ data order (SCATTERED_AFTER read misses that continue no span just decoded, net 
 do) is streamed once, on the STREAMER thread, from the lowest span so missed to its end, into
 the disk cache (STREAM_CHUNK per layer read, the decoder running on from one to the next); a
 read missing a span at most WAIT_AHEAD spans ahead of the streamer waits for it rather than
-inflate from a resume point what the streamer is about to inflate. stream(layer) is the same
-for a caller that knows the whole layer will be read (mount --fetch-all).
+inflate from a resume point what the streamer is about to inflate; between its chunks the
+streamer waits while a read is inflating. A miss of a read that starts inside a file counts
+for less (random access: see _scattered). Once the same count is reached on a miss served from
+disk, the layer's entries are read ahead into the page cache instead (_warm). stream(layer) is
+the same for a caller that knows the whole layer will be read (mount --fetch-all).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ AHEAD = 8  # spans a helper keeps inflated ahead of a sequential reader (2 MiB)
 BEHIND = 16  # spans a sequential reader leaves cached behind it (the kernel has the pages)
 STREAMS = 64  # streams (files being read) whose position is remembered
 SCATTERED_AFTER = 8  # scattered read misses in a layer that have it streamed to the disk cache
+INSIDE_SHARE = 3  # ... when the reads start inside files: a third of the layer's spans
 WAIT_AHEAD = 4  # a read waits for the streamer when its span is at most this far ahead (1 MiB:
 # no further than the resume-point spacing, so waiting never costs more than inflating)
-STREAM_CHUNK = 16  # spans the streamer asks of the layer reader at once (4 MiB)
+STREAM_CHUNK = 4  # spans the streamer asks of the layer reader at once (1 MiB, ~3 ms of
+# inflate: how long a read that starts inflating may share the cores with the streamer)
 
 __all__ = ["SPAN", "DecodedSpanCache", "LayerStream"]
 
@@ -103,36 +108,45 @@ class DecodedSpanCache:
         self.streamed = 0  # spans the streamer put in the disk cache
         self.streams_started = 0  # layers queued for streaming
         self.stream_errors = 0
-        self._scatter: dict[int, int] = {}  # layer -> scattered read misses (net)
+        self._scatter: dict[int, float] = {}  # layer -> scattered read misses (net, weighed)
         self._scatter_low: dict[int, int] = {}  # layer -> the lowest span so missed
         self._streams: dict[int, LayerStream] = {}  # layer -> its stream (once per mount)
+        self._warmed: set[int] = set()  # layers whose entries were read ahead (once a mount)
+        self.layers_warmed = 0
         self._stream_q: queue.SimpleQueue[LayerStream] = queue.SimpleQueue()
         self._streamer: threading.Thread | None = None
         self._moved = threading.Condition(self._lock)  # a stream's pos advanced or it ended
+        # spans being inflated for reads (and the helper, the replay): the streamer waits for
+        # none between its chunks, so it never takes a core from a read that is inflating
+        self._inflating = 0
+        self._quiet = threading.Condition(self._lock)  # _inflating fell to 0
 
     @property
     def held(self) -> int:
         return self._held
 
-    def read(self, layer: int, offset: int, n: int, end: int | None = None) -> bytes:
+    def read(self, layer: int, offset: int, n: int, end: int | None = None,
+             start: int | None = None) -> bytes:
         """Up to n bytes at offset (fewer only where the layer stream ends). `end`: where the
-        file being read ends in the layer stream (read-ahead stops there)."""
-        parts = self.parts(layer, offset, n, end)
+        file being read ends in the layer stream (read-ahead stops there); `start`: where it
+        begins (a read from there counts as a whole-file read for the streaming policy)."""
+        parts = self.parts(layer, offset, n, end, start)
         if len(parts) == 1:
             data, lo, length = parts[0]
             return data if lo == 0 and length == len(data) else data[lo:lo + length]
         return b"".join([memoryview(data)[lo:lo + length] for data, lo, length in parts])
 
-    def parts(self, layer: int, offset: int, n: int,
-              end: int | None = None) -> list[tuple[bytes, int, int]]:
+    def parts(self, layer: int, offset: int, n: int, end: int | None = None,
+              start: int | None = None) -> list[tuple[bytes, int, int]]:
         """read() without its copy: (span, start, length) pieces of cached spans whose bytes,
         in order, are read()'s (the FUSE binding hands them to the kernel as they are)."""
         span = self.span
         stop = (end - 1) // span if end is not None else None
         out: list[tuple[bytes, int, int]] = []
         k = offset // span
+        inside = start is not None and offset != start  # the read begins inside a file
         while n > 0:
-            data = self._span(layer, k, stop)
+            data = self._span(layer, k, stop, inside=inside)
             lo = offset - k * span
             length = min(n, len(data) - lo)
             if length <= 0:
@@ -146,7 +160,7 @@ class DecodedSpanCache:
         return out
 
     def _span(self, layer: int, k: int, stop: int | None = None,
-              helper: bool = False) -> bytes:
+              helper: bool = False, inside: bool = False) -> bytes:
         key = (layer, k)
         while True:
             with self._lock:
@@ -223,12 +237,15 @@ class DecodedSpanCache:
                     if ahead:
                         self._streamed.add(key)
                         self._drop_behind(layer, k)
-                stream = inflated and self._scattered(layer, k, scattered)
+                act = self._scattered(layer, k, scattered, inflated, inside) if data else None
             mine.set()
         if ahead:
             self._prefetch(layer, k + 1, stop)
-        if stream:
+        if act == "stream":
             self.stream(layer, self._scatter_low.get(layer, 0))
+        elif act == "warm":
+            threading.Thread(target=self._warm, args=(layer, self._scatter_low.get(layer, 0)),
+                             daemon=True, name="clipcy-warm-spans").start()
         return data
 
     # -- the disk cache and the streamer ------------------------------------------------------
@@ -246,24 +263,64 @@ class DecodedSpanCache:
                     return data, False
         if read and self.on_miss is not None:
             self.on_miss(layer, k)
-        data = bytes(self._reader(layer).pread(k * self.span, self.span))
+        with self._lock:
+            self._inflating += 1
+        try:
+            data = bytes(self._reader(layer).pread(k * self.span, self.span))
+        finally:
+            with self._lock:
+                self._inflating -= 1
+                if not self._inflating:
+                    self._quiet.notify_all()
         if disk is not None and disk.put(layer, k, data):
             with self._lock:
                 self.disk_puts += 1
         return data, True
 
-    def _scattered(self, layer: int, k: int, scattered: bool) -> bool:
-        """Count a read's inflating miss; whether the layer should now be streamed (the lock
-        is held)."""
-        if self.disk is None or layer in self._streams:
-            return False
-        n = self._scatter.get(layer, 0)
+    def _scattered(self, layer: int, k: int, scattered: bool, inflated: bool,
+                   inside: bool) -> str | None:
+        """Count a read's miss in memory (inflated, or found on disk); what the layer now
+        needs (the lock is held): "stream" (inflated misses: the rest of the layer into the
+        disk cache), "warm" (disk hits: the layer's entries read ahead into the page cache,
+        once), or nothing.
+
+        Files read whole in an order unrelated to the layer's (a tree walk, tar, cp -r) go
+        on until the layer is read: SCATTERED_AFTER scattered misses stream it. Reads that
+        start inside files (random access into large files: a database, a data loader) say
+        less about what follows, and streaming a layer costs as much as inflating it: those
+        misses count for a whole one only once they reach a third of the layer's spans (the
+        inflates they paid for from resume points, ~3 spans each, about match the layer's),
+        so random reads are not slowed by a stream they would not use."""
+        if self.disk is None or (layer in self._streams and layer in self._warmed):
+            return None
+        n = self._scatter.get(layer, 0.0)
         if not scattered:
-            self._scatter[layer] = max(0, n - 1)
-            return False
-        self._scatter[layer] = n + 1
+            self._scatter[layer] = max(0.0, n - 1)
+            return None
+        n += SCATTERED_AFTER / max(SCATTERED_AFTER, self.disk.spans(layer) // INSIDE_SHARE
+                                   ) if inside else 1
+        self._scatter[layer] = n
         self._scatter_low[layer] = min(k, self._scatter_low.get(layer, k))
-        return n + 1 >= SCATTERED_AFTER and bool(self.disk.room_for(layer))
+        if n < SCATTERED_AFTER - 1e-9:
+            return None
+        if inflated:
+            if layer in self._streams or not self.disk.room_for(layer):
+                return None
+            return "stream"
+        if layer in self._warmed:
+            return None
+        self._warmed.add(layer)
+        self.layers_warmed += 1
+        return "warm"
+
+    def _warm(self, layer: int, first: int) -> None:
+        """Have the kernel read the layer's disk cache entries from span `first` on into the
+        page cache (asynchronously, all at once): a layer whose spans are all on disk but
+        read in an order unrelated to the entries' order on disk is then served at the
+        disk's streaming rate rather than one 256 KiB read at a time."""
+        disk = self.disk
+        for j in range(first, disk.spans(layer)):
+            disk.will_need(layer, j)
 
     def _wait_stream(self, layer: int, k: int) -> bool:
         """Wait for the streamer to pass span k if it is at most WAIT_AHEAD spans ahead of
@@ -325,6 +382,9 @@ class DecodedSpanCache:
             st.started = True
         k = st.first
         while k <= st.last:
+            with self._lock:
+                while self._inflating:
+                    self._quiet.wait()
             n = min(STREAM_CHUNK, st.last - k + 1)
             todo = [j for j in range(k, k + n) if not disk.has(st.layer, j)]
             if todo:

@@ -101,6 +101,25 @@ class LayerSpans:
         n = self.length(layer, k)
         return bool(n) and self.cache.has(self.layers[layer][0], k * self.span, n)
 
+    def will_need(self, layer: int, k: int) -> bool:
+        """Ask the kernel to read span k's entry into the page cache, without waiting for
+        it; whether there is one."""
+        n = self.length(layer, k)
+        if not n:
+            return False
+        try:
+            fd = os.open(self.cache._path(self.layers[layer][0], k * self.span, n),
+                         os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return True
+
     def put(self, layer: int, k: int, data: bytes) -> bool:
         """Keep span k's bytes (only a whole span of the expected length)."""
         if not data or len(data) != self.length(layer, k):
