@@ -1,6 +1,7 @@
 """A/B of the mount's sequential read across source trees, interleaved with `clipctl cat`.
 
-    python perf/mount_ab.py ARCHIVE MOUNTPOINT N name=TREE [name=TREE ...] [--file PATH ...]
+    python perf/mount_ab.py ARCHIVE MOUNTPOINT N name=TREE[,ARG...] [...] [--file PATH ...]
+                            [--fresh-cache]
 
 Each TREE is a clipcy source tree with its compiled modules built in place (a worktree, or
 `git archive REV | tar -x` plus the .so files of a build of REV); it runs as
@@ -11,21 +12,29 @@ tree as a ratio to the best `cat` of the same run, and the mount process's CPU t
 round. With several --file, they are read at once (a thread each: interleaved sequential
 streams) and `cat` reads them one after the other. perf/RESULTS.md
 ("Issue 10: the mount's sequential read") was measured with it on perf/mount.py's bigfile
-archive. Needs root and /dev/fuse.
+archive. Each ARG after a tree (comma-separated) is passed to its `clipctl mount`, so one
+tree can be measured with different options (`head-nocache=TREE,--no-cache`). With
+--fresh-cache every mount gets an empty $XDG_CACHE_HOME of its own (removed after it), so
+an on-disk cache (the decoded spans) starts cold in every round; without it the mounts use
+the caller's $XDG_CACHE_HOME. Also prints each tree's best time from `clipctl mount` to
+ready. Needs root and /dev/fuse.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 
-def clip(tree: str, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONPATH": tree}
+def clip(tree: str, *args: str, env_extra: dict[str, str] | None = None,
+         **kw: object) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": tree, **(env_extra or {})}
     r: subprocess.CompletedProcess[bytes] = subprocess.run(  # type: ignore[call-overload]
         [sys.executable, "-m", "clipcy", *args], env=env, cwd="/tmp", check=True, **kw)
     return r
@@ -39,9 +48,15 @@ def read_all(path: str, sizes: list[int]) -> None:
     sizes.append(total)
 
 
-def via_mount(tree: str, archive: str, mnt: str, paths: list[str]) -> tuple[float, int, int]:
-    """(seconds, bytes, CPU ms of the mount process) for one read on a fresh mount."""
-    r = clip(tree, "mount", archive, mnt, capture_output=True)
+def via_mount(tree: str, archive: str, mnt: str, paths: list[str], extra: list[str],
+              fresh_cache: bool) -> tuple[float, int, int, float]:
+    """(seconds, bytes, CPU ms of the mount process, seconds to ready) for one read on a
+    fresh mount."""
+    cache = tempfile.mkdtemp(prefix="clipcy-ab-cache-") if fresh_cache else None
+    env_extra = {"XDG_CACHE_HOME": cache} if cache else None
+    t = time.perf_counter()
+    r = clip(tree, "mount", *extra, archive, mnt, env_extra=env_extra, capture_output=True)
+    ready = time.perf_counter() - t
     pid = int(r.stderr.decode().split("(pid ")[1].split(",")[0])
     sizes: list[int] = []
     threads = [threading.Thread(target=read_all, args=(os.path.join(mnt, p.lstrip("/")), sizes))
@@ -63,7 +78,9 @@ def via_mount(tree: str, archive: str, mnt: str, paths: list[str]) -> tuple[floa
         except ProcessLookupError:
             break
         time.sleep(0.01)
-    return dt, total, cpu
+    if cache:
+        shutil.rmtree(cache)
+    return dt, total, cpu, ready
 
 
 def via_cat(tree: str, archive: str, paths: list[str]) -> float:
@@ -79,28 +96,35 @@ def main() -> None:
     ap.add_argument("archive")
     ap.add_argument("mountpoint")
     ap.add_argument("rounds", type=int)
-    ap.add_argument("trees", nargs="+", help="name=TREE")
+    ap.add_argument("trees", nargs="+", help="name=TREE[,MOUNT_ARG...]")
     ap.add_argument("--file", action="append", help="a file of the archive (repeatable)")
+    ap.add_argument("--fresh-cache", action="store_true",
+                    help="an empty $XDG_CACHE_HOME for every mount")
     args = ap.parse_args()
-    trees = dict(t.split("=", 1) for t in args.trees)
+    specs = {name: spec.split(",") for name, spec in (t.split("=", 1) for t in args.trees)}
+    trees = {name: spec[0] for name, spec in specs.items()}
     files = args.file or ["/big.bin"]
     os.makedirs(args.mountpoint, exist_ok=True)
     times: dict[str, list[float]] = {k: [] for k in trees}
     cpus: dict[str, list[int]] = {k: [] for k in trees}
+    readys: dict[str, list[float]] = {k: [] for k in trees}
     cat: list[float] = []
     size = 0
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            dt, size, cpu = via_mount(tree, args.archive, args.mountpoint, files)
+            dt, size, cpu, ready = via_mount(tree, args.archive, args.mountpoint, files,
+                                             specs[name][1:], args.fresh_cache)
             times[name].append(dt)
             cpus[name].append(cpu)
+            readys[name].append(ready)
         cat.append(via_cat(next(iter(trees.values())), args.archive, files))
     c = min(cat)
     print(f"cat: best {size / 1e6 / c:.0f} MB/s, all {[round(x * 1000) for x in cat]} ms")
     for name, ts in times.items():
         m = min(ts)
         print(f"{name}: best {size / 1e6 / m:.0f} MB/s = {c / m:.2f}x cat, all "
-              f"{[round(x * 1000) for x in ts]} ms, mount process CPU {sorted(cpus[name])} ms")
+              f"{[round(x * 1000) for x in ts]} ms, mount process CPU {sorted(cpus[name])} ms, "
+              f"mount to ready best {min(readys[name]) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
