@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import stat as statmod
 import sys
-import tempfile
 import time
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipcy.archive.reader import Archive
 from clipcy.errors import ClipError
-from clipcy.export import decode_path, node_record, write_export
 from clipcy.logs import step
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
-from clipcy.progress import make_reporter
 from clipcy.publish import open_archive  # also takes docker://HOST/REPO:TAG
 
+# Start-up: a plain `clipctl cat` imports only what reading a local archive needs; the
+# modules of other commands (json, export, progress, tempfile, pathlib, the remote stores)
+# are imported by the functions that use them.
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from clipcy.archive.reader import Archive
     from clipcy.storage.registry import RemoteOptions
 
 log = logging.getLogger("clipcy")
@@ -38,6 +37,8 @@ _TYPE_BITS = {
 
 
 def _print_json(obj: Any) -> None:
+    import json
+
     json.dump(obj, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
     sys.stdout.write("\n")
 
@@ -57,6 +58,7 @@ def cmd_index_layout(args: argparse.Namespace) -> int:
     from clipcy.image.cache import default_cache_dir
     from clipcy.image.indexer import create_index_only_archive_from_oci_layout
     from clipcy.limits import parse_overrides
+    from clipcy.progress import make_reporter
 
     if args.workers is not None and args.workers < 1:
         raise ClipError("--workers must be at least 1")
@@ -110,6 +112,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         create_index_only_archive_from_registry,
     )
     from clipcy.limits import parse_overrides
+    from clipcy.progress import make_reporter
 
     if args.workers is not None and args.workers < 1:
         raise ClipError("--workers must be at least 1")
@@ -232,6 +235,8 @@ def inspect_dict(arc: Archive) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
     with open_archive(args.archive) as arc:
         info = inspect_dict(arc)
     info["cache"] = image_cached(info["layers"], getattr(args, "cache_dir", None))
@@ -298,6 +303,8 @@ def _mode_string(node: Node) -> str:
 
 
 def _long_line(node: Node, name: str) -> str:
+    from clipcy.export import decode_path
+
     size = f"{node.devmajor}, {node.devminor}" if node.type in (CHAR, BLOCK) else str(node.st_size)
     when = (
         time.strftime("%Y-%m-%d %H:%M", time.gmtime(node.mtime_sec))
@@ -329,6 +336,8 @@ def resolved_node(arc: Archive, path: str, follow: bool = False) -> Node:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from clipcy.export import decode_path
+
     with open_archive(args.archive) as arc:
         top = resolved_node(arc, args.path, args.follow)
         if top.type != DIR:
@@ -356,6 +365,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _ls_print(args: argparse.Namespace, node: Node, name: str) -> None:
+    import json
+
+    from clipcy.export import node_record
+
     if args.json:
         print(json.dumps(dict(node_record(node), name=name), sort_keys=True))
     elif args.long:
@@ -365,6 +378,8 @@ def _ls_print(args: argparse.Namespace, node: Node, name: str) -> None:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
+    from clipcy.export import node_record
+
     with open_archive(args.archive) as arc:
         node = resolved_node(arc, args.path, args.follow)
     rec = node_record(node)
@@ -395,6 +410,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from clipcy.export import write_export
+
     with open_archive(args.archive) as arc:
         top = resolved_node(arc, args.path) if args.path != "/" else None
         write_export(arc.walk(top.path if top is not None else b"/"), sys.stdout)
@@ -410,11 +427,16 @@ def blob_ref(args: argparse.Namespace) -> str | None:
     return ref
 
 
-def remote_options(args: argparse.Namespace) -> RemoteOptions:
-    """The readers' --authfile, --insecure, timeouts, retries and span-cache options."""
-    from clipcy.storage.http import HttpOptions
-    from clipcy.storage.registry import RemoteOptions
+# The readers' remote options as the parser defaults them (clipcy.cli.add_storage_options):
+# RemoteOptions() holds the same values (tests/test_cli.py checks it).
+_REMOTE_DEFAULTS = {"authfile": None, "insecure": False, "connect_timeout": 5.0,
+                    "read_timeout": 30.0, "retries": 5, "cache_dir": None,
+                    "cache_max_mib": 1024, "no_cache": False, "decoded_cache_mib": 2048}
 
+
+def remote_options(args: argparse.Namespace) -> RemoteOptions | None:
+    """The readers' --authfile, --insecure, timeouts, retries and span-cache options; None
+    when all are the defaults, so that reading a local archive imports no remote store."""
     if args.connect_timeout <= 0 or args.read_timeout <= 0:
         raise ClipError("--connect-timeout and --read-timeout must be positive")
     if args.retries < 0:
@@ -424,11 +446,22 @@ def remote_options(args: argparse.Namespace) -> RemoteOptions:
     decoded_mib = getattr(args, "decoded_cache_mib", 2048)
     if decoded_mib < 0:
         raise ClipError("--decoded-cache-mib must be 0 or more")
+    if all(getattr(args, k, v) == v for k, v in _REMOTE_DEFAULTS.items()):
+        return None
+    return build_remote_options(args)
+
+
+def build_remote_options(args: argparse.Namespace) -> RemoteOptions:
+    """RemoteOptions from the readers' options (checked by remote_options)."""
+    from clipcy.storage.http import HttpOptions
+    from clipcy.storage.registry import RemoteOptions
+
     http = HttpOptions(connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
                        tries=args.retries + 1)
     return RemoteOptions(authfile=args.authfile, http=http, insecure=args.insecure,
                          cache=not args.no_cache, cache_dir=args.cache_dir,
-                         cache_max_mib=args.cache_max_mib, decoded_cache_mib=decoded_mib)
+                         cache_max_mib=args.cache_max_mib,
+                         decoded_cache_mib=getattr(args, "decoded_cache_mib", 2048))
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
@@ -446,6 +479,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from clipcy.extract import extract_archive
+    from clipcy.progress import make_reporter
 
     reporter = make_reporter(args.progress)
     try:
@@ -462,6 +496,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from clipcy.progress import make_reporter
     from clipcy.verify import verify_archive
 
     reporter = make_reporter(args.progress)
@@ -520,6 +555,9 @@ def _print_checked(checked: dict[str, Any]) -> None:
 
 
 def sample_layout() -> Path:
+    from importlib import resources
+    from pathlib import Path
+
     path = Path(str(resources.files("clipcy") / "sample"))
     if not (path / "index.json").is_file():
         raise ClipError(f"the sample layout is missing from the installation ({path})")
@@ -527,6 +565,9 @@ def sample_layout() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from clipcy.image.indexer import create_index_only_archive_from_oci_layout
 
     layout = sample_layout()
@@ -610,6 +651,8 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
     from clipcy.fusemount.stats import query
 
     doc = query(args.mountpoint)
@@ -670,6 +713,8 @@ CACHE_KINDS = ("spans", "decoded", "layers", "archives")
 
 
 def _cache_dirs(cache_dir: str | None) -> dict[str, Path]:
+    from pathlib import Path
+
     from clipcy.image.cache import default_cache_dir
     from clipcy.publish import archive_cache_dir
     from clipcy.storage.decodedcache import decoded_cache_dir
@@ -691,6 +736,8 @@ def _span_cache(kind: str, root: Path) -> Any:
 
 def _files(root: Path) -> list[Path]:
     """The regular files under root (lock files left out: they are not entries)."""
+    from pathlib import Path
+
     out = []
     for dirpath, _, names in os.walk(root):
         out += [Path(dirpath) / n for n in names if n != "lock"]

@@ -275,3 +275,21 @@ def test_extract_and_verify_progress_json(sample_clip: Path, tmp_path: Path) -> 
             assert all(set(e) <= {"event", "time", "files", "bytes"} for e in events)
         else:
             assert events[0]["event"] == "start" and events[-1]["problems"] == 0
+
+
+@pytest.mark.parametrize("command", ["cat", "extract", "verify", "mount"])
+def test_default_remote_options_are_the_readers_defaults(command: str) -> None:
+    """A reader given no remote option passes None (no remote store imported for a local
+    archive): that must mean exactly what the parser's defaults spell out."""
+    from clipcy.cli import build_parser
+    from clipcy.commands import build_remote_options, remote_options
+    from clipcy.storage.registry import RemoteOptions
+
+    argv = {"cat": ["cat", "a.clip", "/x"], "extract": ["extract", "a.clip", "-C", "out"],
+            "verify": ["verify", "a.clip"], "mount": ["mount", "a.clip", "mnt"]}[command]
+    args = build_parser().parse_args(argv)
+    assert remote_options(args) is None
+    assert build_remote_options(args) == RemoteOptions()
+    changed = build_parser().parse_args([*argv, "--retries", "2"])
+    options = remote_options(changed)
+    assert options is not None and options.http.tries == 3
