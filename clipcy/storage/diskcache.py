@@ -88,15 +88,18 @@ class DiskSpanCache:
         key = path.name + digest
         magic, head = self.magic, len(self.magic) + self.sum_size
         try:
-            with open(path, "rb") as f:
-                raw = f.read(head + length + 1)
+            # unbuffered, the head and the bytes in two reads: the bytes are not copied again
+            # (a decoded span is 256 KiB, read on a FUSE read's path)
+            with open(path, "rb", buffering=0) as f:
+                top = f.read(head)
+                data = f.read(length + 1)
+                mtime = os.fstat(f.fileno()).st_mtime
         except OSError:
             with self._lock:
                 self.misses += 1
             return None
-        data = raw[head:]
-        if (raw[:len(magic)] != magic or len(data) != length
-                or raw[len(magic):head] != self.checksum(key, data)):
+        if (top[:len(magic)] != magic or len(top) != head or len(data) != length
+                or top[len(magic):] != self.checksum(key, data)):
             log.warning("%s: dropping a damaged entry %s", self.kind, path)
             self._unlink(path)
             with self._lock:
@@ -104,7 +107,7 @@ class DiskSpanCache:
                 self.damaged += 1
             return None
         try:
-            if time.time() - path.stat().st_mtime > 1.0:
+            if time.time() - mtime > 1.0:
                 os.utime(path)  # LRU: a hit makes the entry young again
         except OSError:
             pass
@@ -127,7 +130,8 @@ class DiskSpanCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(self.magic + self.checksum(path.name + digest, data) + data)
+                f.write(self.magic + self.checksum(path.name + digest, data))
+                f.write(data)  # not joined: a decoded span is 256 KiB
             os.replace(tmp, path)
         except OSError as e:
             with self._lock:
