@@ -120,12 +120,59 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, without importing shutil (and bz2, lzma, fnmatch
+    with it) at every start: argparse makes a formatter for every argument it adds."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's RawDescriptionHelpFormatter, given its width (see _columns)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
+class _Unused:
+    """Takes the arguments of a subcommand that is not the one run: the parser of a command
+    adds only that command's arguments (build_parser(command)), as argparse's add_argument
+    costs about 0.1 ms each, at every start."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._take
+
+    def _take(self, *args: Any, **kwargs: Any) -> _Unused:
+        return self
+
+
+def command_of(argv: Sequence[str] | None) -> str | None:
+    """The subcommand argv names: its first word that is not an option (clipctl's own
+    options take no value), or None."""
+    for arg in sys.argv[1:] if argv is None else argv:
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """clipctl's parser; given a command, only that subcommand has its arguments (the others
+    are listed, with their help, but parse nothing): what main() parses with."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Index local OCI image layouts into small index-only .clip archives, "
         "and read files lazily through them.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
         epilog="examples:\n"
         "  clipctl index-layout --layout ./img --tag latest --out img.clip\n"
         "  clipctl inspect img.clip\n"
@@ -140,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    sub.clipcy_only = command  # type: ignore[attr-defined]  # read by _sub
     for register in _COMMANDS:
         register(sub)
     return parser
@@ -155,8 +203,10 @@ def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentPars
         help=help,
         description=help[:1].upper() + help[1:] + ".",
         epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
+    if sub.clipcy_only not in (None, name):
+        return _Unused()  # type: ignore[return-value]
     _add_common(p)
     return p
 
@@ -771,7 +821,7 @@ def parse_args(parser: argparse.ArgumentParser,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(command_of(argv))
     args = parse_args(parser, argv)
     _setup_logging(args)
     restore = _handle_sigterm()

@@ -293,3 +293,34 @@ def test_default_remote_options_are_the_readers_defaults(command: str) -> None:
     changed = build_parser().parse_args([*argv, "--retries", "2"])
     options = remote_options(changed)
     assert options is not None and options.http.tries == 3
+
+
+@pytest.mark.parametrize("argv", [
+    ["cat", "a.clip", "/etc/passwd", "--retries", "2"],
+    ["-v", "ls", "a.clip", "/etc", "-l"],
+    ["extract", "a.clip", "-C", "out", "/etc", "/usr"],
+    ["mount", "a.clip", "mnt", "-o", "allow_other", "--decoded-cache-mib", "5"],
+    ["index-layout", "--layout", "img", "--tag", "latest", "--out", "x.clip", "-q"],
+    ["cache", "info", "--json"],
+])
+def test_parser_of_one_command_parses_as_the_full_parser(argv: list[str]) -> None:
+    """main() builds only the arguments of the command it runs (start-up)."""
+    from clipcy.cli import build_parser, command_of, parse_args
+
+    def parsed(command: str | None) -> dict[str, object]:
+        args = vars(parse_args(build_parser(command), argv))
+        return {k: v for k, v in args.items() if k != "func"}
+
+    assert command_of(argv) == argv[1 if argv[0] == "-v" else 0]
+    assert parsed(command_of(argv)) == parsed(None)
+
+
+@pytest.mark.parametrize("columns", [None, "", "abc", "0", "-3", "37", "200"])
+def test_help_width_is_shutils(columns: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipcy.cli import _columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _columns() == shutil.get_terminal_size().columns
