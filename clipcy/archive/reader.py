@@ -659,7 +659,10 @@ class Archive:
         # one never closed (an interrupt landed as it was returned, before a `with` or a
         # `try` held it): its fd and readers go with it, as a file object's do
         if getattr(self, "_fd", None) is not None:
-            self.close()
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001, S110 - nobody to tell in a finalizer
+                pass
 
     def __enter__(self) -> Archive:
         return self
