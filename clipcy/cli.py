@@ -7,14 +7,12 @@ Only the standard library is imported at the top: argparse-manpage loads this fi
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 PROG = "clipctl"
-log = logging.getLogger("clipcy")
 
 
 class _VersionAction(argparse.Action):
@@ -854,9 +852,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fail(args: argparse.Namespace, message: str) -> None:
+    from clipcy.logs import DEBUG, log
     from clipcy.progress import clear_active
 
     clear_active()
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         log.debug("traceback", exc_info=True)
     print(f"{PROG}: error: {message}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import stat as statmod
 import sys
@@ -11,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ClipError
-from clipcy.logs import step
+from clipcy.logs import log, step  # (log imports logging only when it logs)
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 from clipcy.publish import open_archive  # also takes docker://HOST/REPO:TAG
 
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
     from clipcy.storage.registry import RemoteOptions
 
-log = logging.getLogger("clipcy")
 _TYPE_CHAR = {DIR: "d", FILE: "-", SYMLINK: "l", CHAR: "c", BLOCK: "b", FIFO: "p"}
 _TYPE_BITS = {
     DIR: statmod.S_IFDIR,

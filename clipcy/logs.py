@@ -1,55 +1,150 @@
-"""Logging: CLIP_LOG_LEVEL (debug, info, warn, error) and -v/-q; a flag beats the variable."""
+"""Logging: CLIP_LOG_LEVEL (debug, info, warn, error) and -v/-q; a flag beats the variable.
+
+The logging module (with traceback, string, textwrap, tokenize) is a tenth of a local
+`clipctl cat`'s start-up, and such a run logs nothing at the default level. So the command
+line's own messages go through `log` below, which imports logging only for a message at an
+enabled level, and setup_logging configures the "clipcy" logger the moment logging is
+imported (by `log`, or by a module that logs, such as the remote stores).
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-log = logging.getLogger("clipcy")
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
+# logging's levels, known here without importing it
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
 _LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
+    "debug": DEBUG,
+    "info": INFO,
+    "warn": WARNING,
+    "warning": WARNING,
+    "error": ERROR,
 }
+
+_level = WARNING  # the "clipcy" logger's level, as setup_logging set it
 
 
 def level_from_env() -> int:
-    return _LEVELS.get(os.environ.get("CLIP_LOG_LEVEL", "").strip().lower(), logging.WARNING)
+    return _LEVELS.get(os.environ.get("CLIP_LOG_LEVEL", "").strip().lower(), WARNING)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    global _level
     if quiet:
-        level = logging.ERROR
+        level = ERROR
     elif verbose >= 2:
-        level = logging.DEBUG
+        level = DEBUG
     elif verbose == 1:
-        level = logging.INFO
+        level = INFO
     else:
         level = level_from_env()
+    _level = level
+    if "logging" in sys.modules:
+        _configure()
+    elif not any(isinstance(f, _ConfigureOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigureOnImport())
+
+
+def _configure() -> None:
+    import logging
+
+    class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+        """Erases a progress bar before writing, so a log line never lands inside it."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            from clipcy.progress import clear_active
+
+            clear_active()
+            super().emit(record)
+
     handler = _Handler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
+    log = logging.getLogger("clipcy")
     log.handlers[:] = [handler]
-    log.setLevel(level)
+    log.setLevel(_level)
     log.propagate = False
 
 
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Erases a progress bar before writing, so a log line never lands inside it."""
+class _ConfigureOnImport:
+    """A meta path finder that lets the logging module load as usual, then configures the
+    "clipcy" logger as setup_logging asked (once: it takes itself off sys.meta_path)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        from clipcy.progress import clear_active
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != "logging":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None and spec.loader is not None:
+                spec.loader = _ThenConfigure(spec.loader)
+                return spec  # type: ignore[no-any-return]
+        return None
 
-        clear_active()
-        super().emit(record)
+
+class _ThenConfigure:
+    """The logging module's own loader, followed by _configure."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self._loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        if module.__spec__ is not None:
+            module.__spec__.loader = self._loader
+        _configure()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _Log:
+    """The "clipcy" logger's debug, info, warning, error and isEnabledFor, importing logging
+    only for a message at an enabled level."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        if "logging" in sys.modules:
+            return bool(sys.modules["logging"].getLogger("clipcy").isEnabledFor(level))
+        return level >= _level
+
+    def _log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            import logging
+
+            logging.getLogger("clipcy").log(level, msg, *args, stacklevel=3, **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._log(ERROR, msg, *args, **kwargs)
+
+
+log = _Log()
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import importlib.machinery
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,61 @@ def test_local_reads_do_not_import_the_http_stack(tmp_path: Path) -> None:
         "             if m in sys.modules))\n"
     )
     assert _run(code, tmp_path) == "[]"
+
+
+# What a local `clipctl cat` must not import (python -X importtime: each costs 1 to 8 ms of
+# its start-up): the remote stores' stack, logging (imported when a message is logged at an
+# enabled level), and what other commands or writers need.
+NOT_FOR_A_LOCAL_CAT = (
+    "urllib3", "http.client", "email", "subprocess", "concurrent.futures", "ssl",
+    "logging", "traceback", "hashlib", "shutil", "bz2", "lzma", "tempfile", "random",
+    "base64", "importlib.resources", "importlib.metadata", "textwrap", "string",
+    "clipcy.storage.registry", "clipcy.storage.http", "clipcy.export", "clipcy.progress",
+)
+
+
+def test_local_cat_imports_only_what_it_needs(tmp_path: Path) -> None:
+    sample = Path(clipcy.__file__).parent / "sample"
+    _run(f"from clipcy import create_index_only_archive_from_oci_layout as index\n"
+         f"index({str(sample)!r}, 'latest', 'a.clip', cache_dir='cache')\n", tmp_path)
+    code = (
+        "import sys\n"
+        "from clipcy.cli import main\n"
+        "rc = main(['cat', 'a.clip', '/etc/os-release'])\n"
+        f"print(rc, sorted(m for m in {NOT_FOR_A_LOCAL_CAT!r} if m in sys.modules),\n"
+        "      file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, env=dict(os.environ))
+    assert out.stdout.startswith("NAME="), out.stdout
+    assert out.stderr.strip() == "0 []"
+
+
+@pytest.mark.parametrize(("setup", "shown"), [
+    ("", ["WARNING w 1"]),
+    ("verbose=1", ["WARNING w 1", "INFO i 2"]),
+    ("quiet=True", []),
+])
+def test_logging_imported_after_setup_is_configured(tmp_path: Path, setup: str,
+                                                     shown: list[str]) -> None:
+    """setup_logging leaves logging unimported; a module that imports it later (a remote
+    store, the mount) logs in clipctl's format, at the level asked for."""
+    code = (
+        "import sys\n"
+        "from clipcy.logs import setup_logging\n"
+        f"setup_logging({setup})\n"
+        "assert 'logging' not in sys.modules\n"
+        "import logging\n"
+        "logging.getLogger('clipcy.storage.http').warning('w %d', 1)\n"
+        "logging.getLogger('clipcy').info('i %d', 2)\n"
+        "logging.getLogger('clipcy.x').debug('d %d', 3)\n"
+    )
+    err = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
+                         capture_output=True, text=True).stderr
+    lines = err.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == shown, err
+    for line in lines:
+        time.strptime(line.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S")
 
 
 def test_clipctl_version(tmp_path: Path) -> None:

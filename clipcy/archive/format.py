@@ -9,7 +9,6 @@ with the same constants. Change this file, FORMAT.md and the golden archive toge
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -282,6 +281,8 @@ def assemble(meta_json: bytes, node_count: int,
     head = HEADER.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, 0, file_size, len(sections), 0)
     crc = zlib.crc32(table_bytes, zlib.crc32(head[:HEADER_CRC_OFFSET]))
     head = head[:HEADER_CRC_OFFSET] + U32.pack(crc)
+    import hashlib  # (writers only: a reader's start-up does without OpenSSL)
+
     body = b"".join([head, table_bytes] + [s for _, s in sections])
     return body + TRAILER.pack(hashlib.sha256(body).digest(), TRAILER_MAGIC)
 
@@ -305,5 +306,7 @@ def add_section(archive: bytes, kind: int, body: bytes, minor: int) -> bytes:
     head = HEADER.pack(magic, major, max(old_minor, minor), flags, file_size, nsec + 1, 0)
     crc = zlib.crc32(table_bytes, zlib.crc32(head[:HEADER_CRC_OFFSET]))
     head = head[:HEADER_CRC_OFFSET] + U32.pack(crc)
+    import hashlib
+
     out = b"".join([head, table_bytes, archive[table_end:data_end], body])
     return out + TRAILER.pack(hashlib.sha256(out).digest(), TRAILER_MAGIC)

@@ -10,7 +10,6 @@ sha256. Any inconsistency raises ArchiveError("corrupt archive <file>: <what> ..
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 import struct
@@ -474,6 +473,8 @@ class Archive:
 
     def verify(self) -> None:
         """Check the whole-file sha256, every section, block and access checksum and record."""
+        import hashlib  # (only here: opening an archive does without OpenSSL)
+
         end = self.size - F.TRAILER_SIZE
         try:
             digest, _ = F.TRAILER.unpack(self._read(end, F.TRAILER_SIZE))

@@ -31,7 +31,6 @@ from clipcy.layers._zlib cimport inflateReset as z_inflateReset
 from clipcy.layers._zlib cimport inflateReset2 as z_inflateReset2
 from clipcy.layers._zlib cimport inflateSetDictionary as z_inflateSetDictionary
 
-import logging
 import os
 
 ctypedef int (*init2_f)(z_stream *, int) noexcept nogil
@@ -141,6 +140,8 @@ def _choose():
     choice = os.environ.get("CLIPCY_INFLATE", "auto")
     _use_zlib()
     if choice not in ("auto", "zlib", "zlib-ng", ""):
+        import logging  # only to warn: importing it costs a reader's start-up ~3 ms
+
         logging.getLogger("clipcy").warning(
             "CLIPCY_INFLATE=%s is not auto, zlib or zlib-ng; using auto", choice)
     if choice == "zlib":
@@ -149,6 +150,8 @@ def _choose():
         return "zlib-ng", _use_zlib_ng()
     except ImportError as e:
         if choice == "zlib-ng":  # asked for: say why it is not there (never a traceback)
+            import logging
+
             logging.getLogger("clipcy").warning("CLIPCY_INFLATE=zlib-ng: %s; using zlib", e)
         _use_zlib()
         return "zlib", zlibVersion().decode("ascii")
