@@ -144,8 +144,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 class _Unused:
     """Takes the arguments of a subcommand that is not the one run: the parser of a command
-    adds only that command's arguments (build_parser(command)), as argparse's add_argument
-    costs about 0.1 ms each, at every start."""
+    has only that subcommand (build_parser(command)), as each subparser and add_argument
+    costs argparse 0.1 to 1 ms, at every start."""
 
     def __getattr__(self, name: str) -> Any:
         return self._take
@@ -155,17 +155,19 @@ class _Unused:
 
 
 def command_of(argv: Sequence[str] | None) -> str | None:
-    """The subcommand argv names: its first word that is not an option (clipctl's own
-    options take no value), or None."""
+    """The subcommand argv runs: its first word that is not an option, when every option
+    before it is -v or -q (so not -h), else None."""
     for arg in sys.argv[1:] if argv is None else argv:
         if not arg.startswith("-"):
             return arg
+        if arg not in ("-q", "--quiet", "--verbose") and arg.strip("v") != "-":
+            return None
     return None
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """clipctl's parser; given a command, only that subcommand has its arguments (the others
-    are listed, with their help, but parse nothing): what main() parses with."""
+    """clipctl's parser; given a command (command_of), the parser of that subcommand only,
+    which parses it as the full parser does: what main() parses with."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Index local OCI image layouts into small index-only .clip archives, "
@@ -188,6 +190,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.clipcy_only = command  # type: ignore[attr-defined]  # read by _sub
     for register in _COMMANDS:
         register(sub)
+    if command is not None and not sub.choices:  # no such command: the full parser says so
+        return build_parser()
     return parser
 
 
@@ -196,6 +200,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    if sub.clipcy_only not in (None, name):
+        return _Unused()  # type: ignore[return-value]
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help,
@@ -203,8 +209,6 @@ def _sub(sub: Any, name: str, help: str, examples: str) -> argparse.ArgumentPars
         epilog="examples:\n" + examples,
         formatter_class=_Formatter,
     )
-    if sub.clipcy_only not in (None, name):
-        return _Unused()  # type: ignore[return-value]
     _add_common(p)
     return p
 

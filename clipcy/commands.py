@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from clipcy.errors import ClipError
 from clipcy.logs import log, step  # (log imports logging only when it logs)
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
-from clipcy.publish import open_archive  # also takes docker://HOST/REPO:TAG
 
 # Start-up: a plain `clipctl cat` imports only what reading a local archive needs; the
 # modules of other commands (json, export, progress, tempfile, pathlib, the remote stores)
@@ -32,6 +31,17 @@ _TYPE_BITS = {
     BLOCK: statmod.S_IFBLK,
     FIFO: statmod.S_IFIFO,
 }
+
+
+def open_archive(path: str, *, storage: str | None = None,
+                 remote: RemoteOptions | None = None) -> Archive:
+    """The archive at path, or an image reference's (docker://HOST/REPO:TAG, by
+    clipcy.publish, imported only then: a local archive opens without it)."""
+    if path.startswith("docker://"):
+        from clipcy.publish import open_archive as open_any
+    else:
+        from clipcy.archive.reader import open_archive as open_any
+    return open_any(path, storage=storage, remote=remote)
 
 
 def _print_json(obj: Any) -> None:

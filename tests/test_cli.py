@@ -324,3 +324,23 @@ def test_help_width_is_shutils(columns: str | None, monkeypatch: pytest.MonkeyPa
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert _columns() == shutil.get_terminal_size().columns
+
+
+@pytest.mark.parametrize("argv", [["-h", "cat"], ["-vh", "cat"], ["--help"], ["nope", "x"],
+                                  ["-v"], ["cat"], ["cat", "-h"], ["-q", "ls", "--bogus"]])
+def test_help_and_errors_are_the_full_parsers(argv: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Help and errors read the same whether main() built one command's parser or all."""
+    from clipcy.cli import build_parser, command_of, parse_args
+
+    def output(command: str | None) -> tuple[str, str]:
+        with pytest.raises(SystemExit):
+            parse_args(build_parser(command), argv)
+        captured = capsys.readouterr()
+        return captured.out, captured.err
+
+    full = output(None)
+    assert output(command_of(argv)) == full
+    assert full[0] or full[1]
+    if argv[0] in ("-h", "-vh", "--help", "nope"):  # the commands are listed
+        assert "index-layout" in full[0] + full[1]
