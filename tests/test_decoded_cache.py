@@ -413,7 +413,9 @@ def test_streaming_policy_whole_files_and_reads_inside_files(image: Image,
         st = fs.spans.stream(0)  # the layer's stream exists: None, then wait for it
         assert st is None
         fs.spans._streams[0].done.wait()
+        fs.spans.flush()  # the spans the reads inflated, queued for the disk
         assert fs.spans.stream_errors == 0 and fs.spans.streamed > 0
+        assert fs.spans.disk_puts == SCATTERED_AFTER
 
         # the layer is on disk: the same reads from a new mount's view find every span
         # there, and the SCATTERED_AFTER-th has the layer's entries read ahead, once
@@ -424,3 +426,44 @@ def test_streaming_policy_whole_files_and_reads_inside_files(image: Image,
             assert got == image.files[n.path.decode()]
         assert again.spans.layers_warmed == 1
         assert again.spans.decompressed == 0 and again.spans.streams_started == 0
+
+
+def test_reads_leave_their_puts_to_the_writer(image: Image, tmp_path: Path) -> None:
+    """A read's inflated span is put on disk by the writer thread; with WRITE_QUEUE spans
+    waiting, the next read writes its own. A span waiting is served from the queue (not
+    inflated again), and flush() returns once every one is on disk."""
+    from clipcy import open_archive
+    from clipcy.fusemount.fs import ImageFS
+    from clipcy.fusemount.spans import SPAN, WRITE_QUEUE
+    from clipcy.storage.decodedcache import DecodedDiskCache
+
+    gate = threading.Event()
+    with open_archive(image.archive) as arc:
+        fs = ImageFS(arc, 1 << 20, DecodedDiskCache(tmp_path / "decoded"))
+        disk = fs.spans.disk
+        assert disk is not None
+        put = disk.put
+
+        def held_put(layer: int, k: int, data: bytes) -> bool:
+            if threading.current_thread().name == "clipcy-decoded-writer":
+                gate.wait()  # the writer is slow: reads must not wait for it
+            return bool(put(layer, k, data))
+
+        disk.put = held_put
+        # every other span (none read in order: no read-ahead), each a miss, inflated
+        ks = [2 * i for i in range(WRITE_QUEUE + 4)]
+        assert ks[-1] < disk.spans(0)
+        for k in ks:
+            fs.spans.read(0, k * SPAN, 4096)
+        assert fs.spans.read_misses == len(ks)
+        # WRITE_QUEUE wait (the first held by the writer); the reads past that wrote theirs
+        assert fs.spans.disk_puts == len(ks) - WRITE_QUEUE
+        assert disk.has(0, ks[-1]) and not disk.has(0, 0)
+        inflated = fs.spans.decompressed
+        fs.spans.clear()  # memory forgets them: span 0 is only in the queue now
+        assert fs.spans.read(0, 0, 4096) == fs.spans.read(0, 0, 4096)
+        assert fs.spans.decompressed == inflated
+        gate.set()
+        fs.spans.flush()
+        assert fs.spans.disk_puts == len(ks)
+        assert all(disk.has(0, k) for k in ks)

@@ -165,6 +165,7 @@ class MountCounters:
                          bytes_decoded=spans.decompressed, held=spans.held)
         decoded: dict[str, Any] | None = None  # the on-disk decoded cache (None: off)
         if spans is not None and spans.disk is not None:
+            spans.flush()  # the spans a read queued for the disk: counted once written
             dc = spans.disk.cache
             on_disk = dc.approx_bytes
             decoded = {"dir": str(dc.root), "max_bytes": dc.max_bytes,

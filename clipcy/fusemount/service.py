@@ -361,6 +361,7 @@ def serve(archive: str, mountpoint: str, storage: str | None = None,
     if recorder is not None:
         recorder.write()
     session.close_after_unmount(is_mounted(mp, FSTYPE))
+    fs.spans.flush()  # the decoded spans still queued for the disk cache
     if stats is not None:
         stats.close()
     log.info("counters %s", json.dumps(mount_counters(fs), sort_keys=True))

@@ -51,6 +51,8 @@ SCATTERED_AFTER = 8  # scattered read misses in a layer that have it streamed to
 INSIDE_SHARE = 3  # ... when the reads start inside files: a third of the layer's spans
 WAIT_AHEAD = 4  # a read waits for the streamer when its span is at most this far ahead (1 MiB:
 # no further than the resume-point spacing, so waiting never costs more than inflating)
+WRITE_QUEUE = 8  # spans a read leaves to the writer thread to put on disk (2 MiB); past that
+# a read writes its span itself (nothing inflated is dropped)
 STREAM_CHUNK = 4  # spans the streamer asks of the layer reader at once (1 MiB, ~3 ms of
 # inflate: how long a read that starts inflating may share the cores with the streamer)
 
@@ -120,6 +122,12 @@ class DecodedSpanCache:
         # none between its chunks, so it never takes a core from a read that is inflating
         self._inflating = 0
         self._quiet = threading.Condition(self._lock)  # _inflating fell to 0
+        # spans inflated by reads, waiting for the writer thread to put them on disk (a put
+        # creates a file and renames it: ~0.3-1 ms of a read's time on a busy disk)
+        self._pending: dict[tuple[int, int], bytes] = {}
+        self._writer: threading.Thread | None = None
+        self._to_write = threading.Condition(self._lock)  # a span was queued
+        self._written = threading.Condition(self._lock)  # the queue ran empty
 
     @property
     def held(self) -> int:
@@ -254,7 +262,10 @@ class DecodedSpanCache:
         program's read (`read`) may wait for the streamer, and for the replay (on_miss)."""
         disk = self.disk
         if disk is not None:
-            data = disk.get(layer, k)
+            with self._lock:
+                data = self._pending.get((layer, k))
+            if data is None:
+                data = disk.get(layer, k)
             if data is not None:
                 return data, False
             if read and self._wait_stream(layer, k):
@@ -272,10 +283,50 @@ class DecodedSpanCache:
                 self._inflating -= 1
                 if not self._inflating:
                     self._quiet.notify_all()
-        if disk is not None and disk.put(layer, k, data):
+        if disk is not None:
+            self._put(layer, k, data)
+        return data, True
+
+    def _put(self, layer: int, k: int, data: bytes) -> None:
+        """Have span k put on disk by the writer thread, or now if WRITE_QUEUE spans wait."""
+        with self._lock:
+            if len(self._pending) < WRITE_QUEUE:
+                self._pending[(layer, k)] = data
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                                    name="clipcy-decoded-writer")
+                    self._writer.start()
+                self._to_write.notify()
+                return
+        self._write(layer, k, data)
+
+    def _write(self, layer: int, k: int, data: bytes) -> None:
+        if self.disk.put(layer, k, data):  # errors (a full disk) are the disk cache's count
             with self._lock:
                 self.disk_puts += 1
-        return data, True
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending:
+                    self._to_write.wait()
+                (layer, k), data = next(iter(self._pending.items()))
+            try:
+                self._write(layer, k, data)
+            except Exception:  # noqa: BLE001, S110 - a cache: the span is inflated again if asked
+                pass
+            finally:
+                with self._lock:
+                    self._pending.pop((layer, k), None)
+                    if not self._pending:
+                        self._written.notify_all()
+
+    def flush(self) -> None:
+        """Wait until the spans queued for the disk cache are written (at most WRITE_QUEUE):
+        before the mount exits, and before its counters are reported."""
+        with self._lock:
+            while self._pending:
+                self._written.wait()
 
     def _scattered(self, layer: int, k: int, scattered: bool, inflated: bool,
                    inside: bool) -> str | None:
@@ -386,7 +437,9 @@ class DecodedSpanCache:
                 while self._inflating:
                     self._quiet.wait()
             n = min(STREAM_CHUNK, st.last - k + 1)
-            todo = [j for j in range(k, k + n) if not disk.has(st.layer, j)]
+            with self._lock:
+                queued = [j for j in range(k, k + n) if (st.layer, j) in self._pending]
+            todo = [j for j in range(k, k + n) if j not in queued and not disk.has(st.layer, j)]
             if todo:
                 lo = todo[0]
                 data = memoryview(bytes(reader.pread(lo * span, (k + n - lo) * span)))
