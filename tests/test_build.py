@@ -85,6 +85,7 @@ NOT_FOR_A_LOCAL_CAT = (
     "urllib3", "http.client", "email", "subprocess", "concurrent.futures", "ssl",
     "logging", "traceback", "hashlib", "shutil", "bz2", "lzma", "tempfile", "random",
     "base64", "importlib.resources", "importlib.metadata", "textwrap", "string",
+    "pathlib", "urllib.parse", "ipaddress", "fnmatch",
     "clipcy.storage.registry", "clipcy.storage.http", "clipcy.export", "clipcy.progress",
 )
 
@@ -95,10 +96,11 @@ def test_local_cat_imports_only_what_it_needs(tmp_path: Path) -> None:
          f"index({str(sample)!r}, 'latest', 'a.clip', cache_dir='cache')\n", tmp_path)
     code = (
         "import sys\n"
+        "before = set(sys.modules)  # (an editable install's finder loads pathlib)\n"
         "from clipcy.cli import main\n"
         "rc = main(['cat', 'a.clip', '/etc/os-release'])\n"
-        f"print(rc, sorted(m for m in {NOT_FOR_A_LOCAL_CAT!r} if m in sys.modules),\n"
-        "      file=sys.stderr)\n"
+        f"print(rc, sorted(m for m in {NOT_FOR_A_LOCAL_CAT!r}\n"
+        "                  if m in sys.modules and m not in before), file=sys.stderr)\n"
     )
     out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
                          capture_output=True, text=True, env=dict(os.environ))
@@ -182,3 +184,17 @@ def test_version_names_packages_when_mount_not_built(monkeypatch: pytest.MonkeyP
     line = _mount_line(version.version_text())
     assert line.startswith("mount: not built ("), line
     assert "apt-get install fuse3 libfuse3-dev" in line and "wheel" in line, line
+
+
+@pytest.mark.parametrize("path", ["", ".", "./", "/", "//", "///", "////a", "//a//b/", "a",
+                                  "./a/./b/.", "a//b", "/a/../b/", "..", "a/.../b", ". /x"])
+def test_local_store_paths_are_pathlibs(path: str) -> None:
+    """The local store spells its paths as pathlib does, without importing it."""
+    from clipcy.storage.local import LocalStore, _path_text
+
+    assert _path_text(path) == str(Path(path))
+    store = LocalStore(path or ".")
+    digest = "sha256:" + "ab" * 32
+    assert store.blob_path(digest) == Path(path or ".") / "blobs" / "sha256" / ("ab" * 32)
+    assert store._blob_file(digest) == str(store.blob_path(digest))
+    assert store.root == Path(path or ".")

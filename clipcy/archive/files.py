@@ -13,7 +13,6 @@ import io
 import os
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcy.archive.format import CHECKSUM_WRITTEN
@@ -23,6 +22,8 @@ from clipcy.pathwalk import follow_symlinks
 from clipcy.storage.spans import FetchObserver, SpanTable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clipcy.archive.reader import Archive
     from clipcy.layers.access import LayerAccess
     from clipcy.layers.blobread import LayerReader

@@ -19,7 +19,6 @@ cache. open_store() picks the store from the reference; add new schemes there.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import ClipError
@@ -32,6 +31,8 @@ from clipcy.storage.spans import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from clipcy.storage.registry import RemoteOptions
 
 __all__ = ["BlobStore", "BlobSource", "SpanCache", "SpanHasher", "SpanTable", "VerifiedBlob",

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipcy.errors import BlobError
 from clipcy.storage import BlobStore
 from clipcy.storage.refs import parse_digest
 from clipcy.storage.spans import BlobSource, SpanCache, SpanTable, VerifiedBlob
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _path_text(path: str) -> str:
+    """str(pathlib.Path(path)) ("." and empty parts dropped, a leading "//" kept), without
+    importing pathlib: reading a local archive's blobs does without it."""
+    lead = "//" if path.startswith("//") and not path.startswith("///") else (
+        "/" if path.startswith("/") else "")
+    return lead + "/".join(p for p in path.split("/") if p and p != ".") or "."
 
 
 class LocalBlob(BlobSource):
@@ -20,7 +30,7 @@ class LocalBlob(BlobSource):
 
     _fd = -1  # until opened (close() from __del__ after a failed open finds nothing)
 
-    def __init__(self, path: Path, digest: str, size: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], digest: str, size: int) -> None:
         self.path = str(path)
         self.digest = digest
         self.size = size
@@ -77,24 +87,38 @@ class LocalStore(BlobStore):
     """The blobs of the OCI layout at root."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self._root = _path_text(os.fspath(root))
+
+    @property
+    def root(self) -> Path:
+        from pathlib import Path
+
+        return Path(self._root)
 
     def __repr__(self) -> str:
-        return f"<LocalStore {str(self.root)!r}>"
+        return f"<LocalStore {self._root!r}>"
 
     def blob_path(self, digest: str) -> Path:
         """Where the blob is (a file of the layout)."""
+        from pathlib import Path
+
+        return Path(self._blob_file(digest))
+
+    def _blob_file(self, digest: str) -> str:
+        """str(blob_path(digest))."""
         alg, hexpart = parse_digest(digest, "layer")
-        return self.root / "blobs" / alg / hexpart
+        root = self._root
+        rest = f"blobs/{alg}/{hexpart}"
+        return rest if root == "." else root + rest if root.endswith("/") else f"{root}/{rest}"
 
     def open_blob(self, layer: dict[str, Any], spans: SpanTable,
                   cache: SpanCache | None = None) -> VerifiedBlob:
         digest, size = layer["digest"], layer["size"]
-        return VerifiedBlob(LocalBlob(self.blob_path(digest), digest, size), spans, cache)
+        return VerifiedBlob(LocalBlob(self._blob_file(digest), digest, size), spans, cache)
 
     def probe(self, digest: str, size: int) -> None:
         """Open the blob as a read would (a regular file of its size), then close it."""
-        LocalBlob(self.blob_path(digest), digest, size).close()
+        LocalBlob(self._blob_file(digest), digest, size).close()
 
     def close(self) -> None:
         pass
@@ -103,6 +127,8 @@ class LocalStore(BlobStore):
 def open_file(path: str | os.PathLike[str], spans: SpanTable,
               digest: str | None = None) -> VerifiedBlob:
     """A verified reader of one blob file outside any layout (tests, tools)."""
+    from pathlib import Path
+
     p = Path(path)
     try:
         size = p.stat().st_size

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.parse
 from dataclasses import dataclass
 
 from clipcy.errors import LayoutError, StorageRefError
@@ -121,6 +120,8 @@ def _split_port(hostport: str, text: str) -> tuple[str, int | None]:
 
 
 def _parse_http(text: str) -> StorageRef:
+    import urllib.parse  # (only here: a local ref is parsed without it)
+
     try:
         p = urllib.parse.urlsplit(text)
         port = p.port
