@@ -19,6 +19,7 @@
 #   any_order.py    extract of layers tarred in readdir order      -> RESULTS-any_order.md
 #   startup.py      cold container starts: tree vs mounts, with and without a prefetch list
 #                   (root, /dev/fuse, umoci)                       -> RESULTS-startup.md
+#   startup_cli.py  `clipctl cat` in a fresh process vs `python -c pass` -> RESULTS-startup-cli.md
 # (tarfile_walker.py, zlib_loop.py, ratarmount_index.py are bench_index's baselines,
 # mount_mfusepy.py is mount.py's binding baseline when mfusepy is installed; mount_ab.py
 # compares source trees and is run by hand.) perf/RESULTS.md is the curated summary: each
@@ -139,6 +140,9 @@ else
     # it prints its table (and the rows as JSON); kept as it printed them
     "$PY" -I perf/startup.py --reps "$RUNS" | tee "$OUT/RESULTS-startup.md"
 fi
+
+step "startup_cli.py"
+"$PY" perf/startup_cli.py --runs "$((RUNS * 4 + 1))" --out "$OUT/RESULTS-startup-cli.md"
 
 echo
 echo "== done in $((SECONDS / 60)) min $((SECONDS % 60)) s; tables in $OUT/ (RESULTS-*.md)"
