@@ -9,7 +9,8 @@ the child, from wait4) and wall time, and their ratios. The archive is the bundl
 third command to the alternation: the clipctl next to another interpreter (a venv with an
 older clipcy installed), with its ratio to the same `python -c pass`. Measure with a regular
 install (`pip install .`): an editable install's import finder adds its own start-up cost.
-Also prints the ten largest cumulative imports of one `cat` (python -X importtime).
+Also runs `python -c 'import ...'` of the modules a local cat cannot do without (DEPS), its
+floor, and prints the ten largest cumulative imports of one `cat` (python -X importtime).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import time
 from pathlib import Path
 
 import runinfo
+
+# What a local `cat` cannot do without (argument parsing, the metadata JSON, the Node
+# dataclass, zstd sections, blake3 span checksums, zlib-ng inflate): a floor for its start-up.
+DEPS = "import argparse, json, dataclasses, threading, zstandard, blake3, zlib_ng"
 
 # the .pyc files written at the warm-up runs, as an installed package has them
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -75,7 +80,8 @@ def main() -> int:
             archive = os.path.join(tmp, "sample.clip")
             subprocess.run([clipctl, "demo", "--keep", tmp], check=True,
                            stdout=subprocess.DEVNULL)
-        cmds = {"base": [py, "-c", "pass"], "cat": [clipctl, "cat", archive, args.path]}
+        cmds = {"base": [py, "-c", "pass"], "deps": [py, "-c", DEPS],
+                "cat": [clipctl, "cat", archive, args.path]}
         if args.before:
             cmds["before"] = [str(Path(args.before).parent / "clipctl"), "cat", archive, args.path]
         for cmd in cmds.values():  # warm the page cache and the .pyc files
@@ -92,6 +98,11 @@ def main() -> int:
     def med(xs: list[float]) -> float:
         return statistics.median(xs) * 1000
 
+    def label(key: str) -> str:
+        if key == "deps":
+            return f"`python -c '{DEPS}'` (the floor)"
+        return f"`clipctl cat ARCHIVE {args.path}`" + (" (--before)" if key == "before" else "")
+
     lines = [
         f"# clipctl start-up ({runinfo.machine()}; commit {runinfo.commit()}, "
         f"{time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f})",
@@ -101,8 +112,7 @@ def main() -> int:
         "| command | CPU ms (x `python -c pass`) | wall ms (x) |",
         "|---|---:|---:|",
         f"| `python -c pass` | {med(cpu['base']):.1f} | {med(wall['base']):.1f} |",
-        *(f"| `clipctl cat ARCHIVE {args.path}`{' (--before)' if key == 'before' else ''} "
-          f"| {med(cpu[key]):.1f} ({med(cpu[key]) / med(cpu['base']):.2f}x) "
+        *(f"| {label(key)} | {med(cpu[key]):.1f} ({med(cpu[key]) / med(cpu['base']):.2f}x) "
           f"| {med(wall[key]):.1f} ({med(wall[key]) / med(wall['base']):.2f}x) |"
           for key in cmds if key != "base"),
         "",
