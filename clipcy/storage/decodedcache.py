@@ -83,6 +83,17 @@ class LayerSpans:
         self.cache = cache
         self.layers = layers  # (blob digest, uncompressed size) per layer
         self.span = span
+        threading.Thread(target=self._make_dirs, daemon=True, name="clipcy-decoded-dirs").start()
+
+    def _make_dirs(self) -> None:
+        """Create the layers' directories at the start, off any read's path: on a cold file
+        system the first put's mkdirs read its metadata from disk."""
+        for digest, size in self.layers:
+            if size:
+                try:
+                    self.cache._path(digest, 0, 0).parent.mkdir(parents=True, exist_ok=True)
+                except (OSError, ValueError):
+                    pass
 
     def length(self, layer: int, k: int) -> int:
         """The length of span k (0 past the end, or for a layer of unknown size)."""
