@@ -63,30 +63,7 @@ def add_storage_options(p: argparse.ArgumentParser) -> None:
         help="read the blobs from REF instead of the archive's storage ref: a directory, "
         "docker://HOST[:PORT]/REPO (a registry) or http(s)://BASE (blobs at BASE/sha256/HEX)",
     )
-    g.add_argument(
-        "--authfile",
-        metavar="FILE",
-        help="registry credentials (auth.json); default: REGISTRY_AUTH_FILE, "
-        "$XDG_RUNTIME_DIR/containers/auth.json, ~/.config/containers/auth.json, "
-        "~/.docker/config.json",
-    )
-    g.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plain http for docker:// refs (default: https, except localhost and 127.0.0.1)",
-    )
-    g.add_argument(
-        "--connect-timeout", type=float, default=5.0, metavar="SECONDS",
-        help="seconds to open a connection (default 5)",
-    )
-    g.add_argument(
-        "--read-timeout", type=float, default=30.0, metavar="SECONDS",
-        help="seconds without data before a request is retried (default 30)",
-    )
-    g.add_argument(
-        "--retries", type=int, default=5, metavar="N",
-        help="retries of a failed request (errors, 429, 5xx), with backoff (default 5)",
-    )
+    _add_connection_options(g, "plain http for docker:// refs")
     g.add_argument(
         "--cache-dir", metavar="DIR",
         help="on-disk cache of verified remote spans (default ~/.cache/clipcy/spans)",
@@ -697,7 +674,12 @@ def _cache(sub: Any) -> None:
 
 def _add_registry_options(p: argparse.ArgumentParser) -> None:
     """How push and pull reach the registry (as the readers reach a docker:// store)."""
-    g = p.add_argument_group("registry")
+    _add_connection_options(p.add_argument_group("registry"), "plain http")
+
+
+def _add_connection_options(g: argparse._ArgumentGroup, insecure: str) -> None:
+    """Credentials, plain http and timeouts: the same for every command that talks to a
+    registry (readers of a docker:// store, push, pull, index)."""
     g.add_argument(
         "--authfile",
         metavar="FILE",
@@ -708,7 +690,7 @@ def _add_registry_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--insecure",
         action="store_true",
-        help="plain http (default: https, except localhost and 127.0.0.1)",
+        help=f"{insecure} (default: https, except localhost and 127.0.0.1)",
     )
     g.add_argument(
         "--connect-timeout", type=float, default=5.0, metavar="SECONDS",
