@@ -99,12 +99,15 @@ for dir in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
     [ -d "$dir" ] || continue
     for f in "$dir"/*; do
         n=$(basename "$f")
-        [ -e "$NOCC/$n" ] && continue
+        # only programs: no directories (Debian's /usr/bin/X11), and nothing twice (/bin is
+        # /usr/bin on merged-/usr systems); -L too, as -e is false for a dangling link
+        [ -d "$f" ] && continue
+        { [ -e "$NOCC/$n" ] || [ -L "$NOCC/$n" ]; } && continue
         if printf '%s\n' "$n" | grep -Eq \
             '^(cc|c\+\+|c89|c99|cpp|gcc|g\+\+|clang|tcc|as|ld|pkg-?config|pkgconf)([-.].*)?$|^[a-z0-9_]+-linux-gnu-|^(gcc|g\+\+|cpp)-[0-9]'; then
             continue
         fi
-        ln -s "$f" "$NOCC/$n"
+        ln -sn "$f" "$NOCC/$n"
     done
 done
 
