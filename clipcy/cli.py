@@ -40,6 +40,28 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _add_indexing_options(p: argparse.ArgumentParser) -> None:
+    """What index-layout and index record and check, the same for a layout or a registry."""
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip checking blob digests and diff_ids (faster, not recommended)",
+    )
+    p.add_argument(
+        "--file-digests",
+        action="store_true",
+        help="record each file's sha256 (checked by verify; export shows it)",
+    )
+    p.add_argument(
+        "--checkpoint-mib",
+        type=float,
+        metavar="N",
+        help="gzip resume points every N MiB of uncompressed data "
+        "(default: chosen by measurement, see docs/FORMAT.md)",
+    )
+
+
 def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--progress",
@@ -260,24 +282,7 @@ def _index_layout(sub: Any) -> None:
         help="registry credentials for checking --storage-ref (auth.json); default as the "
         "readers: REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, ...",
     )
-    p.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip checking blob digests and diff_ids (faster, not recommended)",
-    )
-    p.add_argument(
-        "--file-digests",
-        action="store_true",
-        help="record each file's sha256 (checked by verify; export shows it)",
-    )
-    p.add_argument(
-        "--checkpoint-mib",
-        type=float,
-        metavar="N",
-        help="gzip resume points every N MiB of uncompressed data "
-        "(default: chosen by measurement, see docs/FORMAT.md)",
-    )
+    _add_indexing_options(p)
     p.add_argument(
         "--cache-dir",
         metavar="DIR",
@@ -355,24 +360,7 @@ def _index(sub: Any) -> None:
         help="then push the archive beside the image, as clipctl push does (TAG names the "
         "artifact; default: the image's tag + '.clip')",
     )
-    p.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="skip checking blob digests and diff_ids (faster, not recommended)",
-    )
-    p.add_argument(
-        "--file-digests",
-        action="store_true",
-        help="record each file's sha256 (checked by verify; export shows it)",
-    )
-    p.add_argument(
-        "--checkpoint-mib",
-        type=float,
-        metavar="N",
-        help="gzip resume points every N MiB of uncompressed data "
-        "(default: chosen by measurement, see docs/FORMAT.md)",
-    )
+    _add_indexing_options(p)
     p.add_argument(
         "--workers",
         type=int,
