@@ -216,23 +216,7 @@ class DecodedSpanCache:
             read = True
         finally:
             with self._lock:
-                if data and not inflated:
-                    self.disk_hits += 1
-                    self.disk_bytes += len(data)
-                else:
-                    self.decompressed += len(data)
-                if data and len(data) <= self.budget:
-                    self._lru[key] = data  # before waking the waiters: they find it here
-                    self._held += len(data)
-                    while self._held > self.budget:
-                        old, dropped = self._lru.popitem(last=False)
-                        self._held -= len(dropped)
-                        self._ahead_done.discard(old)
-                        self._streamed.discard(old)
-                        self._replayed.discard(old)
-                del self._busy[key]
-                if read and len(data) < self.span:  # the stream ends: read no further ahead
-                    self._ends[layer] = k if data else k - 1
+                self._settle(key, data, read, inflated)
                 # sequential (span k right after k-1 on this layer): have the next spans
                 # inflated on the helper thread while this one is copied to the kernel
                 ahead = (not helper and len(data) == self.span
@@ -472,26 +456,35 @@ class DecodedSpanCache:
             read = True
         finally:
             with self._lock:
-                if data and not inflated:
-                    self.disk_hits += 1
-                    self.disk_bytes += len(data)
-                else:
-                    self.decompressed += len(data)
-                if data and len(data) <= self.budget:
-                    self._lru[key] = data
-                    self._held += len(data)
-                    self._replayed.add(key)
-                    while self._held > self.budget:
-                        old, dropped = self._lru.popitem(last=False)
-                        self._held -= len(dropped)
-                        self._ahead_done.discard(old)
-                        self._streamed.discard(old)
-                        self._replayed.discard(old)
-                del self._busy[key]
-                if read and len(data) < self.span:
-                    self._ends[layer] = k if data else k - 1
+                self._settle(key, data, read, inflated, replayed=True)
             mine.set()
         return len(data)
+
+    def _settle(self, key: tuple[int, int], data: bytes, read: bool, inflated: bool,
+                replayed: bool = False) -> None:
+        """Count and keep a span _load returned (the lock is held), before its waiters are
+        woken so that they find it in the LRU; a short span ends the layer's stream, so
+        nothing reads further ahead."""
+        layer, k = key
+        if data and not inflated:
+            self.disk_hits += 1
+            self.disk_bytes += len(data)
+        else:
+            self.decompressed += len(data)
+        if data and len(data) <= self.budget:
+            self._lru[key] = data
+            self._held += len(data)
+            if replayed:
+                self._replayed.add(key)
+            while self._held > self.budget:
+                old, dropped = self._lru.popitem(last=False)
+                self._held -= len(dropped)
+                self._ahead_done.discard(old)
+                self._streamed.discard(old)
+                self._replayed.discard(old)
+        del self._busy[key]
+        if read and len(data) < self.span:
+            self._ends[layer] = k if data else k - 1
 
     def _reached(self, layer: int, stop: int | None, k: int) -> None:
         """A reader of the stream (layer, stop) got span k (the lock is held)."""
