@@ -229,6 +229,20 @@ def tar_factory() -> object:
     return make_tar
 
 
+@pytest.fixture
+def mnt(tmp_path: Path) -> Any:
+    """An empty directory to mount on; unmounted (lazily) if a test left it mounted."""
+    from clipcy.fusemount.service import is_mounted, unmount
+
+    d = tmp_path / "mnt"
+    d.mkdir()
+    yield d
+    for _ in range(3):
+        if not is_mounted(d):
+            break
+        unmount(d, lazy=True)
+
+
 @pytest.fixture(autouse=True)
 def _private_layer_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets an empty layer cache (clipctl index-layout caches by default)."""

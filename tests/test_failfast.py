@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import remoteserv as rs  # noqa: E402
 
 from clipcy.fusemount import available  # noqa: E402
-from clipcy.fusemount.service import is_mounted, unmount  # noqa: E402
+from clipcy.fusemount.service import unmount  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "clipcy" / "sample"
 USER, PASSWORD = "clipuser", "s3cr3t-pa55"
@@ -57,17 +57,6 @@ def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     r = clipctl("index-layout", "--layout", str(SAMPLE), "--tag", "latest", "--out", str(out))
     assert r.returncode == 0, r.stderr
     return out
-
-
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "mnt"
-    d.mkdir()
-    yield d
-    for _ in range(3):
-        if not is_mounted(d):
-            break
-        unmount(d, lazy=True)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from corpus.cases import TREE_PY, TREES, expected_name, tree_id
 import clipcy
 from clipcy.archive.reader import open_archive
 from clipcy.fusemount import available
-from clipcy.fusemount.service import is_mounted, unmount
+from clipcy.fusemount.service import is_mounted
 from clipcy.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +47,6 @@ def clipctl(*args: str, check: bool = True,
     if check:
         assert r.returncode == 0, r.stderr
     return r
-
-
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    """An empty directory to mount on; unmounted (lazily) if a test left it mounted."""
-    d = tmp_path / "mnt"
-    d.mkdir()
-    yield d
-    for _ in range(3):
-        if not is_mounted(d):
-            break
-        unmount(d, lazy=True)
 
 
 def _index(layout: Path, out: Path, *extra: str) -> Path:

@@ -69,17 +69,6 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return clip, tmp / "tree"
 
 
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "mnt"
-    d.mkdir()
-    yield d
-    for _ in range(3):
-        if not is_mounted(d):
-            break
-        unmount(d, lazy=True)
-
-
 def files(root: Path) -> dict[str, Path]:
     """Regular files under root by their path in the image."""
     out = {}

@@ -26,7 +26,7 @@ from clipcy.archive.reader import open_archive
 from clipcy.errors import PrefetchListError
 from clipcy.fusemount import available
 from clipcy.fusemount.replay import Replay
-from clipcy.fusemount.service import is_mounted, unmount
+from clipcy.fusemount.service import is_mounted
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE_EXEC = ROOT / "tests" / "data" / "mount" / "make-exec-layouts.sh"
@@ -76,17 +76,6 @@ def counters(log: Path) -> dict[str, Any]:
     assert len(lines) == 1, log.read_text()
     got: dict[str, Any] = json.loads(lines[0].split(" counters ", 1)[1])
     return got
-
-
-@pytest.fixture
-def mnt(tmp_path: Path) -> Iterator[Path]:
-    d = tmp_path / "mnt"
-    d.mkdir()
-    yield d
-    for _ in range(3):
-        if not is_mounted(d):
-            break
-        unmount(d, lazy=True)
 
 
 @pytest.fixture(scope="module")
