@@ -17,18 +17,19 @@ the rest of it. The bytes are unverified: the caller hashes them (digest, span c
 from __future__ import annotations
 
 import logging
-import re
 import urllib.parse
 from typing import TYPE_CHECKING
 
 from clipcy.errors import RemoteAuthError, RemoteError
 from clipcy.storage.http import (
+    _CONTENT_RANGE,
     MAX_HOPS,
     REDIRECTS,
     USER_AGENT,
     Authorizer,
     HttpClient,
     _describe,
+    _Retry,
     origin,
     redact,
     retry_after,
@@ -40,15 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("clipcy")
 
 CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-class _Again(Exception):
-    """Internal: this attempt failed in a way worth retrying."""
-
-    def __init__(self, why: str, wait: float | None = None) -> None:
-        super().__init__(why)
-        self.wait = wait
 
 
 class BlobStream:
@@ -91,7 +83,7 @@ class BlobStream:
                     return b""  # the body ended where the server said it would
                 try:
                     self._open()
-                except _Again as e:
+                except _Retry as e:
                     self._again(str(e), e.wait)
                     continue
             resp = self._resp
@@ -152,7 +144,7 @@ class BlobStream:
         self.client.backoff(self._failures, wait)
 
     def _open(self) -> None:
-        """Start a body at self.pos: self._resp set, or _Again / RemoteError."""
+        """Start a body at self.pos: self._resp set, or _Retry / RemoteError."""
         import urllib3
 
         for _hop in range(MAX_HOPS + 1):
@@ -168,7 +160,7 @@ class BlobStream:
             try:
                 resp = self.client.request(url, headers)
             except urllib3.exceptions.HTTPError as e:
-                raise _Again(_describe(e)) from None
+                raise _Retry(_describe(e)) from None
             st = resp.status
             log.debug("GET %s %s: HTTP %d", redact(url), headers.get("Range", ""), st)
             if st in (200, 206):
@@ -209,7 +201,7 @@ class BlobStream:
                     raise self._fail(f"HTTP 416 (bytes from {self.pos} not satisfiable: the "
                                      f"blob is shorter than its descriptor's {self.size})")
                 if st == 429 or st >= 500:
-                    raise _Again(f"HTTP {st}", retry_after(resp.headers.get("Retry-After")))
+                    raise _Retry(f"HTTP {st}", retry_after(resp.headers.get("Retry-After")))
                 raise self._fail(f"unexpected HTTP {st}")
             finally:
                 if st in REDIRECTS or st == 401:
@@ -231,7 +223,7 @@ class BlobStream:
             if not m or int(m.group(1)) != self.pos:
                 resp.close()
                 resp.release_conn()
-                raise _Again(f"HTTP 206 with Content-Range {cr[:60]!r} for bytes from "
+                raise _Retry(f"HTTP 206 with Content-Range {cr[:60]!r} for bytes from "
                               f"{self.pos}")
             self.end = int(m.group(2)) + 1
             self.resumed += 1
