@@ -434,6 +434,34 @@ def test_umount_lazy_detaches_a_busy_mount(sample_archive: Path, mnt: Path) -> N
         os.close(fd)
 
 
+def test_umount_waits_out_a_short_busy_spell(sample_archive: Path, mnt: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mount busy only for a moment (as it is while the kernel waits for the mount process to
+    answer the last RELEASE of a program that just exited) is unmounted, not an error."""
+    from clipcy.fusemount import service
+
+    clipctl("mount", str(sample_archive), str(mnt))
+    fd = os.open(mnt / "etc", os.O_RDONLY | os.O_DIRECTORY)
+    attempts: list[bool] = []
+    once = service._unmount_once
+
+    def attempt(mp: str, lazy: bool) -> tuple[bool, str]:
+        busy, why = once(mp, lazy)
+        attempts.append(busy)
+        if busy and len(attempts) == 1:
+            os.close(fd)  # the user of the mount goes away after the first refusal
+        return busy, why
+
+    monkeypatch.setattr(service, "_unmount_once", attempt)
+    try:
+        service.unmount(mnt)
+    finally:
+        if len(attempts) < 1 or not attempts[0]:
+            os.close(fd)
+    assert attempts[0] is True and attempts[-1] is False
+    assert not is_mounted(mnt)
+
+
 def test_mount_mkdir_and_nonempty(sample_archive: Path, tmp_path: Path, mnt: Path) -> None:
     a = str(sample_archive)
     new = tmp_path / "new" / "mnt"

@@ -240,22 +240,48 @@ def _raise_readahead(mountpoint: str, kib: int = 1024) -> None:
         log.info("readahead left at the kernel default: %s", e)
 
 
+# A FUSE mount stays busy for a moment after the last process using it exits: the kernel
+# holds the file's path until the mount process answers its RELEASE, which it may be slow to
+# do while its threads inflate. So EBUSY is retried for this long before it is an error.
+UNMOUNT_BUSY_SECONDS = 3.0
+
+
 def unmount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
-    """Unmount a FUSE filesystem: umount2 as root, fusermount3 -u otherwise."""
+    """Unmount a FUSE filesystem: umount2 as root, fusermount3 -u otherwise.
+
+    A mount that is busy is retried for UNMOUNT_BUSY_SECONDS before the error says so.
+    """
     mp = os.fspath(mountpoint)
+    deadline = time.monotonic() + UNMOUNT_BUSY_SECONDS
+    pause = 0.01
+    while True:
+        busy, why = _unmount_once(mp, lazy)
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+    if why:
+        hint = " (still in use: see fuser -vm; --lazy detaches it now)" if busy else ""
+        raise MountError(f"cannot unmount {mp}: {why}{hint}")
+
+
+def _unmount_once(mp: str, lazy: bool) -> tuple[bool, str]:
+    """One unmount attempt: (busy, the error or "")."""
     if os.geteuid() == 0:
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         if libc.umount2(os.fsencode(mp), 2 if lazy else 0) == 0:  # 2: MNT_DETACH
-            return
+            return False, ""
         err = ctypes.get_errno()
-        raise MountError(f"cannot unmount {mp}: {os.strerror(err)}")
+        return err == errno.EBUSY, os.strerror(err)
     tool = shutil.which("fusermount3")
     if tool is None:
         raise MountError("cannot unmount: fusermount3 not found (Debian package fuse3)")
     r = subprocess.run([tool, "-u"] + (["-z"] if lazy else []) + [mp], capture_output=True,
                        text=True)
-    if r.returncode:
-        raise MountError(f"cannot unmount {mp}: {r.stderr.strip() or 'fusermount3 failed'}")
+    if r.returncode == 0:
+        return False, ""
+    why = r.stderr.strip() or "fusermount3 failed"
+    return os.strerror(errno.EBUSY) in why, why
 
 
 def _bound_malloc() -> None:
