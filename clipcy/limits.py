@@ -9,27 +9,46 @@ format, so clipcy.archive.format names them as well.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from clipcy._fields import FrozenFields
 from clipcy.errors import ClipError, LimitError
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Input limits of index-layout. Field names are the names users see in messages."""
+class Limits(FrozenFields):
+    """Input limits of index-layout. Field names are the names users see in messages.
+    Immutable: replace() makes a changed copy (a plain class, not a dataclass: see
+    clipcy._fields)."""
 
-    entries_per_layer: int = 4_000_000  # tar entries of one layer (headers, not bytes)
-    nodes_per_image: int = 8_000_000  # paths of the merged tree
-    path_length: int = 4096  # bytes of an entry's name (Linux PATH_MAX)
-    link_length: int = 4096  # bytes of a symlink/hardlink target (Linux PATH_MAX)
-    path_depth: int = 1024  # components of an entry's name
-    pax_header: int = 1 << 20  # bytes of extended headers (PAX, GNU long names) per entry
-    xattrs_per_entry: int = 1024  # extended attributes of one entry
-    xattr_size: int = 65536  # bytes of one xattr value (Linux XATTR_SIZE_MAX)
-    json_size: int = 16 << 20  # bytes of index.json, a manifest, an index or a config
-    index_depth: int = 8  # image indexes nested inside index.json's entry
+    __slots__ = ("entries_per_layer", "nodes_per_image", "path_length", "link_length",
+                 "path_depth", "pax_header", "xattrs_per_entry", "xattr_size", "json_size",
+                 "index_depth")
+    entries_per_layer: int
+    nodes_per_image: int
+    path_length: int
+    link_length: int
+    path_depth: int
+    pax_header: int
+    xattrs_per_entry: int
+    xattr_size: int
+    json_size: int
+    index_depth: int
+
+    def __init__(
+        self,
+        entries_per_layer: int = 4_000_000,  # tar entries of one layer (headers, not bytes)
+        nodes_per_image: int = 8_000_000,  # paths of the merged tree
+        path_length: int = 4096,  # bytes of an entry's name (Linux PATH_MAX)
+        link_length: int = 4096,  # bytes of a symlink/hardlink target (Linux PATH_MAX)
+        path_depth: int = 1024,  # components of an entry's name
+        pax_header: int = 1 << 20,  # bytes of extended headers (PAX, GNU long names) per entry
+        xattrs_per_entry: int = 1024,  # extended attributes of one entry
+        xattr_size: int = 65536,  # bytes of one xattr value (Linux XATTR_SIZE_MAX)
+        json_size: int = 16 << 20,  # bytes of index.json, a manifest, an index or a config
+        index_depth: int = 8,  # image indexes nested inside index.json's entry
+    ) -> None:
+        self._init(entries_per_layer, nodes_per_image, path_length, link_length, path_depth,
+                   pax_header, xattrs_per_entry, xattr_size, json_size, index_depth)
 
     def check(self, name: str, value: int, what: str) -> None:
         """Raise LimitError when value is above the limit `name`."""
@@ -38,7 +57,8 @@ class Limits:
             raise LimitError(exceeded(name, limit, what))
 
     def replace(self, **changes: int) -> Limits:
-        return dataclasses.replace(self, **changes)
+        """A copy with some limits changed (an unknown name is a TypeError)."""
+        return Limits(**{**self._asdict(), **changes})
 
 
 def exceeded(name: str, limit: int, what: str) -> str:
@@ -47,7 +67,7 @@ def exceeded(name: str, limit: int, what: str) -> str:
 
 
 DEFAULT = Limits()
-NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+NAMES = Limits.FIELDS
 __all__ = ["ARCHIVE_SECTIONS", "DEFAULT", "MAX_ACCESS_RAW", "MAX_BLOCK_RAW", "MAX_METADATA_RAW",
            "MAX_PREFETCH_RAW", "NAMES", "PREFETCH_FILES", "PREFETCH_LIST_BYTES", "LimitError",
            "Limits", "exceeded", "parse_overrides"]

@@ -13,7 +13,6 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from clipcy.storage.registry import RemoteOptions
 
 # Every Node field but the path (the key), ino (numbering) and digest (compared separately).
-_NODE_FIELDS = tuple(f.name for f in fields(Node) if f.name not in ("path", "ino", "digest"))
+_NODE_FIELDS = tuple(f for f in Node.FIELDS if f not in ("path", "ino", "digest"))
 
 
 def _node_diff(a: Node, b: Node) -> list[str]:

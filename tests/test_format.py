@@ -6,7 +6,7 @@ clipcy.archive.reader.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -149,7 +149,7 @@ def test_canonical_json() -> None:
 _BAD_NODES: list[tuple[str, Callable[[list[Node]], None], str]] = [
     ("unsorted", lambda ns: ns.__setitem__(slice(1, 3), [ns[2], ns[1]]),
      "paths must be strictly increasing"),
-    ("duplicate", lambda ns: ns.insert(2, dataclasses.replace(ns[1])),
+    ("duplicate", lambda ns: ns.insert(2, copy.copy(ns[1])),
      "paths must be strictly increasing"),
     ("no root", lambda ns: ns.pop(0), "the first node must be the root"),
     ("missing parent", lambda ns: ns.append(Node(b"/zz/y", "file", 0, 0, 0, 0)),

@@ -11,13 +11,16 @@ the path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-
 import zstandard
 
+from clipcy._fields import Fields
 from clipcy.layers.access import LayerAccess
-from clipcy.storage.spans import SpanTable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from clipcy.storage.spans import SpanTable
 
 Point = tuple[int, int, int, bytes]  # (compressed offset, bits, uncompressed offset, window)
 
@@ -37,15 +40,20 @@ class WindowPacker:
         return memoryview(self._cctx.compress(window)).tobytes()
 
 
-@dataclass(slots=True)
-class PackedAccess:
-    """A LayerAccess (kind gzip) whose point windows are each a zstd frame ("" at starts)."""
+class PackedAccess(Fields):
+    """A LayerAccess (kind gzip) whose point windows are each a zstd frame ("" at starts).
+    (A plain class, not a dataclass: see clipcy._fields.)"""
 
-    kind: str
-    span: int
-    points: list[Point] = field(default_factory=list)
-    frames: list[tuple[int, int, int, int]] = field(default_factory=list)
-    spans: SpanTable | None = None
+    __slots__ = ("kind", "span", "points", "frames", "spans")
+
+    def __init__(self, kind: str, span: int, points: list[Point] | None = None,
+                 frames: list[tuple[int, int, int, int]] | None = None,
+                 spans: SpanTable | None = None) -> None:
+        self.kind = kind
+        self.span = span
+        self.points: list[Point] = [] if points is None else points  # None: a new empty list
+        self.frames: list[tuple[int, int, int, int]] = [] if frames is None else frames
+        self.spans = spans
 
     def windows(self) -> Iterator[Point]:
         """The points with raw windows, one at a time."""

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 
+from clipcy._fields import FrozenFields
 from clipcy.errors import LayoutError, StorageRefError
 
 DIR, DOCKER, HTTP = "dir", "docker", "http"
@@ -30,14 +30,20 @@ LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 _HELP = "use a directory, docker://HOST[:PORT]/REPO or http(s)://BASE"
 
 
-@dataclass(frozen=True)
-class StorageRef:
+class StorageRef(FrozenFields):
+    """A parsed storage ref (immutable; a plain class, not a dataclass: see clipcy._fields)."""
+
+    __slots__ = ("kind", "text", "path", "host", "repo", "base")
     kind: str  # DIR, DOCKER or HTTP
     text: str  # as given
-    path: str = ""  # DIR: the layout directory
-    host: str = ""  # DOCKER: host[:port] as used for credentials
-    repo: str = ""  # DOCKER: repository path
-    base: str = ""  # HTTP: base URL without a trailing slash
+    path: str  # DIR: the layout directory
+    host: str  # DOCKER: host[:port] as used for credentials
+    repo: str  # DOCKER: repository path
+    base: str  # HTTP: base URL without a trailing slash
+
+    def __init__(self, kind: str, text: str, path: str = "", host: str = "", repo: str = "",
+                 base: str = "") -> None:
+        self._init(kind, text, path, host, repo, base)
 
     @property
     def remote(self) -> bool:
