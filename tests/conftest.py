@@ -24,6 +24,16 @@ ROOT = _ROOT
 DATA = ROOT / "tests" / "data"
 
 
+# Parallel by default (pyproject's addopts: -n auto): most tests wait on child processes, a
+# registry or a mount, so two workers per core pay. Beyond that, every worker sets up its own
+# module fixtures (registries, indexed corpora) and the machine's disk, not its cores, limits.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_WORKERS, 2 * len(os.sched_getaffinity(0))))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Refuse a stale in-place build: a .so older than its .pyx (or any .pxd)."""
     pkg = Path(clipcy.__file__).resolve().parent
