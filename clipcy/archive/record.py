@@ -9,9 +9,11 @@ that both agree with Node.
 
 from __future__ import annotations
 
-from typing import Any
-
 from clipcy.node import Node
+
+TYPE_CHECKING = False  # typing's constant, without importing typing (~5 ms of start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "Record", "FIELDS", "to_node",
@@ -19,7 +21,7 @@ __all__ = [
     "DEVMAJOR", "DEVMINOR", "XATTRS", "INO", "NLINK", "LAYER", "OFFSET", "SPARSE", "DIGEST",
 ]
 
-Record = tuple[Any, ...]
+Record = tuple["Any", ...]  # (a string: Any is a type-only import)
 
 PATH = 0
 TYPE = 1

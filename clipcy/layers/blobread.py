@@ -32,7 +32,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Protocol, cast
 
 import zstandard
 
@@ -40,11 +39,16 @@ from clipcy.errors import BlobError, ClipError, CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD, LayerAccess
 from clipcy.layers.packing import Point, WindowPacker
 
+TYPE_CHECKING = False  # typing's constant, without importing typing (~5 ms of start-up)
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from typing_extensions import Self
 
     from clipcy.layers._checkpoint import GzipResumer
     from clipcy.storage.spans import VerifiedBlob
+else:
+    Protocol = object  # (protocols are for the type checker: a plain base at run time)
 
 FRAME_CACHE_MAX = 8 << 20  # zstd frames up to this size are decompressed whole and cached
 FRAME_CACHE_BYTES = 32 << 20  # bound of the per-reader LRU of decompressed zstd frames
@@ -418,7 +422,8 @@ class ZstdReader(_Reader):
         if reader is None:
             src = _PreadSource(self, comp, csize)
             reader = zstandard.ZstdDecompressor().stream_reader(
-                cast(IO[bytes], src), read_size=1 << 17, read_across_frames=False, closefd=False)
+                src,  # type: ignore[arg-type]  # (a file as far as stream_reader goes: read())
+                read_size=1 << 17, read_across_frames=False, closefd=False)
             at = 0
         while at < lo:  # discard up to the offset
             b = reader.read(min(lo - at, 1 << 20))
