@@ -16,8 +16,7 @@ import zlib
 from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.errors import ArchiveWriteError
 from clipcy.limits import MAX_ACCESS_RAW as MAX_ACCESS_RAW
 from clipcy.limits import MAX_BLOCK_RAW as MAX_BLOCK_RAW

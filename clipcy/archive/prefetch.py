@@ -152,7 +152,7 @@ def encode_section(positions: list[int]) -> bytes:
 
 def decode_section(body: bytes, node_count: int) -> list[int]:
     """The positions a PREFETCH section lists; ValueError saying what is wrong."""
-    import zstandard
+    from clipcy._zstd import zstandard
 
     if len(body) < 8:
         raise ValueError("prefetch section shorter than 8 bytes")

@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from types import TracebackType
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.archive import format as F
 from clipcy.archive._nodeblock_py import Corrupt as _Corrupt
 from clipcy.archive._nodeblock_py import take as _take

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.archive.format import EncodedAccess
 from clipcy.layers.access import LayerAccess
 from clipcy.layers.packing import PackedAccess

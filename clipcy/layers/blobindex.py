@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.errors import CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD, LayerAccess
 

@@ -33,8 +33,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.errors import BlobError, ClipError, CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD, LayerAccess
 from clipcy.layers.packing import Point, WindowPacker

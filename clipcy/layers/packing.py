@@ -11,9 +11,8 @@ the path.
 
 from __future__ import annotations
 
-import zstandard
-
 from clipcy._fields import Fields
+from clipcy._zstd import zstandard
 from clipcy.layers.access import LayerAccess
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up

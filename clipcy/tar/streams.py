@@ -12,8 +12,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 
-import zstandard
-
+from clipcy._zstd import zstandard
 from clipcy.errors import CompressionError
 from clipcy.layers.access import GZIP, PLAIN, ZSTD
 
