@@ -12,11 +12,11 @@ a single-phase module whose init checks the zstd library's version and adds its 
 functions and constants; it imports io only to raise io.UnsupportedOperation), so loading it
 directly gives the very objects the package would.
 
-It is found as the import system finds it (sys.meta_path, then zstandard's package
-directory), loaded under its own name and kept in sys.modules, as the package's import would
-keep it: a later `import zstandard` in the same process re-exports this same module (one
-ZstdError class). Only the package's attribute `zstandard.backend_c` is then missing (it is
-set when the import system loads a submodule itself); nothing reads it.
+It is found as the import system finds it (clipcy._select.extension_spec), loaded under its
+own name and kept in sys.modules, as the package's import would keep it: a later `import
+zstandard` in the same process re-exports this same module (one ZstdError class). Only the
+package's attribute `zstandard.backend_c` is then missing (it is set when the import system
+loads a submodule itself); nothing reads it.
 
 Anything else falls back to `import zstandard`: zstandard already imported (its backend is
 the one to use), another Python implementation, PYTHON_ZSTANDARD_IMPORT_POLICY asking for a
@@ -29,9 +29,10 @@ from __future__ import annotations
 import os
 import sys
 
+from clipcy._select import extension_spec
+
 TYPE_CHECKING = False  # typing's constant, without importing typing (~5 ms of start-up)
 if TYPE_CHECKING:
-    from importlib.machinery import ModuleSpec
     from types import ModuleType
 
     import zstandard as zstandard  # (re-exported: what the loaded module stands for)
@@ -42,39 +43,24 @@ NEEDED = ("ZstdCompressor", "ZstdDecompressor", "ZstdError", "frame_content_size
           "get_frame_parameters", "CONTENTSIZE_UNKNOWN")
 
 
-def _find_spec(name: str, path: list[str] | None = None) -> ModuleSpec | None:
-    """The spec the import system would use for name (importlib.util.find_spec without
-    importing the parent package, and without importing importlib.util)."""
-    for finder in sys.meta_path:
-        find = getattr(finder, "find_spec", None)
-        spec: ModuleSpec | None = find(name, path) if find is not None else None
-        if spec is not None:
-            return spec
-    return None
-
-
 def load_backend() -> ModuleType:
     """zstandard.backend_c, loaded without running zstandard/__init__.py; raises on any
     problem (the caller falls back to the package)."""
-    from importlib.machinery import ExtensionFileLoader
-
     loaded = sys.modules.get(BACKEND)
     if loaded is not None:
         module = loaded
     else:
-        package = _find_spec("zstandard")
-        if package is None or not package.submodule_search_locations:
-            raise ImportError("zstandard is not an installed package")
-        spec = _find_spec(BACKEND, list(package.submodule_search_locations))
-        if spec is None or not isinstance(spec.loader, ExtensionFileLoader):
-            raise ImportError("zstandard has no compiled backend_c")
-        module = spec.loader.create_module(spec)  # (a single-phase module: runs its init)
+        spec = extension_spec("zstandard", "backend_c")
+        loader = spec.loader  # an ExtensionFileLoader (extension_spec checks)
+        created = loader.create_module(spec) if loader is not None else None  # runs its init
+        if loader is None or created is None:
+            raise ImportError("zstandard.backend_c: no module created")
         # what importlib sets on a module it loads (its _init_module_attrs)
-        module.__spec__ = spec
-        module.__loader__ = spec.loader
-        module.__package__ = "zstandard"
-        spec.loader.exec_module(module)
-        sys.modules[BACKEND] = module
+        created.__spec__ = spec
+        created.__loader__ = loader
+        created.__package__ = "zstandard"
+        loader.exec_module(created)  # (nothing more for a single-phase module)
+        sys.modules[BACKEND] = module = created
     missing = [name for name in NEEDED if not hasattr(module, name)]
     if missing:
         raise ImportError(f"zstandard.backend_c lacks {', '.join(missing)}")

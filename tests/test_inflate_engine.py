@@ -99,6 +99,27 @@ def test_default_engine_is_zlib_ng_when_installed(tmp_path: Path) -> None:
     assert "inflate: zlib 1." in forced
 
 
+def test_zlib_ng_is_found_not_imported(tmp_path: Path) -> None:
+    """The engine dlopens the wheel's extension module without importing it (its import runs
+    the package's __init__ and imports gzip); Python importing it afterwards shares it."""
+    _need_engines()
+    code = (
+        "import sys, zlib\n"
+        "from clipcy.layers import _inflate\n"
+        "from clipcy.layers._checkpoint import GzipIndexer\n"
+        "print(_inflate.NAME, sorted(m for m in ('zlib_ng', 'gzip') if m in sys.modules))\n"
+        "from zlib_ng import zlib_ng\n"
+        "data = bytes(range(256)) * 4000\n"
+        "ix = GzipIndexer(65536)\n"
+        "out = b''.join(ix.feed(zlib_ng.compress(data, 6, 31)))\n"
+        "ix.finish()\n"
+        "assert out == data == zlib_ng.decompress(zlib.compress(data))\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, check=True,
+                         capture_output=True, text=True, env=_env("auto")).stdout
+    assert out.strip() == "zlib-ng []"
+
+
 def test_points_and_output_equal_across_engines(blobs: list[Path], tmp_path: Path) -> None:
     _need_engines()
     runs = {}

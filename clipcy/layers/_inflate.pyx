@@ -6,8 +6,11 @@ points need (`Z_BLOCK` stops with the bit position in `data_type`, `inflatePrime
 `inflateGetDictionary`, `inflateSetDictionary`), and inflates 2-3x faster on x86-64 and
 arm64. Debian 12 does not package it, but the `zlib-ng` wheel on PyPI (a dependency of
 clipcy) links it statically and exports its native `zng_*` functions, so this module finds
-them with dlopen/dlsym in that extension module: `pip install .` brings the fast path with no
-other step. Without the wheel (or on a platform where zng_stream and z_stream differ:
+them with dlopen/dlsym in that extension module: `pip install .` brings the fast path with
+no other step. The module is found, not imported (clipcy._select.extension_spec): dlopen
+needs only its file, and importing it runs zlib_ng's __init__ and its init, which imports
+gzip (~1.5 ms of a reader's start-up); a later import of it by Python shares the loaded
+library. Without the wheel (or on a platform where zng_stream and z_stream differ:
 `unsigned long` narrower than `size_t`, as on Windows) the system zlib serves.
 
 Resume points do not depend on the engine: a deflate block boundary is a property of the
@@ -113,12 +116,13 @@ cdef str _use_zlib_ng():
     """Point the engine at zlib-ng's zng_* functions; returns its version."""
     if sizeof(unsigned long) != sizeof(size_t):  # zng_stream's size_t fields vs z_stream's uLong
         raise ImportError("zlib-ng: zng_stream and z_stream differ on this platform")
-    from zlib_ng import zlib_ng  # the wheel's extension module, zlib-ng linked in
+    from clipcy._select import extension_spec
 
-    path = os.fsencode(zlib_ng.__file__)
-    cdef void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL)  # already loaded: a new handle only
+    origin = extension_spec("zlib_ng", "zlib_ng").origin  # the wheel's module, zlib-ng in it
+    path = os.fsencode(origin)
+    cdef void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL)  # as Python would load it
     if lib == NULL:
-        raise ImportError(f"zlib-ng: cannot dlopen {zlib_ng.__file__}")
+        raise ImportError(f"zlib-ng: cannot dlopen {origin}")
     cdef const char *ver = (<version_f>_sym(lib, b"zlibng_version"))()
     if strncmp(ver, b"2.", 2) != 0:  # the native API as of zlib-ng 2.x
         raise ImportError(f"zlib-ng: version {ver.decode()} not supported")
