@@ -196,6 +196,38 @@ def test_merge_bounds() -> None:
     assert Replay.merge([(0, 10, 0), (2, 5, 1)]) == [(0, 10, 0)]
 
 
+def test_segments_inflate_on_through_near_gaps() -> None:
+    """The replay's inflate order: runs a decoder reaches more cheaply by inflating on than by
+    restarting at the resume point before them share a segment, decoded front to back;
+    segments go in the list order of their first-needed run, split where it is inside."""
+    from types import SimpleNamespace
+
+    S = 256 << 10
+    gzip = SimpleNamespace(points=[(0, 0, k * 4 * S, b"") for k in range(8)], frames=[])
+    arc = SimpleNamespace(access=lambda layer: gzip)
+    replay = Replay(arc, SimpleNamespace(span=S), [])  # type: ignore[arg-type]
+    # list order; resume points every 4 spans
+    runs = [(0, 9, 9), (0, 2, 2), (0, 5, 6), (0, 20, 20), (0, 11, 11)]
+    # (5, 6) after (2, 2): a gap of 2 spans, a restart at 4 costs 1: apart; (11, 11) after
+    # (9, 9): a gap of 1, a restart at 8 costs 3: together; (20, 20) starts at a point
+    assert replay.segments(runs) == [[(0, 9, 9), (0, 11, 11)], [(0, 2, 2)], [(0, 5, 6)],
+                                     [(0, 20, 20)]]
+    # the first-needed run inside a segment: the decoder starts there, the rest after it
+    runs = [(0, 11, 11), (0, 2, 2), (0, 9, 9)]
+    assert replay.segments(runs) == [[(0, 11, 11)], [(0, 2, 2)], [(0, 9, 9)]]
+    # a plain layer (no resume points: any offset is a start) never inflates through a gap
+    plain = SimpleNamespace(points=[], frames=[])
+    replay = Replay(SimpleNamespace(access=lambda layer: plain), SimpleNamespace(span=S),
+                    [])  # type: ignore[arg-type]
+    assert replay.segments([(0, 3, 3), (0, 1, 1)]) == [[(0, 3, 3)], [(0, 1, 1)]]
+    # zstd: frame starts are the restart points
+    zstd = SimpleNamespace(points=[], frames=[(0, 0, 0, 64 * S)])
+    replay = Replay(SimpleNamespace(access=lambda layer: zstd), SimpleNamespace(span=S),
+                    [])  # type: ignore[arg-type]
+    assert replay.segments([(0, 30, 30), (0, 1, 1)]) == [[(0, 30, 30)], [(0, 1, 1)]]
+    assert replay.segments([(0, 1, 1), (0, 30, 30)]) == [[(0, 1, 1), (0, 30, 30)]]
+
+
 # -- record and replay on real mounts ------------------------------------------------------
 def _record_bash(layouts: Path, tmp_path: Path, mnt: Path) -> tuple[Path, Path, str]:
     """index the bash image, record a run of its script; (archive, list, the run's output)"""

@@ -23,10 +23,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import remoteserv as rs  # noqa: E402
 
-from clipcy.errors import RemoteAuthError, RemoteError, StorageRefError  # noqa: E402
+from clipcy.errors import LayoutError, RemoteAuthError, RemoteError, StorageRefError  # noqa: E402
 from clipcy.storage.diskcache import DiskSpanCache  # noqa: E402
 from clipcy.storage.http import HttpOptions, redact  # noqa: E402
-from clipcy.storage.refs import DOCKER, HTTP, parse_storage_ref  # noqa: E402
+from clipcy.storage.refs import DOCKER, HTTP, parse_digest, parse_storage_ref  # noqa: E402
 from clipcy.storage.registry import RemoteOptions, RemoteStore  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "clipcy" / "sample"
@@ -99,6 +99,29 @@ def test_bad_storage_ref(ref: str, match: str) -> None:
     with pytest.raises(StorageRefError, match=match) as ei:
         parse_storage_ref(ref)
     assert "secret" not in str(ei.value) and "\n" not in str(ei.value)
+
+
+@pytest.mark.parametrize("digest,ok", [
+    ("sha256:" + "0123456789abcdef" * 4, True),
+    ("sha512:" + "f" * 128, True),
+    ("sha256:" + "A" * 64, False),  # uppercase: not an OCI digest
+    ("sha256:" + "0" * 63, False),
+    ("sha256:" + "0" * 65, False),
+    ("sha256:" + "0" * 63 + "g", False),
+    ("sha256:" + "0" * 63 + "\n", False),
+    ("sha256:" + "0" * 62 + "/.", False),
+    ("sha256:", False),
+    ("md5:" + "0" * 32, False),
+    ("sha256" + "0" * 64, False),
+    (None, False),
+])
+def test_parse_digest(digest: object, ok: bool) -> None:
+    if ok:
+        assert isinstance(digest, str)
+        assert parse_digest(digest) == tuple(digest.split(":"))
+    else:
+        with pytest.raises(LayoutError, match="(invalid|unsupported) digest"):
+            parse_digest(digest)
 
 
 def test_index_layout_validates_storage_ref(tmp_path: Path) -> None:
@@ -515,6 +538,26 @@ def test_span_cache_roundtrip_and_damage(tmp_path: Path) -> None:
     path.write_bytes(raw)
     assert c.get(DIG, 0, 5) is None
     assert not path.exists()
+
+
+def test_span_cache_memory_front(tmp_path: Path) -> None:
+    """The entries put last are also kept in memory, up to memory_bytes: a get of one does not
+    read its file (deleted here), an older one comes from the disk again."""
+    c = DiskSpanCache(tmp_path / "c", 1 << 20, memory_bytes=10)
+    c.put(DIG, 0, b"hello")
+    c.put(DIG, 5, b"world")
+    for p in (tmp_path / "c").rglob("*-5"):
+        p.unlink()
+    assert c.get(DIG, 0, 5) == b"hello" and c.get(DIG, 5, 5) == b"world"
+    assert c.get(DIG, 0, 4) is None  # the length is part of the key
+    c.put(DIG, 10, b"abcde")  # over memory_bytes: the least recently used one (0) goes
+    assert c.get(DIG, 0, 5) is None and c.get(DIG, 5, 5) == b"world"
+    assert c.get(DIG, 10, 5) == b"abcde"
+    plain = DiskSpanCache(tmp_path / "d", 1 << 20)  # memory_bytes=0: the disk only
+    plain.put(DIG, 0, b"hello")
+    for p in (tmp_path / "d").rglob("0-5"):
+        p.unlink()
+    assert plain.get(DIG, 0, 5) is None
 
 
 def test_span_cache_lru_bound(tmp_path: Path) -> None:

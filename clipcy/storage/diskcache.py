@@ -12,7 +12,9 @@ in the entry, so a torn or bit-rotted file is a miss (and is deleted), never wro
   deletes the oldest until the cache is at 90% of the limit (a process that finds the lock
   taken leaves the work to the one holding it). A reader whose entry is deleted under it
   either still holds the open file or gets a miss.
-- Survives restarts: nothing is kept in memory but the running size estimate.
+- Survives restarts: the disk holds every entry. A process may also keep the entries it put
+  last in memory (`memory_bytes`): a span that a background fetch (a mount's replay) verified
+  and put is then read back by the inflater waiting for it without a file read and a checksum.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from clipcy.tempfiles import close_held, open_held
@@ -55,9 +58,13 @@ class DiskSpanCache:
     kind = "span cache"  # in log lines
 
     def __init__(self, root: str | os.PathLike[str] | None = None,
-                 max_bytes: int = DEFAULT_MAX_MIB << 20) -> None:
+                 max_bytes: int = DEFAULT_MAX_MIB << 20, memory_bytes: int = 0) -> None:
         self.root = Path(root) if root is not None else default_span_cache_dir()
         self.max_bytes = max_bytes
+        # the entries put last, up to memory_bytes (0: none), least recently used out first
+        self.memory_bytes = memory_bytes
+        self._memory: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._memory_held = 0
         self._base = self.root / "v1"
         self._lock = threading.Lock()
         self._approx: int | None = None  # bytes believed cached (None: not scanned yet)
@@ -84,6 +91,13 @@ class DiskSpanCache:
         return self._base / alg / hexpart[:2] / hexpart / f"{offset}-{length}"
 
     def get(self, digest: str, offset: int, length: int) -> bytes | None:
+        if self.memory_bytes:
+            with self._lock:
+                data = self._memory.get((digest, offset, length))
+                if data is not None:
+                    self._memory.move_to_end((digest, offset, length))
+                    self.hits += 1
+                    return data
         path = self._path(digest, offset, length)
         key = path.name + digest
         magic, head = self.magic, len(self.magic) + self.sum_size
@@ -125,6 +139,8 @@ class DiskSpanCache:
         disk) only log: the first at warning level, the others at debug level."""
         if self.max_bytes <= 0 or len(data) > self.max_bytes // 4:
             return False
+        if self.memory_bytes:
+            self._remember(digest, offset, data)
         path = self._path(digest, offset, len(data))
         tmp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
         try:
@@ -153,6 +169,18 @@ class DiskSpanCache:
         if over:
             self.evict()
         return True
+
+    def _remember(self, digest: str, offset: int, data: bytes) -> None:
+        key = (digest, offset, len(data))
+        with self._lock:
+            old = self._memory.pop(key, None)
+            if old is not None:
+                self._memory_held -= len(old)
+            self._memory[key] = bytes(data)
+            self._memory_held += len(data)
+            while self._memory_held > self.memory_bytes:
+                _, dropped = self._memory.popitem(last=False)
+                self._memory_held -= len(dropped)
 
     def _entries(self) -> list[tuple[float, int, Path]]:
         out = []
