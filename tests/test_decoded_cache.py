@@ -145,14 +145,31 @@ def entries() -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def _thread_nice(pid: int) -> set[int]:
+    """The nice values of a process's threads (field 19 of /proc/PID/task/TID/stat)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        out.add(int(stat.rsplit(")", 1)[1].split()[16]))
+    return out
+
+
 def test_remount_reads_from_the_decoded_cache(image: Image, mnts: list[Path]) -> None:
     mnt = mnts[0]
     pid = mount(image, mnt)
     try:
         read_all(image, mnt)
         first = stats(mnt)
+        nice = _thread_nice(pid)
     finally:
         umount(mnt, pid)
+    # the writer and the streamer yield the cores to the program the mount serves
+    from clipcy.fusemount.spans import BACKGROUND_NICE
+
+    assert BACKGROUND_NICE > 0 and BACKGROUND_NICE in nice and 0 in nice, nice
     dc = first["decoded_cache"]
     assert dc is not None and dc["dir"] == str(cache_root())
     assert first["span_cache"]["bytes_decoded"] > 0

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from clipcy.fusemount.counters import BACKGROUND, MountCounters, set_lane
+from clipcy.fusemount.spans import lower_priority
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -123,6 +124,7 @@ class BackgroundFetch:
 
             def fetcher() -> None:
                 set_lane(BACKGROUND)
+                lower_priority()
                 while not failed:
                     with take:
                         run = next(runs, None)

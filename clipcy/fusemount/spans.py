@@ -37,6 +37,7 @@ the same for a caller that knows the whole layer will be read (mount --fetch-all
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import OrderedDict
@@ -57,6 +58,20 @@ STREAM_CHUNK = 4  # spans the streamer asks of the layer reader at once (1 MiB, 
 # inflate: how long a read that starts inflating may share the cores with the streamer)
 
 __all__ = ["SPAN", "DecodedSpanCache", "LayerStream"]
+
+# nice value of the mount's threads that work for later, not for a read waiting now (the
+# decoded cache's writer and streamer, --fetch-all): a program that starts from the mount
+# gets the cores first. Linux keeps a nice value per thread.
+BACKGROUND_NICE = 10
+
+
+def lower_priority() -> None:
+    """Give the calling thread BACKGROUND_NICE (best effort: where it fails, as it may in a
+    restricted sandbox, the thread keeps the process's priority)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass
 
 
 class LayerStream:
@@ -290,6 +305,7 @@ class DecodedSpanCache:
                 self.disk_puts += 1
 
     def _write_loop(self) -> None:
+        lower_priority()
         while True:
             with self._lock:
                 while not self._pending:
@@ -392,6 +408,7 @@ class DecodedSpanCache:
         return st
 
     def _stream_loop(self) -> None:
+        lower_priority()
         while True:
             st = self._stream_q.get()
             try:
