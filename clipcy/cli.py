@@ -766,14 +766,15 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def _handle_sigterm() -> Callable[[], None]:
     """Install the SIGTERM handler; returns what puts the old one back."""
     import signal
-    import threading
 
-    # only in the main thread, and not over a handler or an ignore someone else set up
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
-    ):
+    # not over a handler or an ignore someone else set up, and only in the main thread (where
+    # signal.signal works: elsewhere it raises ValueError)
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         return lambda: None
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:
+        return lambda: None
 
     def restore() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -82,15 +82,15 @@ def test_local_reads_do_not_import_the_http_stack(tmp_path: Path) -> None:
 # its start-up): the remote stores' stack, logging (imported when a message is logged at an
 # enabled level), what other commands or writers need, dataclasses (with inspect, ast, dis,
 # tokenize: clipcy._fields), typing (TYPE_CHECKING = False), zstandard's package with
-# platform (clipcy._zstd loads its C backend alone), and zlib_ng's with gzip (the inflate
-# engine dlopens its extension module's file).
+# platform (clipcy._zstd loads its C backend alone), zlib_ng's with gzip (the inflate
+# engine dlopens its extension module's file), threading (a lock is _thread's) and contextlib.
 NOT_FOR_A_LOCAL_CAT = (
     "urllib3", "http.client", "email", "subprocess", "concurrent.futures", "ssl",
     "logging", "traceback", "hashlib", "shutil", "bz2", "lzma", "tempfile", "random",
     "base64", "importlib.resources", "importlib.metadata", "textwrap", "string",
     "pathlib", "urllib.parse", "ipaddress", "fnmatch",
     "dataclasses", "inspect", "ast", "dis", "tokenize", "typing", "zstandard", "platform",
-    "zlib_ng", "gzip",
+    "zlib_ng", "gzip", "threading", "contextlib",
     "clipcy.storage.registry", "clipcy.storage.http", "clipcy.export", "clipcy.progress",
 )
 

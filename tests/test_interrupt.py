@@ -481,3 +481,35 @@ def test_interrupt_between_submits_does_not_hang(
     assert outcome and isinstance(outcome[0], KeyboardInterrupt), outcome
     assert not [x for x in threading.enumerate() if x.name.startswith("clipcy-layer")]
     assert not (tmp_path / "x.clip").exists()
+
+
+
+def test_sigterm_handler_only_in_the_main_thread() -> None:
+    """The command line's SIGTERM handler is installed for a run and SIG_DFL put back; in
+    another thread (where signal.signal refuses) the run goes on without one; over a handler
+    someone else set, that one stays."""
+    from clipcy import cli
+
+    seen: list[tuple[str, object]] = []
+
+    def run(where: str) -> None:
+        restore = cli._handle_sigterm()
+        seen.append((where, signal.getsignal(signal.SIGTERM)))
+        restore()
+
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    run("main")
+    t = threading.Thread(target=run, args=("thread",))
+    t.start()
+    t.join(30)
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        run("over mine")
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert seen == [("main", cli._on_sigterm), ("thread", signal.SIG_DFL), ("over mine", mine)]

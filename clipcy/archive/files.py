@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import io
 import os
-import threading
+from _thread import LockType, allocate_lock  # threading.Lock, without importing threading (~0.8 ms)
 from collections.abc import Callable, Iterable
 
 from clipcy.archive.format import CHECKSUM_WRITTEN
@@ -53,8 +53,8 @@ class LayerReaders:
         self.layers: list[dict[str, Any]] = list(metadata.get("layers", []))
         self._access = access
         self._readers: dict[int, LayerReader] = {}
-        self._opening: dict[int, threading.Lock] = {}  # one per layer, made under _lock
-        self._lock = threading.Lock()
+        self._opening: dict[int, LockType] = {}  # one per layer, made under _lock
+        self._lock = allocate_lock()
         # told of every fetch of the blobs opened from now on (a mount's counters)
         self.observer: FetchObserver | None = None
 
@@ -72,7 +72,7 @@ class LayerReaders:
         # a lock of its own, so readers of other layers (and of this one, once open) never
         # wait for it (the mount opens every layer in the background at start).
         with self._lock:
-            opening = self._opening.setdefault(layer, threading.Lock())
+            opening = self._opening.setdefault(layer, allocate_lock())
         with opening:
             r = self._readers.get(layer)
             if r is None:

@@ -28,7 +28,7 @@ held only to fetch them; inflate runs without it).
 from __future__ import annotations
 
 import bisect
-import threading
+from _thread import allocate_lock  # threading.Lock, without importing threading (~0.8 ms)
 from collections import OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
@@ -240,7 +240,7 @@ class GzipReader(_Reader):
             self.close()
             raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
                             f"index (a resume point at compressed offset {last})")
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._parked: list[GzipResumer] = []  # decoders left where the last reads ended
 
     def pread(self, offset: int, n: int) -> bytes:
@@ -338,7 +338,7 @@ class ZstdReader(_Reader):
             self.close()
             raise BlobError(f"layer blob {path} is {self.blob_size} bytes, shorter than its "
                             f"index (a zstd frame ends at compressed offset {end})")
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached = 0
         # parked decoders: (frame index, uncompressed position in the frame, stream reader)

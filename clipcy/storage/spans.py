@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import threading
+from _thread import allocate_lock  # threading.Lock, without importing threading (~0.8 ms)
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import accumulate
@@ -219,7 +219,7 @@ class VerifiedBlob:
         self.path = source.path or digest  # for messages
         self._cache = cache
         self._recent: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self.fetched = 0  # bytes fetched from the source (perf, tests)
 
     def pread(self, offset: int, n: int) -> bytes:
