@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat as statmod
 import sys
@@ -17,6 +16,7 @@ from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 # are imported by the functions that use them.
 TYPE_CHECKING = False  # typing's constant, without importing typing (~5 ms of start-up)
 if TYPE_CHECKING:
+    import argparse  # (the handlers take its Namespace; cli.py parses)
     from pathlib import Path
     from typing import Any
 
