@@ -113,6 +113,9 @@ def find_archive(reg: Registry, ref: str, platform: str | None
     from clipcy.storage.artifact import choose, find_archives, parse_image_ref, resolve_image
 
     image = parse_image_ref(ref)
+    # find_archives sends two requests at once: the second connection they need is opened
+    # while the image is resolved, not after (a TCP and TLS handshake, 2 round trips)
+    reg.preconnect()
     digest = resolve_image(reg, image, _pick(platform))
     found = find_archives(reg, digest, f"{image.tag}.clip" if image.digest is None else None)
     return found, choose(found, FORMAT_MAJOR, reg.where)

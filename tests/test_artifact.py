@@ -146,6 +146,14 @@ class Proxy:
         return sum(1 for m, p, _ in self.log
                    if (method is None or m == method) and re.search(pattern, p))
 
+    def asked(self) -> list[str]:
+        """The log as "METHOD WHAT STATUS", WHAT the path after /v2/REPO/ (manifests/REF,
+        referrers/DIGEST, blobs/DIGEST) without its query."""
+        def what(path: str) -> str:
+            return re.sub(r"^/v2/.+?/(manifests|referrers|blobs)/", r"\1/", path.split("?")[0])
+
+        return [f"{m} {what(p)} {st}" for m, p, st in self.log]
+
     def _fault(self, method: str, path: str) -> str:
         with self.lock:
             for f in list(self.faults):
@@ -483,10 +491,19 @@ def test_referrers_api(registry: rs.Registry, archives: dict[str, Path], tmp_pat
         assert Api(registry.host).manifest("sample", image.replace(":", "-"))[0] == 404
         assert proxy.count(pattern=image.replace(":", "-")) == 0
         out = tmp_path / "got.clip"
+        proxy.log.clear()
         got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
         assert got["found"] == "referrers API" and got["artifact"] == pushed["artifact"]
         assert out.read_bytes() == archives["latest"].read_bytes()
-        assert got["requests"] == 4  # the tag, the referrers, the artifact, the archive
+        # the tag; the referrers API and the referrers tag at once (the tag's answer unused);
+        # the artifact; the archive
+        asked = proxy.asked()
+        assert got["requests"] == len(asked) == 5, asked
+        assert asked[0] == "GET manifests/latest 200"
+        assert sorted(asked[1:3]) == [f"GET manifests/{image.replace(':', '-')} 404",
+                                      f"GET referrers/{image} 200"], asked
+        assert asked[3:] == [f"GET manifests/{pushed['artifact']} 200",
+                             f"GET blobs/{sha(archives['latest'].read_bytes())} 206"], asked
         # a malformed answer of the referrers API: one line, no file
         out.unlink()
         for text in ("not json", '{"manifests": {}}', '{"manifests": [{"digest": "x"}]}'):
@@ -538,10 +555,57 @@ def test_request_counts(registry: rs.Registry, archives: dict[str, Path],
         proxy.log.clear()
         got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(tmp_path / "x.clip"),
                                 "--json")).stdout)
-        # the tag, the referrers API (404 here), the referrers tag, the artifact, the archive
-        assert len(proxy.log) == got["requests"] == 5, proxy.log
+        # the tag; the referrers API (404 here) and the referrers tag at once; the artifact;
+        # the archive
+        asked = proxy.asked()
+        assert len(asked) == got["requests"] == 5, asked
+        image = layout_manifest(SAMPLE, "latest")
+        assert asked[0] == "GET manifests/latest 200"
+        assert sorted(asked[1:3]) == [f"GET manifests/{image.replace(':', '-')} 200",
+                                      f"GET referrers/{image} 404"], asked
+        assert asked[3:] == [f"GET manifests/{r['artifact']} 200",
+                             f"GET blobs/{got['blob']} 206"], asked
     finally:
         proxy.close()
+
+
+def test_referrers_api_first_then_the_tag(registry: rs.Registry, archives: dict[str, Path],
+                                          tmp_path: Path) -> None:
+    """The referrers API and the referrers tag are asked at once, but read as one after
+    the other: the tag's list only when the API lists no clipcy archive; then its errors
+    too."""
+    image = layout_manifest(SAMPLE, "latest")
+    plain = Proxy(registry.host)  # no referrers API: the push writes the referrers tag
+    api = Proxy(registry.host, referrers=True)
+    try:
+        by_tag = json.loads(ok(cli("push", str(archives["latest"]),
+                                   f"docker://{plain.host}/sample", "--json")).stdout)
+        repo = f"docker://{api.host}/sample"
+        out = tmp_path / "got.clip"
+        # the API answers, but lists nothing: the tag's list is used
+        got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
+        assert got["found"] == f"referrers tag {image.replace(':', '-')}"
+        assert got["artifact"] == by_tag["artifact"] and got["requests"] == 5
+        assert out.read_bytes() == archives["latest"].read_bytes()
+        # the tag's list malformed: that error
+        api.faults.append(("GET", "/manifests/sha256-", "body=[1, 2"))
+        err = one_line(cli("pull", f"{repo}:latest", "-o", str(tmp_path / "no.clip")))
+        assert "malformed referrers index" in err and "sha256-" in err
+        # now the API lists another archive: it is taken, the tag's list is not read
+        by_api = json.loads(ok(cli("push", str(archives["latest-fd"]), f"{repo}:fd.clip",
+                                   "--json")).stdout)
+        assert by_api["referrers"] == "api"
+        api.faults.append(("GET", "/manifests/sha256-", "body=[1, 2"))  # a malformed tag
+        api.log.clear()
+        got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
+        assert got["found"] == "referrers API" and got["artifact"] == by_api["artifact"]
+        assert got["candidates"] == 1 and got["requests"] == 5
+        assert api.count("GET", "/manifests/sha256-") == 1  # asked all the same
+        assert out.read_bytes() == archives["latest-fd"].read_bytes()
+        assert not (tmp_path / "no.clip").exists()
+    finally:
+        plain.close()
+        api.close()
 
 
 # -- uploads: chunked, resumed ------------------------------------------------------------------

@@ -166,6 +166,39 @@ def test_missing_blob_and_wrong_size(registry: rs.Registry) -> None:
 
 
 @needs_registry
+def test_preconnect(registry: rs.Registry) -> None:
+    """preconnect leaves one open connection in the pool, which the next request takes (none
+    is opened for it); with one idle already it opens none; a host that refuses is left for
+    the request to report."""
+    from clipcy.storage.http import HttpClient
+
+    client = HttpClient(FAST)
+    url = f"http://{registry.host}/v2/"
+    try:
+        client.preconnect(url)
+        pool = client._pool.connection_from_url(url)
+        assert pool.num_connections == 1
+        r = client.request(url, {})
+        assert r.status == 200
+        r.read()
+        r.release_conn()
+        client.preconnect(url)
+        assert pool.num_connections == 1 and pool.num_requests == 1
+    finally:
+        client.close()
+    refused = HttpClient(FAST)
+    try:
+        url = f"http://127.0.0.1:{rs.free_port()}/v2/"
+        refused.preconnect(url)  # no error here
+        import urllib3
+
+        with pytest.raises(urllib3.exceptions.NewConnectionError):
+            refused.request(url, {})
+    finally:
+        refused.close()
+
+
+@needs_registry
 def test_http_base_url_store(proxy: rs.FaultProxy) -> None:
     """http(s)://BASE: blobs at BASE/sha256/HEX (the proxy's second address serves the
     registry's blobs under /static/NAME/sha256/HEX, with ranges)."""

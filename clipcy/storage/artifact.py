@@ -13,7 +13,8 @@ It is found from the image (distribution-spec 1.1): the referrers API
 (`GET /v2/NAME/referrers/DIGEST`) where the registry has it, which the registry says by
 answering the manifest PUT with an `OCI-Subject` header; otherwise the referrers tag schema,
 an image index tagged `sha256-HEX` (the image manifest's digest) that lists the referrers,
-updated by read-modify-write that keeps every other entry. The artifact is also tagged
+updated by read-modify-write that keeps every other entry (a reader asks both at once and
+takes the API's list when it names an archive). The artifact is also tagged
 (`TAG.clip` by default) so that `garbage-collect --delete-untagged` keeps it; a tag that
 holds anything but a clipcy archive is never moved.
 
@@ -36,7 +37,7 @@ import re
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from clipcy.errors import ClipError, RemoteAuthError, RemoteError, StorageRefError
 from clipcy.storage.auth import RegistryAuth
@@ -182,6 +183,11 @@ class Registry:
 
     def close(self) -> None:
         self.client.close()
+
+    def preconnect(self) -> None:
+        """Open a second connection to the registry on a thread of its own, so that two
+        requests sent at once later (find_archives) both find one open."""
+        _Beside(lambda: self.client.preconnect(self.base))
 
     @property
     def base(self) -> str:
@@ -623,9 +629,56 @@ def _version(desc: dict[str, Any]) -> tuple[int, int] | None:
     return (major, int(m.group(2))) if m and int(m.group(1)) == major else (major, 0)
 
 
+_T = TypeVar("_T")
+
+
+class _Beside(Generic[_T]):
+    """A call run on a thread of its own while the caller does something else; result()
+    waits for it and returns what it returned or raises what it raised.
+
+    A bare _thread: threading's start() waits until the new thread runs, which under load
+    takes longer than the request that the thread is there to overlap. (Such a thread does
+    not hold up the interpreter's exit: an interrupted caller does not wait for a request
+    to time out.)"""
+
+    def __init__(self, call: Callable[[], _T]) -> None:
+        import _thread
+
+        self._call = call
+        self._value: tuple[_T] | None = None
+        self._error: BaseException | None = None
+        self._done = _thread.allocate_lock()
+        self._done.acquire()  # released when the call has returned or raised
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self._value = (self._call(),)
+        except BaseException as e:  # noqa: BLE001 (raised again by result())
+            self._error = e
+        finally:
+            self._done.release()
+
+    def wait(self) -> None:
+        with self._done:
+            pass
+
+    def result(self) -> _T:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value[0]
+
+
 def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) -> Found:
     """The clipcy archives that refer to the image: from the referrers API, else the
-    referrers tag, else the artifact tag."""
+    referrers tag, else the artifact tag.
+
+    The referrers API and the referrers tag are asked at the same time (one round trip,
+    not two, on a registry without the API), and both answers are awaited, so that the
+    requests made are the same every time. The tag's answer is used as if it had been
+    asked after the API: only when the API lists no clipcy archive (its errors too)."""
     found = Found(image_digest, [], [])
 
     def add(descs: list[dict[str, Any]], where: str) -> None:
@@ -634,17 +687,24 @@ def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) ->
             if v is not None and not any(c.digest == d["digest"] for c in found.candidates):
                 found.candidates.append(Candidate(d["digest"], v, where))
 
-    listed = reg.referrers_api(image_digest)
+    tag = fallback_tag(image_digest)
+    index = f"the referrers index {tag} in {reg.where}"
+    by_tag = _Beside(lambda: reg.get_manifest(tag, f"read {index}"))
+    try:
+        listed = reg.referrers_api(image_digest)
+    except Exception:
+        by_tag.wait()  # no request left in flight (the counts stay exact)
+        raise
     if listed is not None:
         found.looked.append("the referrers API")
         add(listed, "referrers API")
-    if not found.candidates:
-        tag = fallback_tag(image_digest)
+    if found.candidates:
+        by_tag.wait()
+    else:
         found.looked.append(f"the referrers tag {tag}")
-        held = reg.get_manifest(tag, f"read the referrers index {tag} in {reg.where}")
+        held = by_tag.result()
         if held is not None:
-            add(parse_referrers(held[2], f"the referrers index {tag} in {reg.where}"),
-                f"referrers tag {tag}")
+            add(parse_referrers(held[2], index), f"referrers tag {tag}")
     if not found.candidates and artifact_tag:
         found.looked.append(f"the tag {artifact_tag}")
         held = reg.get_manifest(artifact_tag, f"read tag {artifact_tag} in {reg.where}")

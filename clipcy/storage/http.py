@@ -116,6 +116,27 @@ class HttpClient:
         with self._lock:
             self.bytes_received += n
 
+    def preconnect(self, url: str) -> None:
+        """Open one more keep-alive connection to url's origin and leave it in the pool:
+        the TCP (and TLS) handshake of a request to be sent beside another one, done while
+        an earlier answer is awaited. Best effort: a failure is left for a request to meet."""
+        import urllib3
+
+        try:
+            pool = self._pool.connection_from_url(url)
+            # (urllib3 has no public call that opens a connection ahead of a request)
+            conn = pool._get_conn()  # an idle one if there is one, else a new one
+        except urllib3.exceptions.HTTPError:  # closed meanwhile: nothing to do
+            return
+        try:
+            if conn.is_closed:
+                conn.connect()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            log.debug("preconnect to %s: %s", redact(url), _describe(e))
+            conn.close()
+        finally:
+            pool._put_conn(conn)  # (closed, not kept, if the pool was closed meanwhile)
+
     def backoff(self, attempt: int, retry_after: float | None) -> None:
         """Sleep before retry number `attempt` (1-based): exponential with jitter, or the
         server's Retry-After when it gave one (capped)."""
