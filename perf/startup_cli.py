@@ -9,8 +9,11 @@ the child, from wait4) and wall time, and their ratios. The archive is the bundl
 third command to the alternation: the clipctl next to another interpreter (a venv with an
 older clipcy installed), with its ratio to the same `python -c pass`. Measure with a regular
 install (`pip install .`): an editable install's import finder adds its own start-up cost.
-Also runs `python -c 'import ...'` of the modules a local cat cannot do without (DEPS), its
-floor, and prints the ten largest cumulative imports of one `cat` (python -X importtime).
+Also runs, in the same alternation, three parts of the floor: `python -c 'import re'` (the
+console script's own import, with enum), `python -c 'import ...'` of the modules a local cat
+cannot do without (DEPS), and the read alone (READ: the same cat through clipcy.commands with
+the parser's defaults, no argument parsing); and prints the ten largest cumulative imports of
+one `cat` (python -X importtime).
 """
 
 from __future__ import annotations
@@ -26,9 +29,18 @@ from pathlib import Path
 
 import runinfo
 
-# What a local `cat` cannot do without (argument parsing, the metadata JSON, the Node
-# dataclass, zstd sections, blake3 span checksums, zlib-ng inflate): a floor for its start-up.
-DEPS = "import argparse, json, dataclasses, threading, zstandard, blake3, zlib_ng"
+# What a local `cat` cannot do without (argument parsing, the metadata JSON, zstd sections
+# through zstandard's C backend as clipcy loads it, blake3 span checksums, zlib-ng's inflate
+# through the compiled engine that dlopens it): a floor for its start-up.
+DEPS = "import argparse, json, blake3, clipcy._zstd, clipcy.layers._inflate"
+
+# The same cat without the command line: no argparse, no parser, no SIGTERM handler; re
+# imported as the console script imports it (argv: archive, path).
+READ = ("import re, sys, types\n"
+        "from clipcy import commands\n"
+        "args = types.SimpleNamespace(archive=sys.argv[1], path=sys.argv[2], layout=None,\n"
+        "                             storage=None, **commands._REMOTE_DEFAULTS)\n"
+        "sys.exit(commands.cmd_cat(args))\n")
 
 # the .pyc files written at the warm-up runs, as an installed package has them
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -80,7 +92,8 @@ def main() -> int:
             archive = os.path.join(tmp, "sample.clip")
             subprocess.run([clipctl, "demo", "--keep", tmp], check=True,
                            stdout=subprocess.DEVNULL)
-        cmds = {"base": [py, "-c", "pass"], "deps": [py, "-c", DEPS],
+        cmds = {"base": [py, "-c", "pass"], "re": [py, "-c", "import re"],
+                "deps": [py, "-c", DEPS], "read": [py, "-c", READ, archive, args.path],
                 "cat": [clipctl, "cat", archive, args.path]}
         if args.before:
             cmds["before"] = [str(Path(args.before).parent / "clipctl"), "cat", archive, args.path]
@@ -99,8 +112,12 @@ def main() -> int:
         return statistics.median(xs) * 1000
 
     def label(key: str) -> str:
+        if key == "re":
+            return "`python -c 'import re'` (the console script's own import)"
         if key == "deps":
             return f"`python -c '{DEPS}'` (the floor)"
+        if key == "read":
+            return "the read alone: `commands.cmd_cat` with the parser's defaults (READ)"
         return f"`clipctl cat ARCHIVE {args.path}`" + (" (--before)" if key == "before" else "")
 
     lines = [
