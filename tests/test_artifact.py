@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -335,7 +335,9 @@ def test_push_pull_roundtrip(registry: rs.Registry, archives: dict[str, Path],
     from clipcy import __version__
 
     assert doc["annotations"] == {"io.clipcy.archive.format": "2.0",
-                                  "io.clipcy.version": __version__}
+                                  "io.clipcy.version": __version__,
+                                  "io.clipcy.archive.digest": sha(data),
+                                  "io.clipcy.archive.size": str(len(data))}
     st, body = api.manifest("sample", image.replace(":", "-"))
     assert st == 200
     assert [m["digest"] for m in json.loads(body)["manifests"]] == [pushed["artifact"]]
@@ -496,14 +498,14 @@ def test_referrers_api(registry: rs.Registry, archives: dict[str, Path], tmp_pat
         assert got["found"] == "referrers API" and got["artifact"] == pushed["artifact"]
         assert out.read_bytes() == archives["latest"].read_bytes()
         # the tag; the referrers API and the referrers tag at once (the tag's answer unused);
-        # the artifact; the archive
+        # the archive, which the API's list names (the registry copies the artifact's
+        # annotations into it): the artifact's manifest is not read
         asked = proxy.asked()
-        assert got["requests"] == len(asked) == 5, asked
+        assert got["requests"] == len(asked) == 4, asked
         assert asked[0] == "GET manifests/latest 200"
         assert sorted(asked[1:3]) == [f"GET manifests/{image.replace(':', '-')} 404",
                                       f"GET referrers/{image} 200"], asked
-        assert asked[3:] == [f"GET manifests/{pushed['artifact']} 200",
-                             f"GET blobs/{sha(archives['latest'].read_bytes())} 206"], asked
+        assert asked[3:] == [f"GET blobs/{sha(archives['latest'].read_bytes())} 206"], asked
         # a malformed answer of the referrers API: one line, no file
         out.unlink()
         for text in ("not json", '{"manifests": {}}', '{"manifests": [{"digest": "x"}]}'):
@@ -540,7 +542,7 @@ def test_request_counts(registry: rs.Registry, archives: dict[str, Path],
                         tmp_path: Path) -> None:
     """Counted by the proxy, so exact: a push makes 5 requests plus the referrers-index
     update (2), and 3 more the first time into a repository (the empty config blob is
-    uploaded when the registry says it is missing); a pull makes 5."""
+    uploaded when the registry says it is missing); a pull makes 4."""
     proxy = Proxy(registry.host)
     try:
         repo = f"docker://{proxy.host}/sample"
@@ -555,16 +557,15 @@ def test_request_counts(registry: rs.Registry, archives: dict[str, Path],
         proxy.log.clear()
         got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(tmp_path / "x.clip"),
                                 "--json")).stdout)
-        # the tag; the referrers API (404 here) and the referrers tag at once; the artifact;
-        # the archive
+        # the tag; the referrers API (404 here) and the referrers tag at once; the archive,
+        # which the referrers tag's index names (push copied the artifact's annotations)
         asked = proxy.asked()
-        assert len(asked) == got["requests"] == 5, asked
+        assert len(asked) == got["requests"] == 4, asked
         image = layout_manifest(SAMPLE, "latest")
         assert asked[0] == "GET manifests/latest 200"
         assert sorted(asked[1:3]) == [f"GET manifests/{image.replace(':', '-')} 200",
                                       f"GET referrers/{image} 404"], asked
-        assert asked[3:] == [f"GET manifests/{r['artifact']} 200",
-                             f"GET blobs/{got['blob']} 206"], asked
+        assert asked[3:] == [f"GET blobs/{got['blob']} 206"], asked
     finally:
         proxy.close()
 
@@ -585,7 +586,7 @@ def test_referrers_api_first_then_the_tag(registry: rs.Registry, archives: dict[
         # the API answers, but lists nothing: the tag's list is used
         got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
         assert got["found"] == f"referrers tag {image.replace(':', '-')}"
-        assert got["artifact"] == by_tag["artifact"] and got["requests"] == 5
+        assert got["artifact"] == by_tag["artifact"] and got["requests"] == 4
         assert out.read_bytes() == archives["latest"].read_bytes()
         # the tag's list malformed: that error
         api.faults.append(("GET", "/manifests/sha256-", "body=[1, 2"))
@@ -599,7 +600,7 @@ def test_referrers_api_first_then_the_tag(registry: rs.Registry, archives: dict[
         api.log.clear()
         got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
         assert got["found"] == "referrers API" and got["artifact"] == by_api["artifact"]
-        assert got["candidates"] == 1 and got["requests"] == 5
+        assert got["candidates"] == 1 and got["requests"] == 4
         assert api.count("GET", "/manifests/sha256-") == 1  # asked all the same
         assert out.read_bytes() == archives["latest-fd"].read_bytes()
         assert not (tmp_path / "no.clip").exists()
@@ -687,6 +688,159 @@ def test_archive_of_another_image_under_the_right_subject(
     assert "made for another image" in err and layout_manifest(SAMPLE, "v1") in err
     assert not out.exists()
     _no_part_files(tmp_path)
+
+
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _edit_referrers(api: Api, image: str,
+                    edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    """Rewrite the image's referrers tag index (as another tool, or an attacker, could)."""
+    tag = image.replace(":", "-")
+    st, body = api.manifest("sample", tag)
+    assert st == 200, st
+    doc = json.loads(body)
+    doc["manifests"] = edit(doc["manifests"])
+    api.put_manifest("sample", tag, doc, INDEX_TYPE)
+
+
+def test_older_push_without_the_blob_annotations(
+        registry: rs.Registry, archives: dict[str, Path], tmp_path: Path) -> None:
+    """An artifact pushed before its manifest named the archive blob in its annotations (so
+    neither do the referrers lists): found and read as before, through its manifest."""
+    from clipcy.storage.artifact import artifact_manifest
+
+    api = Api(registry.host)
+    image = layout_manifest(SAMPLE, "latest")
+    data = archives["latest"].read_bytes()
+    api.upload("sample", data)
+    api.upload("sample", b"{}")
+    st, image_body = api.manifest("sample", image)
+    doc = json.loads(artifact_manifest(sha(data), len(data), {
+        "mediaType": MANIFEST_TYPE, "digest": image, "size": len(image_body)}, (2, 0), "0"))
+    for key in ("io.clipcy.archive.digest", "io.clipcy.archive.size"):
+        del doc["annotations"][key]
+    artifact = api.put_manifest("sample", "latest.clip", doc, MANIFEST_TYPE)
+    api.put_manifest("sample", image.replace(":", "-"), {
+        "schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [{
+            "mediaType": MANIFEST_TYPE, "digest": artifact,
+            "size": len(json.dumps(doc)), "artifactType": ARTIFACT_TYPE,
+            "annotations": doc["annotations"]}]}, INDEX_TYPE)
+    proxy = Proxy(registry.host)
+    try:
+        repo = f"docker://{proxy.host}/sample"
+        out = tmp_path / "got.clip"
+        got = json.loads(ok(cli("pull", f"{repo}:latest", "-o", str(out), "--json")).stdout)
+        assert got["artifact"] == artifact and out.read_bytes() == data
+        # the tag; the referrers API and the referrers tag; the artifact; the archive
+        asked = proxy.asked()
+        assert got["requests"] == len(asked) == 5, asked
+        assert asked[3:] == [f"GET manifests/{artifact} 200", f"GET blobs/{sha(data)} 206"]
+        r = ok(cli("cat", f"{repo}:latest", "/etc/os-release", "--no-cache",
+                   env=_fresh_env(tmp_path)))
+        assert "Hello" in r.stdout
+        from clipcy.fusemount import available
+
+        if os.geteuid() == 0 and available():
+            mnt = tmp_path / "mnt"
+            mnt.mkdir()
+            ok(cli("mount", f"{repo}:latest", str(mnt), env=_fresh_env(tmp_path / "m")))
+            try:
+                assert "Hello" in (mnt / "etc" / "os-release").read_text()
+            finally:
+                ok(cli("umount", str(mnt)))
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("tamper", ["another-archive", "size+1", "size-1", "missing",
+                                    "not-a-digest"])
+def test_tampered_blob_annotations(registry: rs.Registry, archives: dict[str, Path],
+                                   tmp_path: Path, tamper: str) -> None:
+    """A referrers list whose annotations name another blob (another image's archive in
+    the repository, a wrong size, a blob that is not there) or nothing usable: never that
+    archive; the artifact's manifest names the right one, which is taken."""
+    api = Api(registry.host)
+    image = layout_manifest(SAMPLE, "latest")
+    data = archives["latest"].read_bytes()
+    pushed = json.loads(ok(cli("push", str(archives["latest"]),
+                               f"docker://{registry.host}/sample", "--json")).stdout)
+    other = archives["v1"].read_bytes()
+    api.upload("sample", other)
+    named = {"another-archive": (sha(other), str(len(other))),
+             "size+1": (sha(data), str(len(data) + 1)),
+             "size-1": (sha(data), str(len(data) - 1)),
+             "missing": (sha(b"not there"), str(len(data))),
+             "not-a-digest": ("sha256:../../etc", str(len(data)))}[tamper]
+
+    def edit(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        (entry,) = entries
+        entry["annotations"]["io.clipcy.archive.digest"] = named[0]
+        entry["annotations"]["io.clipcy.archive.size"] = named[1]
+        return [entry]
+
+    _edit_referrers(api, image, edit)
+    proxy = Proxy(registry.host)
+    try:
+        out = tmp_path / "got.clip"
+        r = ok(cli("pull", f"docker://{proxy.host}/sample:latest", "-o", str(out), "--json"))
+        got = json.loads(r.stdout)
+        assert out.read_bytes() == data
+        assert got["artifact"] == pushed["artifact"] and got["blob"] == sha(data)
+        asked = proxy.asked()
+        assert asked[-2:] == [f"GET manifests/{pushed['artifact']} 200",
+                              f"GET blobs/{sha(data)} 206"], asked
+        if tamper == "not-a-digest":  # not taken as a blob: the manifest read first
+            assert len(asked) == 5 and "WARNING" not in r.stderr.upper(), asked
+        else:  # the listed blob tried first, then the manifest's
+            assert len(asked) == 6, asked
+            assert "its manifest names" in r.stderr and named[0] in r.stderr
+        _no_part_files(tmp_path)
+    finally:
+        proxy.close()
+
+
+def test_listed_archive_gone(registry: rs.Registry, archives: dict[str, Path],
+                             tmp_path: Path) -> None:
+    """A listed archive whose manifest and blob are both gone (deleted from the repository,
+    as garbage collection leaves them, its referrers-tag entry kept): its listed blob's 404,
+    then its manifest's 404; the next archive listed is taken. When it is the only one: one
+    line and no file."""
+    api = Api(registry.host)
+    image = layout_manifest(SAMPLE, "latest")
+    repo = f"docker://{registry.host}/sample"
+    kept = json.loads(ok(cli("push", str(archives["latest-fd"]), f"{repo}:fd.clip",
+                             "--json")).stdout)
+    gone = json.loads(ok(cli("push", str(archives["latest"]), repo, "--json")).stdout)
+    links = registry.tmp / "data" / "docker" / "registry" / "v2" / "repositories" / "sample"
+    gone_blob = sha(archives["latest"].read_bytes())
+    shutil.rmtree(links / "_manifests" / "revisions" / "sha256" / gone["artifact"][7:])
+    shutil.rmtree(links / "_layers" / "sha256" / gone_blob[7:])
+    data = archives["latest-fd"].read_bytes()
+    proxy = Proxy(registry.host)
+    try:
+        out = tmp_path / "got.clip"
+        got = json.loads(ok(cli("pull", f"docker://{proxy.host}/sample:latest", "-o",
+                                str(out), "--json")).stdout)
+        assert got["artifact"] == kept["artifact"] and got["candidates"] == 2
+        assert out.read_bytes() == data
+        asked = proxy.asked()
+        assert asked[3:] == [f"GET blobs/{gone_blob} 404",
+                             f"GET manifests/{gone['artifact']} 404",
+                             f"GET blobs/{sha(data)} 206"], asked
+        out.unlink()
+        # only the other one listed, then gone as well (the registry refuses an index that
+        # lists a manifest it does not hold, so it is removed after the PUT)
+        _edit_referrers(api, image, lambda entries: entries[:1])
+        shutil.rmtree(links / "_manifests" / "revisions" / "sha256" / kept["artifact"][7:])
+        shutil.rmtree(links / "_layers" / "sha256" / sha(data)[7:])
+        err = one_line(cli("pull", f"docker://{proxy.host}/sample:latest", "-o", str(out)))
+        assert "listed but not there" in err and kept["artifact"] in err
+        assert not out.exists()
+        _no_part_files(tmp_path)
+    finally:
+        proxy.close()
 
 
 def test_tampered_blob(registry: rs.Registry, archives: dict[str, Path], tmp_path: Path) -> None:
@@ -856,10 +1010,11 @@ def test_readers_take_an_image_reference(registry: rs.Registry, archives: dict[s
 @pytest.mark.skipif(os.geteuid() != 0, reason="the mount tests run as root")
 def test_mount_by_reference(registry: rs.Registry, archives: dict[str, Path],
                             tmp_path: Path) -> None:
-    """With no local files, a mount by image reference is ready after at most 5 requests
-    (the tag, the referrers API's 404, the referrers tag, the artifact, the archive): the
-    image manifest just fetched from the blobs' repository is its storage check, so no blob
-    is probed; its files are then read from the registry."""
+    """With no local files, a mount by image reference is ready after 4 requests in 3 round
+    trips (the tag; the referrers API's 404 and the referrers tag at once; the archive,
+    which the referrers tag's index names): the image manifest just fetched from the blobs'
+    repository is its storage check, so no blob is probed; its files are then read from the
+    registry."""
     from clipcy.archive.reader import open_archive
     from clipcy.fusemount import available
 
@@ -879,7 +1034,13 @@ def test_mount_by_reference(registry: rs.Registry, archives: dict[str, Path],
         env = _fresh_env(tmp_path)
         ok(cli("mount", f"docker://{proxy.host}/sample:latest", str(mnt), env=env))
         try:
-            assert probes() == 0 and len(proxy.log) <= 5, proxy.log
+            asked = proxy.asked()
+            image = layout_manifest(SAMPLE, "latest")
+            assert probes() == 0 and len(asked) == 4, asked
+            assert asked[0] == "GET manifests/latest 200"
+            assert sorted(asked[1:3]) == [f"GET manifests/{image.replace(':', '-')} 200",
+                                          f"GET referrers/{image} 404"], asked
+            assert asked[3] == f"GET blobs/{sha(archives['latest'].read_bytes())} 206"
             before = len(proxy.log)
             text = (mnt / "etc" / "os-release").read_text()
             assert "Hello" in text

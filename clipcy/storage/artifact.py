@@ -7,7 +7,9 @@ An archive is stored in its image's repository as an OCI image manifest (image-s
      "config": the empty descriptor (application/vnd.oci.empty.v1+json, the 2 bytes "{}"),
      "layers": [{"mediaType": "application/vnd.clipcy.archive.v2.clip", digest, size}],
      "subject": the image manifest the archive was made from,
-     "annotations": {"io.clipcy.archive.format": "2.0", "io.clipcy.version": "0.1.0"}}
+     "annotations": {"io.clipcy.archive.format": "2.0", "io.clipcy.version": "0.1.0",
+                     "io.clipcy.archive.digest": the layer's digest,
+                     "io.clipcy.archive.size": the layer's size, in decimal}}
 
 It is found from the image (distribution-spec 1.1): the referrers API
 (`GET /v2/NAME/referrers/DIGEST`) where the registry has it, which the registry says by
@@ -17,6 +19,10 @@ updated by read-modify-write that keeps every other entry (a reader asks both at
 takes the API's list when it names an archive). The artifact is also tagged
 (`TAG.clip` by default) so that `garbage-collect --delete-untagged` keeps it; a tag that
 holds anything but a clipcy archive is never moved.
+
+The layer's digest and size are annotations as well: a registry copies a manifest's
+annotations into its referrers list (and push copies them into the referrers tag's index),
+so a reader that finds the archive there downloads it without reading the manifest first.
 
 Nothing here reads an archive: callers pass what push needs from it (the image manifest
 digest, the format version) and a check that pull runs on the downloaded file.
@@ -61,6 +67,8 @@ ARTIFACT_PREFIX = "application/vnd.clipcy.archive.v"
 LAYER_SUFFIX = ".clip"
 FORMAT_ANNOTATION = "io.clipcy.archive.format"
 VERSION_ANNOTATION = "io.clipcy.version"
+BLOB_DIGEST_ANNOTATION = "io.clipcy.archive.digest"  # the archive blob's (the layer's)
+BLOB_SIZE_ANNOTATION = "io.clipcy.archive.size"  # its size in bytes, decimal
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_DATA = b"{}"
 EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_DATA).hexdigest()
@@ -470,7 +478,9 @@ def artifact_manifest(blob_digest: str, blob_size: int, subject: dict[str, Any],
         "layers": [layer],
         "subject": subject,
         "annotations": {FORMAT_ANNOTATION: f"{version[0]}.{version[1]}",
-                        VERSION_ANNOTATION: clipcy_version},
+                        VERSION_ANNOTATION: clipcy_version,
+                        BLOB_DIGEST_ANNOTATION: blob_digest,
+                        BLOB_SIZE_ANNOTATION: str(blob_size)},
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -578,6 +588,9 @@ class Candidate:
     digest: str  # the artifact manifest
     version: tuple[int, int]
     found: str  # where: "referrers API", "referrers tag sha256-HEX", "tag T"
+    # the archive blob (digest, size) as the list's annotations name it, or the manifest
+    # itself where it was found by its tag; None: only the manifest says (an older push)
+    blob: tuple[str, int] | None = None
 
 
 @dataclass
@@ -614,6 +627,40 @@ def resolve_image(reg: Registry, ref: ImageRef,
                                 "image's reference")
         return digest
     raise ArtifactError(f"{ref.text}: image indexes nested too deep")
+
+
+def _listed_blob(desc: dict[str, Any]) -> tuple[str, int] | None:
+    """The archive blob a referrer descriptor's annotations name (digest, size), or None if
+    they name none or something that is not a sha256 digest and a decimal size."""
+    ann = desc.get("annotations")
+    if not isinstance(ann, dict):
+        return None
+    digest, size = ann.get(BLOB_DIGEST_ANNOTATION), ann.get(BLOB_SIZE_ANNOTATION)
+    if (not isinstance(digest, str) or not digest.startswith("sha256:")
+            or not isinstance(size, str) or not size.isascii() or not size.isdigit()
+            or len(size) > 19):  # (an int64, as descriptor sizes are)
+        return None
+    try:
+        parse_digest(digest)
+    except ClipError:
+        return None
+    return digest, int(size)
+
+
+def _archive_layer(doc: object) -> tuple[str, int] | None:
+    """The archive blob (digest, size) of an artifact manifest: its one layer of a clipcy
+    media type, or None."""
+    layers = doc.get("layers") if isinstance(doc, dict) else None
+    if (not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict)
+            or not str(layers[0].get("mediaType", "")).startswith(ARTIFACT_PREFIX)
+            or not isinstance(layers[0].get("size"), int) or layers[0]["size"] < 0):
+        return None
+    digest = layers[0].get("digest")
+    try:
+        parse_digest(digest)
+    except ClipError:
+        return None
+    return str(digest), int(layers[0]["size"])
 
 
 def _version(desc: dict[str, Any]) -> tuple[int, int] | None:
@@ -681,11 +728,13 @@ def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) ->
     asked after the API: only when the API lists no clipcy archive (its errors too)."""
     found = Found(image_digest, [], [])
 
-    def add(descs: list[dict[str, Any]], where: str) -> None:
+    def add(descs: list[dict[str, Any]], where: str,
+            blob: tuple[str, int] | None = None) -> None:
         for d in descs:
             v = _version(d)
             if v is not None and not any(c.digest == d["digest"] for c in found.candidates):
-                found.candidates.append(Candidate(d["digest"], v, where))
+                found.candidates.append(Candidate(d["digest"], v, where,
+                                                  blob or _listed_blob(d)))
 
     tag = fallback_tag(image_digest)
     index = f"the referrers index {tag} in {reg.where}"
@@ -717,7 +766,8 @@ def find_archives(reg: Registry, image_digest: str, artifact_tag: str | None) ->
                                     f"for another image ({got}, not {image_digest})")
             add([{"digest": held[0], "size": len(held[2]),
                   "artifactType": doc.get("artifactType"),
-                  "annotations": doc.get("annotations")}], f"tag {artifact_tag}")
+                  "annotations": doc.get("annotations")}], f"tag {artifact_tag}",
+                _archive_layer(doc))
     found.requests = reg.client.requests
     return found
 
@@ -744,12 +794,38 @@ class ArchiveGone(ArtifactError):
 
 def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
                   check: Callable[[str], str]) -> tuple[str, int]:
-    """Download the candidate's archive blob to dest (a new file), checking the artifact's
-    subject, the blob's digest and size, and check(dest) (the archive's image manifest
-    digest) against image_digest. (blob digest, size). dest is left for the caller to
-    remove on error."""
+    """Download the candidate's archive blob to dest (a new file), checking the blob's
+    digest and size, and check(dest) (the archive's image manifest digest) against
+    image_digest. (blob digest, size). dest is left for the caller to remove on error.
+
+    A blob the referrers list names (cand.blob) is downloaded straight away: the two checks
+    are what make it safe, not the list. If that fails in any way but authentication (gone,
+    another size, another digest, another image's archive), the artifact's manifest decides:
+    the error stands if it names that same blob, else its own blob is taken."""
     what = f"the clipcy archive {cand.digest} in {reg.where}"
-    got = reg.get_manifest(cand.digest, f"read {what}")
+    if cand.blob is None:
+        return _download(reg, what, _read_layer(reg, cand.digest, what, image_digest),
+                         image_digest, dest, check)
+    try:
+        return _download(reg, what, cand.blob, image_digest, dest, check)
+    except RemoteAuthError:
+        raise
+    except ClipError as e:
+        listed_error = e
+    # (ArchiveGone if the manifest is gone too)
+    named = _read_layer(reg, cand.digest, what, image_digest)
+    if named == cand.blob:
+        raise listed_error
+    log.warning("%s: found as listed with blob %s (%d bytes), but its manifest names %s "
+                "(%d bytes): taking the manifest's", what, *cand.blob, *named)
+    return _download(reg, what, named, image_digest, dest, check)
+
+
+def _read_layer(reg: Registry, artifact: str, what: str, image_digest: str
+                ) -> tuple[str, int]:
+    """The archive blob (digest, size) that the artifact's manifest names, its subject
+    checked to be the image."""
+    got = reg.get_manifest(artifact, f"read {what}")
     if got is None:
         raise ArchiveGone(f"{what} is listed but not there (HTTP 404)")
     doc = _json(got[2])
@@ -760,13 +836,15 @@ def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
         other = subject.get("digest") if isinstance(subject, dict) else "no image"
         raise ArtifactError(f"{what} was made for another image ({other}, not "
                             f"{image_digest})")
-    layers = doc.get("layers")
-    if (not isinstance(layers, list) or len(layers) != 1 or not isinstance(layers[0], dict)
-            or not str(layers[0].get("mediaType", "")).startswith(ARTIFACT_PREFIX)
-            or not isinstance(layers[0].get("size"), int) or layers[0]["size"] < 0):
+    layer = _archive_layer(doc)
+    if layer is None:
         raise ArtifactError(f"{what} does not hold one archive layer")
-    blob, size = str(layers[0].get("digest")), int(layers[0]["size"])
-    parse_digest(blob, what)
+    return layer
+
+
+def _download(reg: Registry, what: str, layer: tuple[str, int], image_digest: str, dest: str,
+              check: Callable[[str], str]) -> tuple[str, int]:
+    blob, size = layer
     with open(dest, "wb") as out:
         computed = reg.download(blob, size, out)
         out.flush()
@@ -779,4 +857,3 @@ def fetch_archive(reg: Registry, cand: Candidate, image_digest: str, dest: str,
         raise ArtifactError(f"{what} was made for another image: the archive indexes "
                             f"{made_for}, not {image_digest}")
     return blob, size
-
