@@ -1,6 +1,7 @@
 """Start-up of the command line: `clipctl cat ARCHIVE /etc/os-release` vs `python -c pass`.
 
-    python perf/startup_cli.py [--runs 21] [--archive A] [--before PYTHON] [--out FILE]
+    python perf/startup_cli.py [--runs 21] [--archive A] [--before PYTHON]
+                               [--preload MOD,MOD ...] [--out FILE]
 
 Runs the two commands alternately, each in a fresh process of the same interpreter (the
 clipctl console script next to it), and reports each one's median CPU time (user + system of
@@ -13,7 +14,9 @@ Also runs, in the same alternation, three parts of the floor: `python -c 'import
 console script's own import, with enum), `python -c 'import ...'` of the modules a local cat
 cannot do without (DEPS), and the read alone (READ: the same cat through clipcy.commands with
 the parser's defaults, no argument parsing); and prints the ten largest cumulative imports of
-one `cat` (python -X importtime).
+one `cat` (python -X importtime). --preload MODS (repeatable) adds the cat with those modules
+imported first (`python -c`: clipcy.cli.main after importing them), beside the same cat with
+none: what a module the cat no longer imports would cost it again.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ READ = ("import re, sys, types\n"
         "args = types.SimpleNamespace(archive=sys.argv[1], path=sys.argv[2], layout=None,\n"
         "                             storage=None, **commands._REMOTE_DEFAULTS)\n"
         "sys.exit(commands.cmd_cat(args))\n")
+
+# The cat through clipcy.cli.main after importing the comma-separated modules in argv[1].
+PRELOAD = ("import sys\n"
+           "for name in filter(None, sys.argv[1].split(',')):\n"
+           "    __import__(name)\n"
+           "import re\n"
+           "from clipcy.cli import main\n"
+           "sys.exit(main(['cat', sys.argv[2], sys.argv[3]]))\n")
 
 # the .pyc files written at the warm-up runs, as an installed package has them
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -79,6 +90,8 @@ def main() -> int:
     ap.add_argument("--path", default="/etc/os-release", help="the file to cat")
     ap.add_argument("--before", metavar="PYTHON",
                     help="also run the clipctl next to this interpreter (an older install)")
+    ap.add_argument("--preload", action="append", default=[], metavar="MOD,MOD",
+                    help="also run the cat with these modules imported first (repeatable)")
     ap.add_argument("--out", help="also write the table to this file")
     args = ap.parse_args()
 
@@ -97,6 +110,8 @@ def main() -> int:
                 "cat": [clipctl, "cat", archive, args.path]}
         if args.before:
             cmds["before"] = [str(Path(args.before).parent / "clipctl"), "cat", archive, args.path]
+        for mods in ["", *args.preload] if args.preload else []:
+            cmds[f"preload:{mods}"] = [py, "-c", PRELOAD, mods, archive, args.path]
         for cmd in cmds.values():  # warm the page cache and the .pyc files
             run_once(cmd)
         cpu: dict[str, list[float]] = {key: [] for key in cmds}
@@ -118,6 +133,10 @@ def main() -> int:
             return f"`python -c '{DEPS}'` (the floor)"
         if key == "read":
             return "the read alone: `commands.cmd_cat` with the parser's defaults (READ)"
+        if key.startswith("preload:"):
+            mods = key.partition(":")[2]
+            return (f"`clipcy.cli.main` cat after importing {mods}" if mods
+                    else "`clipcy.cli.main` cat (python -c, the --preload rows' reference)")
         return f"`clipctl cat ARCHIVE {args.path}`" + (" (--before)" if key == "before" else "")
 
     lines = [
