@@ -115,9 +115,13 @@ def find_archive(reg: Registry, ref: str, platform: str | None
     image = parse_image_ref(ref)
     # find_archives sends two requests at once: the second connection they need is opened
     # while the image is resolved, not after (a TCP and TLS handshake, 2 round trips)
-    reg.preconnect()
-    digest = resolve_image(reg, image, _pick(platform))
-    found = find_archives(reg, digest, f"{image.tag}.clip" if image.digest is None else None)
+    opening = reg.preconnect()
+    try:
+        digest = resolve_image(reg, image, _pick(platform))
+        found = find_archives(reg, digest,
+                              f"{image.tag}.clip" if image.digest is None else None)
+    finally:
+        opening.wait()  # no thread left running: clipctl mount forks next
     return found, choose(found, FORMAT_MAJOR, reg.where)
 
 

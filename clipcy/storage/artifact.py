@@ -192,10 +192,11 @@ class Registry:
     def close(self) -> None:
         self.client.close()
 
-    def preconnect(self) -> None:
+    def preconnect(self) -> _Beside[None]:
         """Open a second connection to the registry on a thread of its own, so that two
-        requests sent at once later (find_archives) both find one open."""
-        _Beside(lambda: self.client.preconnect(self.base))
+        requests sent at once later (find_archives) both find one open; wait() on what is
+        returned before the process forks."""
+        return _Beside(lambda: self.client.preconnect(self.base))
 
     @property
     def base(self) -> str:
@@ -686,7 +687,8 @@ class _Beside(Generic[_T]):
     A bare _thread: threading's start() waits until the new thread runs, which under load
     takes longer than the request that the thread is there to overlap. (Such a thread does
     not hold up the interpreter's exit: an interrupted caller does not wait for a request
-    to time out.)"""
+    to time out.) Once wait() has returned the thread holds nothing: the process may fork
+    (clipctl mount does, once its archive is found)."""
 
     def __init__(self, call: Callable[[], _T]) -> None:
         import _thread
