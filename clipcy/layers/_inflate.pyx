@@ -9,9 +9,9 @@ clipcy) links it statically and exports its native `zng_*` functions, so this mo
 them with dlopen/dlsym in that extension module: `pip install .` brings the fast path with
 no other step. The module is found, not imported (clipcy._select.extension_spec): dlopen
 needs only its file, and importing it runs zlib_ng's __init__ and its init, which imports
-gzip (~0.5 ms of a reader's start-up); a later import of it by Python shares the loaded
-library. Without the wheel (or on a platform where zng_stream and z_stream differ:
-`unsigned long` narrower than `size_t`, as on Windows) the system zlib serves.
+gzip (0.3 to 1.6 ms of a reader's start-up, perf/RESULTS.md); a later import of it by Python
+shares the loaded library. Without the wheel (or on a platform where zng_stream and z_stream
+differ: `unsigned long` narrower than `size_t`, as on Windows) the system zlib serves.
 
 Resume points do not depend on the engine: a deflate block boundary is a property of the
 compressed stream, Z_BLOCK reports each one in both libraries, and the window is the
