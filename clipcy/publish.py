@@ -76,12 +76,20 @@ class Pulled:
 
 
 def _pick(platform: str | None) -> Any:
-    from clipcy.errors import ManifestNotFoundError
-    from clipcy.image.layout import Platform
+    """pick(manifests, where): an image index's entry for platform (default: this
+    machine's). A platform given is checked at once; clipcy.image.layout is imported only
+    then or when an index is met (~4.5 ms of a mount by reference otherwise)."""
+    given = None
+    if platform:
+        from clipcy.image.layout import Platform
 
-    want = Platform.parse(platform) if platform else Platform.host()
+        given = Platform.parse(platform)
 
     def pick(manifests: list[dict[str, Any]], where: str) -> dict[str, Any]:
+        from clipcy.errors import ManifestNotFoundError
+        from clipcy.image.layout import Platform
+
+        want = given or Platform.host()
         seen = []
         for m in manifests:
             p = m.get("platform")
