@@ -9,9 +9,9 @@ the archive, the check of a pulled one) and to the image's platforms.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clipcy._fields import FrozenFields
 from clipcy.errors import ArchiveError, ClipError
 from clipcy.tempfiles import TempFile
 
@@ -62,8 +62,9 @@ def push_archive(archive: str | os.PathLike[str], ref: str, *,
         reg.close()
 
 
-@dataclass(frozen=True)
-class Pulled:
+class Pulled(FrozenFields):
+    __slots__ = ("path", "image", "artifact", "blob", "size", "version", "found",
+                 "candidates", "requests")
     path: str
     image: str  # the image manifest's digest
     artifact: str  # the artifact manifest's digest
@@ -73,6 +74,10 @@ class Pulled:
     found: str  # where it was found
     candidates: int  # how many clipcy archives refer to the image
     requests: int
+
+    def __init__(self, path: str, image: str, artifact: str, blob: str, size: int,
+                 version: tuple[int, int], found: str, candidates: int, requests: int) -> None:
+        self._init(path, image, artifact, blob, size, version, found, candidates, requests)
 
 
 def _pick(platform: str | None) -> Any:

@@ -42,9 +42,9 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
+from clipcy._fields import Fields, FrozenFields
 from clipcy.errors import ClipError, RemoteAuthError, RemoteError, StorageRefError
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.http import (
@@ -107,14 +107,18 @@ class ArtifactError(ClipError):
 # -- image references ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ImageRef:
+class ImageRef(FrozenFields):
     """docker://HOST[:PORT]/REPO[:TAG][@sha256:HEX], parsed."""
 
+    __slots__ = ("text", "repo", "tag", "digest")
     text: str
     repo: StorageRef  # docker://HOST[:PORT]/REPO: where the manifests and blobs are
-    tag: str | None = None
-    digest: str | None = None
+    tag: str | None
+    digest: str | None
+
+    def __init__(self, text: str, repo: StorageRef, tag: str | None = None,
+                 digest: str | None = None) -> None:
+        self._init(text, repo, tag, digest)
 
     @property
     def reference(self) -> str:
@@ -161,33 +165,37 @@ class _PushAuth(RegistryAuth):
         return scope
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(FrozenFields):
+    __slots__ = ("status", "headers", "body", "url")
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
     url: str
 
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, url: str) -> None:
+        self._init(status, headers, body, url)
 
-@dataclass
+
 class Registry:
     """The distribution API of one repository: manifests, blob uploads and downloads,
     referrers. Every request is counted in client.requests."""
 
-    ref: StorageRef
-    authfile: str | None = None
-    http: HttpOptions = field(default_factory=HttpOptions)
-    insecure: bool = False
-    push: bool = False  # ask for tokens that may push
-    client: HttpClient = field(init=False)
-    auth: RegistryAuth = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.ref.kind != DOCKER:
-            raise StorageRefError(f"{self.ref.text} is not a registry (docker://HOST/REPO)")
+    def __init__(self, ref: StorageRef, authfile: str | None = None,
+                 http: HttpOptions | None = None, insecure: bool = False,
+                 push: bool = False) -> None:
+        if ref.kind != DOCKER:
+            raise StorageRefError(f"{ref.text} is not a registry (docker://HOST/REPO)")
+        self.ref = ref
+        self.authfile = authfile
+        self.http = http or HttpOptions()
+        self.insecure = insecure
+        self.push = push  # ask for tokens that may push
         self.client = HttpClient(self.http)
-        kind = _PushAuth if self.push else RegistryAuth
-        self.auth = kind(self.client, self.ref.host, self.ref.repo, self.authfile)
+        kind = _PushAuth if push else RegistryAuth
+        self.auth: RegistryAuth = kind(self.client, ref.host, ref.repo, authfile)
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.where}>"
 
     def close(self) -> None:
         self.client.close()
@@ -456,14 +464,18 @@ def parse_referrers(body: bytes, what: str) -> list[dict[str, Any]]:
 # -- push -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pushed:
+class Pushed(FrozenFields):
+    __slots__ = ("artifact", "tag", "subject", "referrers", "uploaded", "requests")
     artifact: str  # the artifact manifest's digest
     tag: str
     subject: str
     referrers: str  # "api" (the registry indexes referrers) or "tag sha256-HEX"
     uploaded: bool  # False: the archive blob was in the repository already
     requests: int
+
+    def __init__(self, artifact: str, tag: str, subject: str, referrers: str, uploaded: bool,
+                 requests: int) -> None:
+        self._init(artifact, tag, subject, referrers, uploaded, requests)
 
 
 def artifact_manifest(blob_digest: str, blob_size: int, subject: dict[str, Any],
@@ -584,22 +596,29 @@ def _add_referrer(reg: Registry, image_digest: str, desc: dict[str, Any]) -> Non
 # -- find and pull ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(FrozenFields):
+    __slots__ = ("digest", "version", "found", "blob")
     digest: str  # the artifact manifest
     version: tuple[int, int]
     found: str  # where: "referrers API", "referrers tag sha256-HEX", "tag T"
     # the archive blob (digest, size) as the list's annotations name it, or the manifest
     # itself where it was found by its tag; None: only the manifest says (an older push)
-    blob: tuple[str, int] | None = None
+    blob: tuple[str, int] | None
+
+    def __init__(self, digest: str, version: tuple[int, int], found: str,
+                 blob: tuple[str, int] | None = None) -> None:
+        self._init(digest, version, found, blob)
 
 
-@dataclass
-class Found:
-    image: str  # the image manifest's digest
-    candidates: list[Candidate]
-    looked: list[str]  # where it looked, for the message when there is none
-    requests: int = 0
+class Found(Fields):
+    __slots__ = ("image", "candidates", "looked", "requests")
+
+    def __init__(self, image: str, candidates: list[Candidate], looked: list[str],
+                 requests: int = 0) -> None:
+        self.image = image  # the image manifest's digest
+        self.candidates = candidates
+        self.looked = looked  # where it looked, for the message when there is none
+        self.requests = requests
 
 
 def resolve_image(reg: Registry, ref: ImageRef,
