@@ -3,7 +3,10 @@ layer payloads, and a tar entry the merge accepts."""
 
 from __future__ import annotations
 
+import gc
+import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,3 +45,26 @@ class E:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     offset: int = 0
     sparse: Any = None
+
+
+def open_fds() -> set[str]:
+    """The fds this process has open (their numbers)."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+def leaked_fds(before: set[str]) -> set[str]:
+    """The fds open now that were not open before. An fd that another thread of the test
+    process (a server or pool left by an earlier test in this worker) has open for a moment
+    is not a leak: new fds must stay for 2 s, through a garbage collection, to count. An
+    object whose finalizer closes it (a file, an Archive) lost to an interrupt as it was
+    returned is closed by the collector, as it would be in the program."""
+    new = open_fds() - before
+    if not new:
+        return new
+    gc.collect()
+    deadline = time.monotonic() + 2.0
+    while True:
+        new = open_fds() - before
+        if not new or time.monotonic() >= deadline:
+            return new
+        time.sleep(0.01)

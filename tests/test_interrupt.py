@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from samples import leaked_fds, open_fds
 
 from clipcy import extract
 from clipcy.archive.reader import open_archive
@@ -261,10 +262,6 @@ class _InterruptingOs:
             raise self.raised
 
 
-def _open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.parametrize("layers", [1, 2])
 def test_interrupt_after_every_close(
     hostile: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -308,19 +305,19 @@ def test_interrupt_after_every_close(
             dest = tmp_path / f"api-{n}-{every}"
             fake = _InterruptingOs(n, KeyboardInterrupt, every)
             monkeypatch.setattr(extract, "os", fake)
-            before = _open_fds()
+            before = open_fds()
             with open_archive(arc_path) as arc, pytest.raises(KeyboardInterrupt) as ei:
                 extract.extract_archive(arc, dest)
             assert ei.value is fake.raised  # the last one raised, not an error instead
-            assert _open_fds() == before, f"fds left open after an interrupt at close {n}"
+            assert not leaked_fds(before), f"fds left open after an interrupt at close {n}"
             _assert_whole(dest, arc_path, files)
         # the CLI: SIGTERM's exception, exit 143 and its one line
         dest = tmp_path / f"cli-{n}"
         monkeypatch.setattr(extract, "os", _InterruptingOs(n, Terminated))
-        before = _open_fds()
+        before = open_fds()
         assert clipctl(["extract", str(arc_path), "-C", str(dest)]) == 143, n
         assert capsys.readouterr().err.strip().splitlines() == ["clipctl: terminated"], n
-        assert _open_fds() == before, f"fds left open after SIGTERM at close {n}"
+        assert not leaked_fds(before), f"fds left open after SIGTERM at close {n}"
         _assert_whole(dest, arc_path, files)
 
 

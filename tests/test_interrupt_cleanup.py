@@ -10,11 +10,9 @@ of such events in an uninterrupted run.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +20,7 @@ from types import CodeType, FrameType, SimpleNamespace
 from typing import Any
 
 import pytest
+from samples import leaked_fds, open_fds
 
 from clipcy import publish, tempfiles
 from clipcy.archive import prefetch, reader
@@ -88,41 +87,19 @@ def _profiled(it: _Interrupter) -> Iterator[_Interrupter]:
         sys.setprofile(None)
 
 
-def _fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def _leaked(before: set[str]) -> set[str]:
-    """The fds open now that were not open before. An fd that another thread of the test
-    process (a server or pool left by an earlier test in this worker) has open for a moment
-    is not a leak: new fds must stay for 2 s, through a garbage collection, to count. An
-    object whose finalizer closes it (a file, an Archive) lost to an interrupt as it was
-    returned is closed by the collector, as it would be in the program."""
-    new = _fds() - before
-    if not new:
-        return new
-    gc.collect()
-    deadline = time.monotonic() + 2.0
-    while True:
-        new = _fds() - before
-        if not new or time.monotonic() >= deadline:
-            return new
-        time.sleep(0.01)
-
-
 def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], object],
                  check: Callable[[int, BaseException | None], None]) -> int:
     """run(n) under an interrupt at each point n (n=0: none); check(n, interrupt raised or
     None) after each. Returns the number of points."""
-    before = _fds()
+    before = open_fds()
     with _profiled(_Interrupter(0, where)) as it:
         run(0)
     check(0, None)
-    assert not _leaked(before)
+    assert not leaked_fds(before)
     total = it.events
     assert total > 3, total
     for n in range(1, total + 1):
-        before = _fds()
+        before = open_fds()
         try:
             with _profiled(_Interrupter(n, where)) as it:
                 run(n)
@@ -135,7 +112,7 @@ def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callabl
             raise AssertionError(f"no interrupt at point {n} of {total}")
         # (collected only when an fd is still open: a full collection per point is most of
         # the test's time)
-        assert not _leaked(before), f"fd left open after an interrupt at {n}: {it.raised}"
+        assert not leaked_fds(before), f"fd left open after an interrupt at {n}: {it.raised}"
         check(n, it.raised)
     return total
 
@@ -260,17 +237,17 @@ def test_layer_readers_close_every_point(tmp_path: Path) -> None:
     counts: list[int] = []
     codes = {LayerReaders.close.__code__, LayerReaders._close_readers.__code__}
     try:  # the profile around the close only: opening the readers is not under test
-        before = _fds()
+        before = open_fds()
         run(0)
         check(0, None)
-        assert not _leaked(before)
+        assert not leaked_fds(before)
         total = counts[-1]
         assert total >= layers, total
         for n in range(1, total + 1):
-            before = _fds()
+            before = open_fds()
             with pytest.raises(KeyboardInterrupt) as ei:
                 run(n)
-            assert not _leaked(before), f"fd left open after an interrupt at point {n}"
+            assert not leaked_fds(before), f"fd left open after an interrupt at point {n}"
             check(n, ei.value)
     finally:
         arc.close()
