@@ -691,22 +691,27 @@ def test_pull_errors(registry: rs.Registry, archives: dict[str, Path], tmp_path:
     _no_part_files(tmp_path)
 
 
-def test_archive_of_another_image_under_the_right_subject(
-        registry: rs.Registry, archives: dict[str, Path], tmp_path: Path) -> None:
-    """An artifact whose subject is the image but whose archive indexes another one."""
+def _uploaded_artifact(api: Api, data: bytes, image: str) -> dict[str, Any]:
+    """The archive bytes and the empty config uploaded to the sample repository, and the
+    artifact manifest clipcy would push for them with image as its subject (not put)."""
     from clipcy.storage.artifact import artifact_manifest
 
-    api = Api(registry.host)
-    image = layout_manifest(SAMPLE, "latest")
-    data = archives["v1"].read_bytes()
     api.upload("sample", data)
     api.upload("sample", b"{}")
     st, image_body = api.manifest("sample", image)
-    body = artifact_manifest(sha(data), len(data), {
+    assert st == 200, st
+    return json.loads(artifact_manifest(sha(data), len(data), {  # type: ignore[no-any-return]
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": image,
-        "size": len(image_body)}, (2, 0), "0")
-    api.put_manifest("sample", "latest.clip", json.loads(body),
-                     "application/vnd.oci.image.manifest.v1+json")
+        "size": len(image_body)}, (2, 0), "0"))
+
+
+def test_archive_of_another_image_under_the_right_subject(
+        registry: rs.Registry, archives: dict[str, Path], tmp_path: Path) -> None:
+    """An artifact whose subject is the image but whose archive indexes another one."""
+    api = Api(registry.host)
+    image = layout_manifest(SAMPLE, "latest")
+    doc = _uploaded_artifact(api, archives["v1"].read_bytes(), image)
+    api.put_manifest("sample", "latest.clip", doc, "application/vnd.oci.image.manifest.v1+json")
     out = tmp_path / "got.clip"
     err = one_line(cli("pull", f"docker://{registry.host}/sample:latest", "-o", str(out)))
     assert "made for another image" in err and layout_manifest(SAMPLE, "v1") in err
@@ -733,16 +738,10 @@ def test_older_push_without_the_blob_annotations(
         registry: rs.Registry, archives: dict[str, Path], tmp_path: Path) -> None:
     """An artifact pushed before its manifest named the archive blob in its annotations (so
     neither do the referrers lists): found and read as before, through its manifest."""
-    from clipcy.storage.artifact import artifact_manifest
-
     api = Api(registry.host)
     image = layout_manifest(SAMPLE, "latest")
     data = archives["latest"].read_bytes()
-    api.upload("sample", data)
-    api.upload("sample", b"{}")
-    st, image_body = api.manifest("sample", image)
-    doc = json.loads(artifact_manifest(sha(data), len(data), {
-        "mediaType": MANIFEST_TYPE, "digest": image, "size": len(image_body)}, (2, 0), "0"))
+    doc = _uploaded_artifact(api, data, image)
     for key in ("io.clipcy.archive.digest", "io.clipcy.archive.size"):
         del doc["annotations"][key]
     artifact = api.put_manifest("sample", "latest.clip", doc, MANIFEST_TYPE)
