@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from clipcy.archive.files import ArchiveFile, LayerReaders
 from clipcy.archive.reader import storage_or_layout
 from clipcy.errors import ArchivePathError, ClipError
+from clipcy.interrupts import waiting
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
 
 if TYPE_CHECKING:
@@ -361,7 +362,7 @@ class Extractor:
         try:
             _start(threads, done, started)
             for d in started:
-                d.wait()
+                waiting(d.wait)
         finally:
             abort.set()
             _wait(started)
@@ -554,7 +555,7 @@ def _wait(done: list[threading.Event]) -> None:
     running thread marked as stopped (CPython 3.11)."""
     try:
         for d in done:
-            d.wait()
+            waiting(d.wait)
     finally:
         if not all(d.is_set() for d in done):
             _wait(done)

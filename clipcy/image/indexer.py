@@ -39,6 +39,7 @@ from clipcy.image.layout import (
     resolve,
     stat_blob,
 )
+from clipcy.interrupts import waiting
 from clipcy.layers.access import LayerAccess
 from clipcy.layers.packing import PackedAccess, WindowPacker
 from clipcy.limits import DEFAULT as DEFAULT_LIMITS
@@ -824,12 +825,12 @@ class IndexRun:
                     for i in range(len(layers)):
                         futures.append(pool.submit(self.read_layer, i))
                     if futures:
-                        while (batch := self.stream0.get()) is not None:
+                        while (batch := waiting(self.stream0.get)) is not None:
                             apply_stream(self.tree, batch, 0,
                                          self.awaiting if self.file_digests else None)
                             self._check_nodes()
                     for fut in futures:
-                        self._merge(fut.result())
+                        self._merge(waiting(fut.result))
                         self._check_nodes()
                 finally:
                     self._cancel(futures)
