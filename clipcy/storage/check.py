@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from clipcy.errors import ClipError, StorageRefError
+from clipcy.interrupts import waiting
 
 if TYPE_CHECKING:
     from clipcy.storage import BlobStore
@@ -81,7 +82,7 @@ def check_store(store: BlobStore, blobs: Iterable[tuple[str, int]],
                             thread_name_prefix="clipcy-check") as pool:
         futures = [pool.submit(store.probe, digest, size) for digest, size in distinct]
         for f in futures:  # in layer order: the first failing blob is the one named
-            f.result()
+            waiting(f.result)
     return len(distinct)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from clipcy.errors import RemoteError
+from clipcy.interrupts import waiting
 from clipcy.storage import BlobStore
 from clipcy.storage.auth import RegistryAuth
 from clipcy.storage.diskcache import DEFAULT_MAX_MIB, DiskSpanCache
@@ -318,7 +319,7 @@ class RemoteBlob(BlobSource):
         for p in pending:
             if p[0] < wait_hi and wait_lo < p[1]:
                 try:
-                    p[2].result()
+                    waiting(p[2].result)
                 except Exception:  # noqa: BLE001 - the synchronous fetch retries and reports
                     pass
         with self._lock:
