@@ -205,6 +205,19 @@ def wait_background(mnt: Path, env: dict[str, str]) -> dict[str, Any]:
     raise AssertionError(f"the background fetch did not end: {doc['background']}")
 
 
+def _big_in_registry(reg: rs.Registry, tmp_path: Path, env: dict[str, str]
+                     ) -> tuple[Path, Path]:
+    """big_layout's image indexed (its archive), extracted (the expected tree) and pushed to
+    the registry as sample:latest."""
+    layout = big_layout(tmp_path / "big")
+    clip, expected = tmp_path / "big.clip", tmp_path / "big-tree"
+    clipctl("index-layout", "--layout", str(layout), "--out", str(clip), env=env)
+    clipctl("extract", "-C", str(expected), "--layout", str(layout), str(clip), env=env)
+    r = reg.push(layout, "latest", "sample", "latest")
+    assert r.returncode == 0, r.stderr
+    return clip, expected
+
+
 @needs_registry
 @pytest.mark.parametrize("image", ["sample", "big"])
 def test_fetch_all_survives_a_registry_outage(image: str, sample: tuple[Path, Path],
@@ -212,15 +225,7 @@ def test_fetch_all_survives_a_registry_outage(image: str, sample: tuple[Path, Pa
                                               registry: tuple[rs.Registry, rs.FaultProxy]
                                               ) -> None:
     reg, proxy = registry
-    if image == "sample":
-        clip, expected = sample
-    else:
-        layout = big_layout(tmp_path / "big")
-        clip, expected = tmp_path / "big.clip", tmp_path / "big-tree"
-        clipctl("index-layout", "--layout", str(layout), "--out", str(clip), env=env)
-        clipctl("extract", "-C", str(expected), "--layout", str(layout), str(clip), env=env)
-        r = reg.push(layout, "latest", "sample", "latest")
-        assert r.returncode == 0, r.stderr
+    clip, expected = sample if image == "sample" else _big_in_registry(reg, tmp_path, env)
     where = ["--storage", f"docker://127.0.0.1:{proxy.port}/sample", "--retries", "0"]
     clipctl("mount", str(clip), str(mnt), "--fetch-all", *where, env=env)
     try:
@@ -265,12 +270,7 @@ def test_fetch_all_never_caches_wrong_bytes(faults: list[str], mnt: Path, env: d
     spans fails like a read) and done, or, when every body is damaged,
     failed with the checksum error; either way every file then reads exactly."""
     reg, proxy = registry
-    layout = big_layout(tmp_path / "big")
-    clip, expected = tmp_path / "big.clip", tmp_path / "big-tree"
-    clipctl("index-layout", "--layout", str(layout), "--out", str(clip), env=env)
-    clipctl("extract", "-C", str(expected), "--layout", str(layout), str(clip), env=env)
-    r = reg.push(layout, "latest", "sample", "latest")
-    assert r.returncode == 0, r.stderr
+    clip, expected = _big_in_registry(reg, tmp_path, env)
     if faults == ["always flip"]:
         proxy.always = "flip"  # the storage check reads one byte, unverified: it passes
     else:
