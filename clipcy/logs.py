@@ -83,15 +83,15 @@ class _ConfigureOnImport:
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
         if name != "logging":
             return None
+        from clipcy._select import find_spec
+
         if self in sys.meta_path:
             sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find is not None else None
-            if spec is not None and spec.loader is not None:
-                spec.loader = _ThenConfigure(spec.loader)
-                return spec  # type: ignore[no-any-return]
-        return None
+        spec = find_spec(name, path)  # as the finders after this one would find it
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _ThenConfigure(spec.loader)  # type: ignore[assignment]
+        return spec
 
 
 class _ThenConfigure:
