@@ -10,6 +10,7 @@ of such events in an uninterrupted run.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -80,11 +81,18 @@ class _Interrupter:
 
 @contextmanager
 def _profiled(it: _Interrupter) -> Iterator[_Interrupter]:
+    # No garbage collection while profiled: a collection that runs finalizers (__del__ of an
+    # object an earlier test in this worker left) inside one of our frames would add return
+    # events there, so that the points of one run would not be those of the next.
+    was_enabled = gc.isenabled()
+    gc.disable()
     sys.setprofile(it)
     try:
         yield it
     finally:
         sys.setprofile(None)
+        if was_enabled:
+            gc.enable()
 
 
 def _every_point(where: dict[str, set[str] | None] | set[CodeType], run: Callable[[int], object],
