@@ -27,7 +27,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import starmap
 from typing import TYPE_CHECKING, Any
 
 from clipcy.archive.files import ArchiveFile, LayerReaders
@@ -35,6 +34,7 @@ from clipcy.archive.reader import storage_or_layout
 from clipcy.errors import ArchivePathError, ClipError
 from clipcy.interrupts import waiting
 from clipcy.node import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK, Node
+from clipcy.tempfiles import call_held
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -65,7 +65,7 @@ class Fds:
 
     A signal's exception (KeyboardInterrupt, or SIGTERM's Terminated) is raised between
     bytecodes, e.g. as soon as os.open or os.close returns. So an fd enters the list inside
-    the C call that opens it (list.extend over starmap: no bytecode between the two), leaves
+    the C call that opens it (tempfiles.call_held: no bytecode between the two), leaves
     the list before it is closed (never closed twice: a second close could hit another
     thread's new fd of the same number), and whatever is still listed when the work is cut
     short is closed by close_all(). Only fds in the list are ever closed. One per thread:
@@ -81,12 +81,10 @@ class Fds:
         self, path: str | bytes | os.PathLike[str], flags: int, mode: int = 0o777,
         *, dir_fd: int | None = None,
     ) -> int:
-        self.held.extend(starmap(partial(os.open, dir_fd=dir_fd), ((path, flags, mode),)))
-        return self.held[-1]
+        return call_held(self.held, partial(os.open, dir_fd=dir_fd), path, flags, mode)
 
     def dup(self, fd: int) -> int:
-        self.held.extend(map(os.dup, (fd,)))
-        return self.held[-1]
+        return call_held(self.held, os.dup, fd)
 
     def close(self, fd: int) -> None:
         """Close fd, raising its error; nothing if it is not held (already closed)."""
@@ -104,6 +102,8 @@ class Fds:
             pass
 
     def close_all(self) -> None:
+        # (not tempfiles.close_held: the closes go through this module's `os`, which the
+        # interrupt tests replace to interrupt after each one)
         held = self.held
         try:
             while held:

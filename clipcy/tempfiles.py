@@ -6,10 +6,10 @@ returns and before its result is assigned: `fd, tmp = mkstemp()` can leave both 
 and a file whose name the caller never learnt, whether or not it sits inside a `try`.
 
 TempFile picks the name first (nothing exists yet), then creates the file with O_EXCL and
-holds its fd in a list filled inside the C call that opens it (list.extend over starmap: no
-bytecode between the two), as extract.Fds does. So whatever point an interrupt lands on,
-discard() knows the name and every fd: it closes them and removes the file. It never raises
-OSError (it runs while another exception is on its way).
+holds its fd in a list filled inside the C call that opens it (call_held: list.extend over
+starmap, no bytecode between the two), as extract.Fds does. So whatever point an interrupt
+lands on, discard() knows the name and every fd: it closes them and removes the file. It
+never raises OSError (it runs while another exception is on its way).
 """
 
 from __future__ import annotations
@@ -17,15 +17,26 @@ from __future__ import annotations
 import os
 from itertools import starmap
 
+TYPE_CHECKING = False  # typing's constant, without importing typing at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 _FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
     os, "O_NOFOLLOW", 0)
+
+
+def call_held(held: list[int], make_fd: Callable[..., int], *args: Any) -> int:
+    """make_fd(*args) (os.open, os.dup, os.memfd_create...), the fd it returns appended to
+    held inside the call (no bytecode between the two); the fd."""
+    held.extend(starmap(make_fd, (args,)))
+    return held[-1]
 
 
 def open_held(held: list[int], path: str | os.PathLike[str], flags: int,
               mode: int = 0o777) -> int:
     """os.open, its fd appended to held inside the call (no bytecode between the two)."""
-    held.extend(starmap(os.open, ((path, flags, mode),)))
-    return held[-1]
+    return call_held(held, os.open, path, flags, mode)
 
 
 def close_held(held: list[int]) -> None:

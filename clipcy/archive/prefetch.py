@@ -15,7 +15,6 @@ no path lookup.
 from __future__ import annotations
 
 import os
-from itertools import starmap
 from typing import TYPE_CHECKING
 
 from clipcy.archive import format as F
@@ -24,7 +23,7 @@ from clipcy.errors import PrefetchListError
 from clipcy.limits import DEFAULT as LIMITS
 from clipcy.limits import PREFETCH_FILES, PREFETCH_LIST_BYTES, exceeded
 from clipcy.pathwalk import follow_symlinks
-from clipcy.tempfiles import close_held
+from clipcy.tempfiles import call_held, close_held
 
 if TYPE_CHECKING:
     from clipcy.archive.reader import Archive
@@ -210,8 +209,7 @@ def attach_paths(archive: bytes, paths: list[bytes], name: str) -> bytes:
 
     held: list[int] = []  # the memfd, from inside its creation (an interrupt cannot leak it)
     try:
-        held.extend(starmap(os.memfd_create, (("clipcy-archive", os.MFD_CLOEXEC),)))
-        fd = held[-1]
+        fd = call_held(held, os.memfd_create, "clipcy-archive", os.MFD_CLOEXEC)
         with open(fd, "wb", closefd=False) as f:
             f.write(archive)
         with Archive(f"/proc/self/fd/{fd}") as arc:
